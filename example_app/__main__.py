@@ -1,0 +1,29 @@
+"""``python -m example_app [--host H] [--port N]``: run the demo host app."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import create_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the flask-kaizen-webhooks demo host app.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args()
+    app = create_app()
+    base = f"http://{args.host}:{args.port}{app.config['KAIZEN_WEBHOOKS_URL_PREFIX']}"
+    print(
+        f"Demo host app on http://{args.host}:{args.port}\n"
+        f"  database: {app.config['SQLALCHEMY_DATABASE_URI']}\n"
+        "  API users: 'Authorization: Bearer admin-token' (may manage web hooks),\n"
+        "             'Authorization: Bearer user-token' (may not)\n"
+        f"  try: curl -H 'Authorization: Bearer admin-token' {base}/topics\n",
+        flush=True,
+    )
+    app.run(host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

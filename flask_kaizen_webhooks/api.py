@@ -1,0 +1,307 @@
+"""The integrators' JSON API: registrations and topics, one error format for everything."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from itsdangerous import BadSignature, URLSafeSerializer
+from werkzeug.exceptions import HTTPException
+
+from . import store
+from .errors import ApiError, ValidationError
+from .extension import WebhooksState, get_state
+from .models import Registration
+from .validation import parse_registration
+
+logger = logging.getLogger("flask_kaizen_webhooks")
+
+blueprint = Blueprint("kaizen_webhooks", __name__)
+
+Handler = Callable[..., Response | tuple[Response, int] | tuple[Response, int, dict[str, str]]]
+ROUTED_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+CURSOR_SALT = "flask-kaizen-webhooks.cursor"
+
+
+# Plumbing ----------------------------------------------------------------------------------------
+
+
+def _route(rule: str, endpoint: str, **handlers: Handler) -> None:
+    """Route ``rule`` to one handler per method; other methods get a JSON 405."""
+    allowed = sorted(handlers)
+
+    def dispatch(**kwargs: Any) -> Any:
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = handlers.get(method)
+        if handler is None:
+            raise ApiError(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here; use {', '.join(allowed)}.",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return handler(**kwargs)
+
+    blueprint.add_url_rule(rule, endpoint, dispatch, methods=ROUTED_METHODS)
+
+
+@blueprint.errorhandler(ApiError)
+def _api_error(error: ApiError) -> tuple[Response, int, dict[str, str]]:
+    _rollback()
+    return jsonify(error.to_dict()), error.code, error.extra_headers
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    _rollback()
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "_")
+    message = error.description or error.name
+    return jsonify({"error": {"code": code, "message": message, "field": None}}), status
+
+
+@blueprint.errorhandler(Exception)
+def _unexpected_error(error: Exception) -> tuple[Response, int]:
+    _rollback()
+    logger.exception("Unexpected error in the webhooks API")
+    body = {"code": "internal_error", "message": "An unexpected error occurred.", "field": None}
+    return jsonify({"error": body}), 500
+
+
+def _rollback() -> None:
+    state = get_state()
+    try:
+        state.database.session.rollback()
+    except Exception:  # the session may be unusable after a database failure
+        logger.exception("Rolling back the webhooks session failed")
+
+
+def _state() -> WebhooksState:
+    state: WebhooksState = g.kaizen_webhooks_state
+    return state
+
+
+def _owner() -> str:
+    owner: str = g.kaizen_webhooks_owner
+    return owner
+
+
+@blueprint.before_request
+def _authenticate() -> None:
+    """Identify the caller and check their permission before any endpoint runs."""
+    state = get_state()
+    g.kaizen_webhooks_state = state
+    extension = state.extension
+    if extension.user_loader_callback is None or extension.permission_checker_callback is None:
+        missing = [
+            name
+            for name, callback in (
+                ("@webhooks.user_loader", extension.user_loader_callback),
+                ("@webhooks.permission_checker", extension.permission_checker_callback),
+            )
+            if callback is None
+        ]
+        logger.warning("Webhooks API request refused: the host has not set %s", missing)
+        raise ApiError(
+            403,
+            "not_configured",
+            "The webhooks API is not configured: the host application must set "
+            f"{' and '.join(missing)} (see the flask-kaizen-webhooks quickstart).",
+        )
+    user = extension.user_loader_callback()
+    if user is None:
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "Authentication is required.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not extension.permission_checker_callback(user):
+        raise ApiError(
+            403,
+            "forbidden",
+            "This user lacks the 'Allow user to manage web hooks' permission.",
+        )
+    g.kaizen_webhooks_owner = extension.owner_of(user)
+
+
+def _json_body() -> dict[str, Any]:
+    """The request's JSON object, read with the configured size limit."""
+    if request.mimetype != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "Send the body as JSON with 'Content-Type: application/json'.",
+        )
+    limit = _state().settings.max_body_bytes
+    too_large = ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    try:
+        document = json.loads(data, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(document, dict):
+        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
+    return document
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _sent_rev(body_rev: str | None = None) -> str | None:
+    """The rev the caller sent in the body, the ``rev`` query argument or ``If-Match``."""
+    header = request.headers.get("If-Match")
+    header_rev = None
+    if header:
+        header_rev = header.strip().removeprefix("W/").strip('"')
+    query_rev = request.args.get("rev")
+    sent = {rev for rev in (body_rev, query_rev, header_rev) if rev is not None}
+    if len(sent) > 1:
+        raise ValidationError(
+            "ambiguous_rev", "Different revs were sent; send exactly one.", field="rev"
+        )
+    return sent.pop() if sent else None
+
+
+def _with_etag(response: Response, rev: str) -> Response:
+    response.set_etag(rev)
+    return response
+
+
+# Registrations -----------------------------------------------------------------------------------
+
+
+def create_registration() -> tuple[Response, int, dict[str, str]]:
+    state = _state()
+    data = parse_registration(
+        _json_body(),
+        topics=state.extension.topics,
+        allow_http=state.settings.allow_http,
+        for_update=False,
+    )
+    assert data.secret is not None
+    session = state.database.session
+    registration = store.create_registration(
+        session, owner=_owner(), topic=data.topic, url=data.url, secret=data.secret
+    )
+    session.commit()
+    location = url_for(".registration", registration_id=registration.id)
+    response = _with_etag(jsonify(id=registration.id, rev=registration.rev), registration.rev)
+    return response, 201, {"Location": location}
+
+
+def list_registrations() -> Response:
+    state = _state()
+    owner = _owner()
+    topic = request.args.get("topic") or None
+    limit = _limit(state)
+    serializer = URLSafeSerializer(current_app.secret_key or "", salt=CURSOR_SALT)
+    after = _decode_cursor(serializer, request.args.get("cursor"), owner=owner, topic=topic)
+    rows = store.list_registrations(
+        state.database.session, owner=owner, topic=topic, after=after, limit=limit + 1
+    )
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = serializer.dumps(
+            {"o": owner, "t": topic, "c": last.created_at.isoformat(), "i": last.id}
+        )
+    return jsonify(items=[row.to_public_dict() for row in page], next_cursor=next_cursor)
+
+
+def get_registration(registration_id: str) -> Response:
+    registration = store.get_registration(
+        _state().database.session, owner=_owner(), registration_id=registration_id
+    )
+    return _with_etag(jsonify(registration.to_public_dict()), registration.rev)
+
+
+def update_registration(registration_id: str) -> Response:
+    state = _state()
+    data = parse_registration(
+        _json_body(),
+        topics=state.extension.topics,
+        allow_http=state.settings.allow_http,
+        for_update=True,
+    )
+    session = state.database.session
+    registration = store.update_registration(
+        session,
+        owner=_owner(),
+        registration_id=registration_id,
+        rev=_sent_rev(data.rev),
+        topic=data.topic,
+        url=data.url,
+        secret=data.secret,
+    )
+    session.commit()
+    return _with_etag(jsonify(id=registration.id, rev=registration.rev), registration.rev)
+
+
+def delete_registration(registration_id: str) -> Response:
+    session = _state().database.session
+    deleted: Registration = store.delete_registration(
+        session, owner=_owner(), registration_id=registration_id, rev=_sent_rev()
+    )
+    session.commit()
+    return jsonify(id=deleted.id, rev=deleted.rev, deleted=True)
+
+
+def _limit(state: WebhooksState) -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return state.settings.page_size
+    maximum = state.settings.max_page_size
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ValidationError(
+            "invalid_limit", f"'limit' must be a whole number from 1 to {maximum}.", field="limit"
+        )
+    return int(raw)
+
+
+def _decode_cursor(
+    serializer: URLSafeSerializer, cursor: str | None, *, owner: str, topic: str | None
+) -> store.PagePosition | None:
+    if not cursor:
+        return None
+    invalid = ApiError(400, "invalid_cursor", "The cursor is invalid.", field="cursor")
+    try:
+        data = serializer.loads(cursor)
+        if data["o"] != owner or data["t"] != topic:
+            raise invalid
+        return store.PagePosition(datetime.fromisoformat(data["c"]), str(data["i"]))
+    except (BadSignature, KeyError, TypeError, ValueError):
+        raise invalid from None
+
+
+# Topics ------------------------------------------------------------------------------------------
+
+
+def list_topics() -> Response:
+    return jsonify(topics=[topic.to_dict() for topic in _state().extension.topics])
+
+
+def _unknown_path(path: str) -> Response:
+    raise ApiError(404, "not_found", f"No such endpoint: {request.path}.")
+
+
+_route("/registrations", "registrations", GET=list_registrations, POST=create_registration)
+_route(
+    "/registrations/<registration_id>",
+    "registration",
+    GET=get_registration,
+    PUT=update_registration,
+    DELETE=delete_registration,
+)
+_route("/topics", "topics", GET=list_topics)
+blueprint.add_url_rule("/<path:path>", "unknown", _unknown_path, methods=ROUTED_METHODS)

@@ -1,0 +1,133 @@
+"""Where the extension's tables live: the host's Flask-SQLAlchemy database or an embedded one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from flask import Flask
+from flask.globals import app_ctx
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from .config import Settings
+from .models import metadata
+
+logger = logging.getLogger("flask_kaizen_webhooks")
+
+
+class Database:
+    """The engine and session the extension uses for one app.
+
+    With a host ``db``, the tables join the host's metadata and every write goes through the
+    host's session, so it commits or rolls back with the host's own changes. Without one, the
+    extension keeps its own engine (SQLite by default, WAL and a busy timeout on) and a session per
+    app context.
+    """
+
+    def __init__(self, app: Flask, settings: Settings, host_db: SQLAlchemy | None) -> None:
+        self.host_db = host_db
+        self._tables_ready = False
+        self._tables_lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._sessions: scoped_session[Session] | None = None
+        if host_db is not None:
+            for table in metadata.sorted_tables:
+                if table.name not in host_db.metadata.tables:
+                    table.to_metadata(host_db.metadata)
+        else:
+            self._engine = _create_embedded_engine(settings)
+            self._sessions = scoped_session(
+                sessionmaker(bind=self._engine, expire_on_commit=False),
+                scopefunc=_app_context_id,
+            )
+            app.teardown_appcontext(self._remove_session)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the extension runs on its own database rather than the host's."""
+        return self.host_db is None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine holding the tables (needs an app context with a host ``db``)."""
+        if self._engine is not None:
+            return self._engine
+        assert self.host_db is not None
+        return self.host_db.engine
+
+    @property
+    def session(self) -> Session:
+        """The session of the current app context, with the tables created on first use."""
+        self.create_tables(checkfirst=True)
+        if self._sessions is not None:
+            return self._sessions()
+        assert self.host_db is not None
+        return self.host_db.session()
+
+    def create_tables(self, *, checkfirst: bool = True) -> None:
+        """Create the extension's tables that do not exist yet (idempotent)."""
+        if self._tables_ready:
+            return
+        with self._tables_lock:
+            if not self._tables_ready:
+                metadata.create_all(self.engine, checkfirst=checkfirst)
+                self._tables_ready = True
+
+    def drop_tables(self) -> None:
+        """Drop the extension's tables (used by tests and ``init-db --drop``)."""
+        with self._tables_lock:
+            metadata.drop_all(self.engine)
+            self._tables_ready = False
+
+    def dispose(self) -> None:
+        """Close the embedded engine's pooled connections (a no-op with a host ``db``)."""
+        if self._sessions is not None:
+            self._sessions.remove()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _remove_session(self, _exc: BaseException | None = None) -> None:
+        assert self._sessions is not None
+        self._sessions.remove()
+
+
+def _app_context_id() -> int:
+    return id(app_ctx._get_current_object())  # type: ignore[attr-defined]
+
+
+def _create_embedded_engine(settings: Settings) -> Engine:
+    url = make_url(settings.database_uri)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    in_memory = url.database in (None, "", ":memory:")
+    connect_args: dict[str, Any] = {"timeout": settings.sqlite_busy_timeout}
+    options: dict[str, Any] = {}
+    if in_memory:
+        # One shared connection, or every pooled connection would see its own empty database.
+        connect_args["check_same_thread"] = False
+        options["poolclass"] = StaticPool
+    else:
+        assert url.database is not None
+        os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+    engine = create_engine(url, connect_args=connect_args, **options)
+    event.listen(engine, "connect", _sqlite_pragmas(in_memory, settings.sqlite_busy_timeout))
+    return engine
+
+
+def _sqlite_pragmas(in_memory: bool, busy_timeout: float) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return on_connect

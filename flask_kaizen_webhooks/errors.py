@@ -1,0 +1,94 @@
+"""Exceptions raised by the extension.
+
+:class:`WebhooksError` is the root. API errors carry everything the JSON error body needs
+(``{"error": {"code", "message", "field", ...}}``) and subclass werkzeug's HTTP exceptions, so a
+host that catches them generically still gets the right status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from werkzeug.exceptions import HTTPException
+
+
+class WebhooksError(Exception):
+    """Base class of every exception raised by flask-kaizen-webhooks."""
+
+
+class ConfigurationError(WebhooksError, ValueError):
+    """A ``KAIZEN_WEBHOOKS_*`` setting is missing or invalid; raised by ``init_app``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class ApiError(WebhooksError, HTTPException):
+    """An error answered to an API caller as ``{"error": {...}}`` with a 4xx status."""
+
+    code: int = 400
+
+    def __init__(
+        self,
+        status: int,
+        error_code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(description=message)
+        self.code = status
+        self.error_code = error_code
+        self.message = message
+        self.field = field
+        self.extra = extra
+        self.extra_headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error document for this error."""
+        body: dict[str, Any] = {"code": self.error_code, "message": self.message}
+        body["field"] = self.field
+        body.update(self.extra)
+        return {"error": body}
+
+
+class ValidationError(ApiError):
+    """A request field is missing, unknown or has an invalid value (422)."""
+
+    def __init__(self, error_code: str, message: str, *, field: str | None, **extra: Any) -> None:
+        super().__init__(422, error_code, message, field=field, **extra)
+
+
+class NotFound(ApiError):
+    """The resource does not exist or belongs to another owner (404)."""
+
+    def __init__(self, message: str = "No such registration.") -> None:
+        super().__init__(404, "not_found", message)
+
+
+class RevConflict(ApiError):
+    """The ``rev`` sent with a change is missing or no longer current (409)."""
+
+    def __init__(self, current_rev: str, sent_rev: str | None) -> None:
+        if sent_rev is None:
+            message = f"The current rev is required (send it as 'rev' or If-Match): {current_rev}."
+        else:
+            message = f"Rev {sent_rev} is stale; the current rev is {current_rev}."
+        super().__init__(409, "rev_conflict", message, field="rev", current_rev=current_rev)
+        self.current_rev = current_rev
+
+
+class DuplicateRegistration(ApiError):
+    """The owner already registered this URL for this topic (409)."""
+
+    def __init__(self, existing_id: str) -> None:
+        super().__init__(
+            409,
+            "duplicate_registration",
+            "This URL is already registered for this topic.",
+            existing_id=existing_id,
+        )
+        self.existing_id = existing_id

@@ -1,0 +1,139 @@
+"""Checks of the registration documents integrators send; each failure is a precise 422."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ValidationError
+from .topics import TopicRegistry
+
+MAX_URL_LENGTH = 2048
+MIN_SECRET_LENGTH = 16
+MAX_SECRET_LENGTH = 256
+
+CREATE_FIELDS = frozenset({"topic", "url", "secret"})
+UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev"})
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationInput:
+    """A validated registration document."""
+
+    topic: str
+    url: str
+    secret: str | None
+    rev: str | None
+
+
+def parse_registration(
+    document: Mapping[str, Any],
+    *,
+    topics: TopicRegistry,
+    allow_http: bool,
+    for_update: bool,
+) -> RegistrationInput:
+    """Validate a create (``for_update=False``) or update document."""
+    _refuse_unknown_fields(document, UPDATE_FIELDS if for_update else CREATE_FIELDS)
+    topic = check_topic(_required_string(document, "topic"), topics)
+    url = check_url(_required_string(document, "url"), allow_http=allow_http)
+    if for_update and document.get("secret") is None:
+        secret = None
+    else:
+        secret = check_secret(_required_string(document, "secret"))
+    rev = _optional_string(document, "rev") if for_update else None
+    return RegistrationInput(topic=topic, url=url, secret=secret, rev=rev)
+
+
+def check_topic(topic: str, topics: TopicRegistry) -> str:
+    """``topic`` if it is known; otherwise a 422 that lists the valid topics."""
+    if topic not in topics:
+        valid = topics.names()
+        raise ValidationError(
+            "unknown_topic",
+            f"Unknown topic {topic!r}; valid topics are: {', '.join(valid)}.",
+            field="topic",
+            valid_topics=valid,
+        )
+    return topic
+
+
+def check_url(url: str, *, allow_http: bool) -> str:
+    """``url`` if it is an absolute http(s) URL an integrator may register."""
+    if len(url) > MAX_URL_LENGTH:
+        raise _invalid_url(f"The URL is longer than {MAX_URL_LENGTH} characters.")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise _invalid_url("The URL contains whitespace or control characters.")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise _invalid_url(f"The URL cannot be parsed: {exc}.") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise _invalid_url("The URL must be absolute and start with https:// (or http://).")
+    if "@" in parts.netloc:
+        raise _invalid_url("The URL must not contain user information (user:password@).")
+    if not parts.hostname:
+        raise _invalid_url("The URL has no host name.")
+    if scheme == "http" and not allow_http:
+        raise ValidationError(
+            "http_not_allowed",
+            "Plain http URLs are not allowed here; use https://.",
+            field="url",
+        )
+    return url
+
+
+def check_secret(secret: str) -> str:
+    """``secret`` if HS256 signing and verification with it are sound."""
+    if not MIN_SECRET_LENGTH <= len(secret) <= MAX_SECRET_LENGTH:
+        raise ValidationError(
+            "invalid_secret",
+            f"The secret must be {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} characters long.",
+            field="secret",
+        )
+    try:
+        json.loads(secret)
+    except ValueError:
+        return secret
+    # python-jose reads a key that parses as JSON as a JSON Web Key, and then cannot verify.
+    raise ValidationError(
+        "invalid_secret",
+        "The secret must not be a JSON value (such as a number or an object); use a random string.",
+        field="secret",
+    )
+
+
+def _refuse_unknown_fields(document: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    unknown = sorted(set(document) - set(allowed))
+    if unknown:
+        raise ValidationError(
+            "unknown_field",
+            f"Unknown field {unknown[0]!r}; allowed fields are: {', '.join(sorted(allowed))}.",
+            field=unknown[0],
+        )
+
+
+def _required_string(document: Mapping[str, Any], name: str) -> str:
+    if document.get(name) is None:
+        raise ValidationError("missing_field", f"The field {name!r} is required.", field=name)
+    return _string(document[name], name)
+
+
+def _optional_string(document: Mapping[str, Any], name: str) -> str | None:
+    value = document.get(name)
+    return None if value is None else _string(value, name)
+
+
+def _string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("invalid_type", f"The field {name!r} must be a string.", field=name)
+    return value
+
+
+def _invalid_url(message: str) -> ValidationError:
+    return ValidationError("invalid_url", message, field="url")

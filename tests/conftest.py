@@ -1,0 +1,190 @@
+"""Shared fixtures: a fresh app per test on each storage backend, real SQLite files and the real
+PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, request
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from flask_kaizen_webhooks import KaizenWebhooks, get_state
+from flask_kaizen_webhooks.models import metadata
+
+REQUIRE_SERVICES = os.environ.get("KAIZEN_WEBHOOKS_REQUIRE_SERVICES") == "1"
+POSTGRES_URL = os.environ.get(
+    "KAIZEN_WEBHOOKS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+#: Demo API users: token -> (owner id, may manage web hooks).
+USERS = {
+    "admin-token": ("org-1", True),
+    "other-admin-token": ("org-2", True),
+    "user-token": ("org-1-user", False),
+}
+ADMIN = {"Authorization": "Bearer admin-token"}
+OTHER_ADMIN = {"Authorization": "Bearer other-admin-token"}
+USER = {"Authorization": "Bearer user-token"}
+
+#: Storage backends: (database server, whether the extension shares the host's Flask-SQLAlchemy).
+BACKENDS = {
+    "sqlite": ("sqlite", False),
+    "sqlite-hostdb": ("sqlite", True),
+    "postgres": ("postgres", False),
+    "postgres-hostdb": ("postgres", True),
+}
+
+
+def service_unavailable(message: str) -> None:
+    """Skip, or fail when CI requires the services."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (KAIZEN_WEBHOOKS_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own, dropped at the end."""
+    admin_url = make_url(POSTGRES_URL)
+    try:
+        admin = create_engine(
+            admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+        )
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        service_unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
+    name = f"kaizen_webhooks_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@dataclass
+class Host:
+    """A host app built for one test, with its extension and (maybe) its own ``db``."""
+
+    app: Flask
+    webhooks: KaizenWebhooks
+    db: SQLAlchemy | None
+
+
+def install_demo_auth(webhooks: KaizenWebhooks) -> None:
+    """Bearer-token users as in :data:`USERS`."""
+
+    @webhooks.user_loader
+    def load_user() -> str | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        user = USERS.get(token) if scheme == "Bearer" else None
+        return None if user is None else token
+
+    @webhooks.permission_checker
+    def may_manage(token: str) -> bool:
+        return USERS[token][1]
+
+    @webhooks.owner_key
+    def owner(token: str) -> str:
+        return USERS[token][0]
+
+
+@pytest.fixture
+def make_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Host]]:
+    """Build fresh host apps: ``make_host(backend, auth=True, **config)``."""
+    built: list[Host] = []
+
+    def build(backend: str = "sqlite", *, auth: bool = True, **config: Any) -> Host:
+        server, shared = BACKENDS[backend]
+        if server == "postgres":
+            url = request.getfixturevalue("postgres_url")
+            engine = create_engine(url)
+            metadata.drop_all(engine)
+            engine.dispose()
+        else:
+            url = f"sqlite:///{tmp_path / f'app{len(built)}.sqlite3'}"
+        app = Flask(f"host_{len(built)}", instance_path=str(tmp_path / f"instance{len(built)}"))
+        app.config.update(TESTING=True, SECRET_KEY="test-secret-key")
+        app.config.update(config)
+        db: SQLAlchemy | None = None
+        if shared:
+            app.config["SQLALCHEMY_DATABASE_URI"] = url
+            db = SQLAlchemy()
+            db.init_app(app)
+        else:
+            app.config.setdefault("KAIZEN_WEBHOOKS_DATABASE_URI", url)
+        webhooks = KaizenWebhooks(app, db=db)
+        if auth:
+            install_demo_auth(webhooks)
+        host = Host(app, webhooks, db)
+        built.append(host)
+        return host
+
+    yield build
+    for host in built:
+        with host.app.app_context():
+            get_state(host.app).database.dispose()
+            if host.db is not None:
+                host.db.session.remove()
+                host.db.engine.dispose()
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every storage backend in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def host(make_host: Callable[..., Host], backend: str) -> Host:
+    return make_host(backend)
+
+
+@pytest.fixture
+def app(host: Host) -> Flask:
+    """The app pytest-flask's ``client`` fixture uses."""
+    return host.app
+
+
+@dataclass(frozen=True)
+class Served:
+    """Where a live server listens."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Any], Served]]:
+    """Serve a WSGI app on 127.0.0.1 in a thread, for tests that need a real HTTP server."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    servers: list[Any] = []
+
+    def start(wsgi_app: Any) -> Served:
+        server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return Served("127.0.0.1", server.server_port)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
