@@ -87,8 +87,6 @@ class Database:
 
     def dispose(self) -> None:
         """Close the embedded engine's pooled connections (a no-op with a host ``db``)."""
-        if self._sessions is not None:
-            self._sessions.remove()
         if self._engine is not None:
             self._engine.dispose()
 

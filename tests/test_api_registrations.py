@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import ADMIN, OTHER_ADMIN, USER
+from tests.conftest import ADMIN, OTHER_ADMIN
 
 PREFIX = "/v2/webhooks"
 SECRET = "signature_secret_0123456789"
