@@ -45,9 +45,9 @@ class ApiUser(db.Model):  # type: ignore[name-defined,misc]
     can_manage_webhooks: Mapped[bool] = mapped_column(default=False)
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
+def create_app(config: dict[str, Any] | None = None, instance_path: str | None = None) -> Flask:
     """Build the demo host app; ``config`` overrides the defaults (tests pass their own)."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_mapping(
         SECRET_KEY=os.environ.get("SECRET_KEY", "demo-only-secret-key-change-me"),

@@ -11,8 +11,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the flask-kaizen-webhooks demo host app.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument(
+        "--instance-path", help="folder for the SQLite database (default: the instance folder)"
+    )
     args = parser.parse_args()
-    app = create_app()
+    app = create_app(instance_path=args.instance_path)
     base = f"http://{args.host}:{args.port}{app.config['KAIZEN_WEBHOOKS_URL_PREFIX']}"
     print(
         f"Demo host app on http://{args.host}:{args.port}\n"

@@ -1,0 +1,57 @@
+"""The documentation builds without warnings and tells the truth about the topics."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from flask_kaizen_webhooks.config import DEFAULTS
+from flask_kaizen_webhooks.topics import BUILTIN_TOPICS
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+README = DOCS.parent / "README.md"
+
+
+def test_sphinx_builds_with_warnings_as_errors(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            str(DOCS),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "index.html").is_file()
+
+
+def test_topics_page_shows_every_topic_with_its_sample() -> None:
+    text = (DOCS / "topics.rst").read_text()
+    blocks = re.findall(r"\.\. code-block:: json\n\n((?:   .*\n|\n)+)", text)
+    samples = [json.loads(block) for block in blocks]
+    for topic in BUILTIN_TOPICS:
+        assert f"``{topic.name}`` ({topic.mode.value})" in text
+        assert dict(topic.sample_payload) in samples
+
+
+def test_every_config_key_is_documented() -> None:
+    text = (DOCS / "configuration.rst").read_text()
+    for name in DEFAULTS:
+        assert f"``KAIZEN_WEBHOOKS_{name}``" in text
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    lines = [line for line in README.read_text().splitlines() if line.startswith("make ")]
+    assert [line.split()[:2] for line in lines[:2]] == [["make", "demo"], ["make", "test"]]
