@@ -13,8 +13,7 @@ from .errors import (
 )
 from .extension import KaizenWebhooks, WebhooksState, get_state
 from .topics import Mode, Topic
-
-__version__ = "0.1.0"
+from .version import __version__
 
 logging.getLogger("flask_kaizen_webhooks").addHandler(logging.NullHandler())
 

@@ -22,7 +22,22 @@ DEFAULTS: dict[str, Any] = {
     "PAGE_SIZE": 50,
     "MAX_PAGE_SIZE": 200,
     "SQLITE_BUSY_TIMEOUT": 30.0,
+    "SYNC_TIMEOUT": 5.0,
+    "CONNECT_TIMEOUT": 2.0,
+    "ASYNC_TIMEOUT": 15.0,
+    "DISPATCHER": "thread",
+    "WORKERS": 8,
+    "SYNC_WORKERS": 32,
+    "POLL_INTERVAL": 1.0,
+    "RETRY_SCHEDULE": (5, 300, 1800, 7200, 18000, 36000, 36000),
+    "RETRY_JITTER": 0.2,
+    "MAX_RETRY_AFTER": 86400,
+    "MAX_RESPONSE_BYTES": 64 * 1024,
+    "DISABLE_AFTER_FAILURES": 5,
+    "DISABLE_AFTER_SECONDS": 86400,
 }
+
+DISPATCHERS = ("thread", "none")
 
 DEFAULT_SQLITE_FILENAME = "kaizen_webhooks.sqlite3"
 
@@ -38,6 +53,24 @@ class Settings:
     page_size: int
     max_page_size: int
     sqlite_busy_timeout: float
+    sync_timeout: float
+    connect_timeout: float
+    async_timeout: float
+    dispatcher: str
+    workers: int
+    sync_workers: int
+    poll_interval: float
+    retry_schedule: tuple[float, ...]
+    retry_jitter: float
+    max_retry_after: float
+    max_response_bytes: int
+    disable_after_failures: int
+    disable_after_seconds: float
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed delivery stays claimed: longer than any attempt can take."""
+        return 2 * (self.async_timeout + self.connect_timeout) + 30
 
     @classmethod
     def from_app(cls, app: Flask) -> Settings:
@@ -77,6 +110,19 @@ class Settings:
             page_size=page_size,
             max_page_size=max_page_size,
             sqlite_busy_timeout=_positive_number(value, "SQLITE_BUSY_TIMEOUT"),
+            sync_timeout=_positive_number(value, "SYNC_TIMEOUT"),
+            connect_timeout=_positive_number(value, "CONNECT_TIMEOUT"),
+            async_timeout=_positive_number(value, "ASYNC_TIMEOUT"),
+            dispatcher=_choice(value, "DISPATCHER", DISPATCHERS),
+            workers=_positive_int(value, "WORKERS"),
+            sync_workers=_positive_int(value, "SYNC_WORKERS"),
+            poll_interval=_positive_number(value, "POLL_INTERVAL"),
+            retry_schedule=_schedule(value, "RETRY_SCHEDULE"),
+            retry_jitter=_fraction(value, "RETRY_JITTER"),
+            max_retry_after=_positive_number(value, "MAX_RETRY_AFTER"),
+            max_response_bytes=_positive_int(value, "MAX_RESPONSE_BYTES"),
+            disable_after_failures=_positive_int(value, "DISABLE_AFTER_FAILURES"),
+            disable_after_seconds=_non_negative_number(value, "DISABLE_AFTER_SECONDS"),
         )
 
 
@@ -99,3 +145,40 @@ def _positive_number(value: Any, name: str) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
         raise ConfigurationError(PREFIX + name, f"expected a positive number, got {raw!r}")
     return float(raw)
+
+
+def _non_negative_number(value: Any, name: str) -> float:
+    raw = value(name)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+        raise ConfigurationError(PREFIX + name, f"expected a number >= 0, got {raw!r}")
+    return float(raw)
+
+
+def _fraction(value: Any, name: str) -> float:
+    raw = _non_negative_number(value, name)
+    if raw >= 1:
+        raise ConfigurationError(PREFIX + name, f"expected a fraction from 0 to below 1, got {raw}")
+    return raw
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    raw = value(name)
+    if raw not in choices:
+        raise ConfigurationError(
+            PREFIX + name, f"expected one of {', '.join(choices)}; got {raw!r}"
+        )
+    return str(raw)
+
+
+def _schedule(value: Any, name: str) -> tuple[float, ...]:
+    raw = value(name)
+    if isinstance(raw, str) or not isinstance(raw, list | tuple):
+        raise ConfigurationError(
+            PREFIX + name, f"expected a list of delays in seconds, got {raw!r}"
+        )
+    delays = []
+    for delay in raw:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise ConfigurationError(PREFIX + name, f"delays must be numbers >= 0, got {delay!r}")
+        delays.append(float(delay))
+    return tuple(delays)

@@ -70,6 +70,11 @@ class Database:
         assert self.host_db is not None
         return self.host_db.session()
 
+    def independent_session(self) -> Session:
+        """A session of its own, apart from the request's: for background work and logs."""
+        self.create_tables(checkfirst=True)
+        return Session(bind=self.engine, expire_on_commit=False)
+
     def create_tables(self, *, checkfirst: bool = True) -> None:
         """Create the extension's tables that do not exist yet (idempotent)."""
         if self._tables_ready:

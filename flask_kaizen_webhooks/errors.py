@@ -7,6 +7,7 @@ host that catches them generically still gets the right status code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
@@ -22,6 +23,25 @@ class ConfigurationError(WebhooksError, ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+class UnknownTopic(WebhooksError, LookupError):
+    """A topic name that no one registered."""
+
+    def __init__(self, topic: str, valid: list[str]) -> None:
+        super().__init__(f"Unknown topic {topic!r}; valid topics are: {', '.join(valid)}.")
+        self.topic = topic
+        self.valid_topics = valid
+
+
+class DeliveryFailed(WebhooksError):
+    """Some receivers of a synchronous webhook failed (only with ``raise_on_error=True``)."""
+
+    def __init__(self, topic: str, results: Sequence[Any]) -> None:
+        failed = [result for result in results if not result.ok]
+        super().__init__(f"{len(failed)} of {len(results)} {topic} webhooks failed.")
+        self.topic = topic
+        self.results = list(results)
 
 
 class ApiError(WebhooksError, HTTPException):

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import logging
+import random
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 
+from . import store
+from .clock import Clock
 from .config import Settings
 from .database import Database
-from .errors import ConfigurationError, WebhooksError
+from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
+from .dispatch.sync import DeliveryResult, fan_out
+from .dispatch.threads import ThreadDispatcher
+from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
+from .models import DeliveryMode
+from .signals import topic_signal
+from .signing import encode_payload
 from .topics import Mode, Topic, TopicRegistry
+from .transport import Transport
 
 EXTENSION_KEY = "kaizen_webhooks"
 
@@ -25,13 +36,45 @@ OwnerKey = Callable[[Any], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True, slots=True)
 class WebhooksState:
     """Everything the extension keeps for one app, in ``app.extensions["kaizen_webhooks"]``."""
 
-    extension: KaizenWebhooks
-    settings: Settings
-    database: Database
+    def __init__(
+        self, app: Flask, extension: KaizenWebhooks, settings: Settings, database: Database
+    ) -> None:
+        self.extension = extension
+        self.settings = settings
+        self.database = database
+        self.clock = Clock()
+        self.rng = random.Random()
+        self.transport = Transport(
+            max_response_bytes=settings.max_response_bytes,
+            pool_size=settings.workers + settings.sync_workers,
+        )
+        self.dispatcher: Dispatcher = (
+            ThreadDispatcher(app, self) if settings.dispatcher == "thread" else NoDispatcher()
+        )
+        self._sync_pool: ThreadPoolExecutor | None = None
+        self._sync_pool_lock = threading.Lock()
+
+    @property
+    def sync_pool(self) -> ThreadPoolExecutor:
+        """The threads that send synchronous webhooks (apart from the background workers)."""
+        with self._sync_pool_lock:
+            if self._sync_pool is None:
+                self._sync_pool = ThreadPoolExecutor(
+                    self.settings.sync_workers, thread_name_prefix="kaizen-webhooks-sync"
+                )
+            return self._sync_pool
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the dispatcher and the sync threads and close connections; nothing is lost."""
+        self.dispatcher.stop(timeout)
+        with self._sync_pool_lock:
+            if self._sync_pool is not None:
+                self._sync_pool.shutdown(wait=True, cancel_futures=True)
+                self._sync_pool = None
+        self.transport.close()
 
 
 class KaizenWebhooks:
@@ -52,6 +95,9 @@ class KaizenWebhooks:
         self.user_loader_callback: UserLoader | None = None
         self.permission_checker_callback: PermissionChecker | None = None
         self.owner_key_callback: OwnerKey | None = None
+        self._receivers: dict[str, Callable[..., Any]] = {}
+        for topic in self.topics:
+            self._connect(topic.name)
         if app is not None:
             self.init_app(app)
 
@@ -71,7 +117,10 @@ class KaizenWebhooks:
                 "SECRET_KEY", "the app needs a SECRET_KEY to sign pagination cursors."
             )
         database = Database(app, settings, db if db is not None else self.db)
-        app.extensions[EXTENSION_KEY] = WebhooksState(self, settings, database)
+        state = WebhooksState(app, self, settings, database)
+        app.extensions[EXTENSION_KEY] = state
+        # Pending work (retries, or what a previous process left) resumes with the first request.
+        app.before_request(state.dispatcher.start)
 
         from .api import blueprint
         from .cli import webhooks_cli
@@ -115,6 +164,64 @@ class KaizenWebhooks:
             )
         return str(key)
 
+    # Sending -----------------------------------------------------------------------------------
+
+    def trigger(
+        self,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        app: Flask | None = None,
+        raise_on_error: bool = False,
+    ) -> list[DeliveryResult] | list[str]:
+        """Send ``payload`` to every active registration of ``topic``.
+
+        For a synchronous topic, returns a :class:`DeliveryResult` per registration once all
+        answered or the deadline passed; a failing receiver never raises unless
+        ``raise_on_error`` is set (then :class:`DeliveryFailed` carries the results). For an
+        asynchronous topic, writes one outbox row per registration in the current transaction
+        and returns their ids; they are sent after commit.
+        """
+        target_app = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        state = get_state(target_app)
+        found = self.topics.get(topic)
+        if found is None:
+            raise UnknownTopic(topic, self.topics.names())
+        document = _checked_payload(payload)
+        if found.mode is Mode.SYNC:
+            results = self._send_now(target_app, state, topic, document)
+            if raise_on_error and not all(result.ok for result in results):
+                raise DeliveryFailed(topic, results)
+            return results
+        return enqueue(state, topic, document)
+
+    def _send_now(
+        self, app: Flask, state: WebhooksState, topic: str, document: Mapping[str, Any]
+    ) -> list[DeliveryResult]:
+        try:
+            with state.database.independent_session() as session:
+                targets = store.active_targets(session, topic=topic)
+        except Exception:
+            logger.exception("Could not read the registrations of %s; nothing was sent", topic)
+            return []
+        return fan_out(
+            app,
+            state,
+            topic=topic,
+            document=document,
+            targets=targets,
+            mode=DeliveryMode.SYNC,
+            timeout=state.settings.sync_timeout,
+        )
+
+    def start(self, app: Flask | None = None) -> None:
+        """Start delivering in this process now rather than at the first request."""
+        get_state(app).dispatcher.start()
+
+    def shutdown(self, app: Flask | None = None, timeout: float = 30.0) -> None:
+        """Stop delivering for ``app`` (default: the current app) without losing anything."""
+        get_state(app).shutdown(timeout)
+
     # Topics ------------------------------------------------------------------------------------
 
     def add_topic(
@@ -125,7 +232,31 @@ class KaizenWebhooks:
         sample_payload: Mapping[str, Any] | None = None,
     ) -> Topic:
         """Add a topic of the host's own; ``mode`` is ``"sync"`` or ``"async"``."""
-        return self.topics.add(Topic(name, Mode(mode), description, dict(sample_payload or {})))
+        topic = self.topics.add(Topic(name, Mode(mode), description, dict(sample_payload or {})))
+        self._connect(topic.name)
+        return topic
+
+    def _connect(self, topic: str) -> None:
+        """Deliver ``topic`` whenever its signal is sent by an app this extension serves."""
+
+        def receive(sender: Any, **kwargs: Any) -> list[DeliveryResult] | list[str] | None:
+            if not isinstance(sender, Flask):
+                raise WebhooksError(
+                    f"Send the {topic!r} signal with the app as sender: "
+                    f"signals.{topic}.send(current_app._get_current_object(), payload=...)."
+                )
+            state = sender.extensions.get(EXTENSION_KEY)
+            if state is None or state.extension is not self:
+                return None
+            if "payload" not in kwargs:
+                raise WebhooksError(f"Send the {topic!r} signal with payload=<the document>.")
+            results: list[DeliveryResult] | list[str] = self.trigger(
+                topic, kwargs["payload"], app=sender
+            )
+            return results
+
+        self._receivers[topic] = receive
+        topic_signal(topic).connect(receive, weak=False)
 
     # State -------------------------------------------------------------------------------------
 
@@ -133,6 +264,49 @@ class KaizenWebhooks:
     def state(app: Flask | None = None) -> WebhooksState:
         """The extension's state for ``app`` (default: the current app)."""
         return get_state(app)
+
+
+def enqueue(state: WebhooksState, topic: str, document: Mapping[str, Any]) -> list[str]:
+    """Write outbox rows for every active registration of ``topic``; hand them to the
+    dispatcher once they are committed.
+
+    Inside a transaction of the host's session the rows commit or roll back with the host's
+    change; otherwise (and always with the embedded database) they are committed here.
+    """
+    database = state.database
+    session = database.session
+    owned = database.embedded or not session.in_transaction()
+    targets = store.active_targets(session, topic=topic)
+    deliveries = store.add_deliveries(
+        session,
+        targets=targets,
+        topic=topic,
+        mode=DeliveryMode.ASYNC,
+        document=document,
+        now=state.clock.now(),
+    )
+    ids = [delivery.id for delivery in deliveries]
+    if owned:
+        session.commit()
+        state.dispatcher.submit(ids)
+    elif ids:
+        hand_over_after_commit(session, state.dispatcher, ids)
+    return ids
+
+
+def _checked_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(payload, Mapping):
+        raise WebhooksError(f"The payload must be a mapping (a JSON object), not {type(payload)}.")
+    if "webhook_request_id" in payload:
+        raise WebhooksError(
+            "The payload must not contain 'webhook_request_id'; it is set per delivery."
+        )
+    document = dict(payload)
+    try:
+        encode_payload(document)
+    except (TypeError, ValueError) as exc:
+        raise WebhooksError(f"The payload cannot be sent as JSON: {exc}") from None
+    return document
 
 
 def get_state(app: Flask | None = None) -> WebhooksState:

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from typing import overload
 
-from sqlalchemy import DateTime, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -63,6 +74,10 @@ class Registration(Base):
     state: Mapped[str] = mapped_column(String(16), default=RegistrationState.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Deliveries failed for good in a row, and when the first of them failed.
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
 
     def __repr__(self) -> str:
         # The secret is deliberately left out.
@@ -79,8 +94,112 @@ class Registration(Base):
             "topic": self.topic,
             "url": self.url,
             "state": self.state,
-            "created_at": _isoformat(self.created_at),
-            "updated_at": _isoformat(self.updated_at),
+            "disabled_reason": self.disabled_reason,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+        }
+
+
+class DeliveryStatus:
+    """Values of :attr:`Delivery.status`."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class DeliveryMode:
+    """Values of :attr:`Delivery.mode`: how the delivery was made."""
+
+    SYNC = "sync"
+    ASYNC = "async"
+    TEST = "test"
+
+
+class Delivery(Base):
+    """One webhook for one registration: the outbox row, and its log once done.
+
+    Its id is the ``webhook_request_id`` the receiver sees, unchanged across retries. A pending
+    delivery is due at ``next_attempt_at``; a worker claims it by setting ``claim_token`` and
+    pushing ``next_attempt_at`` a lease into the future, so a crashed worker's claim expires.
+    """
+
+    __tablename__ = "kaizen_webhook_deliveries"
+    __table_args__ = (
+        Index("ix_kaizen_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_kaizen_webhook_deliveries_registration", "registration_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    registration_id: Mapped[str] = mapped_column(String(36))
+    owner: Mapped[str] = mapped_column(String(255))
+    topic: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(8))
+    #: The exact JSON document that is signed and sent, ``webhook_request_id`` included.
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Index into the retry schedule of the next retry (reset by a redelivery).
+    retry_index: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.id} {self.topic} {self.status} attempts={self.attempts}>"
+
+    def to_public_dict(self) -> dict[str, object]:
+        """The delivery as the API shows it (without its payload)."""
+        return {
+            "id": self.id,
+            "registration_id": self.registration_id,
+            "topic": self.topic,
+            "mode": self.mode,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "response_excerpt": self.response_excerpt,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+            "completed_at": isoformat(self.completed_at),
+            "next_attempt_at": (
+                isoformat(self.next_attempt_at) if self.status == DeliveryStatus.PENDING else None
+            ),
+        }
+
+
+class Attempt(Base):
+    """One HTTP request of a delivery and what came of it."""
+
+    __tablename__ = "kaizen_webhook_attempts"
+    __table_args__ = (Index("ix_kaizen_webhook_attempts_delivery", "delivery_id", "number"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[str] = mapped_column(String(36))
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    elapsed: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+
+    def to_public_dict(self) -> dict[str, object]:
+        """The attempt as the API shows it."""
+        return {
+            "number": self.number,
+            "started_at": isoformat(self.started_at),
+            "elapsed_ms": round(self.elapsed * 1000, 1),
+            "status_code": self.status_code,
+            "error": self.error,
+            "response_excerpt": self.response_excerpt,
         }
 
 
@@ -89,8 +208,14 @@ def url_digest(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
 
 
-def _isoformat(moment: datetime) -> str:
-    # SQLite hands back naive datetimes; every stored time is UTC.
+@overload
+def isoformat(moment: datetime) -> str: ...
+@overload
+def isoformat(moment: None) -> None: ...
+def isoformat(moment: datetime | None) -> str | None:
+    """``moment`` as ISO 8601 in UTC with a ``Z``; SQLite hands back naive UTC datetimes."""
+    if moment is None:
+        return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.isoformat().replace("+00:00", "Z")

@@ -7,17 +7,27 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .errors import DuplicateRegistration, NotFound, RevConflict
-from .models import Registration, RegistrationState, url_digest, utcnow
+from .models import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Registration,
+    RegistrationState,
+    url_digest,
+    utcnow,
+)
+from .signing import encode_payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +197,305 @@ def _duplicate_guard(
         session.rollback()
         _refuse_duplicate(session, owner=owner, topic=topic, url=url, except_id=except_id)
         raise
+
+
+# Deliveries ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a delivery needs of its registration, detached from any session."""
+
+    registration_id: str
+    owner: str
+    url: str
+    secret: str
+
+
+def active_targets(
+    session: Session,
+    *,
+    topic: str,
+    owner: str | None = None,
+    registration_id: str | None = None,
+) -> list[Target]:
+    """The active registrations of ``topic`` (optionally one owner's, or one registration)."""
+    query = select(
+        Registration.id, Registration.owner, Registration.url, Registration.secret
+    ).where(Registration.topic == topic, Registration.state == RegistrationState.ACTIVE)
+    if owner is not None:
+        query = query.where(Registration.owner == owner)
+    if registration_id is not None:
+        query = query.where(Registration.id == registration_id)
+    return [Target(*row) for row in session.execute(query.order_by(Registration.created_at))]
+
+
+def add_deliveries(
+    session: Session,
+    *,
+    targets: Sequence[Target],
+    topic: str,
+    mode: str,
+    document: Mapping[str, Any],
+    now: datetime,
+) -> list[Delivery]:
+    """Outbox rows, one per target, each with its own ``webhook_request_id``; due now."""
+    deliveries = []
+    for target in targets:
+        delivery_id = str(uuid.uuid4())
+        deliveries.append(
+            Delivery(
+                id=delivery_id,
+                registration_id=target.registration_id,
+                owner=target.owner,
+                topic=topic,
+                mode=mode,
+                payload=encode_payload({**document, "webhook_request_id": delivery_id}).decode(),
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                retry_index=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    session.add_all(deliveries)
+    return deliveries
+
+
+def claim_due(
+    session: Session, *, now: datetime, lease_until: datetime, token: str, limit: int
+) -> list[str]:
+    """Claim up to ``limit`` due deliveries for one worker; no two claimers get the same row.
+
+    PostgreSQL skips rows other claimers hold (``FOR UPDATE SKIP LOCKED``); SQLite runs one
+    writer at a time, which makes the same statement exclusive there.
+    """
+    due = (
+        select(Delivery.id)
+        .where(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now)
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(due))
+        .where(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now)
+        .values(claim_token=token, next_attempt_at=lease_until)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(claimed.scalars())
+
+
+def claim(
+    session: Session, *, delivery_id: str, now: datetime, lease_until: datetime, token: str
+) -> bool:
+    """Claim one delivery if it is pending and due; False if it is not (or someone has it)."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at <= now,
+        )
+        .values(claim_token=token, next_attempt_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def claimed_delivery(
+    session: Session, *, delivery_id: str, token: str
+) -> tuple[Delivery, Registration | None] | None:
+    """The delivery this worker holds, with its registration; None if the claim was lost."""
+    delivery = session.scalars(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.claim_token == token)
+    ).one_or_none()
+    if delivery is None:
+        return None
+    return delivery, session.get(Registration, delivery.registration_id)
+
+
+def release_claim(session: Session, *, delivery_id: str, token: str, now: datetime) -> None:
+    """Give a claimed delivery back unattempted, due at once (used on shutdown)."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.claim_token == token)
+        .values(claim_token=None, next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def record_attempt(
+    session: Session,
+    *,
+    delivery_id: str,
+    token: str | None,
+    attempt: Attempt,
+    values: Mapping[str, Any],
+) -> bool:
+    """Store an attempt and the delivery's new state; False if the claim was lost meanwhile."""
+    query = update(Delivery).where(Delivery.id == delivery_id)
+    if token is not None:
+        query = query.where(Delivery.claim_token == token)
+    result = session.execute(
+        query.values(**values, claim_token=None).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.add(attempt)
+    return True
+
+
+def note_delivery_outcome(
+    session: Session,
+    *,
+    registration_id: str,
+    succeeded: bool,
+    now: datetime,
+    disable_after_failures: int,
+    disable_after: timedelta,
+) -> bool:
+    """Track a registration's run of failed deliveries; True if this failure disables it."""
+    if succeeded:
+        session.execute(
+            update(Registration)
+            .where(Registration.id == registration_id, Registration.consecutive_failures > 0)
+            .values(consecutive_failures=0, failing_since=None)
+            .execution_options(synchronize_session=False)
+        )
+        return False
+    registration = session.get(Registration, registration_id, with_for_update=True)
+    if registration is None or registration.state != RegistrationState.ACTIVE:
+        return False
+    registration.consecutive_failures += 1
+    if registration.failing_since is None:
+        registration.failing_since = now
+    failing_for = now - as_utc(registration.failing_since)
+    if registration.consecutive_failures >= disable_after_failures and failing_for >= disable_after:
+        reason = (
+            f"{registration.consecutive_failures} deliveries in a row failed for good over "
+            f"{failing_for.total_seconds() / 3600:.1f} h"
+        )
+        disable_registration(session, registration, reason=reason, now=now)
+        return True
+    return False
+
+
+def disable_registration(
+    session: Session, registration: Registration, *, reason: str, now: datetime
+) -> None:
+    """Stop delivering to ``registration``; the owner can re-enable it through the API."""
+    number = registration.rev_number + 1
+    registration.state = RegistrationState.DISABLED
+    registration.disabled_reason = reason
+    registration.rev = new_rev(
+        number, registration.rev, registration.topic, registration.url, RegistrationState.DISABLED
+    )
+    registration.rev_number = number
+    registration.updated_at = now
+
+
+def disable_if_active(
+    session: Session, registration_id: str, *, reason: str, now: datetime
+) -> bool:
+    """Disable the registration if it is active; True if this call disabled it."""
+    registration = session.get(Registration, registration_id, with_for_update=True)
+    if registration is None or registration.state != RegistrationState.ACTIVE:
+        return False
+    disable_registration(session, registration, reason=reason, now=now)
+    return True
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    owner: str,
+    registration_id: str,
+    before: PagePosition | None,
+    limit: int,
+) -> Sequence[Delivery]:
+    """Up to ``limit`` deliveries of one registration, newest first, older than ``before``."""
+    query = select(Delivery).where(
+        Delivery.owner == owner, Delivery.registration_id == registration_id
+    )
+    if before is not None:
+        query = query.where(
+            or_(
+                Delivery.created_at < before.created_at,
+                and_(Delivery.created_at == before.created_at, Delivery.id < before.id),
+            )
+        )
+    query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit)
+    return session.scalars(query).all()
+
+
+def get_delivery(session: Session, *, owner: str, delivery_id: str) -> Delivery:
+    """The owner's delivery, or :class:`NotFound`."""
+    delivery = session.scalars(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.owner == owner)
+    ).one_or_none()
+    if delivery is None:
+        raise NotFound("No such delivery.")
+    return delivery
+
+
+def attempts_of(session: Session, delivery_id: str) -> Sequence[Attempt]:
+    """Every attempt of a delivery, first first."""
+    return session.scalars(
+        select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(Attempt.number)
+    ).all()
+
+
+def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> Delivery:
+    """Queue the owner's delivery again, now, with a fresh retry schedule and the same id."""
+    delivery = get_delivery(session, owner=owner, delivery_id=delivery_id)
+    delivery.status = DeliveryStatus.PENDING
+    delivery.retry_index = 0
+    delivery.next_attempt_at = now
+    delivery.claim_token = None
+    delivery.completed_at = None
+    delivery.updated_at = now
+    return delivery
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` made timezone-aware; the database may hand back naive UTC times."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def finish_without_attempt(
+    session: Session, *, delivery_id: str, token: str, error: str, now: datetime
+) -> bool:
+    """Fail a claimed delivery that cannot be sent; False if the claim was lost."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.claim_token == token)
+        .values(
+            status=DeliveryStatus.FAILED,
+            last_error=error,
+            claim_token=None,
+            next_attempt_at=None,
+            completed_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def extend_claim(session: Session, *, delivery_id: str, token: str, lease_until: datetime) -> bool:
+    """Renew this worker's lease on a delivery as its attempt starts; False if it was lost."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.claim_token == token,
+            Delivery.status == DeliveryStatus.PENDING,
+        )
+        .values(next_attempt_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]

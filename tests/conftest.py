@@ -134,6 +134,7 @@ def make_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
     yield build
     for host in built:
         with host.app.app_context():
+            get_state(host.app).shutdown(timeout=10)
             get_state(host.app).database.dispose()
             if host.db is not None:
                 host.db.session.remove()

@@ -51,6 +51,7 @@ def test_create_returns_id_rev_and_location(client: FlaskClient) -> None:
         "topic": "profile_updated",
         "url": "https://hooks.example.com/profile_updated",
         "state": "active",
+        "disabled_reason": None,
         "created_at": fetched.get_json()["created_at"],
         "updated_at": fetched.get_json()["updated_at"],
     }

@@ -49,7 +49,7 @@ def test_topics_page_shows_every_topic_with_its_sample() -> None:
 def test_every_config_key_is_documented() -> None:
     text = (DOCS / "configuration.rst").read_text()
     for name in DEFAULTS:
-        assert f"``KAIZEN_WEBHOOKS_{name}``" in text
+        assert f"``KAIZEN_WEBHOOKS_{name}``" in text, name
 
 
 def test_readme_starts_with_the_two_commands() -> None:

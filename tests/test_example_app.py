@@ -10,6 +10,7 @@ from pathlib import Path
 import requests
 
 from example_app import create_app
+from flask_kaizen_webhooks import get_state
 from tests.conftest import free_port
 
 BODY = {
@@ -31,6 +32,7 @@ def test_demo_tokens_and_embedded_sqlite(tmp_path: Path) -> None:
     assert client.get("/v2/webhooks/registrations", headers=user).status_code == 403
     assert client.get("/v2/webhooks/registrations").status_code == 401
     assert (tmp_path / "example_app.sqlite3").is_file()
+    get_state(app).shutdown()
 
 
 def test_python_m_example_app_serves_the_api(tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ def test_one_extension_serves_several_apps_with_their_own_settings(tmp_path: Pat
     assert (tmp_path / "first" / "kaizen_webhooks.sqlite3").is_file()
     assert (tmp_path / "second" / "kaizen_webhooks.sqlite3").is_file()
     for app in (first, second):
+        get_state(app).shutdown()
         get_state(app).database.dispose()
 
 

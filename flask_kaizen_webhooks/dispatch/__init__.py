@@ -1,0 +1,1 @@
+"""The delivery engines: the inline synchronous fan-out and the background dispatchers."""

@@ -1,0 +1,59 @@
+"""What every background engine offers, and the hand-over of outbox rows after commit."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+PENDING_KEY = "kaizen_webhooks_pending"
+
+
+class Dispatcher(Protocol):
+    """A background engine that sends committed deliveries."""
+
+    def start(self) -> None:
+        """Begin (or resume) delivering in this process; a no-op when already running."""
+
+    def submit(self, delivery_ids: list[str]) -> None:
+        """Deliveries just committed to the outbox."""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work without losing any."""
+
+
+class NoDispatcher:
+    """No delivery in this process: another one (``flask webhooks worker``) sends the outbox."""
+
+    def start(self) -> None:
+        return None
+
+    def submit(self, delivery_ids: list[str]) -> None:
+        return None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        return None
+
+
+def hand_over_after_commit(session: Session, dispatcher: Dispatcher, ids: list[str]) -> None:
+    """Give ``ids`` to ``dispatcher`` when ``session`` commits; forget them if it rolls back.
+
+    No SQL runs in these hooks (SQLAlchemy forbids it after commit): they only pass ids on.
+    """
+    pending: list[tuple[Dispatcher, list[str]]] | None = session.info.get(PENDING_KEY)
+    if pending is None:
+        pending = session.info[PENDING_KEY] = []
+        if not event.contains(session, "after_commit", _after_commit):
+            event.listen(session, "after_commit", _after_commit)
+            event.listen(session, "after_rollback", _after_rollback)
+    pending.append((dispatcher, ids))
+
+
+def _after_commit(session: Session) -> None:
+    for dispatcher, ids in session.info.pop(PENDING_KEY, None) or ():
+        dispatcher.submit(ids)
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(PENDING_KEY, None)

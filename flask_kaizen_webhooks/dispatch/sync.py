@@ -1,0 +1,206 @@
+"""Synchronous fan-out: every registration of a topic at once, under one deadline, while the
+caller waits; the outcome of each is recorded in the delivery log afterwards."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+
+from .. import signals, store
+from ..models import Attempt, Delivery, DeliveryStatus
+from ..signing import encode_payload
+from ..transport import SendResult
+from .attempt import describe_failure, excerpt, response_json, send
+
+if TYPE_CHECKING:
+    from ..extension import WebhooksState
+
+logger = logging.getLogger("flask_kaizen_webhooks")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """The answer of one registration to a synchronous webhook."""
+
+    delivery_id: str
+    registration_id: str
+    ok: bool
+    status_code: int | None
+    elapsed: float
+    response_json: Any
+    error: str | None
+    timed_out: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data."""
+        return {
+            "delivery_id": self.delivery_id,
+            "registration_id": self.registration_id,
+            "ok": self.ok,
+            "status_code": self.status_code,
+            "elapsed_ms": round(self.elapsed * 1000, 1),
+            "response": self.response_json,
+            "error": self.error,
+            "timed_out": self.timed_out,
+        }
+
+
+def fan_out(
+    app: Flask,
+    state: WebhooksState,
+    *,
+    topic: str,
+    document: Mapping[str, Any],
+    targets: Sequence[store.Target],
+    mode: str,
+    timeout: float,
+) -> list[DeliveryResult]:
+    """POST ``document`` to every target in parallel; return when all answered or at the
+    deadline, stragglers marked timed out. Never raises for a receiver's failure."""
+    started_at = state.clock.now()
+    started = time.monotonic()
+    deadline = started + timeout
+    jobs: list[tuple[store.Target, str, bytes, Future[SendResult]]] = []
+    for target in targets:
+        delivery_id = str(uuid.uuid4())
+        payload = encode_payload({**document, "webhook_request_id": delivery_id})
+        future = state.sync_pool.submit(
+            _send_before, deadline, state, target, payload, topic, delivery_id
+        )
+        jobs.append((target, delivery_id, payload, future))
+    wait([job[3] for job in jobs], timeout=max(0.0, deadline - time.monotonic()))
+
+    results = []
+    sent = []
+    for target, delivery_id, _payload, future in jobs:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            result = future.result()
+        else:
+            future.cancel()
+            result = SendResult(
+                None,
+                time.monotonic() - started,
+                b"",
+                None,
+                None,
+                f"timed out: no answer within {timeout:g} s",
+                timed_out=True,
+            )
+        sent.append(result)
+        results.append(
+            DeliveryResult(
+                delivery_id=delivery_id,
+                registration_id=target.registration_id,
+                ok=result.ok,
+                status_code=result.status_code,
+                elapsed=result.elapsed,
+                response_json=response_json(result),
+                error=describe_failure(result),
+                timed_out=result.timed_out,
+            )
+        )
+    _record(state, topic, mode, started_at, jobs, sent)
+    _announce(app, topic, results)
+    return results
+
+
+def _send_before(
+    deadline: float,
+    state: WebhooksState,
+    target: store.Target,
+    payload: bytes,
+    topic: str,
+    delivery_id: str,
+) -> SendResult:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return SendResult(None, 0.0, b"", None, None, "timed out before sending", timed_out=True)
+    return send(
+        state,
+        url=target.url,
+        secret=target.secret,
+        payload=payload,
+        topic=topic,
+        delivery_id=delivery_id,
+        attempt_number=1,
+        timeout=remaining,
+    )
+
+
+def _record(
+    state: WebhooksState,
+    topic: str,
+    mode: str,
+    started_at: Any,
+    jobs: list[tuple[store.Target, str, bytes, Future[SendResult]]],
+    sent: list[SendResult],
+) -> None:
+    """Write the delivery log of a fan-out in one short transaction of its own."""
+    now = state.clock.now()
+    try:
+        with state.database.independent_session() as session, session.begin():
+            for (target, delivery_id, payload, _future), result in zip(jobs, sent, strict=True):
+                log_excerpt = excerpt(result.body)
+                error = describe_failure(result)
+                session.add(
+                    Delivery(
+                        id=delivery_id,
+                        registration_id=target.registration_id,
+                        owner=target.owner,
+                        topic=topic,
+                        mode=mode,
+                        payload=payload.decode(),
+                        status=DeliveryStatus.SUCCEEDED if result.ok else DeliveryStatus.FAILED,
+                        attempts=1,
+                        retry_index=0,
+                        next_attempt_at=None,
+                        last_status_code=result.status_code,
+                        last_error=error,
+                        response_excerpt=log_excerpt,
+                        created_at=started_at,
+                        updated_at=now,
+                        completed_at=now,
+                    )
+                )
+                session.add(
+                    Attempt(
+                        delivery_id=delivery_id,
+                        number=1,
+                        started_at=started_at,
+                        elapsed=result.elapsed,
+                        status_code=result.status_code,
+                        error=error,
+                        response_excerpt=log_excerpt,
+                    )
+                )
+    except Exception:
+        logger.exception("Could not record the delivery log of a %s fan-out", topic)
+
+
+def _announce(app: Flask, topic: str, results: list[DeliveryResult]) -> None:
+    for result in results:
+        if result.ok:
+            signals.delivery_succeeded.send(
+                app,
+                delivery_id=result.delivery_id,
+                registration_id=result.registration_id,
+                topic=topic,
+                status_code=result.status_code,
+                attempts=1,
+            )
+        else:
+            signals.delivery_failed.send(
+                app,
+                delivery_id=result.delivery_id,
+                registration_id=result.registration_id,
+                topic=topic,
+                error=result.error,
+                attempts=1,
+            )

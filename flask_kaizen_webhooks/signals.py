@@ -1,0 +1,62 @@
+"""Blinker signals: one per topic for the host to send, and lifecycle signals to listen to.
+
+The host sends a topic's signal with the app as sender and the payload document as ``payload``:
+
+.. code-block:: python
+
+    from flask import current_app
+    from flask_kaizen_webhooks import signals
+
+    signals.profile_updated.send(current_app._get_current_object(), payload=profile)
+
+``send`` returns blinker's list of ``(receiver, value)`` pairs; the extension's value is what
+:meth:`KaizenWebhooks.trigger` returns (the results of a synchronous topic, the ids of the queued
+deliveries of an asynchronous one). :func:`topic_signal` gives the signal of any topic by name,
+including the host's own topics.
+"""
+
+from __future__ import annotations
+
+from blinker import NamedSignal, Namespace
+
+_signals = Namespace()
+
+
+def topic_signal(name: str) -> NamedSignal:
+    """The signal of the topic called ``name``."""
+    return _signals.signal(f"topic:{name}")
+
+
+#: The built-in topics' signals.
+user_logged_in = topic_signal("user_logged_in")
+user_registered = topic_signal("user_registered")
+profile_updated = topic_signal("profile_updated")
+booking_updated = topic_signal("booking_updated")
+booking_state_changed = topic_signal("booking_state_changed")
+
+#: Sent (app as sender) when a delivery got a 2xx; keywords ``delivery_id``,
+#: ``registration_id``, ``topic``, ``status_code``, ``attempts``.
+delivery_succeeded = _signals.signal(
+    "delivery-succeeded", doc="A webhook delivery was answered with a 2xx."
+)
+#: Sent when a delivery failed for good (no retry is left, or the receiver answered 410);
+#: keywords ``delivery_id``, ``registration_id``, ``topic``, ``error``, ``attempts``.
+delivery_failed = _signals.signal(
+    "delivery-failed", doc="A webhook delivery failed for good and will not be retried."
+)
+#: Sent when a registration was disabled; keywords ``registration_id``, ``reason``.
+registration_disabled = _signals.signal(
+    "registration-disabled", doc="A webhook registration was disabled (410 Gone or failures)."
+)
+
+__all__ = [
+    "booking_state_changed",
+    "booking_updated",
+    "delivery_failed",
+    "delivery_succeeded",
+    "profile_updated",
+    "registration_disabled",
+    "topic_signal",
+    "user_logged_in",
+    "user_registered",
+]

@@ -1,0 +1,154 @@
+"""The HTTP client that sends webhooks: pooled keep-alive connections, no redirects, no proxies
+from the environment, a time limit per attempt and a capped read of the answer."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+
+READ_CHUNK = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What came of one POST."""
+
+    status_code: int | None
+    elapsed: float
+    body: bytes
+    content_type: str | None
+    retry_after: float | None
+    error: str | None
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """A 2xx answer (redirects and everything else count as failure)."""
+        return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
+
+
+class Transport:
+    """Sends POSTs over a pool of keep-alive connections; safe to share between threads."""
+
+    def __init__(self, *, max_response_bytes: int, pool_size: int) -> None:
+        self.max_response_bytes = max_response_bytes
+        # urllib3 reads no proxy settings from the environment, unlike requests.
+        self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
+
+    def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        timeout: float,
+        connect_timeout: float,
+    ) -> SendResult:
+        """POST ``body`` to ``url``; the whole attempt ends within about ``timeout`` seconds."""
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            response = self._pool.urlopen(
+                "POST",
+                url,
+                body=body,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=min(connect_timeout, timeout), read=timeout),
+                retries=False,
+                redirect=False,
+                preload_content=False,
+                assert_same_host=False,
+            )
+        except (ConnectTimeoutError, ReadTimeoutError) as exc:
+            return _failure(started, f"timed out: {_reason(exc)}", timed_out=True)
+        except NewConnectionError as exc:
+            return _failure(started, f"connection failed: {_reason(exc)}")
+        except (ProtocolError, HTTPError, OSError, ValueError) as exc:
+            return _failure(started, f"{type(exc).__name__}: {_reason(exc)}")
+        try:
+            data, error = self._read_capped(response, deadline)
+        finally:
+            response.release_conn()
+        return SendResult(
+            status_code=response.status,
+            elapsed=time.monotonic() - started,
+            body=data,
+            content_type=response.headers.get("Content-Type"),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            error=error,
+            timed_out=error is not None and error.startswith("timed out"),
+        )
+
+    def _read_capped(
+        self, response: urllib3.BaseHTTPResponse, deadline: float
+    ) -> tuple[bytes, str | None]:
+        """Up to ``max_response_bytes`` of the body; a longer or slower body is cut off."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size <= self.max_response_bytes:
+                if time.monotonic() > deadline:
+                    response.close()
+                    return b"".join(chunks), "timed out reading the response"
+                chunk = response.read(READ_CHUNK)
+                if not chunk:
+                    return b"".join(chunks), None
+                chunks.append(chunk)
+                size += len(chunk)
+        except ReadTimeoutError:
+            response.close()
+            return b"".join(chunks), "timed out reading the response"
+        except (ProtocolError, HTTPError, OSError) as exc:
+            response.close()
+            return b"".join(chunks), f"reading the response failed: {_reason(exc)}"
+        # Too long: keep what the cap allows and drop the connection rather than drain it.
+        response.close()
+        return b"".join(chunks)[: self.max_response_bytes], None
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._pool.clear()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _failure(started: float, error: str, *, timed_out: bool = False) -> SendResult:
+    return SendResult(
+        status_code=None,
+        elapsed=time.monotonic() - started,
+        body=b"",
+        content_type=None,
+        retry_after=None,
+        error=error,
+        timed_out=timed_out,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    return str(reason)[:300]
