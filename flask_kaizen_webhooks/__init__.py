@@ -2,12 +2,16 @@
 
 import logging
 
+from . import signals
+from .dispatch.sync import DeliveryResult
 from .errors import (
     ApiError,
     ConfigurationError,
+    DeliveryFailed,
     DuplicateRegistration,
     NotFound,
     RevConflict,
+    UnknownTopic,
     ValidationError,
     WebhooksError,
 )
@@ -20,15 +24,19 @@ logging.getLogger("flask_kaizen_webhooks").addHandler(logging.NullHandler())
 __all__ = [
     "ApiError",
     "ConfigurationError",
+    "DeliveryFailed",
+    "DeliveryResult",
     "DuplicateRegistration",
     "KaizenWebhooks",
     "Mode",
     "NotFound",
     "RevConflict",
     "Topic",
+    "UnknownTopic",
     "ValidationError",
     "WebhooksError",
     "WebhooksState",
     "__version__",
     "get_state",
+    "signals",
 ]

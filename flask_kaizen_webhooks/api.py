@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,10 +13,12 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from werkzeug.exceptions import HTTPException
 
 from . import store
+from .dispatch.sync import fan_out
 from .errors import ApiError, ValidationError
 from .extension import WebhooksState, get_state
-from .models import Registration
-from .validation import parse_registration
+from .models import Delivery, DeliveryMode, Registration
+from .topics import Mode
+from .validation import parse_registration, parse_test_request
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -204,18 +206,21 @@ def list_registrations() -> Response:
     owner = _owner()
     topic = request.args.get("topic") or None
     limit = _limit(state)
-    serializer = URLSafeSerializer(current_app.secret_key or "", salt=CURSOR_SALT)
-    after = _decode_cursor(serializer, request.args.get("cursor"), owner=owner, topic=topic)
+    scope = {"kind": "registrations", "owner": owner, "topic": topic}
+    after = _decode_cursor(scope)
     rows = store.list_registrations(
         state.database.session, owner=owner, topic=topic, after=after, limit=limit + 1
     )
+    return _page(rows, limit, scope)
+
+
+def _page(rows: Sequence[Registration | Delivery], limit: int, scope: dict[str, Any]) -> Response:
+    """A page of ``rows`` (fetched with one extra) and the cursor to the next page."""
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
-        next_cursor = serializer.dumps(
-            {"o": owner, "t": topic, "c": last.created_at.isoformat(), "i": last.id}
-        )
+        next_cursor = _serializer().dumps({**scope, "c": last.created_at.isoformat(), "i": last.id})
     return jsonify(items=[row.to_public_dict() for row in page], next_cursor=next_cursor)
 
 
@@ -243,6 +248,7 @@ def update_registration(registration_id: str) -> Response:
         topic=data.topic,
         url=data.url,
         secret=data.secret,
+        state=data.state,
     )
     session.commit()
     return _with_etag(jsonify(id=registration.id, rev=registration.rev), registration.rev)
@@ -269,19 +275,98 @@ def _limit(state: WebhooksState) -> int:
     return int(raw)
 
 
-def _decode_cursor(
-    serializer: URLSafeSerializer, cursor: str | None, *, owner: str, topic: str | None
-) -> store.PagePosition | None:
+def _serializer() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.secret_key or "", salt=CURSOR_SALT)
+
+
+def _decode_cursor(scope: dict[str, Any]) -> store.PagePosition | None:
+    """The position a ``cursor`` argument names; it must come from a listing of ``scope``."""
+    cursor = request.args.get("cursor")
     if not cursor:
         return None
     invalid = ApiError(400, "invalid_cursor", "The cursor is invalid.", field="cursor")
     try:
-        data = serializer.loads(cursor)
-        if data["o"] != owner or data["t"] != topic:
+        data = _serializer().loads(cursor)
+        if any(data.get(key) != value for key, value in scope.items()):
             raise invalid
         return store.PagePosition(datetime.fromisoformat(data["c"]), str(data["i"]))
-    except (BadSignature, KeyError, TypeError, ValueError):
+    except (BadSignature, KeyError, TypeError, ValueError, AttributeError):
         raise invalid from None
+
+
+# Deliveries --------------------------------------------------------------------------------------
+
+
+def send_test() -> Response:
+    """Send the topic's sample payload to the caller's registrations now; answer the results."""
+    state = _state()
+    data = parse_test_request(_json_body(), topics=state.extension.topics)
+    topic = state.extension.topics.get(data.topic)
+    assert topic is not None
+    targets = store.active_targets(
+        state.database.session,
+        topic=data.topic,
+        owner=_owner(),
+        registration_id=data.registration_id,
+    )
+    state.database.session.rollback()  # end the read before the (slow) sending
+    if not targets:
+        raise ApiError(
+            404,
+            "no_registration",
+            f"You have no active registration for {data.topic!r} to test"
+            + (" with that id." if data.registration_id else "."),
+            field="registration_id" if data.registration_id else "topic",
+        )
+    timeout = (
+        state.settings.sync_timeout if topic.mode is Mode.SYNC else state.settings.async_timeout
+    )
+    results = fan_out(
+        current_app._get_current_object(),  # type: ignore[attr-defined]
+        state,
+        topic=data.topic,
+        document=dict(topic.sample_payload),
+        targets=targets,
+        mode=DeliveryMode.TEST,
+        timeout=timeout,
+    )
+    return jsonify(deliveries=[result.to_dict() for result in results])
+
+
+def list_deliveries(registration_id: str) -> Response:
+    state = _state()
+    owner = _owner()
+    session = state.database.session
+    store.get_registration(session, owner=owner, registration_id=registration_id)
+    limit = _limit(state)
+    scope = {"kind": "deliveries", "owner": owner, "registration": registration_id}
+    before = _decode_cursor(scope)
+    rows = store.list_deliveries(
+        session, owner=owner, registration_id=registration_id, before=before, limit=limit + 1
+    )
+    return _page(rows, limit, scope)
+
+
+def get_delivery(delivery_id: str) -> Response:
+    session = _state().database.session
+    delivery = store.get_delivery(session, owner=_owner(), delivery_id=delivery_id)
+    body = delivery.to_public_dict()
+    body["payload"] = json.loads(delivery.payload)
+    body["attempts_log"] = [
+        attempt.to_public_dict() for attempt in store.attempts_of(session, delivery.id)
+    ]
+    return jsonify(body)
+
+
+def redeliver(delivery_id: str) -> tuple[Response, int]:
+    state = _state()
+    session = state.database.session
+    delivery = store.redeliver(
+        session, owner=_owner(), delivery_id=delivery_id, now=state.clock.now()
+    )
+    session.commit()
+    state.dispatcher.submit([delivery.id])
+    return jsonify(id=delivery.id, status=delivery.status), 202
 
 
 # Topics ------------------------------------------------------------------------------------------
@@ -304,4 +389,8 @@ _route(
     DELETE=delete_registration,
 )
 _route("/topics", "topics", GET=list_topics)
+_route("/test", "test", POST=send_test)
+_route("/registrations/<registration_id>/deliveries", "deliveries", GET=list_deliveries)
+_route("/deliveries/<delivery_id>", "delivery", GET=get_delivery)
+_route("/deliveries/<delivery_id>/redeliver", "redeliver", POST=redeliver)
 blueprint.add_url_rule("/<path:path>", "unknown", _unknown_path, methods=ROUTED_METHODS)

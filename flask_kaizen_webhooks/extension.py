@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -96,8 +97,7 @@ class KaizenWebhooks:
         self.permission_checker_callback: PermissionChecker | None = None
         self.owner_key_callback: OwnerKey | None = None
         self._receivers: dict[str, Callable[..., Any]] = {}
-        for topic in self.topics:
-            self._connect(topic.name)
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -119,6 +119,9 @@ class KaizenWebhooks:
         database = Database(app, settings, db if db is not None else self.db)
         state = WebhooksState(app, self, settings, database)
         app.extensions[EXTENSION_KEY] = state
+        self._apps.add(app)
+        for topic in self.topics:
+            self._connect(topic.name, app)
         # Pending work (retries, or what a previous process left) resumes with the first request.
         app.before_request(state.dispatcher.start)
 
@@ -236,27 +239,18 @@ class KaizenWebhooks:
         self._connect(topic.name)
         return topic
 
-    def _connect(self, topic: str) -> None:
-        """Deliver ``topic`` whenever its signal is sent by an app this extension serves."""
+    def _connect(self, topic: str, app: Flask | None = None) -> None:
+        """Deliver ``topic`` when ``app`` (default: every app set up so far) sends its signal."""
+        receiver = self._receivers.get(topic)
+        if receiver is None:
 
-        def receive(sender: Any, **kwargs: Any) -> list[DeliveryResult] | list[str] | None:
-            if not isinstance(sender, Flask):
-                raise WebhooksError(
-                    f"Send the {topic!r} signal with the app as sender: "
-                    f"signals.{topic}.send(current_app._get_current_object(), payload=...)."
-                )
-            state = sender.extensions.get(EXTENSION_KEY)
-            if state is None or state.extension is not self:
-                return None
-            if "payload" not in kwargs:
-                raise WebhooksError(f"Send the {topic!r} signal with payload=<the document>.")
-            results: list[DeliveryResult] | list[str] = self.trigger(
-                topic, kwargs["payload"], app=sender
-            )
-            return results
+            def receiver(sender: Flask, **kwargs: Any) -> list[DeliveryResult] | list[str]:
+                return self.trigger(topic, kwargs["payload"], app=sender)
 
-        self._receivers[topic] = receive
-        topic_signal(topic).connect(receive, weak=False)
+            self._receivers[topic] = receiver
+        for target in [app] if app is not None else list(self._apps):
+            # Held as long as the app lives: blinker drops it when the app is collected.
+            topic_signal(topic).connect(receiver, sender=target, weak=False)
 
     # State -------------------------------------------------------------------------------------
 

@@ -17,14 +17,54 @@ including the host's own topics.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 from blinker import NamedSignal, Namespace
+from flask import Flask
+
+from .errors import WebhooksError
 
 _signals = Namespace()
+_topic_signals: dict[str, TopicSignal] = {}
+_topic_signals_lock = threading.Lock()
 
 
-def topic_signal(name: str) -> NamedSignal:
+class TopicSignal(NamedSignal):
+    """A topic's signal. Sending it with anything but an app that runs the extension is an
+    error rather than a webhook silently never sent."""
+
+    def send(
+        self,
+        sender: Any = None,
+        /,
+        *,
+        _async_wrapper: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Callable[..., Any], Any]]:
+        topic = self.name
+        if not isinstance(sender, Flask):
+            raise WebhooksError(
+                f"Send the {topic!r} signal with the app as sender: "
+                f"signals.{topic}.send(current_app._get_current_object(), payload=...)."
+            )
+        if "kaizen_webhooks" not in sender.extensions:
+            raise WebhooksError(
+                f"The {topic!r} signal was sent by an app without flask-kaizen-webhooks."
+            )
+        if "payload" not in kwargs:
+            raise WebhooksError(f"Send the {topic!r} signal with payload=<the document>.")
+        return super().send(sender, _async_wrapper=_async_wrapper, **kwargs)
+
+
+def topic_signal(name: str) -> TopicSignal:
     """The signal of the topic called ``name``."""
-    return _signals.signal(f"topic:{name}")
+    with _topic_signals_lock:
+        signal = _topic_signals.get(name)
+        if signal is None:
+            signal = _topic_signals[name] = TopicSignal(name, doc=f"Send the {name} webhook.")
+        return signal
 
 
 #: The built-in topics' signals.

@@ -115,23 +115,33 @@ def update_registration(
     topic: str,
     url: str,
     secret: str | None,
+    state: str | None = None,
 ) -> Registration:
-    """Replace topic, url and (when given) secret, if ``rev`` is still the current rev."""
+    """Replace topic, url and (when given) secret and state, if ``rev`` is still current.
+
+    Enabling a registration clears its record of failures.
+    """
     current = get_registration(session, owner=owner, registration_id=registration_id)
     if rev != current.rev:
         raise RevConflict(current.rev, rev)
     _refuse_duplicate(session, owner=owner, topic=topic, url=url, except_id=current.id)
     number = current.rev_number + 1
+    new_state = state or current.state
     values: dict[str, object] = {
         "topic": topic,
         "url": url,
         "url_digest": url_digest(url),
-        "rev": new_rev(number, current.rev, topic, url, current.state),
+        "state": new_state,
+        "rev": new_rev(number, current.rev, topic, url, new_state),
         "rev_number": number,
         "updated_at": utcnow(),
     }
     if secret is not None:
         values["secret"] = secret
+    if new_state == RegistrationState.ACTIVE and current.state != RegistrationState.ACTIVE:
+        values.update(consecutive_failures=0, failing_since=None, disabled_reason=None)
+    elif new_state == RegistrationState.DISABLED and current.state != RegistrationState.DISABLED:
+        values["disabled_reason"] = "disabled by its owner"
     # The rev condition makes the check and the write one atomic step under concurrent updates.
     with _duplicate_guard(session, owner=owner, topic=topic, url=url, except_id=current.id):
         result = session.execute(
@@ -219,14 +229,17 @@ def active_targets(
     owner: str | None = None,
     registration_id: str | None = None,
 ) -> list[Target]:
-    """The active registrations of ``topic`` (optionally one owner's, or one registration)."""
+    """The active registrations of ``topic``, optionally one owner's; or the one registration
+    ``registration_id`` of ``topic``, active or not (for tests of a disabled endpoint)."""
     query = select(
         Registration.id, Registration.owner, Registration.url, Registration.secret
-    ).where(Registration.topic == topic, Registration.state == RegistrationState.ACTIVE)
+    ).where(Registration.topic == topic)
     if owner is not None:
         query = query.where(Registration.owner == owner)
     if registration_id is not None:
         query = query.where(Registration.id == registration_id)
+    else:
+        query = query.where(Registration.state == RegistrationState.ACTIVE)
     return [Target(*row) for row in session.execute(query.order_by(Registration.created_at))]
 
 

@@ -16,7 +16,9 @@ MIN_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 256
 
 CREATE_FIELDS = frozenset({"topic", "url", "secret"})
-UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev"})
+UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev", "state"})
+TEST_FIELDS = frozenset({"topic", "registration_id"})
+STATES = ("active", "disabled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,15 @@ class RegistrationInput:
     url: str
     secret: str | None
     rev: str | None
+    state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TestRequest:
+    """A validated ``POST /test`` document."""
+
+    topic: str
+    registration_id: str | None
 
 
 def parse_registration(
@@ -45,7 +56,19 @@ def parse_registration(
     else:
         secret = check_secret(_required_string(document, "secret"))
     rev = _optional_string(document, "rev") if for_update else None
-    return RegistrationInput(topic=topic, url=url, secret=secret, rev=rev)
+    state = _optional_string(document, "state") if for_update else None
+    if state is not None and state not in STATES:
+        raise ValidationError(
+            "invalid_state", f"'state' must be one of: {', '.join(STATES)}.", field="state"
+        )
+    return RegistrationInput(topic=topic, url=url, secret=secret, rev=rev, state=state)
+
+
+def parse_test_request(document: Mapping[str, Any], *, topics: TopicRegistry) -> TestRequest:
+    """Validate a ``POST /test`` document."""
+    _refuse_unknown_fields(document, TEST_FIELDS)
+    topic = check_topic(_required_string(document, "topic"), topics)
+    return TestRequest(topic=topic, registration_id=_optional_string(document, "registration_id"))
 
 
 def check_topic(topic: str, topics: TopicRegistry) -> str:

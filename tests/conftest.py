@@ -198,3 +198,47 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Any]]:
+    """Start real receivers on 127.0.0.1: ``receiver(responder=None)``."""
+    from tests.receivers import Receiver
+
+    started: list[Receiver] = []
+
+    def start(responder: Any = None) -> Receiver:
+        server = Receiver(responder)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+#: Settings for delivery tests: loopback receivers over http, fast polling, short retries.
+DELIVERY_CONFIG: dict[str, Any] = {
+    "KAIZEN_WEBHOOKS_ALLOW_HTTP": True,
+    "KAIZEN_WEBHOOKS_POLL_INTERVAL": 0.05,
+    "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [0.05, 0.05],
+    "KAIZEN_WEBHOOKS_RETRY_JITTER": 0.0,
+    "KAIZEN_WEBHOOKS_WORKERS": 4,
+}
+
+
+def register(
+    host: Host,
+    url: str,
+    topic: str = "profile_updated",
+    secret: str = "signature_secret_0123",
+    headers: dict[str, str] = ADMIN,
+) -> dict[str, str]:
+    """Register ``url`` through the API; the new registration's id and rev."""
+    response = host.app.test_client().post(
+        "/v2/webhooks/registrations",
+        json={"topic": topic, "url": url, "secret": secret},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.get_json()
+    return dict(response.get_json())
