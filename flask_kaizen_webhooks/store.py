@@ -370,8 +370,8 @@ def note_delivery_outcome(
     now: datetime,
     disable_after_failures: int,
     disable_after: timedelta,
-) -> bool:
-    """Track a registration's run of failed deliveries; True if this failure disables it."""
+) -> str | None:
+    """Track a registration's run of failed deliveries; the reason if this one disables it."""
     if succeeded:
         session.execute(
             update(Registration)
@@ -379,10 +379,10 @@ def note_delivery_outcome(
             .values(consecutive_failures=0, failing_since=None)
             .execution_options(synchronize_session=False)
         )
-        return False
+        return None
     registration = session.get(Registration, registration_id, with_for_update=True)
     if registration is None or registration.state != RegistrationState.ACTIVE:
-        return False
+        return None
     registration.consecutive_failures += 1
     if registration.failing_since is None:
         registration.failing_since = now
@@ -393,8 +393,8 @@ def note_delivery_outcome(
             f"{failing_for.total_seconds() / 3600:.1f} h"
         )
         disable_registration(session, registration, reason=reason, now=now)
-        return True
-    return False
+        return reason
+    return None
 
 
 def disable_registration(

@@ -105,13 +105,16 @@ def make_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
     """Build fresh host apps: ``make_host(backend, auth=True, **config)``."""
     built: list[Host] = []
 
-    def build(backend: str = "sqlite", *, auth: bool = True, **config: Any) -> Host:
+    def build(
+        backend: str = "sqlite", *, auth: bool = True, keep_tables: bool = False, **config: Any
+    ) -> Host:
         server, shared = BACKENDS[backend]
         if server == "postgres":
             url = request.getfixturevalue("postgres_url")
-            engine = create_engine(url)
-            metadata.drop_all(engine)
-            engine.dispose()
+            if not keep_tables:
+                engine = create_engine(url)
+                metadata.drop_all(engine)
+                engine.dispose()
         else:
             url = f"sqlite:///{tmp_path / f'app{len(built)}.sqlite3'}"
         app = Flask(f"host_{len(built)}", instance_path=str(tmp_path / f"instance{len(built)}"))
@@ -119,7 +122,7 @@ def make_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
         app.config.update(config)
         db: SQLAlchemy | None = None
         if shared:
-            app.config["SQLALCHEMY_DATABASE_URI"] = url
+            app.config.setdefault("SQLALCHEMY_DATABASE_URI", url)
             db = SQLAlchemy()
             db.init_app(app)
         else:

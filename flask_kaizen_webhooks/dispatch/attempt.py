@@ -227,7 +227,7 @@ def _registration_health(
     if kind == "retry":
         return None
     settings = state.settings
-    disabled = store.note_delivery_outcome(
+    return store.note_delivery_outcome(
         session,
         registration_id=registration_id,
         succeeded=kind == "succeeded",
@@ -235,7 +235,6 @@ def _registration_health(
         disable_after_failures=settings.disable_after_failures,
         disable_after=timedelta(seconds=settings.disable_after_seconds),
     )
-    return "its deliveries kept failing" if disabled else None
 
 
 def _abandon(
