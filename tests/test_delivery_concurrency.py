@@ -1,0 +1,87 @@
+"""Several dispatchers on one database, and clean shutdowns: each webhook once, none lost."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from typing import Any
+
+import jose.jws
+from sqlalchemy import func, select
+
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.models import Attempt, Delivery
+from tests.conftest import DELIVERY_CONFIG, register
+from tests.receivers import Reply, wait_until
+
+PROFILE = {"id": "p-1", "email": "ann@example.com"}
+
+
+def request_ids(server: Any) -> Counter[str]:
+    return Counter(
+        json.loads(jose.jws.get_unverified_claims(r.body.decode()))["webhook_request_id"]
+        for r in server.received
+    )
+
+
+def counts(host: Any) -> dict[str, int]:
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        rows = session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
+        return {status: number for status, number in rows}
+
+
+def enqueue(host: Any, events: int) -> list[str]:
+    ids: list[str] = []
+    with host.app.app_context():
+        for n in range(events):
+            ids += host.webhooks.trigger("profile_updated", {**PROFILE, "n": n})
+    return ids
+
+
+def test_two_dispatchers_on_postgres_deliver_each_webhook_once(
+    make_host: Any, receiver: Any
+) -> None:
+    server = receiver()
+    writer = make_host("postgres", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    register(writer, server.url("/a"))
+    register(writer, server.url("/b"))
+    url = writer.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
+    ids = enqueue(writer, 150)
+    assert len(ids) == 300
+    dispatchers = [
+        make_host("postgres", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DATABASE_URI=url, keep_tables=True)
+        for _ in range(2)
+    ]
+    for host in dispatchers:
+        host.webhooks.start(host.app)
+    wait_until(lambda: counts(writer).get("succeeded") == 300, timeout=60)
+    received = request_ids(server)
+    assert set(received) == set(ids)
+    assert max(received.values()) == 1, "a webhook was sent twice"
+    with writer.app.app_context(), get_state().database.independent_session() as session:
+        assert session.scalar(select(func.count()).select_from(Attempt)) == 300
+
+
+def test_clean_shutdown_stops_taking_work_and_loses_none(
+    make_host: Any, backend: str, receiver: Any
+) -> None:
+    gate = threading.Event()
+    server = receiver(lambda request, n: Reply(wait=gate))
+    host = make_host(backend, **{**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_WORKERS": 2})
+    register(host, server.url())
+    ids = enqueue(host, 20)
+    host.webhooks.start(host.app)
+    server.wait_for(2)  # both workers are busy with a slow receiver
+    stopper = threading.Thread(target=host.webhooks.shutdown, args=(host.app, 30))
+    stopper.start()
+    gate.set()  # the attempts in flight finish...
+    stopper.join(30)
+    assert not stopper.is_alive()
+    sent_before_stop = len(server.received)
+    assert sent_before_stop < 20
+    # ...and everything else is still pending (and unclaimed) in the outbox.
+    assert counts(host) == {"succeeded": sent_before_stop, "pending": 20 - sent_before_stop}
+    host.webhooks.start(host.app)
+    wait_until(lambda: counts(host) == {"succeeded": 20})
+    assert set(request_ids(server)) == set(ids)
