@@ -123,7 +123,7 @@ class KaizenWebhooks:
         for topic in self.topics:
             self._connect(topic.name, app)
         # Pending work (retries, or what a previous process left) resumes with the first request.
-        app.before_request(state.dispatcher.start)
+        app.before_request(state.dispatcher.autostart)
 
         from .api import blueprint
         from .cli import webhooks_cli

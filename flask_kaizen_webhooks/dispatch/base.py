@@ -16,6 +16,9 @@ class Dispatcher(Protocol):
     def start(self) -> None:
         """Begin (or resume) delivering in this process; a no-op when already running."""
 
+    def autostart(self) -> None:
+        """Start on first use, unless stopped on purpose."""
+
     def submit(self, delivery_ids: list[str]) -> None:
         """Deliveries just committed to the outbox."""
 
@@ -27,6 +30,9 @@ class NoDispatcher:
     """No delivery in this process: another one (``flask webhooks worker``) sends the outbox."""
 
     def start(self) -> None:
+        return None
+
+    def autostart(self) -> None:
         return None
 
     def submit(self, delivery_ids: list[str]) -> None:

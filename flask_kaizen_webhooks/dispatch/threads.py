@@ -44,15 +44,22 @@ class ThreadDispatcher:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._pid: int | None = None
+        self._closed = False  # stopped on purpose: only an explicit start() resumes
 
     @property
     def running(self) -> bool:
         """True while the threads of this process run."""
         return self._pid == os.getpid() and not self._stopping.is_set()
 
+    def autostart(self) -> None:
+        """Start on first use (a request, a submission), unless stopped on purpose."""
+        if not self._closed and not self.running:
+            self.start()
+
     def start(self) -> None:
         """Start the threads (again, in a forked child); a no-op while they run."""
         with self._lock:
+            self._closed = False
             if self.running:
                 return
             self._queue = queue.Queue()
@@ -73,10 +80,10 @@ class ThreadDispatcher:
         logger.info("Webhook dispatcher started with %d workers", count)
 
     def submit(self, delivery_ids: list[str]) -> None:
-        """Hand committed deliveries to the workers (starting them if needed)."""
-        if not delivery_ids:
-            return
-        self.start()
+        """Hand committed deliveries to the workers (starting them on first use)."""
+        self.autostart()
+        if not self.running:
+            return  # stopped: the rows wait in the outbox for the next start
         for delivery_id in delivery_ids:
             self._queue.put((delivery_id, None))
 
@@ -89,6 +96,7 @@ class ThreadDispatcher:
         back claimed work that was not started. Nothing pending is lost: it stays in the outbox.
         """
         with self._lock:
+            self._closed = True
             if not self.running:
                 return
             self._stopping.set()
