@@ -292,3 +292,19 @@ def test_an_expired_claim_is_taken_over(host: Any, receiver: Any) -> None:
         assert server.received == []  # still leased
     server.wait_for(1)
     wait_until(lambda: status_of(host, delivery_id) == "succeeded")
+
+
+def test_a_host_topic_is_sent_through_its_own_signal(host: Any, receiver: Any) -> None:
+    from flask_kaizen_webhooks.signals import topic_signal
+
+    host.webhooks.add_topic("course_completed", "async", "A course was completed.", {"c": 1})
+    server = receiver()
+    register(host, server.url(), topic="course_completed")
+    with host.app.app_context():
+        [(_, [delivery_id])] = topic_signal("course_completed").send(host.app, payload={"c": 2})
+    [request] = server.wait_for(1)
+    assert json.loads(jose.jws.get_unverified_claims(request.body.decode())) == {
+        "c": 2,
+        "webhook_request_id": delivery_id,
+    }
+    assert request.headers["Webhook-Topic"] == "course_completed"
