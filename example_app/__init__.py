@@ -3,46 +3,32 @@
 Run it with ``make demo`` (or ``python -m example_app --port 5000``). Its SQLite database lives in
 the instance folder; two demo API users are seeded:
 
-* ``Authorization: Bearer admin-token`` may manage web hooks;
-* ``Authorization: Bearer user-token`` may not.
+* ``Authorization: Bearer admin-token`` may manage web hooks and edit profiles and bookings;
+* ``Authorization: Bearer user-token`` may only read them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
-from flask import Flask, request
-from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
 
-from flask_kaizen_webhooks import KaizenWebhooks
+from flask_kaizen_webhooks import ApiError
 
+from .extensions import db, webhooks
+from .models import ApiUser
+from .views import api_user, host
 
-class Base(DeclarativeBase):
-    pass
-
-
-db = SQLAlchemy(model_class=Base)
-webhooks = KaizenWebhooks(db=db)
+logger = logging.getLogger("example_app")
 
 DEMO_USERS = (
-    # (id, name, token, may manage web hooks)
-    ("org-admin", "Demo integrator", "admin-token", True),
-    ("org-user", "Demo user without the permission", "user-token", False),
+    # (id, name, token, may manage web hooks, may edit profiles and bookings)
+    ("org-admin", "Demo integrator", "admin-token", True, True),
+    ("org-user", "Demo user without the permission", "user-token", False, False),
 )
-
-
-class ApiUser(db.Model):  # type: ignore[name-defined,misc]
-    """An API user of the host, authenticated by a bearer token."""
-
-    __tablename__ = "api_users"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    token: Mapped[str] = mapped_column(String(200), unique=True)
-    can_manage_webhooks: Mapped[bool] = mapped_column(default=False)
 
 
 def create_app(config: dict[str, Any] | None = None, instance_path: str | None = None) -> Flask:
@@ -53,35 +39,56 @@ def create_app(config: dict[str, Any] | None = None, instance_path: str | None =
         SECRET_KEY=os.environ.get("SECRET_KEY", "demo-only-secret-key-change-me"),
         SQLALCHEMY_DATABASE_URI="sqlite:///"
         + os.path.join(app.instance_path, "example_app.sqlite3"),
-        # The demo's receiver runs on this machine over plain http.
+        # Demo mode: the example receiver runs on this machine over plain http.
         KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
     )
     app.config.from_mapping(config or {})
+    if app.config["KAIZEN_WEBHOOKS_ALLOW_HTTP"]:
+        logger.warning(
+            "DEMO MODE: webhooks may be registered to plain http:// URLs on this machine. "
+            "Never run a production host like this."
+        )
     db.init_app(app)
     webhooks.init_app(app)
+    app.register_blueprint(host)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
     with app.app_context():
         db.create_all()
         _seed_demo_users()
     return app
 
 
+def _api_error(error: ApiError) -> tuple[Response, int, dict[str, str]]:
+    db.session.rollback()
+    return jsonify(error.to_dict()), error.code, error.extra_headers
+
+
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    code = (error.name or "error").lower().replace(" ", "_")
+    body = {"code": code, "message": error.description, "field": None}
+    return jsonify(error=body), error.code or 500
+
+
 def _seed_demo_users() -> None:
-    for user_id, name, token, may_manage in DEMO_USERS:
+    for user_id, name, token, may_manage, is_admin in DEMO_USERS:
         if db.session.get(ApiUser, user_id) is None:
             db.session.add(
-                ApiUser(id=user_id, name=name, token=token, can_manage_webhooks=may_manage)
+                ApiUser(
+                    id=user_id,
+                    name=name,
+                    token=token,
+                    can_manage_webhooks=may_manage,
+                    is_admin=is_admin,
+                )
             )
     db.session.commit()
 
 
 @webhooks.user_loader
 def load_api_user() -> ApiUser | None:
-    """The API user named by the request's bearer token, if any."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
-    user: ApiUser | None = db.session.scalar(select(ApiUser).where(ApiUser.token == token))
-    return user
+    """The API user of the current request (the same bearer tokens as the host's API)."""
+    return api_user()
 
 
 @webhooks.permission_checker
