@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from . import store
+from .dispatch.sync import fan_out
 from .dispatch.threads import ThreadDispatcher
-from .extension import get_state
+from .errors import NotFound
+from .extension import WebhooksState, get_state
+from .models import Delivery, DeliveryMode, DeliveryStatus, RegistrationState, isoformat
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 webhooks_cli = AppGroup("webhooks", help="Manage flask-kaizen-webhooks.")
 
@@ -59,3 +69,246 @@ def worker() -> None:
     dispatcher.stop()
     state.transport.close()
     click.echo("Stopped; pending deliveries stay in the outbox.")
+
+
+# Looking ------------------------------------------------------------------------------------------
+
+
+def parse_moment(value: str | None, now: datetime) -> datetime | None:
+    """An ISO 8601 time, or a duration back from ``now`` such as ``30m``, ``2h`` or ``7d``."""
+    if value is None:
+        return None
+    match = DURATION.match(value.strip())
+    if match:
+        return now - timedelta(seconds=float(match[1]) * UNITS[match[2]])
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO time nor a duration like 30m, 2h or 7d."
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Rows under headers, in aligned columns."""
+    cells = [[str("" if cell is None else cell) for cell in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@webhooks_cli.command("list")
+@click.option("--topic", help="Only this topic.")
+@click.option("--owner", help="Only this owner's registrations.")
+@click.option("--state", type=click.Choice([RegistrationState.ACTIVE, RegistrationState.DISABLED]))
+def list_registrations(topic: str | None, owner: str | None, state: str | None) -> None:
+    """List registrations of every owner (never their secrets)."""
+    with get_state().database.independent_session() as session:
+        rows = store.find_registrations(session, topic=topic, owner=owner, state=state)
+    print_table(
+        ["ID", "OWNER", "TOPIC", "STATE", "URL", "FAILURES", "CREATED"],
+        [
+            (
+                r.id,
+                r.owner,
+                r.topic,
+                r.state,
+                r.url,
+                r.consecutive_failures,
+                isoformat(r.created_at),
+            )
+            for r in rows
+        ],
+    )
+    click.echo(f"{len(rows)} registration(s)")
+
+
+@webhooks_cli.command("deliveries")
+@click.option(
+    "--status",
+    type=click.Choice([DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]),
+)
+@click.option("--registration", "registration_id", help="Only this registration's.")
+@click.option("--since", help="Created since: an ISO time, or a duration back like 2h or 7d.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+def list_deliveries(
+    status: str | None, registration_id: str | None, since: str | None, limit: int
+) -> None:
+    """List deliveries, newest first."""
+    state = get_state()
+    with state.database.independent_session() as session:
+        rows = store.find_deliveries(
+            session,
+            status=status,
+            registration_id=registration_id,
+            since=parse_moment(since, state.clock.now()),
+            limit=limit,
+        )
+    print_table(
+        ["ID", "TOPIC", "MODE", "STATUS", "ATTEMPTS", "LAST", "ERROR", "CREATED", "NEXT"],
+        [
+            (
+                d.id,
+                d.topic,
+                d.mode,
+                d.status,
+                d.attempts,
+                d.last_status_code,
+                d.last_error,
+                isoformat(d.created_at),
+                isoformat(d.next_attempt_at) if d.status == DeliveryStatus.PENDING else "",
+            )
+            for d in rows
+        ],
+    )
+    click.echo(f"{len(rows)} deliveries")
+
+
+@webhooks_cli.command("stats")
+def stats() -> None:
+    """Deliveries per topic and status, and the age of the oldest pending one."""
+    state = get_state()
+    with state.database.independent_session() as session:
+        found = store.delivery_stats(session)
+    statuses = [DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]
+    topics = sorted({topic for topic, _ in found.counts})
+    print_table(
+        ["TOPIC", *[s.upper() for s in statuses]],
+        [(topic, *[found.counts.get((topic, s), 0) for s in statuses]) for topic in topics],
+    )
+    if found.oldest_pending is None:
+        click.echo("oldest pending: none")
+    else:
+        age = (state.clock.now() - found.oldest_pending).total_seconds()
+        click.echo(f"oldest pending: {age:.0f} s ({isoformat(found.oldest_pending)})")
+
+
+# Acting -------------------------------------------------------------------------------------------
+
+
+@webhooks_cli.command("redeliver")
+@click.argument("delivery_id", required=False)
+@click.option("--failed", is_flag=True, help="Every failed delivery that matches the filters.")
+@click.option("--registration", "registration_id", help="With --failed: of this registration.")
+@click.option("--since", help="With --failed: created since (ISO time or duration like 2h).")
+@click.option("--until", help="With --failed: created before (ISO time or duration).")
+def redeliver(
+    delivery_id: str | None,
+    failed: bool,
+    registration_id: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
+    """Send one delivery again, or (--failed) all failed ones of a registration or time range."""
+    if bool(delivery_id) == failed:
+        raise click.UsageError("Give either a DELIVERY_ID or --failed (with filters).")
+    state = get_state()
+    now = state.clock.now()
+    with state.database.independent_session() as session, session.begin():
+        if delivery_id:
+            found = session.get(Delivery, delivery_id)
+            if found is None:
+                raise click.ClickException(f"No delivery with id {delivery_id}.")
+            chosen: Sequence[Delivery] = [found]
+        else:
+            chosen = store.find_deliveries(
+                session,
+                status=DeliveryStatus.FAILED,
+                registration_id=registration_id,
+                since=parse_moment(since, now),
+                until=parse_moment(until, now),
+                limit=None,
+            )
+        ids = store.queue_again(session, chosen, now=now)
+    state.dispatcher.submit(ids)
+    click.echo(f"Queued {len(ids)} delivery(ies) again.")
+
+
+def _set_state(registration_id: str, new_state: str) -> None:
+    state = get_state()
+    with state.database.independent_session() as session, session.begin():
+        try:
+            registration = store.set_registration_state(
+                session,
+                registration_id,
+                state=new_state,
+                now=state.clock.now(),
+                reason="disabled by an operator",
+            )
+        except NotFound:
+            raise click.ClickException(f"No registration with id {registration_id}.") from None
+        rev = registration.rev
+    click.echo(f"Registration {registration_id} is {new_state} (rev {rev}).")
+
+
+@webhooks_cli.command("enable")
+@click.argument("registration_id")
+def enable(registration_id: str) -> None:
+    """Enable a registration again (its failure count starts afresh)."""
+    _set_state(registration_id, RegistrationState.ACTIVE)
+
+
+@webhooks_cli.command("disable")
+@click.argument("registration_id")
+def disable(registration_id: str) -> None:
+    """Stop delivering to a registration."""
+    _set_state(registration_id, RegistrationState.DISABLED)
+
+
+@webhooks_cli.command("test")
+@click.argument("topic")
+@click.option("--registration", "registration_id", help="Only this registration.")
+def send_test(topic: str, registration_id: str | None) -> None:
+    """Send TOPIC's sample payload to its registrations now and show the answers."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state: WebhooksState = get_state(app)
+    found = state.extension.topics.get(topic)
+    if found is None:
+        valid = ", ".join(state.extension.topics.names())
+        raise click.ClickException(f"Unknown topic {topic!r}; valid topics are: {valid}.")
+    with state.database.independent_session() as session:
+        targets = store.active_targets(session, topic=topic, registration_id=registration_id)
+    if not targets:
+        raise click.ClickException(f"No registration of {topic!r} to send to.")
+    results = fan_out(
+        app,
+        state,
+        topic=topic,
+        document=dict(found.sample_payload),
+        targets=targets,
+        mode=DeliveryMode.TEST,
+        timeout=state.settings.async_timeout,
+    )
+    print_table(
+        ["REGISTRATION", "OK", "STATUS", "MS", "ERROR"],
+        [
+            (
+                r.registration_id,
+                "yes" if r.ok else "no",
+                r.status_code,
+                f"{r.elapsed * 1000:.0f}",
+                r.error,
+            )
+            for r in results
+        ],
+    )
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
+
+
+@webhooks_cli.command("purge")
+@click.option("--older-than", type=float, help="Days; default KAIZEN_WEBHOOKS_RETENTION_DAYS (30).")
+def purge(older_than: float | None) -> None:
+    """Delete finished deliveries (and their attempts) completed longer ago than the retention.
+    Pending deliveries are never deleted."""
+    state = get_state()
+    days = state.settings.retention_days if older_than is None else older_than
+    before = state.clock.now() - timedelta(days=days)
+    with state.database.independent_session() as session, session.begin():
+        deliveries, attempts = store.purge_completed(session, before=before)
+    click.echo(
+        f"Deleted {deliveries} deliveries and {attempts} attempts finished before "
+        f"{isoformat(before)}."
+    )

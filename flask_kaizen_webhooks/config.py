@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RESPONSE_BYTES": 64 * 1024,
     "DISABLE_AFTER_FAILURES": 5,
     "DISABLE_AFTER_SECONDS": 86400,
+    "RETENTION_DAYS": 30,
 }
 
 DISPATCHERS = ("thread", "none")
@@ -66,6 +67,7 @@ class Settings:
     max_response_bytes: int
     disable_after_failures: int
     disable_after_seconds: float
+    retention_days: float
 
     @property
     def lease_seconds(self) -> float:
@@ -123,6 +125,7 @@ class Settings:
             max_response_bytes=_positive_int(value, "MAX_RESPONSE_BYTES"),
             disable_after_failures=_positive_int(value, "DISABLE_AFTER_FAILURES"),
             disable_after_seconds=_non_negative_number(value, "DISABLE_AFTER_SECONDS"),
+            retention_days=_positive_number(value, "RETENTION_DAYS"),
         )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -465,12 +465,7 @@ def attempts_of(session: Session, delivery_id: str) -> Sequence[Attempt]:
 def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> Delivery:
     """Queue the owner's delivery again, now, with a fresh retry schedule and the same id."""
     delivery = get_delivery(session, owner=owner, delivery_id=delivery_id)
-    delivery.status = DeliveryStatus.PENDING
-    delivery.retry_index = 0
-    delivery.next_attempt_at = now
-    delivery.claim_token = None
-    delivery.completed_at = None
-    delivery.updated_at = now
+    queue_again(session, [delivery], now=now)
     return delivery
 
 
@@ -512,3 +507,124 @@ def extend_claim(session: Session, *, delivery_id: str, token: str, lease_until:
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+# Operations ----------------------------------------------------------------------------------
+
+
+def find_registrations(
+    session: Session, *, topic: str | None, owner: str | None, state: str | None
+) -> Sequence[Registration]:
+    """Every registration (of any owner), filtered, oldest first."""
+    query = select(Registration)
+    if topic is not None:
+        query = query.where(Registration.topic == topic)
+    if owner is not None:
+        query = query.where(Registration.owner == owner)
+    if state is not None:
+        query = query.where(Registration.state == state)
+    return session.scalars(query.order_by(Registration.created_at, Registration.id)).all()
+
+
+def find_deliveries(
+    session: Session,
+    *,
+    status: str | None,
+    registration_id: str | None,
+    since: datetime | None,
+    until: datetime | None = None,
+    limit: int | None,
+) -> Sequence[Delivery]:
+    """Deliveries of any owner, filtered, newest first."""
+    query = select(Delivery)
+    if status is not None:
+        query = query.where(Delivery.status == status)
+    if registration_id is not None:
+        query = query.where(Delivery.registration_id == registration_id)
+    if since is not None:
+        query = query.where(Delivery.created_at >= since)
+    if until is not None:
+        query = query.where(Delivery.created_at < until)
+    query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    return session.scalars(query).all()
+
+
+def queue_again(session: Session, deliveries: Sequence[Delivery], *, now: datetime) -> list[str]:
+    """Queue ``deliveries`` again now with a fresh retry schedule; their ids."""
+    for delivery in deliveries:
+        delivery.status = DeliveryStatus.PENDING
+        delivery.retry_index = 0
+        delivery.next_attempt_at = now
+        delivery.claim_token = None
+        delivery.completed_at = None
+        delivery.updated_at = now
+    return [delivery.id for delivery in deliveries]
+
+
+def set_registration_state(
+    session: Session, registration_id: str, *, state: str, now: datetime, reason: str
+) -> Registration:
+    """Enable or disable any registration (an operator's decision); :class:`NotFound` if none."""
+    registration = session.get(Registration, registration_id, with_for_update=True)
+    if registration is None:
+        raise NotFound()
+    if registration.state == state:
+        return registration
+    if state == RegistrationState.DISABLED:
+        disable_registration(session, registration, reason=reason, now=now)
+        return registration
+    number = registration.rev_number + 1
+    registration.state = RegistrationState.ACTIVE
+    registration.disabled_reason = None
+    registration.consecutive_failures = 0
+    registration.failing_since = None
+    registration.rev = new_rev(
+        number, registration.rev, registration.topic, registration.url, RegistrationState.ACTIVE
+    )
+    registration.rev_number = number
+    registration.updated_at = now
+    return registration
+
+
+def purge_completed(session: Session, *, before: datetime) -> tuple[int, int]:
+    """Delete finished deliveries completed before ``before`` with their attempts; pending ones
+    are never touched. Returns (deliveries, attempts) deleted."""
+    done = select(Delivery.id).where(
+        Delivery.status.in_([DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]),
+        Delivery.completed_at < before,
+    )
+    attempts = session.execute(
+        delete(Attempt)
+        .where(Attempt.delivery_id.in_(done))
+        .execution_options(synchronize_session=False)
+    )
+    deliveries = session.execute(
+        delete(Delivery).where(Delivery.id.in_(done)).execution_options(synchronize_session=False)
+    )
+    return deliveries.rowcount, attempts.rowcount  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts of deliveries per status and topic, and the oldest pending one's creation."""
+
+    counts: dict[tuple[str, str], int]
+    oldest_pending: datetime | None
+
+
+def delivery_stats(session: Session) -> Stats:
+    """How many deliveries there are per (topic, status), and how old the oldest pending is."""
+    rows = session.execute(
+        select(Delivery.topic, Delivery.status, func.count()).group_by(
+            Delivery.topic, Delivery.status
+        )
+    )
+    oldest = session.scalar(
+        select(func.min(Delivery.created_at)).where(Delivery.status == DeliveryStatus.PENDING)
+    )
+    return Stats(
+        counts={(topic, status): count for topic, status, count in rows},
+        oldest_pending=None if oldest is None else as_utc(oldest),
+    )

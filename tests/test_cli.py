@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import DELIVERY_CONFIG, register
-from tests.receivers import wait_until
+import pytest
+
+from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, register
+from tests.receivers import Reply, wait_until
 
 
 def test_worker_process_sends_the_outbox_and_stops_on_sigterm(
@@ -64,3 +67,98 @@ def test_worker_process_sends_the_outbox_and_stops_on_sigterm(
                 return set(statuses) == {"succeeded"}
 
         wait_until(all_succeeded)
+
+
+@pytest.fixture
+def host(make_host: Any, backend: str) -> Any:
+    return make_host(backend, **DELIVERY_CONFIG)
+
+
+def run(host: Any, *args: str) -> Any:
+    return host.app.test_cli_runner().invoke(args=["webhooks", *args])
+
+
+def test_list_filters_and_never_shows_secrets(host: Any) -> None:
+    first = register(host, "http://127.0.0.1:9/a", secret="very_secret_value_1")
+    register(host, "http://127.0.0.1:9/b", topic="booking_updated", secret="very_secret_value_2")
+    register(host, "http://127.0.0.1:9/c", headers=OTHER_ADMIN)
+    everything = run(host, "list")
+    assert everything.exit_code == 0
+    assert "3 registration(s)" in everything.output
+    assert "very_secret_value" not in everything.output
+    mine = run(host, "list", "--owner", "org-1", "--topic", "profile_updated")
+    assert first["id"] in mine.output and "1 registration(s)" in mine.output
+    assert "0 registration(s)" in run(host, "list", "--state", "disabled").output
+
+
+def test_deliveries_stats_redeliver_and_purge(host: Any, receiver: Any) -> None:
+    server = receiver(lambda request, n: Reply(status=500))
+    registration = register(host, server.url())
+    with host.app.app_context():
+        ids = [host.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(2)]
+    wait_until(lambda: "2 deliveries" in run(host, "deliveries", "--status", "failed").output)
+    listed = run(host, "deliveries", "--registration", registration["id"], "--since", "1h")
+    assert all(delivery_id in listed.output for delivery_id in ids)
+    assert "0 deliveries" in run(host, "deliveries", "--since", "2999-01-01T00:00:00Z").output
+    stats = run(host, "stats")
+    assert stats.exit_code == 0
+    assert re.search(r"profile_updated\s+0\s+0\s+2", stats.output), stats.output
+    assert "oldest pending: none" in stats.output
+    # Redeliver one by id, then every failed one of the registration.
+    server.responder = lambda request, n: Reply()
+    one = run(host, "redeliver", ids[0])
+    assert one.exit_code == 0 and "Queued 1" in one.output
+    wait_until(lambda: "1 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
+    rest = run(host, "redeliver", "--failed", "--registration", registration["id"])
+    assert "Queued 1" in rest.output
+    wait_until(lambda: "2 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
+    # Purge keeps recent records by default; --older-than 0 removes every finished one.
+    assert "Deleted 0 deliveries" in run(host, "purge").output
+    purged = run(host, "purge", "--older-than", "0")
+    assert "Deleted 2 deliveries and 8 attempts" in purged.output, purged.output
+    assert "0 deliveries" in run(host, "deliveries").output
+
+
+def test_purge_never_deletes_pending(make_host: Any) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    register(host, "http://127.0.0.1:9/a")
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 1})
+    assert "Deleted 0 deliveries" in run(host, "purge", "--older-than", "0").output
+    stats = run(host, "stats").output
+    assert re.search(r"profile_updated\s+1\s+0\s+0", stats)
+    assert re.search(r"oldest pending: \d+ s", stats)
+
+
+def test_enable_disable_and_test(host: Any, receiver: Any) -> None:
+    server = receiver()
+    registration = register(host, server.url())
+    disabled = run(host, "disable", registration["id"])
+    assert disabled.exit_code == 0 and "is disabled" in disabled.output
+    shown = (
+        host.app.test_client()
+        .get(f"/v2/webhooks/registrations/{registration['id']}", headers=ADMIN)
+        .get_json()
+    )
+    assert (shown["state"], shown["disabled_reason"]) == ("disabled", "disabled by an operator")
+    refused = run(host, "test", "profile_updated")
+    assert refused.exit_code == 1 and "No registration" in refused.output
+    assert run(host, "enable", registration["id"]).exit_code == 0
+    tested = run(host, "test", "profile_updated")
+    assert tested.exit_code == 0, tested.output
+    assert registration["id"] in tested.output and "yes" in tested.output
+    assert len(server.received) == 1
+
+
+def test_clear_errors(host: Any) -> None:
+    for args, message in (
+        (["enable", "nope"], "No registration with id nope"),
+        (["disable", "nope"], "No registration with id nope"),
+        (["redeliver", "nope"], "No delivery with id nope"),
+        (["redeliver"], "Give either a DELIVERY_ID or --failed"),
+        (["test", "profile_uploaded"], "Unknown topic 'profile_uploaded'"),
+        (["deliveries", "--since", "yesterday"], "neither an ISO time nor a duration"),
+    ):
+        result = run(host, *args)
+        assert result.exit_code != 0
+        assert message in result.output, result.output
