@@ -222,7 +222,7 @@ def redeliver(
                 limit=None,
             )
         ids = store.queue_again(session, chosen, now=now)
-    state.dispatcher.submit(ids)
+    # The running dispatchers (web processes or workers) pick them up at their next poll.
     click.echo(f"Queued {len(ids)} delivery(ies) again.")
 
 
