@@ -70,10 +70,10 @@ class Transport:
                 preload_content=False,
                 assert_same_host=False,
             )
+        except NewConnectionError as exc:  # a subclass of ConnectTimeoutError: test it first
+            return _failure(started, f"connection failed: {_reason(exc)}")
         except (ConnectTimeoutError, ReadTimeoutError) as exc:
             return _failure(started, f"timed out: {_reason(exc)}", timed_out=True)
-        except NewConnectionError as exc:
-            return _failure(started, f"connection failed: {_reason(exc)}")
         except (ProtocolError, HTTPError, OSError, ValueError) as exc:
             return _failure(started, f"{type(exc).__name__}: {_reason(exc)}")
         try:
@@ -101,7 +101,9 @@ class Transport:
                 if time.monotonic() > deadline:
                     response.close()
                     return b"".join(chunks), "timed out reading the response"
-                chunk = response.read(READ_CHUNK)
+                chunk = response.read1(
+                    READ_CHUNK
+                )  # returns what one read gives: no waiting to fill it
                 if not chunk:
                     return b"".join(chunks), None
                 chunks.append(chunk)

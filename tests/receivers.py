@@ -20,6 +20,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    client_port: int
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Receiver:
                     dict(self.headers.items()),
                     self.rfile.read(length),
                     time.time(),
+                    self.client_address[1],
                 )
                 with owner._changed:
                     owner.received.append(request)

@@ -1,0 +1,71 @@
+"""The HTTP client against real misbehaving servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask_kaizen_webhooks.transport import Transport
+from tests.receivers import Reply
+
+
+def transport(max_response_bytes: int = 1024) -> Transport:
+    return Transport(max_response_bytes=max_response_bytes, pool_size=2)
+
+
+def post(client: Transport, url: str, timeout: float = 2.0) -> Any:
+    return client.post(
+        url, b"x", {"Content-Type": "application/jose"}, timeout=timeout, connect_timeout=1.0
+    )
+
+
+def test_a_huge_answer_is_read_only_up_to_the_cap(receiver: Any) -> None:
+    server = receiver(lambda request, n: Reply(body=b"a" * 5_000_000))
+    result = post(transport(1024), server.url())
+    assert result.ok and result.status_code == 200
+    assert result.body == b"a" * 1024
+
+
+def test_a_dribbling_answer_is_cut_at_the_time_limit(receiver: Any) -> None:
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def dribble() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.is_set():
+            try:
+                connection.sendall(b"x")
+            except OSError:
+                break
+            time.sleep(0.05)
+        connection.close()
+
+    threading.Thread(target=dribble, daemon=True).start()
+    started = time.monotonic()
+    result = post(transport(), f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout=1.0)
+    took = time.monotonic() - started
+    stop.set()
+    listener.close()
+    assert not result.ok and result.timed_out
+    assert result.error == "timed out reading the response"
+    assert took < 1.0 + 2.0  # cut at the limit, not after the 100,000 bytes (~80 s)
+
+
+def test_connection_refused_and_keep_alive_reuse(receiver: Any) -> None:
+    client = transport()
+    refused = post(client, "http://127.0.0.1:9/")
+    assert refused.status_code is None and not refused.timed_out
+    assert refused.error is not None and refused.error.startswith("connection failed")
+    server = receiver()
+    for _ in range(5):
+        assert post(client, server.url()).ok
+    # One keep-alive connection carried all five.
+    assert len(server.received) == 5
+    assert len({request.client_port for request in server.received}) == 1
