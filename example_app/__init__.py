@@ -41,12 +41,14 @@ def create_app(config: dict[str, Any] | None = None, instance_path: str | None =
         + os.path.join(app.instance_path, "example_app.sqlite3"),
         # Demo mode: the example receiver runs on this machine over plain http.
         KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
+        KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.0/8", "::1/128"],
     )
     app.config.from_mapping(config or {})
     if app.config["KAIZEN_WEBHOOKS_ALLOW_HTTP"]:
         logger.warning(
-            "DEMO MODE: webhooks may be registered to plain http:// URLs on this machine. "
-            "Never run a production host like this."
+            "DEMO MODE: webhooks may go to plain http:// URLs on this machine (%s). "
+            "Never run a production host like this.",
+            ", ".join(app.config["KAIZEN_WEBHOOKS_ALLOWED_NETWORKS"]),
         )
     db.init_app(app)
     webhooks.init_app(app)

@@ -188,6 +188,7 @@ def create_registration() -> tuple[Response, int, dict[str, str]]:
         _json_body(),
         topics=state.extension.topics,
         allow_http=state.settings.allow_http,
+        policy=state.settings.address_policy,
         for_update=False,
     )
     assert data.secret is not None
@@ -237,6 +238,7 @@ def update_registration(registration_id: str) -> Response:
         _json_body(),
         topics=state.extension.topics,
         allow_http=state.settings.allow_http,
+        policy=state.settings.address_policy,
         for_update=True,
     )
     session = state.database.session

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from flask import Flask
 
 from .errors import ConfigurationError
+from .guard import AddressPolicy, IPNetwork
 
 PREFIX = "KAIZEN_WEBHOOKS_"
 
@@ -36,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "DISABLE_AFTER_FAILURES": 5,
     "DISABLE_AFTER_SECONDS": 86400,
     "RETENTION_DAYS": 30,
+    "ALLOWED_NETWORKS": (),
+    "ALLOWED_PORTS": (),
 }
 
 DISPATCHERS = ("thread", "none")
@@ -68,6 +72,7 @@ class Settings:
     disable_after_failures: int
     disable_after_seconds: float
     retention_days: float
+    address_policy: AddressPolicy
 
     @property
     def lease_seconds(self) -> float:
@@ -126,6 +131,10 @@ class Settings:
             disable_after_failures=_positive_int(value, "DISABLE_AFTER_FAILURES"),
             disable_after_seconds=_non_negative_number(value, "DISABLE_AFTER_SECONDS"),
             retention_days=_positive_number(value, "RETENTION_DAYS"),
+            address_policy=AddressPolicy(
+                allowed_networks=_networks(value, "ALLOWED_NETWORKS"),
+                allowed_ports=frozenset({80, 443, *_ports(value, "ALLOWED_PORTS")}),
+            ),
         )
 
 
@@ -185,3 +194,26 @@ def _schedule(value: Any, name: str) -> tuple[float, ...]:
             raise ConfigurationError(PREFIX + name, f"delays must be numbers >= 0, got {delay!r}")
         delays.append(float(delay))
     return tuple(delays)
+
+
+def _networks(value: Any, name: str) -> tuple[IPNetwork, ...]:
+    raw = value(name)
+    if isinstance(raw, str) or not isinstance(raw, list | tuple):
+        raise ConfigurationError(PREFIX + name, f"expected a list of CIDR networks, got {raw!r}")
+    networks = []
+    for item in raw:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigurationError(PREFIX + name, f"{item!r} is not a CIDR network") from None
+    return tuple(networks)
+
+
+def _ports(value: Any, name: str) -> tuple[int, ...]:
+    raw = value(name)
+    if isinstance(raw, str) or not isinstance(raw, list | tuple):
+        raise ConfigurationError(PREFIX + name, f"expected a list of port numbers, got {raw!r}")
+    for port in raw:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigurationError(PREFIX + name, f"{port!r} is not a port number")
+    return tuple(raw)

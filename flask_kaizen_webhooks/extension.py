@@ -51,6 +51,7 @@ class WebhooksState:
         self.transport = Transport(
             max_response_bytes=settings.max_response_bytes,
             pool_size=settings.workers + settings.sync_workers,
+            policy=settings.address_policy,
         )
         self.dispatcher: Dispatcher = (
             ThreadDispatcher(app, self) if settings.dispatcher == "thread" else NoDispatcher()

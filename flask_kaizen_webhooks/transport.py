@@ -1,12 +1,20 @@
 """The HTTP client that sends webhooks: pooled keep-alive connections, no redirects, no proxies
-from the environment, a time limit per attempt and a capped read of the answer."""
+from the environment, a time limit per attempt and a capped read of the answer.
+
+Each URL's host is resolved once per attempt; every address is checked against the
+:class:`~flask_kaizen_webhooks.guard.AddressPolicy`, and the connection goes to a checked address
+(the pool is keyed by it), never to a second lookup, while the ``Host`` header, TLS SNI and the
+certificate check keep the original name.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import urllib3
 from urllib3.exceptions import (
@@ -17,7 +25,12 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from .guard import AddressPolicy, ForbiddenDestination, Resolver, resolve
+
+logger = logging.getLogger("flask_kaizen_webhooks")
+
 READ_CHUNK = 16 * 1024
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +54,17 @@ class SendResult:
 class Transport:
     """Sends POSTs over a pool of keep-alive connections; safe to share between threads."""
 
-    def __init__(self, *, max_response_bytes: int, pool_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_response_bytes: int,
+        pool_size: int,
+        policy: AddressPolicy | None = None,
+        resolver: Resolver = resolve,
+    ) -> None:
         self.max_response_bytes = max_response_bytes
+        self.policy = policy or AddressPolicy()
+        self.resolver = resolver
         # urllib3 reads no proxy settings from the environment, unlike requests.
         self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
 
@@ -59,11 +81,38 @@ class Transport:
         started = time.monotonic()
         deadline = started + timeout
         try:
-            response = self._pool.urlopen(
+            parts = urlsplit(url)
+            scheme, host = parts.scheme.lower(), parts.hostname or ""
+            port = parts.port or DEFAULT_PORTS.get(scheme, 0)
+        except ValueError as exc:
+            return _failure(started, f"invalid URL: {exc}")
+        if scheme not in DEFAULT_PORTS or not host:
+            return _failure(started, "invalid URL: not an absolute http(s) URL")
+        try:
+            addresses = self.policy.checked_addresses(host, port, self.resolver)
+        except ForbiddenDestination as exc:
+            logger.warning("Webhook to %s refused before connecting: %s", host, exc.reason)
+            return _failure(started, f"forbidden destination: {exc.reason}")
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        host_header = f"[{host}]" if ":" in host else host
+        if parts.port is not None and parts.port != DEFAULT_PORTS[scheme]:
+            host_header += f":{parts.port}"
+        pool_kwargs = (
+            {"server_hostname": host, "assert_hostname": host} if scheme == "https" else {}
+        )
+        # The first checked address; the others were checked too but are not tried, so one
+        # attempt makes at most one connection.
+        pool = self._pool.connection_from_host(
+            str(addresses[0]), port, scheme, pool_kwargs=pool_kwargs
+        )
+        try:
+            response = pool.urlopen(
                 "POST",
-                url,
+                target,
                 body=body,
-                headers=headers,
+                headers={**headers, "Host": host_header},
                 timeout=urllib3.Timeout(connect=min(connect_timeout, timeout), read=timeout),
                 retries=False,
                 redirect=False,

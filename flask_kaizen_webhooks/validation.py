@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ValidationError
+from .guard import AddressPolicy, ForbiddenDestination, is_local_name, literal_address
 from .topics import TopicRegistry
 
 MAX_URL_LENGTH = 2048
@@ -45,12 +47,13 @@ def parse_registration(
     *,
     topics: TopicRegistry,
     allow_http: bool,
+    policy: AddressPolicy,
     for_update: bool,
 ) -> RegistrationInput:
     """Validate a create (``for_update=False``) or update document."""
     _refuse_unknown_fields(document, UPDATE_FIELDS if for_update else CREATE_FIELDS)
     topic = check_topic(_required_string(document, "topic"), topics)
-    url = check_url(_required_string(document, "url"), allow_http=allow_http)
+    url = check_url(_required_string(document, "url"), allow_http=allow_http, policy=policy)
     if for_update and document.get("secret") is None:
         secret = None
     else:
@@ -84,8 +87,13 @@ def check_topic(topic: str, topics: TopicRegistry) -> str:
     return topic
 
 
-def check_url(url: str, *, allow_http: bool) -> str:
-    """``url`` if it is an absolute http(s) URL an integrator may register."""
+def check_url(url: str, *, allow_http: bool, policy: AddressPolicy) -> str:
+    """``url`` if it is an absolute http(s) URL an integrator may register.
+
+    Host names are not resolved here (integrators register before their DNS is live): the
+    send-time check is the real boundary. What is already known to be forbidden (literal
+    addresses, ``localhost``-style names, ports) is refused now.
+    """
     if len(url) > MAX_URL_LENGTH:
         raise _invalid_url(f"The URL is longer than {MAX_URL_LENGTH} characters.")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
@@ -108,7 +116,31 @@ def check_url(url: str, *, allow_http: bool) -> str:
             "Plain http URLs are not allowed here; use https://.",
             field="url",
         )
+    _check_destination(parts.hostname, parts.port or (443 if scheme == "https" else 80), policy)
     return url
+
+
+def _check_destination(host: str, port: int, policy: AddressPolicy) -> None:
+    literal = literal_address(host)
+    if literal is None and is_local_name(host):
+        literal = ipaddress.ip_address("127.0.0.1")
+        if policy.refusal(literal) is not None:
+            raise ValidationError(
+                "forbidden_address",
+                f"{host!r} names this machine or a private network; webhooks cannot go there.",
+                field="url",
+            )
+    addresses = [] if literal is None else [literal]
+    if literal is not None:
+        reason = policy.refusal(literal)
+        if reason is not None:
+            raise ValidationError(
+                "forbidden_address", f"Webhooks cannot go to {reason}.", field="url"
+            )
+    try:
+        policy.check_port(port, addresses)
+    except ForbiddenDestination as exc:
+        raise ValidationError("forbidden_port", f"The URL's {exc.reason}.", field="url") from None
 
 
 def check_secret(secret: str) -> str:

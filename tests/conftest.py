@@ -223,6 +223,7 @@ def receiver() -> Iterator[Callable[..., Any]]:
 #: Settings for delivery tests: loopback receivers over http, fast polling, short retries.
 DELIVERY_CONFIG: dict[str, Any] = {
     "KAIZEN_WEBHOOKS_ALLOW_HTTP": True,
+    "KAIZEN_WEBHOOKS_ALLOWED_NETWORKS": ["127.0.0.1/32"],
     "KAIZEN_WEBHOOKS_POLL_INTERVAL": 0.05,
     "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [0.05, 0.05],
     "KAIZEN_WEBHOOKS_RETRY_JITTER": 0.0,

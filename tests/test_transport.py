@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import Any
 
+from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.transport import Transport
 from tests.receivers import Reply
 
 
+LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+
+
 def transport(max_response_bytes: int = 1024) -> Transport:
-    return Transport(max_response_bytes=max_response_bytes, pool_size=2)
+    return Transport(max_response_bytes=max_response_bytes, pool_size=2, policy=LOOPBACK)
 
 
 def post(client: Transport, url: str, timeout: float = 2.0) -> Any:
