@@ -10,7 +10,6 @@ from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.transport import Transport
 from tests.receivers import Reply
 
-
 LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
 
 
