@@ -194,7 +194,11 @@ def create_registration() -> tuple[Response, int, dict[str, str]]:
     assert data.secret is not None
     session = state.database.session
     registration = store.create_registration(
-        session, owner=_owner(), topic=data.topic, url=data.url, secret=data.secret
+        session,
+        owner=_owner(),
+        topic=data.topic,
+        url=data.url,
+        sealed_secret=state.secrets.seal(data.secret),
     )
     session.commit()
     location = url_for(".registration", registration_id=registration.id)
@@ -249,7 +253,7 @@ def update_registration(registration_id: str) -> Response:
         rev=_sent_rev(data.rev),
         topic=data.topic,
         url=data.url,
-        secret=data.secret,
+        sealed_secret=None if data.secret is None else state.secrets.seal(data.secret),
         state=data.state,
     )
     session.commit()

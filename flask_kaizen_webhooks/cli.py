@@ -312,3 +312,17 @@ def purge(older_than: float | None) -> None:
         f"Deleted {deliveries} deliveries and {attempts} attempts finished before "
         f"{isoformat(before)}."
     )
+
+
+@webhooks_cli.command("rotate-keys")
+def rotate_keys() -> None:
+    """Encrypt every stored secret again under the newest of KAIZEN_WEBHOOKS_SECRET_KEYS.
+
+    Put the new key first in the list (keeping the old ones), run this, then remove the old keys.
+    """
+    state = get_state()
+    with state.database.independent_session() as session, session.begin():
+        registrations = store.find_registrations(session, topic=None, owner=None, state=None)
+        for registration in registrations:
+            registration.secret = state.secrets.reseal(registration.secret)
+    click.echo(f"Re-encrypted the secrets of {len(registrations)} registration(s).")

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "RETENTION_DAYS": 30,
     "ALLOWED_NETWORKS": (),
     "ALLOWED_PORTS": (),
+    "SECRET_KEYS": (),
 }
 
 DISPATCHERS = ("thread", "none")

@@ -22,6 +22,7 @@ from .dispatch.sync import DeliveryResult, fan_out
 from .dispatch.threads import ThreadDispatcher
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
 from .models import DeliveryMode
+from .sealing import SecretBox
 from .signals import topic_signal
 from .signing import encode_payload
 from .topics import Mode, Topic, TopicRegistry
@@ -46,6 +47,9 @@ class WebhooksState:
         self.extension = extension
         self.settings = settings
         self.database = database
+        self.secrets = SecretBox.from_config(
+            app.config.get("KAIZEN_WEBHOOKS_SECRET_KEYS"), app.secret_key
+        )
         self.clock = Clock()
         self.rng = random.Random()
         self.transport = Transport(

@@ -68,6 +68,7 @@ class Registration(Base):
     topic: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
     url_digest: Mapped[str] = mapped_column(String(64))
+    #: The integrator's secret, sealed (see :mod:`flask_kaizen_webhooks.sealing`).
     secret: Mapped[str] = mapped_column(Text)
     rev: Mapped[str] = mapped_column(String(64))
     rev_number: Mapped[int] = mapped_column(Integer)

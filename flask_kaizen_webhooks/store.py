@@ -49,7 +49,7 @@ def new_rev(number: int, previous: str | None, *parts: str) -> str:
 
 
 def create_registration(
-    session: Session, *, owner: str, topic: str, url: str, secret: str
+    session: Session, *, owner: str, topic: str, url: str, sealed_secret: str
 ) -> Registration:
     """Add a registration; raise :class:`DuplicateRegistration` if the owner has it already."""
     _refuse_duplicate(session, owner=owner, topic=topic, url=url, except_id=None)
@@ -60,7 +60,7 @@ def create_registration(
         topic=topic,
         url=url,
         url_digest=url_digest(url),
-        secret=secret,
+        secret=sealed_secret,
         rev=new_rev(1, None, topic, url, RegistrationState.ACTIVE),
         rev_number=1,
         state=RegistrationState.ACTIVE,
@@ -114,7 +114,7 @@ def update_registration(
     rev: str | None,
     topic: str,
     url: str,
-    secret: str | None,
+    sealed_secret: str | None,
     state: str | None = None,
 ) -> Registration:
     """Replace topic, url and (when given) secret and state, if ``rev`` is still current.
@@ -136,8 +136,8 @@ def update_registration(
         "rev_number": number,
         "updated_at": utcnow(),
     }
-    if secret is not None:
-        values["secret"] = secret
+    if sealed_secret is not None:
+        values["secret"] = sealed_secret
     if new_state == RegistrationState.ACTIVE and current.state != RegistrationState.ACTIVE:
         values.update(consecutive_failures=0, failing_since=None, disabled_reason=None)
     elif new_state == RegistrationState.DISABLED and current.state != RegistrationState.DISABLED:
@@ -219,7 +219,8 @@ class Target:
     registration_id: str
     owner: str
     url: str
-    secret: str
+    #: The secret as stored (sealed); opened only to sign.
+    sealed_secret: str
 
 
 def active_targets(

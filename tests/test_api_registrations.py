@@ -188,7 +188,8 @@ def test_update_may_omit_secret_to_keep_it(host: Any, client: FlaskClient) -> No
 
         session = get_state().database.session
         stored = store.get_registration(session, owner="org-1", registration_id=created["id"])
-        assert stored.secret == new_secret
+        assert stored.secret != new_secret  # sealed at rest
+        assert get_state().secrets.open(stored.secret) == new_secret
 
 
 def test_delete_needs_current_rev(client: FlaskClient) -> None:

@@ -33,7 +33,8 @@ def test_worker_process_sends_the_outbox_and_stops_on_sigterm(
             from flask_kaizen_webhooks import KaizenWebhooks
 
             app = Flask(__name__)
-            app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_DATABASE_URI={database!r},
+            app.config.update(SECRET_KEY="test-secret-key",
+                              KAIZEN_WEBHOOKS_DATABASE_URI={database!r},
                               KAIZEN_WEBHOOKS_POLL_INTERVAL=0.05,
                               KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"])
             KaizenWebhooks(app)

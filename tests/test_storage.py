@@ -24,7 +24,7 @@ def add(host: Host, owner: str = "org-1", url: str = "https://h.example.com/a") 
     with host.app.app_context():
         session = get_state().database.session
         registration = store.create_registration(
-            session, owner=owner, topic="profile_updated", url=url, secret=SECRET
+            session, owner=owner, topic="profile_updated", url=url, sealed_secret=SECRET
         )
         session.commit()
         return registration.id, registration.rev
@@ -76,12 +76,20 @@ def test_with_host_db_writes_join_the_host_session(make_host: Any, server: str) 
         assert get_state().database.session is host.db.session()
         session = host.db.session
         store.create_registration(
-            session, owner="o", topic="profile_updated", url="https://h.example.com/", secret=SECRET
+            session,
+            owner="o",
+            topic="profile_updated",
+            url="https://h.example.com/",
+            sealed_secret=SECRET,
         )
         session.rollback()  # the host's transaction rolls back: nothing of ours remains
         assert session.scalar(select(Registration.id)) is None
         kept = store.create_registration(
-            session, owner="o", topic="profile_updated", url="https://h.example.com/", secret=SECRET
+            session,
+            owner="o",
+            topic="profile_updated",
+            url="https://h.example.com/",
+            sealed_secret=SECRET,
         )
         session.commit()
         # Committed in the host's own database, visible to any other connection.
@@ -106,7 +114,7 @@ def test_racing_update_loses_at_the_write_not_only_at_the_check(host: Host) -> N
             rev=rev,
             topic="profile_updated",
             url=url,
-            secret=None,
+            sealed_secret=None,
         )
         session.commit()
         return result

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from .. import signals, store
 from ..models import Attempt, DeliveryStatus, RegistrationState
+from ..sealing import SecretUnreadable
 from ..signing import sign
 from ..transport import SendResult
 from ..version import __version__
@@ -51,14 +52,18 @@ def send(
     state: WebhooksState,
     *,
     url: str,
-    secret: str,
+    sealed_secret: str,
     payload: bytes,
     topic: str,
     delivery_id: str,
     attempt_number: int,
     timeout: float,
 ) -> SendResult:
-    """Sign ``payload`` with a fresh ``iat`` and POST it."""
+    """Open the secret, sign ``payload`` with a fresh ``iat`` and POST it."""
+    try:
+        secret = state.secrets.open(sealed_secret)
+    except SecretUnreadable as exc:
+        return SendResult(None, 0.0, b"", None, None, str(exc))
     body = sign(payload, secret, issued_at=state.clock.time()).encode("ascii")
     return state.transport.post(
         url,
@@ -141,12 +146,12 @@ def deliver_claimed(app: Flask, state: WebhooksState, delivery_id: str, token: s
     if target is None:
         _abandon(app, state, delivery_id, token, topic, registration_id, number - 1)
         return
-    url, secret = target
+    url, sealed_secret = target
     started = state.clock.now()
     result = send(
         state,
         url=url,
-        secret=secret,
+        sealed_secret=sealed_secret,
         payload=payload.encode(),
         topic=topic,
         delivery_id=delivery_id,

@@ -125,7 +125,7 @@ def _send_before(
     return send(
         state,
         url=target.url,
-        secret=target.secret,
+        sealed_secret=target.sealed_secret,
         payload=payload,
         topic=topic,
         delivery_id=delivery_id,

@@ -1,0 +1,99 @@
+"""Integrators' secrets at rest: sealed in the database, opened only to sign."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, text
+
+from flask_kaizen_webhooks import ConfigurationError
+from flask_kaizen_webhooks.sealing import SecretBox, SecretUnreadable
+from tests.conftest import DELIVERY_CONFIG, register
+
+SECRET = "integrators_secret_value_0123"
+
+
+def stored_secrets(host: Any) -> list[str]:
+    url = (
+        host.app.config.get("SQLALCHEMY_DATABASE_URI")
+        or host.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
+    )
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT secret FROM kaizen_webhook_registrations")).all()
+    engine.dispose()
+    return [row.secret for row in rows]
+
+
+def test_the_database_never_holds_the_plain_secret(
+    make_host: Any, backend: str, receiver: Any
+) -> None:
+    host = make_host(backend, **DELIVERY_CONFIG)
+    server = receiver()
+    register(host, server.url(), topic="user_logged_in", secret=SECRET)
+    [stored] = stored_secrets(host)
+    assert SECRET not in stored
+    with host.app.app_context():
+        [result] = host.webhooks.trigger("user_logged_in", {"u": 1})
+    assert result.ok  # opened to sign
+    from jose import jws
+
+    assert jws.verify(server.received[0].body.decode(), SECRET, algorithms=["HS256"])
+
+
+def test_key_rotation_with_the_cli(make_host: Any, receiver: Any) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    server = receiver()
+    first = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_SECRET_KEYS=[old])
+    register(first, server.url(), topic="user_logged_in", secret=SECRET)
+    database = first.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
+    both = make_host(
+        "sqlite",
+        **DELIVERY_CONFIG,
+        KAIZEN_WEBHOOKS_DATABASE_URI=database,
+        KAIZEN_WEBHOOKS_SECRET_KEYS=[new, old],
+    )
+    result = both.app.test_cli_runner().invoke(args=["webhooks", "rotate-keys"])
+    assert result.exit_code == 0 and "1 registration(s)" in result.output
+    only_new = make_host(
+        "sqlite",
+        **DELIVERY_CONFIG,
+        KAIZEN_WEBHOOKS_DATABASE_URI=database,
+        KAIZEN_WEBHOOKS_SECRET_KEYS=[new],
+    )
+    with only_new.app.app_context():
+        [ok] = only_new.webhooks.trigger("user_logged_in", {"u": 1})
+    assert ok.ok
+    # With only the old key nothing can be opened any more: a clear error, nothing sent.
+    only_old = make_host(
+        "sqlite",
+        **DELIVERY_CONFIG,
+        KAIZEN_WEBHOOKS_DATABASE_URI=database,
+        KAIZEN_WEBHOOKS_SECRET_KEYS=[old],
+    )
+    with only_old.app.app_context():
+        [failed] = only_old.webhooks.trigger("user_logged_in", {"u": 2})
+    assert not failed.ok and "cannot be decrypted" in (failed.error or "")
+    assert len(server.received) == 1
+
+
+def test_box_errors_are_clear() -> None:
+    with pytest.raises(ConfigurationError, match="Fernet"):
+        SecretBox([b"not-a-key"])
+    with pytest.raises(ConfigurationError, match="list"):
+        SecretBox.from_config("one-key-not-a-list", "k")
+    with pytest.raises(ConfigurationError, match="SECRET_KEY"):
+        SecretBox.from_config(None, None)
+    box = SecretBox.from_config(None, "app-secret")
+    sealed = box.seal(SECRET)
+    assert box.open(sealed) == SECRET and sealed != box.seal(SECRET)  # fresh IV every time
+    with pytest.raises(SecretUnreadable):
+        SecretBox.from_config(None, "another-app-secret").open(sealed)
+    assert SECRET not in repr(box) and SECRET not in str(SecretUnreadable("x"))
+
+
+def test_bad_secret_keys_fail_at_init_app(make_host: Any) -> None:
+    with pytest.raises(ConfigurationError, match="KAIZEN_WEBHOOKS_SECRET_KEYS"):
+        make_host("sqlite", KAIZEN_WEBHOOKS_SECRET_KEYS=["nope"])
