@@ -199,6 +199,7 @@ def create_registration() -> tuple[Response, int, dict[str, str]]:
         topic=data.topic,
         url=data.url,
         sealed_secret=state.secrets.seal(data.secret),
+        limit=state.settings.max_registrations_per_owner,
     )
     session.commit()
     location = url_for(".registration", registration_id=registration.id)

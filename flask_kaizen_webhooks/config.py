@@ -41,6 +41,11 @@ DEFAULTS: dict[str, Any] = {
     "ALLOWED_NETWORKS": (),
     "ALLOWED_PORTS": (),
     "SECRET_KEYS": (),
+    "MAX_IN_FLIGHT_PER_REGISTRATION": 2,
+    "MAX_IN_FLIGHT_PER_HOST": 4,
+    "MAX_QUEUE": 10_000,
+    "MAX_PAYLOAD_BYTES": 256 * 1024,
+    "MAX_REGISTRATIONS_PER_OWNER": 100,
 }
 
 DISPATCHERS = ("thread", "none")
@@ -74,6 +79,11 @@ class Settings:
     disable_after_seconds: float
     retention_days: float
     address_policy: AddressPolicy
+    max_in_flight_per_registration: int
+    max_in_flight_per_host: int
+    max_queue: int
+    max_payload_bytes: int
+    max_registrations_per_owner: int
 
     @property
     def lease_seconds(self) -> float:
@@ -136,6 +146,11 @@ class Settings:
                 allowed_networks=_networks(value, "ALLOWED_NETWORKS"),
                 allowed_ports=frozenset({80, 443, *_ports(value, "ALLOWED_PORTS")}),
             ),
+            max_in_flight_per_registration=_positive_int(value, "MAX_IN_FLIGHT_PER_REGISTRATION"),
+            max_in_flight_per_host=_positive_int(value, "MAX_IN_FLIGHT_PER_HOST"),
+            max_queue=_positive_int(value, "MAX_QUEUE"),
+            max_payload_bytes=_positive_int(value, "MAX_PAYLOAD_BYTES"),
+            max_registrations_per_owner=_positive_int(value, "MAX_REGISTRATIONS_PER_OWNER"),
         )
 
 

@@ -18,6 +18,7 @@ from .clock import Clock
 from .config import Settings
 from .database import Database
 from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
+from .dispatch.inflight import InFlight
 from .dispatch.sync import DeliveryResult, fan_out
 from .dispatch.threads import ThreadDispatcher
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
@@ -59,6 +60,9 @@ class WebhooksState:
         )
         self.dispatcher: Dispatcher = (
             ThreadDispatcher(app, self) if settings.dispatcher == "thread" else NoDispatcher()
+        )
+        self.in_flight = InFlight(
+            settings.max_in_flight_per_registration, settings.max_in_flight_per_host
         )
         self._sync_pool: ThreadPoolExecutor | None = None
         self._sync_pool_lock = threading.Lock()
@@ -195,7 +199,7 @@ class KaizenWebhooks:
         found = self.topics.get(topic)
         if found is None:
             raise UnknownTopic(topic, self.topics.names())
-        document = _checked_payload(payload)
+        document = _checked_payload(payload, state.settings.max_payload_bytes)
         if found.mode is Mode.SYNC:
             results = self._send_now(target_app, state, topic, document)
             if raise_on_error and not all(result.ok for result in results):
@@ -293,7 +297,7 @@ def enqueue(state: WebhooksState, topic: str, document: Mapping[str, Any]) -> li
     return ids
 
 
-def _checked_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+def _checked_payload(payload: Mapping[str, Any], max_bytes: int) -> dict[str, Any]:
     if not isinstance(payload, Mapping):
         raise WebhooksError(f"The payload must be a mapping (a JSON object), not {type(payload)}.")
     if "webhook_request_id" in payload:
@@ -302,9 +306,14 @@ def _checked_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
         )
     document = dict(payload)
     try:
-        encode_payload(document)
+        size = len(encode_payload(document))
     except (TypeError, ValueError) as exc:
         raise WebhooksError(f"The payload cannot be sent as JSON: {exc}") from None
+    if size > max_bytes:
+        raise WebhooksError(
+            f"The payload is {size} bytes of JSON, over KAIZEN_WEBHOOKS_MAX_PAYLOAD_BYTES "
+            f"({max_bytes}); send a smaller document (receivers can fetch the rest)."
+        )
     return document
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import DuplicateRegistration, NotFound, RevConflict
+from .errors import ApiError, DuplicateRegistration, NotFound, RevConflict
 from .models import (
     Attempt,
     Delivery,
@@ -49,10 +49,27 @@ def new_rev(number: int, previous: str | None, *parts: str) -> str:
 
 
 def create_registration(
-    session: Session, *, owner: str, topic: str, url: str, sealed_secret: str
+    session: Session,
+    *,
+    owner: str,
+    topic: str,
+    url: str,
+    sealed_secret: str,
+    limit: int | None = None,
 ) -> Registration:
     """Add a registration; raise :class:`DuplicateRegistration` if the owner has it already."""
     _refuse_duplicate(session, owner=owner, topic=topic, url=url, except_id=None)
+    if limit is not None:
+        count = session.scalar(
+            select(func.count()).select_from(Registration).where(Registration.owner == owner)
+        )
+        if (count or 0) >= limit:
+            raise ApiError(
+                422,
+                "registration_limit",
+                f"You have {count} registrations, the most allowed; delete one first.",
+                limit=limit,
+            )
     now = utcnow()
     registration = Registration(
         id=str(uuid.uuid4()),

@@ -470,3 +470,13 @@ def test_unknown_endpoint_and_method_are_json(client: FlaskClient) -> None:
     assert wrong_method.status_code == 405
     assert error_of(wrong_method)["code"] == "method_not_allowed"
     assert wrong_method.headers["Allow"] == "GET, POST"
+
+
+def test_registrations_per_owner_are_limited(make_host: Any) -> None:
+    client = make_host("sqlite", KAIZEN_WEBHOOKS_MAX_REGISTRATIONS_PER_OWNER=2).app.test_client()
+    assert create(client, url="https://h.example.com/1").status_code == 201
+    assert create(client, url="https://h.example.com/2").status_code == 201
+    third = create(client, url="https://h.example.com/3")
+    assert third.status_code == 422
+    assert (error_of(third)["code"], error_of(third)["limit"]) == ("registration_limit", 2)
+    assert create(client, OTHER_ADMIN).status_code == 201  # another owner has their own quota

@@ -85,3 +85,32 @@ def test_clean_shutdown_stops_taking_work_and_loses_none(
     host.webhooks.start(host.app)
     wait_until(lambda: counts(host) == {"succeeded": 20})
     assert set(request_ids(server)) == set(ids)
+
+
+def test_hanging_receivers_do_not_hold_up_a_healthy_one(make_host: Any, receiver: Any) -> None:
+    config = {
+        **DELIVERY_CONFIG,
+        "KAIZEN_WEBHOOKS_WORKERS": 4,
+        "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 1,
+        "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 20,
+        "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [],
+    }
+    host = make_host("sqlite", **config)
+    hanging = [receiver() for _ in range(3)]
+    for rogue in hanging:
+        rogue.responder = lambda request, n, rogue=rogue: Reply(wait=rogue.release)
+    healthy = receiver()
+    for rogue in hanging:
+        register(host, rogue.url(), topic="booking_updated")
+    register(host, healthy.url())
+    with host.app.app_context():
+        for n in range(5):  # each rogue has a backlog that would otherwise fill every worker
+            host.webhooks.trigger("booking_updated", {"n": n})
+    for rogue in hanging:
+        rogue.wait_for(1)
+    with host.app.app_context():
+        for n in range(10):
+            host.webhooks.trigger("profile_updated", {"n": n})
+    healthy.wait_for(10, timeout=10)  # the rogues hang for 20 s: these got through beside them
+    # Each rogue holds one worker at most: one request each, however long its backlog.
+    assert [len(rogue.received) for rogue in hanging] == [1, 1, 1]

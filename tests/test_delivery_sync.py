@@ -151,3 +151,13 @@ def test_bad_payloads_are_clear_errors(host: Any) -> None:
             host.webhooks.trigger("user_logged_in", ["not", "a", "mapping"])  # type: ignore[arg-type]
         with pytest.raises(WebhooksError, match="sender"):
             signals.user_logged_in.send("not-the-app", payload=LOGIN)
+
+
+def test_payload_size_is_limited(make_host: Any) -> None:
+    from flask_kaizen_webhooks import WebhooksError
+
+    host = make_host("sqlite", KAIZEN_WEBHOOKS_MAX_PAYLOAD_BYTES=100)
+    with host.app.app_context():
+        with pytest.raises(WebhooksError, match="MAX_PAYLOAD_BYTES"):
+            host.webhooks.trigger("profile_updated", {"bio": "x" * 200})
+        assert host.webhooks.trigger("profile_updated", {"bio": "short"}) == []

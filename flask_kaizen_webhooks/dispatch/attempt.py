@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 from sqlalchemy.orm import Session
@@ -130,7 +131,6 @@ def next_step(
 def deliver_claimed(app: Flask, state: WebhooksState, delivery_id: str, token: str) -> None:
     """Make the next attempt of a delivery this worker has claimed, and record it."""
     database = state.database
-    settings = state.settings
     with database.independent_session() as session:
         loaded = store.claimed_delivery(session, delivery_id=delivery_id, token=token)
         if loaded is None:
@@ -147,6 +147,46 @@ def deliver_claimed(app: Flask, state: WebhooksState, delivery_id: str, token: s
         _abandon(app, state, delivery_id, token, topic, registration_id, number - 1)
         return
     url, sealed_secret = target
+    host = (urlsplit(url).hostname or "").lower()
+    with state.in_flight.slot(registration_id, host) as free:
+        if not free:
+            # This registration (or host) already occupies its share of the workers: come back
+            # to it shortly rather than queue behind a receiver that may be hanging.
+            later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
+            with database.independent_session() as session, session.begin():
+                store.release_claim(session, delivery_id=delivery_id, token=token, now=later)
+            return
+        _attempt(
+            app,
+            state,
+            delivery_id,
+            token,
+            topic,
+            payload,
+            number,
+            registration_id,
+            retry_index,
+            url,
+            sealed_secret,
+        )
+
+
+def _attempt(
+    app: Flask,
+    state: WebhooksState,
+    delivery_id: str,
+    token: str,
+    topic: str,
+    payload: str,
+    number: int,
+    registration_id: str,
+    retry_index: int,
+    url: str,
+    sealed_secret: str,
+) -> None:
+    """Send one attempt of a claimed delivery and record what came of it."""
+    database = state.database
+    settings = state.settings
     started = state.clock.now()
     result = send(
         state,

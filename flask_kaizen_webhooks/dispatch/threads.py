@@ -39,7 +39,7 @@ class ThreadDispatcher:
         self._app = app
         self._state = state
         self._lock = threading.Lock()
-        self._queue: queue.Queue[WorkItem] = queue.Queue()
+        self._queue: queue.Queue[WorkItem] = queue.Queue(state.settings.max_queue)
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -62,7 +62,7 @@ class ThreadDispatcher:
             self._closed = False
             if self.running:
                 return
-            self._queue = queue.Queue()
+            self._queue = queue.Queue(self._state.settings.max_queue)
             self._stopping = threading.Event()
             self._wake = threading.Event()
             self._pid = os.getpid()
@@ -85,7 +85,12 @@ class ThreadDispatcher:
         if not self.running:
             return  # stopped: the rows wait in the outbox for the next start
         for delivery_id in delivery_ids:
-            self._queue.put((delivery_id, None))
+            try:
+                self._queue.put_nowait((delivery_id, None))
+            except queue.Full:
+                # Memory holds a bounded amount; the rest waits in the outbox for the poller.
+                self.wake()
+                return
 
     def wake(self) -> None:
         """Make the poller look for due work now."""
@@ -102,6 +107,7 @@ class ThreadDispatcher:
             self._stopping.set()
             self._wake.set()
             threads, self._threads = self._threads, []
+        self._drain_unclaimed()
         for _ in threads:
             self._queue.put(_STOP)
         for thread in threads:
@@ -169,6 +175,19 @@ class ThreadDispatcher:
                 session, now=now, lease_until=lease_until, token=token, limit=limit
             )
         return claimed, token
+
+    def _drain_unclaimed(self) -> None:
+        """Drop queued ids nobody claimed yet (they stay pending in the outbox), keep claims."""
+        kept: list[WorkItem] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item[1] is not None:
+                kept.append(item)
+        for item in kept:
+            self._queue.put(item)
 
     def _release_unstarted(self) -> None:
         claimed: list[WorkItem] = []
