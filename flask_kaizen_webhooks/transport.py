@@ -26,6 +26,7 @@ from urllib3.exceptions import (
 )
 
 from .guard import AddressPolicy, ForbiddenDestination, Resolver, resolve
+from .watchdog import POOL_CLASSES, Deadline, Watchdog
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -67,6 +68,8 @@ class Transport:
         self.resolver = resolver
         # urllib3 reads no proxy settings from the environment, unlike requests.
         self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
+        self._pool.pool_classes_by_scheme = POOL_CLASSES
+        self._watchdog = Watchdog()
 
     def post(
         self,
@@ -107,6 +110,36 @@ class Transport:
         pool = self._pool.connection_from_host(
             str(addresses[0]), port, scheme, pool_kwargs=pool_kwargs
         )
+        watch = self._watchdog.arm(deadline)
+        try:
+            return self._exchange(
+                pool,
+                target,
+                body,
+                headers,
+                host_header,
+                watch,
+                timeout,
+                connect_timeout,
+                started,
+                deadline,
+            )
+        finally:
+            self._watchdog.disarm(watch)
+
+    def _exchange(
+        self,
+        pool: urllib3.HTTPConnectionPool,
+        target: str,
+        body: bytes,
+        headers: dict[str, str],
+        host_header: str,
+        watch: Deadline,
+        timeout: float,
+        connect_timeout: float,
+        started: float,
+        deadline: float,
+    ) -> SendResult:
         try:
             response = pool.urlopen(
                 "POST",
@@ -124,11 +157,21 @@ class Transport:
         except (ConnectTimeoutError, ReadTimeoutError) as exc:
             return _failure(started, f"timed out: {_reason(exc)}", timed_out=True)
         except (ProtocolError, HTTPError, OSError, ValueError) as exc:
+            if watch.fired:  # the watchdog cut a receiver that answered too slowly
+                return _failure(
+                    started, f"timed out: no complete answer within {timeout:g} s", timed_out=True
+                )
             return _failure(started, f"{type(exc).__name__}: {_reason(exc)}")
         try:
             data, error = self._read_capped(response, deadline)
         finally:
+            # Disarmed before the connection can go back to the pool for another attempt.
+            self._watchdog.disarm(watch)
+            if watch.fired:
+                response.close()
             response.release_conn()
+        if watch.fired:
+            error = "timed out reading the response"
         return SendResult(
             status_code=response.status,
             elapsed=time.monotonic() - started,

@@ -73,3 +73,35 @@ def test_connection_refused_and_keep_alive_reuse(receiver: Any) -> None:
     # One keep-alive connection carried all five.
     assert len(server.received) == 5
     assert len({request.client_port for request in server.received}) == 1
+
+
+def test_a_receiver_dripping_its_headers_is_cut_at_the_time_limit() -> None:
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def drip_headers() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 1000:
+            if stop.is_set():
+                break
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.05)  # well inside the read timeout, forever in total
+        connection.close()
+
+    threading.Thread(target=drip_headers, daemon=True).start()
+    started = time.monotonic()
+    result = post(transport(), f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout=1.0)
+    took = time.monotonic() - started
+    stop.set()
+    listener.close()
+    assert result.timed_out and not result.ok, result
+    assert took < 1.0 + 2.0  # not the ~50 s the drip would take
