@@ -17,6 +17,7 @@ from .dispatch.sync import fan_out
 from .errors import ApiError, ValidationError
 from .extension import WebhooksState, get_state
 from .models import Delivery, DeliveryMode, Registration
+from .openapi import build_openapi
 from .topics import Mode
 from .validation import parse_registration, parse_test_request
 
@@ -97,6 +98,8 @@ def _authenticate() -> None:
     """Identify the caller and check their permission before any endpoint runs."""
     state = get_state()
     g.kaizen_webhooks_state = state
+    if request.endpoint == "kaizen_webhooks.openapi":
+        return  # the API's description is public
     extension = state.extension
     if extension.user_loader_callback is None or extension.permission_checker_callback is None:
         missing = [
@@ -383,6 +386,17 @@ def list_topics() -> Response:
     return jsonify(topics=[topic.to_dict() for topic in _state().extension.topics])
 
 
+def openapi_document() -> Response:
+    state = _state()
+    return jsonify(
+        build_openapi(
+            state.settings.url_prefix,
+            state.extension.topics.names(),
+            state.settings.max_page_size,
+        )
+    )
+
+
 def _unknown_path(path: str) -> Response:
     raise ApiError(404, "not_found", f"No such endpoint: {request.path}.")
 
@@ -396,6 +410,7 @@ _route(
     DELETE=delete_registration,
 )
 _route("/topics", "topics", GET=list_topics)
+_route("/openapi.json", "openapi", GET=openapi_document)
 _route("/test", "test", POST=send_test)
 _route("/registrations/<registration_id>/deliveries", "deliveries", GET=list_deliveries)
 _route("/deliveries/<delivery_id>", "delivery", GET=get_delivery)

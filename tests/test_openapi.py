@@ -1,0 +1,173 @@
+"""The OpenAPI document tells the truth: real responses of every endpoint conform to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, USER
+from tests.receivers import Reply, wait_until
+
+PREFIX = "/v2/webhooks"
+
+
+class Contract:
+    """Checks responses against the served document and remembers what was covered."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = {**document, "$id": "urn:kaizen-webhooks-openapi"}
+        resource = Resource.from_contents(self.document, default_specification=DRAFT202012)
+        self.registry = Registry().with_resource("urn:kaizen-webhooks-openapi", resource)
+        self.covered: set[tuple[str, str, str]] = set()
+
+    def check(self, response: Any, path: str, method: str) -> None:
+        status = str(response.status_code)
+        operation = self.document["paths"][path][method]
+        assert status in operation["responses"], f"{method} {path} answered undocumented {status}"
+        documented = operation["responses"][status]
+        if "$ref" in documented:
+            documented = self.document["components"]["responses"][
+                documented["$ref"].rsplit("/", 1)[1]
+            ]
+        assert response.mimetype == "application/json"
+        schema = documented["content"]["application/json"]["schema"]
+        validator = Draft202012Validator(
+            {
+                "$ref": "urn:kaizen-webhooks-openapi#"
+                + _pointer(
+                    [
+                        "paths",
+                        path,
+                        method,
+                        "responses",
+                        status,
+                        "content",
+                        "application/json",
+                        "schema",
+                    ]
+                )
+                if "$ref" not in operation["responses"][status]
+                else "urn:kaizen-webhooks-openapi#/components/schemas/Error"
+            },
+            registry=self.registry,
+        )
+        errors = list(validator.iter_errors(response.get_json()))
+        assert not errors, f"{method} {path} {status}: {errors[0].message}"
+        assert schema is not None
+        self.covered.add((path, method, status))
+
+
+def _pointer(parts: list[str]) -> str:
+    return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@pytest.fixture
+def host(make_host: Any, backend: str) -> Any:
+    return make_host(backend, **DELIVERY_CONFIG)
+
+
+def test_the_document_is_valid_openapi_3_1(host: Any) -> None:
+    from openapi_spec_validator import validate
+
+    response = host.app.test_client().get(f"{PREFIX}/openapi.json")  # public: no credentials
+    assert response.status_code == 200
+    document = response.get_json()
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+    assert document["servers"] == [{"url": PREFIX}]
+
+
+def test_every_endpoint_answers_as_documented(host: Any, receiver: Any) -> None:
+    client = host.app.test_client()
+    contract = Contract(client.get(f"{PREFIX}/openapi.json").get_json())
+    server = receiver(lambda request, n: Reply(status=500) if n == 1 else Reply())
+    R, RID = "/registrations", "/registrations/{registration_id}"
+    D, DID = "/registrations/{registration_id}/deliveries", "/deliveries/{delivery_id}"
+
+    def call(method: str, path: str, template: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("headers", ADMIN)
+        response = client.open(PREFIX + path, method=method.upper(), **kwargs)
+        contract.check(response, template, method)
+        return response
+
+    created = call(
+        "post",
+        R,
+        R,
+        json={"topic": "profile_updated", "url": server.url(), "secret": "signature_secret_0123"},
+    ).get_json()
+    rid, rev = created["id"], created["rev"]
+    call(
+        "post",
+        R,
+        R,
+        json={"topic": "profile_updated", "url": server.url(), "secret": "signature_secret_0123"},
+    )  # 409 duplicate
+    call("post", R, R, data="{", content_type="application/json")  # 400
+    call("post", R, R, data="{}", content_type="text/plain")  # 415
+    call("post", R, R, json={"topic": "nope"})  # 422
+    call("post", R, R, json={"x": "y" * 70000})  # 413
+    call("get", R, R, headers={})  # 401
+    call("get", R, R, headers=USER)  # 403
+    call("get", f"{R}?limit=1", R)
+    call("get", f"{R}?cursor=bad", R)  # 400
+    call("get", f"{R}?limit=0", R)  # 422
+    call("get", f"{R}/{rid}", RID)
+    call("get", f"{R}/{rid}", RID, headers=OTHER_ADMIN)  # 404
+    body = {"topic": "profile_updated", "url": server.url(), "rev": rev}
+    rev = call("put", f"{R}/{rid}", RID, json=body).get_json()["rev"]
+    call("put", f"{R}/{rid}", RID, json=body)  # 409 stale
+    call("put", f"{R}/{rid}", RID, json={**body, "rev": rev, "state": "paused"})  # 422
+    call("put", f"{R}/{rid}", RID, data="[", content_type="application/json")  # 400
+    call("put", f"{R}/{rid}", RID, data="{}", content_type="text/plain")  # 415
+    call("put", f"{R}/{rid}", RID, json={"x": "y" * 70000})  # 413
+    call("put", f"{R}/nope", RID, json=body)  # 404
+    call("get", "/topics", "/topics")
+    call("post", "/test", "/test", json={"topic": "profile_updated"})
+    call("post", "/test", "/test", json={"topic": "booking_updated"})  # 404
+    call("post", "/test", "/test", json={"topic": "nope"})  # 422
+    call("post", "/test", "/test", data="[", content_type="application/json")  # 400
+    call("post", "/test", "/test", data="{}", content_type="text/plain")  # 415
+    call("post", "/test", "/test", json={"x": "y" * 70000})  # 413
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger("profile_updated", {"n": 1})
+    wait_until(
+        lambda: (
+            client.get(f"{PREFIX}/deliveries/{delivery_id}", headers=ADMIN).get_json()["status"]
+            == "succeeded"
+        )
+    )
+    call("get", f"{R}/{rid}/deliveries?limit=1", D)
+    call("get", f"{R}/{rid}/deliveries?cursor=bad", D)  # 400
+    call("get", f"{R}/{rid}/deliveries?limit=x", D)  # 422
+    call("get", f"{R}/nope/deliveries", D)  # 404
+    call("get", f"/deliveries/{delivery_id}", DID)
+    call("get", "/deliveries/nope", DID)  # 404
+    call("post", f"/deliveries/{delivery_id}/redeliver", "/deliveries/{delivery_id}/redeliver")
+    call("post", "/deliveries/nope/redeliver", "/deliveries/{delivery_id}/redeliver")  # 404
+    call("delete", f"{R}/{rid}?rev=1-00", RID)  # 409
+    call("delete", f"{R}/{rid}?rev=a", RID, headers={**ADMIN, "If-Match": "b"})  # 422
+    call("delete", f"{R}/{rid}?rev={rev}", RID)
+    call("delete", f"{R}/{rid}?rev={rev}", RID)  # 404
+    call("get", "/openapi.json", "/openapi.json", headers={})
+    for template, item in contract.document["paths"].items():
+        concrete = template.replace("{registration_id}", rid).replace("{delivery_id}", "x")
+        for method in item:
+            if method in ("parameters", "get") and template == "/openapi.json":
+                continue
+            if method != "parameters":
+                call(method, concrete, template, headers={}, json={})  # 401
+                call(method, concrete, template, headers=USER, json={})  # 403
+    documented = {
+        (path, method, status)
+        for path, item in contract.document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+        for status in operation["responses"]
+    }
+    # Every documented answer of every operation was seen for real and conformed.
+    assert documented == contract.covered, sorted(documented - contract.covered)
