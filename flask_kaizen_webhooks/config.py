@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_QUEUE": 10_000,
     "MAX_PAYLOAD_BYTES": 256 * 1024,
     "MAX_REGISTRATIONS_PER_OWNER": 100,
+    "CLAIM_LEASE": None,
 }
 
 DISPATCHERS = ("thread", "none")
@@ -85,9 +86,13 @@ class Settings:
     max_payload_bytes: int
     max_registrations_per_owner: int
 
+    claim_lease: float | None
+
     @property
     def lease_seconds(self) -> float:
         """How long a claimed delivery stays claimed: longer than any attempt can take."""
+        if self.claim_lease is not None:
+            return self.claim_lease
         return 2 * (self.async_timeout + self.connect_timeout) + 30
 
     @classmethod
@@ -151,6 +156,7 @@ class Settings:
             max_queue=_positive_int(value, "MAX_QUEUE"),
             max_payload_bytes=_positive_int(value, "MAX_PAYLOAD_BYTES"),
             max_registrations_per_owner=_positive_int(value, "MAX_REGISTRATIONS_PER_OWNER"),
+            claim_lease=_lease(value, "CLAIM_LEASE"),
         )
 
 
@@ -233,3 +239,17 @@ def _ports(value: Any, name: str) -> tuple[int, ...]:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigurationError(PREFIX + name, f"{port!r} is not a port number")
     return tuple(raw)
+
+
+def _lease(value: Any, name: str) -> float | None:
+    if value(name) is None:
+        return None
+    lease = _positive_number(value, name)
+    longest = _positive_number(value, "ASYNC_TIMEOUT") + _positive_number(value, "CONNECT_TIMEOUT")
+    if lease <= longest:
+        raise ConfigurationError(
+            PREFIX + name,
+            f"must exceed the longest attempt (ASYNC_TIMEOUT + CONNECT_TIMEOUT = {longest:g} s), "
+            "or another worker could send a delivery that is still being sent",
+        )
+    return lease

@@ -53,11 +53,14 @@ class Receiver:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    return  # the sender died mid-request: nothing was delivered
                 request = Received(
                     "POST",
                     self.path,
                     dict(self.headers.items()),
-                    self.rfile.read(length),
+                    body,
                     time.time(),
                     self.client_address[1],
                 )
