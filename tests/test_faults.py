@@ -1,0 +1,149 @@
+"""Misbehaving receivers on 127.0.0.1, all at once: the host is never held up, and every
+delivery ends in the right state with the right number of attempts."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.models import Delivery
+from tests.conftest import DELIVERY_CONFIG, register
+from tests.receivers import Reply, wait_until
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that handles each connection with ``behave(connection)``."""
+
+    def __init__(self, behave: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+
+        def serve() -> None:
+            while not self.stop.is_set():
+                try:
+                    connection, _ = self.listener.accept()
+                except OSError:
+                    return
+                self.connections += 1
+                threading.Thread(target=behave, args=(connection,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServer]]:
+    servers: list[RawServer] = []
+
+    def start(behave: Callable[[socket.socket], None]) -> RawServer:
+        servers.append(RawServer(behave))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def never_answer(connection: socket.socket) -> None:
+    connection.recv(65536)
+    time.sleep(10)
+    connection.close()
+
+
+def drip(connection: socket.socket) -> None:
+    connection.recv(65536)
+    try:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello":
+            connection.sendall(bytes([byte]))
+            time.sleep(1.0)  # one byte a second
+    except OSError:
+        pass
+    connection.close()
+
+
+def reset(connection: socket.socket) -> None:
+    connection.recv(65536)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    connection.close()  # RST instead of an answer
+
+
+def test_every_kind_of_broken_receiver(make_host: Any, receiver: Any, raw_server: Any) -> None:
+    config = {
+        **DELIVERY_CONFIG,
+        "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 1.5,
+        "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 0.5,
+        "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [0.1],
+        "KAIZEN_WEBHOOKS_WORKERS": 8,
+        "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 16,
+    }
+    host = make_host("sqlite", **config)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    gate = threading.Event()
+    # (receiver url, expected status, expected attempts, expected error fragment)
+    cases = {
+        "gated": (receiver(lambda r, n: Reply(wait=gate)).url(), "succeeded", 1, None),
+        "500": (receiver(lambda r, n: Reply(status=500)).url(), "failed", 2, "HTTP 500"),
+        "302": (
+            receiver(lambda r, n: Reply(status=302, headers={"Location": "/x"})).url(),
+            "failed",
+            2,
+            "redirects are not followed",
+        ),
+        "410": (receiver(lambda r, n: Reply(status=410)).url(), "failed", 1, "HTTP 410"),
+        "429": (
+            receiver(
+                lambda r, n: Reply(status=429, headers={"Retry-After": "0"}) if n == 1 else Reply()
+            ).url(),
+            "succeeded",
+            2,
+            None,
+        ),
+        "huge": (receiver(lambda r, n: Reply(body=b"x" * 3_000_000)).url(), "succeeded", 1, None),
+        "silent": (raw_server(never_answer).url(), "failed", 2, "timed out"),
+        "drip": (raw_server(drip).url(), "failed", 2, "timed out"),
+        "reset": (raw_server(reset).url(), "failed", 2, "Connection"),
+        "down": (f"http://127.0.0.1:{closed_port}/hook", "failed", 2, "connection failed"),
+    }
+    registration_of = {name: register(host, url)["id"] for name, (url, *_rest) in cases.items()}
+    with host.app.app_context():
+        ids = host.webhooks.trigger("profile_updated", {"n": 1})
+    assert len(ids) == len(cases)
+
+    def rows() -> dict[str, Delivery]:
+        with host.app.app_context(), get_state().database.independent_session() as session:
+            return {row.registration_id: row for row in session.scalars(select(Delivery))}
+
+    # The host's call only wrote outbox rows: it returned while a receiver that cannot answer
+    # before the gate opens had not answered.
+    assert rows()[registration_of["gated"]].status == "pending"
+    gate.set()
+
+    wait_until(lambda: all(row.status != "pending" for row in rows().values()), timeout=30)
+    final = rows()
+    for name, (_url, status, attempts, error) in cases.items():
+        row = final[registration_of[name]]
+        assert (row.status, row.attempts) == (status, attempts), (name, row.last_error)
+        if error is None:
+            assert row.last_error is None, name
+        else:
+            assert error in (row.last_error or ""), (name, row.last_error)
+    assert len(final[registration_of["huge"]].response_excerpt or "") == 2048
