@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
@@ -16,10 +17,15 @@ from . import store
 from .dispatch.sync import fan_out
 from .errors import ApiError, ValidationError
 from .extension import WebhooksState, get_state
-from .models import Delivery, DeliveryMode, Registration
+from .models import Delivery, DeliveryMode, Registration, isoformat
 from .openapi import build_openapi
 from .topics import Mode
-from .validation import parse_registration, parse_test_request
+from .validation import (
+    MAX_OVERLAP_SECONDS,
+    parse_registration,
+    parse_rotation,
+    parse_test_request,
+)
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -259,9 +265,42 @@ def update_registration(registration_id: str) -> Response:
         url=data.url,
         sealed_secret=None if data.secret is None else state.secrets.seal(data.secret),
         state=data.state,
+        overlap=timedelta(seconds=state.settings.secret_overlap),
     )
     session.commit()
     return _with_etag(jsonify(id=registration.id, rev=registration.rev), registration.rev)
+
+
+def rotate_secret(registration_id: str) -> Response:
+    """Replace the secret; the previous one keeps signing for the overlap."""
+    state = _state()
+    document = _json_body()
+    data = parse_rotation(document, max_overlap=MAX_OVERLAP_SECONDS)
+    generated = data.secret is None
+    secret = secrets.token_urlsafe(32) if data.secret is None else data.secret
+    overlap = state.settings.secret_overlap if data.overlap is None else data.overlap
+    session = state.database.session
+    current = store.get_registration(session, owner=_owner(), registration_id=registration_id)
+    registration = store.update_registration(
+        session,
+        owner=_owner(),
+        registration_id=registration_id,
+        rev=_sent_rev(data.rev),
+        topic=current.topic,
+        url=current.url,
+        sealed_secret=state.secrets.seal(secret),
+        overlap=timedelta(seconds=overlap),
+    )
+    session.commit()
+    body: dict[str, Any] = {
+        "id": registration.id,
+        "rev": registration.rev,
+        "secret_version": registration.secret_version,
+        "previous_secret_valid_until": isoformat(registration.previous_secret_until),
+    }
+    if generated:
+        body["secret"] = secret  # shown this once, because the caller asked us to make it
+    return _with_etag(jsonify(body), registration.rev)
 
 
 def delete_registration(registration_id: str) -> Response:
@@ -409,6 +448,7 @@ _route(
     PUT=update_registration,
     DELETE=delete_registration,
 )
+_route("/registrations/<registration_id>/rotate-secret", "rotate_secret", POST=rotate_secret)
 _route("/topics", "topics", GET=list_topics)
 _route("/openapi.json", "openapi", GET=openapi_document)
 _route("/test", "test", POST=send_test)

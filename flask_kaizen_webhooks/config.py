@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PAYLOAD_BYTES": 256 * 1024,
     "MAX_REGISTRATIONS_PER_OWNER": 100,
     "CLAIM_LEASE": None,
+    "SECRET_OVERLAP": 86400,
 }
 
 DISPATCHERS = ("thread", "none")
@@ -87,6 +88,7 @@ class Settings:
     max_registrations_per_owner: int
 
     claim_lease: float | None
+    secret_overlap: float
 
     @property
     def lease_seconds(self) -> float:
@@ -157,6 +159,7 @@ class Settings:
             max_payload_bytes=_positive_int(value, "MAX_PAYLOAD_BYTES"),
             max_registrations_per_owner=_positive_int(value, "MAX_REGISTRATIONS_PER_OWNER"),
             claim_lease=_lease(value, "CLAIM_LEASE"),
+            secret_overlap=_non_negative_number(value, "SECRET_OVERLAP"),
         )
 
 

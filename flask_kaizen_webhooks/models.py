@@ -70,6 +70,11 @@ class Registration(Base):
     url_digest: Mapped[str] = mapped_column(String(64))
     #: The integrator's secret, sealed (see :mod:`flask_kaizen_webhooks.sealing`).
     secret: Mapped[str] = mapped_column(Text)
+    #: Counts the secrets this registration had; sent as the JWS ``kid``.
+    secret_version: Mapped[int] = mapped_column(Integer, default=1)
+    #: The secret before the last rotation, still signing until ``previous_secret_until``.
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     rev: Mapped[str] = mapped_column(String(64))
     rev_number: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default=RegistrationState.ACTIVE)
@@ -96,6 +101,8 @@ class Registration(Base):
             "url": self.url,
             "state": self.state,
             "disabled_reason": self.disabled_reason,
+            "secret_version": self.secret_version,
+            "previous_secret_valid_until": isoformat(self.previous_secret_until),
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
         }

@@ -53,15 +53,6 @@ ERROR_DESCRIPTIONS = {
     422: "A field is missing, unknown or invalid.",
 }
 
-PAGE_PARAMETERS = [
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    },
-    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
-]
 REGISTRATION_ID = {"name": "registration_id", "in": "path", "required": True, "schema": ID}
 DELIVERY_ID = {"name": "delivery_id", "in": "path", "required": True, "schema": ID}
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}}
@@ -120,9 +111,29 @@ def build_openapi(prefix: str, topics: list[str], max_page_size: int) -> dict[st
                 "url": {"type": "string"},
                 "state": {"type": "string", "enum": ["active", "disabled"]},
                 "disabled_reason": {"type": ["string", "null"]},
+                "secret_version": {"type": "integer", "minimum": 1},
+                "previous_secret_valid_until": NULLABLE_TIME,
                 "created_at": TIME,
                 "updated_at": TIME,
             }
+        ),
+        "Rotation": _object(
+            {
+                "secret": secret,
+                "rev": REV,
+                "overlap_seconds": {"type": "number", "minimum": 0, "maximum": 30 * 86400},
+            },
+            required=[],
+        ),
+        "Rotated": _object(
+            {
+                "id": ID,
+                "rev": REV,
+                "secret_version": {"type": "integer", "minimum": 1},
+                "previous_secret_valid_until": NULLABLE_TIME,
+                "secret": {"type": "string"},
+            },
+            required=["id", "rev", "secret_version", "previous_secret_valid_until"],
         ),
         "RegistrationList": _object(
             {
@@ -210,7 +221,7 @@ def build_openapi(prefix: str, topics: list[str], max_page_size: int) -> dict[st
                         "required": False,
                         "schema": {"type": "string"},
                     },
-                    *PAGE_PARAMETERS,
+                    *page_parameters,
                 ],
                 "responses": _responses(
                     (200, "A page of registrations", _ref("RegistrationList")), 400, 422
@@ -252,6 +263,24 @@ def build_openapi(prefix: str, topics: list[str], max_page_size: int) -> dict[st
                     (200, "Deleted", _object({"id": ID, "rev": REV, "deleted": {"const": True}})),
                     404,
                     409,
+                    422,
+                ),
+            },
+        },
+        "/registrations/{registration_id}/rotate-secret": {
+            "parameters": [REGISTRATION_ID],
+            "post": {
+                "operationId": "rotateSecret",
+                "summary": "Replace the secret; the previous one signs on for the overlap",
+                "parameters": [IF_MATCH],
+                "requestBody": {**body, **_json(_ref("Rotation"))},
+                "responses": _responses(
+                    (200, "Rotated; a generated secret is shown once", _ref("Rotated")),
+                    400,
+                    404,
+                    409,
+                    413,
+                    415,
                     422,
                 ),
             },

@@ -60,30 +60,49 @@ def verify(
     *,
     max_age: float | None = 300,
     now: float | None = None,
+    next_signature: str | None = None,
 ) -> dict[str, Any]:
     """The payload of a webhook ``body`` signed with ``secret``, or a :class:`VerificationError`.
 
-    ``secret`` may be a list, to accept any of several (during a secret rotation). ``max_age``
-    refuses replays of bodies signed longer ago than that many seconds; ``None`` turns it off.
+    ``secret`` may be a list, to accept any of several. During a secret rotation the body is
+    signed with the previous secret and the ``Webhook-Signature-Next`` header carries the
+    signature made with the new one: pass that header as ``next_signature`` and a receiver that
+    knows only the new secret verifies too. ``max_age`` refuses replays of bodies signed longer
+    ago than that many seconds; ``None`` turns it off.
     """
-    token = body.decode("ascii", "replace") if isinstance(body, bytes) else body
-    token = token.strip()
-    try:
-        header = jws.get_unverified_header(token)
-    except (JWSError, ValueError, TypeError):
-        raise MalformedWebhook("The body is not a compact JWS.") from None
-    if header.get("alg") != ALGORITHM:
-        raise InvalidSignature(f"Unexpected algorithm {header.get('alg')!r}; expected HS256.")
-    payload = _verified_bytes(token, [secret] if isinstance(secret, str) else secret)
-    if max_age is not None:
-        _check_age(header.get("iat"), max_age, time.time() if now is None else now)
-    try:
-        document = json.loads(payload)
-    except ValueError:
-        raise MalformedWebhook("The signed payload is not JSON.") from None
-    if not isinstance(document, dict):
-        raise MalformedWebhook("The signed payload is not a JSON object.")
-    return document
+    token = (body.decode("ascii", "replace") if isinstance(body, bytes) else body).strip()
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    candidates = [token]
+    if next_signature:
+        detached_parts, body_parts = next_signature.strip().split("."), token.split(".")
+        if len(detached_parts) == 3 and detached_parts[1] == "" and len(body_parts) == 3:
+            candidates.append(f"{detached_parts[0]}.{body_parts[1]}.{detached_parts[2]}")
+    failure: VerificationError = InvalidSignature("The signature does not match the secret.")
+    for candidate in candidates:
+        try:
+            header = jws.get_unverified_header(candidate)
+        except (JWSError, ValueError, TypeError):
+            raise MalformedWebhook("The body is not a compact JWS.") from None
+        if header.get("alg") != ALGORITHM:
+            failure = InvalidSignature(
+                f"Unexpected algorithm {header.get('alg')!r}; expected HS256."
+            )
+            continue
+        try:
+            payload = _verified_bytes(candidate, keys)
+        except InvalidSignature as exc:
+            failure = exc
+            continue
+        if max_age is not None:
+            _check_age(header.get("iat"), max_age, time.time() if now is None else now)
+        try:
+            document = json.loads(payload)
+        except ValueError:
+            raise MalformedWebhook("The signed payload is not JSON.") from None
+        if not isinstance(document, dict):
+            raise MalformedWebhook("The signed payload is not a JSON object.")
+        return document
+    raise failure
 
 
 def _verified_bytes(token: str, secrets: list[str]) -> bytes:
@@ -128,7 +147,12 @@ def webhook_view(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             key = secret() if callable(secret) else secret
             try:
-                payload = verify(request.get_data(), key, max_age=max_age)
+                payload = verify(
+                    request.get_data(),
+                    key,
+                    max_age=max_age,
+                    next_signature=request.headers.get("Webhook-Signature-Next"),
+                )
             except VerificationError as exc:
                 status = 400 if isinstance(exc, MalformedWebhook) else 401
                 return jsonify(error={"code": exc.code, "message": str(exc)}), status

@@ -17,9 +17,20 @@ def encode_payload(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def sign(payload: bytes, secret: str, *, issued_at: float | None = None) -> str:
-    """The compact JWS of ``payload`` signed with ``secret``; ``iat`` is set here, never by
-    callers' headers (which could otherwise override ``alg``)."""
-    iat = int(time.time() if issued_at is None else issued_at)
-    token: str = jws.sign(payload, secret, headers={"iat": iat}, algorithm=ALGORITHM)
+def sign(
+    payload: bytes, secret: str, *, issued_at: float | None = None, kid: int | None = None
+) -> str:
+    """The compact JWS of ``payload`` signed with ``secret``. The header holds ``iat`` and the
+    secret's version as ``kid``, set here and never from callers' headers (which could otherwise
+    override ``alg``)."""
+    header: dict[str, Any] = {"iat": int(time.time() if issued_at is None else issued_at)}
+    if kid is not None:
+        header["kid"] = str(kid)
+    token: str = jws.sign(payload, secret, headers=header, algorithm=ALGORITHM)
     return token
+
+
+def detached(token: str) -> str:
+    """``token`` without its payload (``header..signature``, RFC 7515 appendix F)."""
+    header, _payload, signature = token.split(".")
+    return f"{header}..{signature}"

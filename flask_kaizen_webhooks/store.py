@@ -133,6 +133,7 @@ def update_registration(
     url: str,
     sealed_secret: str | None,
     state: str | None = None,
+    overlap: timedelta = timedelta(0),
 ) -> Registration:
     """Replace topic, url and (when given) secret and state, if ``rev`` is still current.
 
@@ -154,7 +155,7 @@ def update_registration(
         "updated_at": utcnow(),
     }
     if sealed_secret is not None:
-        values["secret"] = sealed_secret
+        values.update(_rotation(current, sealed_secret, overlap))
     if new_state == RegistrationState.ACTIVE and current.state != RegistrationState.ACTIVE:
         values.update(consecutive_failures=0, failing_since=None, disabled_reason=None)
     elif new_state == RegistrationState.DISABLED and current.state != RegistrationState.DISABLED:
@@ -171,6 +172,19 @@ def update_registration(
         raise RevConflict(_current_rev(session, current.id), rev)
     session.refresh(current)
     return current
+
+
+def _rotation(current: Registration, sealed_secret: str, overlap: timedelta) -> dict[str, Any]:
+    """The values that replace a registration's secret, the old one signing for ``overlap``."""
+    values: dict[str, Any] = {
+        "secret": sealed_secret,
+        "secret_version": current.secret_version + 1,
+        "previous_secret": None,
+        "previous_secret_until": None,
+    }
+    if overlap > timedelta(0):
+        values.update(previous_secret=current.secret, previous_secret_until=utcnow() + overlap)
+    return values
 
 
 def delete_registration(
@@ -238,6 +252,25 @@ class Target:
     url: str
     #: The secret as stored (sealed); opened only to sign.
     sealed_secret: str
+    secret_version: int = 1
+    #: During a rotation's overlap, the previous secret (sealed) and when it stops signing.
+    previous_sealed_secret: str | None = None
+    previous_secret_until: datetime | None = None
+
+    @classmethod
+    def of(cls, registration: Registration) -> Target:
+        """The target of ``registration``."""
+        return cls(
+            registration.id,
+            registration.owner,
+            registration.url,
+            registration.secret,
+            registration.secret_version,
+            registration.previous_secret,
+            None
+            if registration.previous_secret_until is None
+            else as_utc(registration.previous_secret_until),
+        )
 
 
 def active_targets(
@@ -249,16 +282,14 @@ def active_targets(
 ) -> list[Target]:
     """The active registrations of ``topic``, optionally one owner's; or the one registration
     ``registration_id`` of ``topic``, active or not (for tests of a disabled endpoint)."""
-    query = select(
-        Registration.id, Registration.owner, Registration.url, Registration.secret
-    ).where(Registration.topic == topic)
+    query = select(Registration).where(Registration.topic == topic)
     if owner is not None:
         query = query.where(Registration.owner == owner)
     if registration_id is not None:
         query = query.where(Registration.id == registration_id)
     else:
         query = query.where(Registration.state == RegistrationState.ACTIVE)
-    return [Target(*row) for row in session.execute(query.order_by(Registration.created_at))]
+    return [Target.of(row) for row in session.scalars(query.order_by(Registration.created_at))]
 
 
 def add_deliveries(

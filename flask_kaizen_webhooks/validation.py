@@ -20,6 +20,8 @@ MAX_SECRET_LENGTH = 256
 CREATE_FIELDS = frozenset({"topic", "url", "secret"})
 UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev", "state"})
 TEST_FIELDS = frozenset({"topic", "registration_id"})
+ROTATION_FIELDS = frozenset({"secret", "rev", "overlap_seconds"})
+MAX_OVERLAP_SECONDS = 30 * 86400
 STATES = ("active", "disabled")
 
 
@@ -65,6 +67,37 @@ def parse_registration(
             "invalid_state", f"'state' must be one of: {', '.join(STATES)}.", field="state"
         )
     return RegistrationInput(topic=topic, url=url, secret=secret, rev=rev, state=state)
+
+
+@dataclass(frozen=True, slots=True)
+class RotationRequest:
+    """A validated ``POST /registrations/<id>/rotate-secret`` document."""
+
+    secret: str | None
+    rev: str | None
+    overlap: float | None
+
+
+def parse_rotation(document: Mapping[str, Any], *, max_overlap: float) -> RotationRequest:
+    """Validate a secret rotation: an optional new secret, the rev, an optional overlap."""
+    _refuse_unknown_fields(document, ROTATION_FIELDS)
+    secret = _optional_string(document, "secret")
+    overlap = document.get("overlap_seconds")
+    if overlap is not None and (
+        isinstance(overlap, bool)
+        or not isinstance(overlap, int | float)
+        or not 0 <= overlap <= max_overlap
+    ):
+        raise ValidationError(
+            "invalid_overlap",
+            f"'overlap_seconds' must be a number from 0 to {max_overlap:g}.",
+            field="overlap_seconds",
+        )
+    return RotationRequest(
+        secret=None if secret is None else check_secret(secret),
+        rev=_optional_string(document, "rev"),
+        overlap=None if overlap is None else float(overlap),
+    )
 
 
 def parse_test_request(document: Mapping[str, Any], *, topics: TopicRegistry) -> TestRequest:

@@ -126,6 +126,15 @@ def test_every_endpoint_answers_as_documented(host: Any, receiver: Any) -> None:
     call("put", f"{R}/{rid}", RID, data="{}", content_type="text/plain")  # 415
     call("put", f"{R}/{rid}", RID, json={"x": "y" * 70000})  # 413
     call("put", f"{R}/nope", RID, json=body)  # 404
+    RS = "/registrations/{registration_id}/rotate-secret"
+    rotated = call("post", f"{R}/{rid}/rotate-secret", RS, json={"rev": rev})
+    rev = rotated.get_json()["rev"]
+    call("post", f"{R}/{rid}/rotate-secret", RS, json={"rev": "1-00"})  # 409
+    call("post", f"{R}/{rid}/rotate-secret", RS, json={"rev": rev, "overlap_seconds": -1})
+    call("post", f"{R}/{rid}/rotate-secret", RS, data="[", content_type="application/json")
+    call("post", f"{R}/{rid}/rotate-secret", RS, data="{}", content_type="text/plain")
+    call("post", f"{R}/{rid}/rotate-secret", RS, json={"x": "y" * 70000})  # 413
+    call("post", f"{R}/nope/rotate-secret", RS, json={"rev": rev})  # 404
     call("get", "/topics", "/topics")
     call("post", "/test", "/test", json={"topic": "profile_updated"})
     call("post", "/test", "/test", json={"topic": "booking_updated"})  # 404

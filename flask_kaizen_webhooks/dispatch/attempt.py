@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from .. import signals, store
 from ..models import Attempt, DeliveryStatus, RegistrationState
 from ..sealing import SecretUnreadable
-from ..signing import sign
+from ..signing import detached, sign
 from ..transport import SendResult
 from ..version import __version__
 
@@ -52,24 +52,43 @@ def request_headers(topic: str, delivery_id: str, attempt_number: int) -> dict[s
 def send(
     state: WebhooksState,
     *,
-    url: str,
-    sealed_secret: str,
+    target: store.Target,
     payload: bytes,
     topic: str,
     delivery_id: str,
     attempt_number: int,
     timeout: float,
 ) -> SendResult:
-    """Open the secret, sign ``payload`` with a fresh ``iat`` and POST it."""
+    """Open the secret, sign ``payload`` with a fresh ``iat`` and POST it.
+
+    During a secret rotation's overlap the body stays signed with the previous secret, so
+    receivers that know only that one keep working, and ``Webhook-Signature-Next`` carries the
+    signature with the new secret (a detached JWS) for receivers that have switched.
+    """
+    headers = request_headers(topic, delivery_id, attempt_number)
+    now = state.clock.time()
     try:
-        secret = state.secrets.open(sealed_secret)
+        secret = state.secrets.open(target.sealed_secret)
+        overlapping = (
+            target.previous_sealed_secret is not None
+            and target.previous_secret_until is not None
+            and target.previous_secret_until.timestamp() > now
+        )
+        if overlapping:
+            assert target.previous_sealed_secret is not None
+            previous = state.secrets.open(target.previous_sealed_secret)
+            body = sign(payload, previous, issued_at=now, kid=target.secret_version - 1)
+            headers["Webhook-Signature-Next"] = detached(
+                sign(payload, secret, issued_at=now, kid=target.secret_version)
+            )
+        else:
+            body = sign(payload, secret, issued_at=now, kid=target.secret_version)
     except SecretUnreadable as exc:
         return SendResult(None, 0.0, b"", None, None, str(exc))
-    body = sign(payload, secret, issued_at=state.clock.time()).encode("ascii")
     return state.transport.post(
-        url,
-        body,
-        request_headers(topic, delivery_id, attempt_number),
+        target.url,
+        body.encode("ascii"),
+        headers,
         timeout=timeout,
         connect_timeout=state.settings.connect_timeout,
     )
@@ -140,14 +159,13 @@ def deliver_claimed(app: Flask, state: WebhooksState, delivery_id: str, token: s
         registration_id, retry_index = delivery.registration_id, delivery.retry_index
         target = None
         if registration is not None and registration.state == RegistrationState.ACTIVE:
-            target = (registration.url, registration.secret)
+            target = store.Target.of(registration)
         session.rollback()
 
     if target is None:
         _abandon(app, state, delivery_id, token, topic, registration_id, number - 1)
         return
-    url, sealed_secret = target
-    host = (urlsplit(url).hostname or "").lower()
+    host = (urlsplit(target.url).hostname or "").lower()
     with state.in_flight.slot(registration_id, host) as free:
         if not free:
             # This registration (or host) already occupies its share of the workers: come back
@@ -156,19 +174,7 @@ def deliver_claimed(app: Flask, state: WebhooksState, delivery_id: str, token: s
             with database.independent_session() as session, session.begin():
                 store.release_claim(session, delivery_id=delivery_id, token=token, now=later)
             return
-        _attempt(
-            app,
-            state,
-            delivery_id,
-            token,
-            topic,
-            payload,
-            number,
-            registration_id,
-            retry_index,
-            url,
-            sealed_secret,
-        )
+        _attempt(app, state, delivery_id, token, topic, payload, number, retry_index, target)
 
 
 def _attempt(
@@ -179,19 +185,17 @@ def _attempt(
     topic: str,
     payload: str,
     number: int,
-    registration_id: str,
     retry_index: int,
-    url: str,
-    sealed_secret: str,
+    target: store.Target,
 ) -> None:
     """Send one attempt of a claimed delivery and record what came of it."""
     database = state.database
     settings = state.settings
+    registration_id = target.registration_id
     started = state.clock.now()
     result = send(
         state,
-        url=url,
-        sealed_secret=sealed_secret,
+        target=target,
         payload=payload.encode(),
         topic=topic,
         delivery_id=delivery_id,

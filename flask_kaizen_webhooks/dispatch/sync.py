@@ -124,8 +124,7 @@ def _send_before(
         return SendResult(None, 0.0, b"", None, None, "timed out before sending", timed_out=True)
     return send(
         state,
-        url=target.url,
-        sealed_secret=target.sealed_secret,
+        target=target,
         payload=payload,
         topic=topic,
         delivery_id=delivery_id,
