@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REGISTRATIONS_PER_OWNER": 100,
     "CLAIM_LEASE": None,
     "SECRET_OVERLAP": 86400,
+    "CA_BUNDLE": None,
 }
 
 DISPATCHERS = ("thread", "none")
@@ -89,6 +90,7 @@ class Settings:
 
     claim_lease: float | None
     secret_overlap: float
+    ca_bundle: str | None
 
     @property
     def lease_seconds(self) -> float:
@@ -160,6 +162,7 @@ class Settings:
             max_registrations_per_owner=_positive_int(value, "MAX_REGISTRATIONS_PER_OWNER"),
             claim_lease=_lease(value, "CLAIM_LEASE"),
             secret_overlap=_non_negative_number(value, "SECRET_OVERLAP"),
+            ca_bundle=_ca_bundle(value, "CA_BUNDLE"),
         )
 
 
@@ -256,3 +259,12 @@ def _lease(value: Any, name: str) -> float | None:
             "or another worker could send a delivery that is still being sent",
         )
     return lease
+
+
+def _ca_bundle(value: Any, name: str) -> str | None:
+    raw = value(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not os.path.isfile(raw):
+        raise ConfigurationError(PREFIX + name, f"expected the path of a PEM file, got {raw!r}")
+    return raw

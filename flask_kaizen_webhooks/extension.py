@@ -57,6 +57,7 @@ class WebhooksState:
             max_response_bytes=settings.max_response_bytes,
             pool_size=settings.workers + settings.sync_workers,
             policy=settings.address_policy,
+            ca_bundle=settings.ca_bundle,
         )
         self.dispatcher: Dispatcher = (
             ThreadDispatcher(app, self) if settings.dispatcher == "thread" else NoDispatcher()

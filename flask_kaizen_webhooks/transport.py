@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -62,8 +63,10 @@ class Transport:
         pool_size: int,
         policy: AddressPolicy | None = None,
         resolver: Resolver = resolve,
+        ca_bundle: str | None = None,
     ) -> None:
         self.max_response_bytes = max_response_bytes
+        self.ca_bundle = ca_bundle
         self.policy = policy or AddressPolicy()
         self.resolver = resolver
         # urllib3 reads no proxy settings from the environment, unlike requests.
@@ -102,9 +105,16 @@ class Transport:
         host_header = f"[{host}]" if ":" in host else host
         if parts.port is not None and parts.port != DEFAULT_PORTS[scheme]:
             host_header += f":{parts.port}"
-        pool_kwargs = (
-            {"server_hostname": host, "assert_hostname": host} if scheme == "https" else {}
-        )
+        pool_kwargs: dict[str, Any] = {}
+        if scheme == "https":
+            # Connected to the checked address, yet TLS speaks (SNI) and verifies for the name.
+            pool_kwargs = {
+                "server_hostname": host,
+                "assert_hostname": host,
+                "cert_reqs": "CERT_REQUIRED",
+            }
+            if self.ca_bundle is not None:
+                pool_kwargs["ca_certs"] = self.ca_bundle
         # The first checked address; the others were checked too but are not tried, so one
         # attempt makes at most one connection.
         pool = self._pool.connection_from_host(

@@ -76,3 +76,97 @@ def test_owner_defaults_to_user_id_or_plain_value(make_host: Any) -> None:
     created = client.post(f"{PREFIX}/registrations", json=body).get_json()
     current["user"] = User(3)
     assert client.get(f"{PREFIX}/registrations/{created['id']}").status_code == 200
+
+
+def test_nothing_of_another_owner_ever_appears(make_host: Any, receiver: Any) -> None:
+    from tests.conftest import DELIVERY_CONFIG, OTHER_ADMIN, register
+
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    server = receiver()
+    theirs = register(host, server.url("/their-private-path"), headers=OTHER_ADMIN)
+    with host.app.app_context():
+        [their_delivery] = host.webhooks.trigger("profile_updated", {"secret_data": "theirs"})
+    mine = register(host, server.url("/mine"))
+    client = host.app.test_client()
+    reg = f"{PREFIX}/registrations"
+    answers = [
+        client.get(reg, headers=ADMIN),
+        client.get(f"{reg}?topic=profile_updated", headers=ADMIN),
+        client.get(f"{reg}/{mine['id']}", headers=ADMIN),
+        client.get(f"{reg}/{mine['id']}/deliveries", headers=ADMIN),
+        client.get(f"{reg}/{theirs['id']}", headers=ADMIN),
+        client.get(f"{reg}/{theirs['id']}/deliveries", headers=ADMIN),
+        client.get(f"{PREFIX}/deliveries/{their_delivery}", headers=ADMIN),
+        client.post(f"{PREFIX}/deliveries/{their_delivery}/redeliver", headers=ADMIN),
+        client.post(
+            f"{reg}/{theirs['id']}/rotate-secret", json={"rev": theirs["rev"]}, headers=ADMIN
+        ),
+        client.put(
+            f"{reg}/{theirs['id']}",
+            headers=ADMIN,
+            json={"topic": "profile_updated", "url": server.url(), "rev": theirs["rev"]},
+        ),
+        client.delete(f"{reg}/{theirs['id']}?rev={theirs['rev']}", headers=ADMIN),
+        client.post(
+            f"{PREFIX}/test",
+            json={"topic": "profile_updated", "registration_id": theirs["id"]},
+            headers=ADMIN,
+        ),
+    ]
+    for answer in answers:
+        text = answer.get_data(as_text=True)
+        for theirs_value in (
+            theirs["id"],
+            theirs["rev"],
+            "their-private-path",
+            their_delivery,
+            "secret_data",
+        ):
+            assert theirs_value not in text, (answer.request.path, text)
+    # Their registration is untouched.
+    assert (
+        client.get(f"{reg}/{theirs['id']}", headers=OTHER_ADMIN).get_json()["rev"] == theirs["rev"]
+    )
+
+
+def test_secrets_are_never_logged(
+    make_host: Any, receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.conftest import DELIVERY_CONFIG, register
+    from tests.receivers import Reply
+
+    secret = "never_log_this_secret_42"
+    caplog.set_level(logging.DEBUG)
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    server = receiver(lambda request, n: Reply(status=500))
+    registration = register(host, server.url(), topic="user_logged_in", secret=secret)
+    client = host.app.test_client()
+    with host.app.app_context():
+        host.webhooks.trigger("user_logged_in", {"u": 1})
+        host.webhooks.trigger("profile_updated", {"u": 1})
+    client.post(
+        f"{PREFIX}/registrations",
+        json={"topic": "user_logged_in", "url": server.url(), "secret": secret},
+        headers=ADMIN,
+    )  # 409
+    client.post(
+        f"{PREFIX}/registrations/{registration['id']}/rotate-secret",
+        json={"secret": secret[::-1], "rev": registration["rev"]},
+        headers=ADMIN,
+    )
+    client.post(
+        f"{PREFIX}/registrations", json={"topic": "x", "url": "u", "secret": secret}, headers=ADMIN
+    )  # 422
+    run = host.app.test_cli_runner().invoke(args=["webhooks", "list"])
+    assert caplog.records, "nothing was logged: the check would prove nothing"
+    for record in caplog.records:
+        assert secret not in record.getMessage() and secret[::-1] not in record.getMessage()
+    assert secret not in run.output
+    with host.app.app_context():
+        from flask_kaizen_webhooks import get_state, store
+
+        session = get_state().database.session
+        stored = store.get_registration(session, owner="org-1", registration_id=registration["id"])
+        assert secret not in repr(stored) and secret[::-1] not in repr(stored)
