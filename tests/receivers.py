@@ -3,6 +3,7 @@ answer as a test tells them (status, headers, body, delay, or hanging)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -123,3 +124,44 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, interval: fl
             return value
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(interval)
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that handles each connection with ``behave(connection)``."""
+
+    def __init__(self, behave: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+
+        def serve() -> None:
+            while not self.stop.is_set():
+                try:
+                    connection, _ = self.listener.accept()
+                except OSError:
+                    return
+                self.connections += 1
+                threading.Thread(target=behave, args=(connection,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def drip(connection: socket.socket) -> None:
+    connection.recv(65536)
+    try:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello":
+            connection.sendall(bytes([byte]))
+            time.sleep(1.0)  # one byte a second
+    except OSError:
+        pass
+    connection.close()

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from flask_kaizen_webhooks import get_state
 from flask_kaizen_webhooks.models import Attempt, Delivery
 from tests.conftest import DELIVERY_CONFIG, register
-from tests.receivers import Reply, wait_until
+from tests.receivers import RawServer, Reply, drip, wait_until
 
 PROFILE = {"id": "p-1", "email": "ann@example.com"}
 
@@ -87,10 +87,13 @@ def test_clean_shutdown_stops_taking_work_and_loses_none(
     assert set(request_ids(server)) == set(ids)
 
 
-def test_hanging_receivers_do_not_hold_up_a_healthy_one(make_host: Any, receiver: Any) -> None:
+def test_hanging_and_dripping_receivers_do_not_hold_up_a_healthy_one(
+    make_host: Any, receiver: Any
+) -> None:
     config = {
         **DELIVERY_CONFIG,
-        "KAIZEN_WEBHOOKS_WORKERS": 4,
+        "KAIZEN_WEBHOOKS_WORKERS": 5,
+        "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 5,
         "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 1,
         "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 20,
         "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [],
@@ -99,18 +102,23 @@ def test_hanging_receivers_do_not_hold_up_a_healthy_one(make_host: Any, receiver
     hanging = [receiver() for _ in range(3)]
     for rogue in hanging:
         rogue.responder = lambda request, n, rogue=rogue: Reply(wait=rogue.release)
+    dripping = RawServer(drip)  # one byte a second, for as long as the attempt lasts
     healthy = receiver()
     for rogue in hanging:
         register(host, rogue.url(), topic="booking_updated")
+    register(host, dripping.url(), topic="booking_updated")
     register(host, healthy.url())
     with host.app.app_context():
         for n in range(5):  # each rogue has a backlog that would otherwise fill every worker
             host.webhooks.trigger("booking_updated", {"n": n})
     for rogue in hanging:
         rogue.wait_for(1)
+    wait_until(lambda: dripping.connections == 1)
     with host.app.app_context():
         for n in range(10):
             host.webhooks.trigger("profile_updated", {"n": n})
     healthy.wait_for(10, timeout=10)  # the rogues hang for 20 s: these got through beside them
     # Each rogue holds one worker at most: one request each, however long its backlog.
     assert [len(rogue.received) for rogue in hanging] == [1, 1, 1]
+    assert dripping.connections == 1
+    dripping.close()

@@ -15,37 +15,7 @@ from sqlalchemy import select
 from flask_kaizen_webhooks import get_state
 from flask_kaizen_webhooks.models import Delivery
 from tests.conftest import DELIVERY_CONFIG, register
-from tests.receivers import Reply, wait_until
-
-
-class RawServer:
-    """A TCP server on 127.0.0.1 that handles each connection with ``behave(connection)``."""
-
-    def __init__(self, behave: Callable[[socket.socket], None]) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen()
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self.stop = threading.Event()
-
-        def serve() -> None:
-            while not self.stop.is_set():
-                try:
-                    connection, _ = self.listener.accept()
-                except OSError:
-                    return
-                self.connections += 1
-                threading.Thread(target=behave, args=(connection,), daemon=True).start()
-
-        threading.Thread(target=serve, daemon=True).start()
-
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
+from tests.receivers import RawServer, Reply, drip, wait_until
 
 
 @pytest.fixture
@@ -64,17 +34,6 @@ def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServ
 def never_answer(connection: socket.socket) -> None:
     connection.recv(65536)
     time.sleep(10)
-    connection.close()
-
-
-def drip(connection: socket.socket) -> None:
-    connection.recv(65536)
-    try:
-        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello":
-            connection.sendall(bytes([byte]))
-            time.sleep(1.0)  # one byte a second
-    except OSError:
-        pass
     connection.close()
 
 
