@@ -122,3 +122,22 @@ def test_hanging_and_dripping_receivers_do_not_hold_up_a_healthy_one(
     assert [len(rogue.received) for rogue in hanging] == [1, 1, 1]
     assert dripping.connections == 1
     dripping.close()
+
+
+def test_a_full_memory_queue_overflows_to_the_outbox(make_host: Any, receiver: Any) -> None:
+    gate = threading.Event()
+    server = receiver(lambda request, n: Reply(wait=gate) if n == 1 else Reply())
+    host = make_host(
+        "sqlite",
+        **{**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_WORKERS": 1, "KAIZEN_WEBHOOKS_MAX_QUEUE": 2},
+    )
+    register(host, server.url())
+    host.webhooks.start(host.app)
+    ids = enqueue(host, 1)
+    server.wait_for(1)  # the only worker is busy; the queue holds two ids at most
+    ids += enqueue(host, 30)
+    dispatcher = host.app.extensions["kaizen_webhooks"].dispatcher
+    assert dispatcher._queue.qsize() <= 2
+    gate.set()
+    wait_until(lambda: counts(host) == {"succeeded": 31})
+    assert set(request_ids(server)) == set(ids)

@@ -152,7 +152,7 @@ class ThreadDispatcher:
         settings = self._state.settings
         while not self._stopping.is_set():
             try:
-                room = 2 * settings.workers - self._queue.qsize()
+                room = min(2 * settings.workers, settings.max_queue) - self._queue.qsize()
                 if room > 0:
                     with self._app.app_context():
                         claimed, token = self._claim_due(room)
