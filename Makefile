@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXTRAS := test,postgres,docs,lint
 
-.PHONY: demo test lint docs fuzz clean
+.PHONY: demo test lint docs fuzz bench bench-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -27,6 +27,12 @@ lint: $(STAMP)
 
 fuzz: $(STAMP)
 	KAIZEN_WEBHOOKS_FUZZ_EXAMPLES=$${KAIZEN_WEBHOOKS_FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/test_fuzz.py
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html

@@ -1,0 +1,1 @@
+"""Benchmarks of flask-kaizen-webhooks against baselines measured in the same run."""

@@ -1,0 +1,287 @@
+"""``python -m bench [--quick]``: measure flask-kaizen-webhooks beside its baselines.
+
+Prints a table, then one line of JSON. Every figure comes from this run on this machine; the
+ratios are what to compare across machines. Traffic goes only to a receiver on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+import urllib3
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import func, select
+
+from flask_kaizen_webhooks import KaizenWebhooks, get_state, signals, store
+from flask_kaizen_webhooks.models import Delivery, DeliveryStatus
+from flask_kaizen_webhooks.signing import encode_payload, sign
+
+SECRET = "benchmark_secret_0123"
+PAYLOAD = {
+    "auditLog": [],
+    "id": "p-1",
+    "email": "john@doe.com",
+    "rev": "2-abc",
+    "firstName": "John",
+    "lastName": "Doe",
+    "userFields": [],
+}
+POSTGRES = os.environ.get(
+    "KAIZEN_WEBHOOKS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@contextmanager
+def fast_receiver() -> Iterator[str]:
+    """The receiver in its own process; yields its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.receiver", "0"], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    port = int(process.stdout.readline().split()[1])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def rate(count: int, run: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - started)
+
+
+def raw_ceiling(url: str, count: int) -> float:
+    """Pre-signed bodies over one keep-alive urllib3 pool in a tight loop."""
+    pool = urllib3.PoolManager(maxsize=1)
+    body = sign(encode_payload(PAYLOAD), SECRET).encode()
+
+    def loop() -> None:
+        for _ in range(count):
+            response = pool.request(
+                "POST", f"{url}/raw", body=body, headers={"Content-Type": "application/jose"}
+            )
+            assert response.status == 200
+
+    return rate(count, loop)
+
+
+def naive(url: str, count: int) -> float:
+    """What a host writes by hand: ``requests.post`` of a freshly signed JWS per webhook."""
+    from jose import jws
+
+    def loop() -> None:
+        for n in range(count):
+            token = jws.sign({**PAYLOAD, "n": n}, SECRET, algorithm="HS256")
+            assert requests.post(f"{url}/naive", data=token, timeout=10).status_code == 200
+
+    return rate(count, loop)
+
+
+def host_app(database_uri: str, **config: Any) -> tuple[Flask, KaizenWebhooks]:
+    app = Flask("bench", instance_path=tempfile.mkdtemp())
+    app.config.update(
+        SECRET_KEY="bench",
+        KAIZEN_WEBHOOKS_DATABASE_URI=database_uri,
+        KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
+        KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
+        KAIZEN_WEBHOOKS_POLL_INTERVAL=0.05,
+        **config,
+    )
+    webhooks = KaizenWebhooks(app)
+    with app.app_context():
+        get_state().database.drop_tables()
+    return app, webhooks
+
+
+def add_registrations(app: Flask, url: str, count: int, topic: str) -> None:
+    with app.app_context():
+        state = get_state()
+        session = state.database.session
+        for n in range(count):
+            store.create_registration(
+                session,
+                owner="bench",
+                topic=topic,
+                url=f"{url}/{n}",
+                sealed_secret=state.secrets.seal(SECRET),
+            )
+        session.commit()
+
+
+def succeeded(app: Flask) -> int:
+    with app.app_context(), get_state().database.independent_session() as session:
+        query = (
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.status == DeliveryStatus.SUCCEEDED)
+        )
+        return int(session.scalar(query) or 0)
+
+
+def async_throughput(url: str, database_uri: str, events: int, registrations: int) -> float:
+    """Events fired by the host, each delivery signed, sent and recorded; first event to last
+    recorded success."""
+    app, webhooks = host_app(database_uri)
+    add_registrations(app, url, registrations, "profile_updated")
+    total = events * registrations
+    webhooks.start(app)
+    started = time.perf_counter()
+    with app.app_context():
+        for n in range(events):
+            signals.profile_updated.send(app, payload={**PAYLOAD, "n": n})
+    while succeeded(app) < total:
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    webhooks.shutdown(app)
+    return total / elapsed
+
+
+def enqueue_latency(url: str, samples: int) -> tuple[float, float]:
+    """Microseconds the host's request spends in the signal (10 registrations, host ``db``,
+    inside its transaction, commit excluded)."""
+    directory = tempfile.mkdtemp()
+    app = Flask("bench-enqueue", instance_path=directory)
+    app.config.update(
+        SECRET_KEY="bench",
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{directory}/h.db",
+        KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
+        KAIZEN_WEBHOOKS_DISPATCHER="none",
+        KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
+    )
+    db = SQLAlchemy()
+    db.init_app(app)
+    KaizenWebhooks(app, db=db)
+    add_registrations(app, url, 10, "profile_updated")
+    timings = []
+    with app.app_context():
+        for n in range(samples):
+            db.session.execute(select(1))  # the host's transaction is open
+            started = time.perf_counter()
+            signals.profile_updated.send(app, payload={**PAYLOAD, "n": n})
+            timings.append((time.perf_counter() - started) * 1e6)
+            db.session.commit()
+    timings.sort()
+    return statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
+
+
+def sync_fanout(url: str) -> float:
+    """Five registrations whose receivers take 200 ms each: wall time / 200 ms."""
+    app, webhooks = host_app(f"sqlite:///{tempfile.mkdtemp()}/s.db")
+    with app.app_context():
+        state = get_state()
+        session = state.database.session
+        for n in range(5):
+            store.create_registration(
+                session,
+                owner="bench",
+                topic="user_logged_in",
+                url=f"{url}/slow{n}?delay=0.2",
+                sealed_secret=state.secrets.seal(SECRET),
+            )
+        session.commit()
+        webhooks.trigger("user_logged_in", {"warm": True})
+        walls = []
+        for _ in range(5):
+            started = time.perf_counter()
+            results = webhooks.trigger("user_logged_in", {"user_id": "u"})
+            walls.append(time.perf_counter() - started)
+            assert all(r.ok for r in results), results  # type: ignore[union-attr]
+    webhooks.shutdown(app)
+    return statistics.median(walls) / 0.2
+
+
+def pending_rss(count: int) -> float:
+    """Resident memory growth (MiB) of a process holding ``count`` pending deliveries."""
+    code = f"""
+import os, tempfile, sys
+sys.path.insert(0, {os.getcwd()!r})
+from bench.__main__ import host_app, add_registrations
+def rss_kib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+app, webhooks = host_app("sqlite:///" + tempfile.mkdtemp() + "/p.db")
+add_registrations(app, "http://127.0.0.1:9", 10, "profile_updated")
+before = rss_kib()
+with app.app_context():
+    for n in range({count} // 10):
+        webhooks.trigger("profile_updated", {{"n": n}})
+webhooks.start(app)  # the dispatcher runs; the receiver is down, so all stay pending
+import time; time.sleep(2)
+after = rss_kib()
+webhooks.shutdown(app, 5)
+print((after - before) / 1024)
+"""
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=1800
+    ).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES.replace("+psycopg", ""), connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts, under a minute")
+    args = parser.parse_args()
+    n = 500 if args.quick else 3000
+    events = 50 if args.quick else 300
+    figures: dict[str, Any] = {}
+    with fast_receiver() as url:
+        figures["raw_ceiling_per_s"] = raw_ceiling(url, n)
+        figures["naive_per_s"] = naive(url, n // 2)
+        sqlite_uri = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+        figures["async_per_s"] = async_throughput(url, sqlite_uri, events, 10)
+        figures["async_postgres_per_s"] = (
+            async_throughput(url, POSTGRES, events, 10) if postgres_available() else None
+        )
+        p50, p99 = enqueue_latency(url, 200 if args.quick else 1000)
+        figures["enqueue_us_p50"], figures["enqueue_us_p99"] = p50, p99
+        figures["sync_fanout_ratio"] = sync_fanout(url)
+    figures["pending_100k_rss_mb"] = pending_rss(10_000 if args.quick else 100_000)
+    figures["ratio_to_ceiling"] = figures["async_per_s"] / figures["raw_ceiling_per_s"]
+    figures["ratio_to_naive"] = figures["async_per_s"] / figures["naive_per_s"]
+    targets = {
+        "ratio_to_ceiling": (">=", 0.6),
+        "ratio_to_naive": (">=", 2),
+        "enqueue_us_p50": ("<=", 500),
+        "sync_fanout_ratio": ("<=", 1.15),
+        "pending_100k_rss_mb": ("<=", 50),
+    }
+    print(f"{'figure':<24}{'value':>12}  target")
+    for key, value in figures.items():
+        target = targets.get(key)
+        shown = "n/a" if value is None else f"{value:,.2f}"
+        mark = ""
+        if target is not None and value is not None:
+            ok = value >= target[1] if target[0] == ">=" else value <= target[1]
+            mark = f"{target[0]} {target[1]}  {'met' if ok else 'NOT met'}"
+        print(f"{key:<24}{shown:>12}  {mark}")
+    if args.quick:
+        print("(quick run: pending_100k_rss_mb measured with 10,000 deliveries)")
+    print(json.dumps({k: (None if v is None else round(v, 3)) for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
