@@ -308,3 +308,25 @@ def test_a_host_topic_is_sent_through_its_own_signal(host: Any, receiver: Any) -
         "webhook_request_id": delivery_id,
     }
     assert request.headers["Webhook-Topic"] == "course_completed"
+
+
+def test_iat_is_refreshed_on_every_attempt(host: Any, receiver: Any) -> None:
+    from flask_kaizen_webhooks.clock import Clock
+
+    class SteppingClock(Clock):
+        """Real time, plus a minute more on every reading: attempts are far apart to it."""
+
+        def __init__(self) -> None:
+            self.readings = 0
+
+        def time(self) -> float:
+            self.readings += 1
+            return time.time() + 60 * self.readings
+
+    get_state(host.app).clock = SteppingClock()
+    server = receiver(lambda request, n: Reply(status=500 if n < 3 else 200))
+    register(host, server.url())
+    fire(host)
+    requests = server.wait_for(3)
+    iats = [jose.jws.get_unverified_header(r.body.decode())["iat"] for r in requests]
+    assert iats == sorted(iats) and len(set(iats)) == 3
