@@ -22,6 +22,7 @@ from .openapi import build_openapi
 from .topics import Mode
 from .validation import (
     MAX_OVERLAP_SECONDS,
+    RegistrationInput,
     parse_registration,
     parse_rotation,
     parse_test_request,
@@ -191,15 +192,21 @@ def _with_etag(response: Response, rev: str) -> Response:
 # Registrations -----------------------------------------------------------------------------------
 
 
-def create_registration() -> tuple[Response, int, dict[str, str]]:
+def _registration_input(*, for_update: bool) -> RegistrationInput:
+    """The request's registration document, validated."""
     state = _state()
-    data = parse_registration(
+    return parse_registration(
         _json_body(),
         topics=state.extension.topics,
         allow_http=state.settings.allow_http,
         policy=state.settings.address_policy,
-        for_update=False,
+        for_update=for_update,
     )
+
+
+def create_registration() -> tuple[Response, int, dict[str, str]]:
+    state = _state()
+    data = _registration_input(for_update=False)
     assert data.secret is not None
     session = state.database.session
     registration = store.create_registration(
@@ -248,13 +255,7 @@ def get_registration(registration_id: str) -> Response:
 
 def update_registration(registration_id: str) -> Response:
     state = _state()
-    data = parse_registration(
-        _json_body(),
-        topics=state.extension.topics,
-        allow_http=state.settings.allow_http,
-        policy=state.settings.address_policy,
-        for_update=True,
-    )
+    data = _registration_input(for_update=True)
     session = state.database.session
     registration = store.update_registration(
         session,

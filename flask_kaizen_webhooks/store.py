@@ -325,6 +325,56 @@ def add_deliveries(
     return deliveries
 
 
+def log_finished(
+    session: Session,
+    *,
+    delivery_id: str,
+    target: Target,
+    topic: str,
+    mode: str,
+    payload: str,
+    succeeded: bool,
+    status_code: int | None,
+    error: str | None,
+    response_excerpt: str | None,
+    elapsed: float,
+    started_at: datetime,
+    now: datetime,
+) -> None:
+    """Record a delivery made at once (synchronous or a test) with its single attempt."""
+    session.add(
+        Delivery(
+            id=delivery_id,
+            registration_id=target.registration_id,
+            owner=target.owner,
+            topic=topic,
+            mode=mode,
+            payload=payload,
+            status=DeliveryStatus.SUCCEEDED if succeeded else DeliveryStatus.FAILED,
+            attempts=1,
+            retry_index=0,
+            next_attempt_at=None,
+            last_status_code=status_code,
+            last_error=error,
+            response_excerpt=response_excerpt,
+            created_at=started_at,
+            updated_at=now,
+            completed_at=now,
+        )
+    )
+    session.add(
+        Attempt(
+            delivery_id=delivery_id,
+            number=1,
+            started_at=started_at,
+            elapsed=elapsed,
+            status_code=status_code,
+            error=error,
+            response_excerpt=response_excerpt,
+        )
+    )
+
+
 def claim_due(
     session: Session, *, now: datetime, lease_until: datetime, token: str, limit: int
 ) -> list[str]:

@@ -246,7 +246,21 @@ def _attempt(
             logger.warning("Delivery %s: claim lost before its result was recorded", delivery_id)
             return
         disabled_reason = _registration_health(session, state, registration_id, step.kind, now)
-    _announce(app, delivery_id, registration_id, topic, step.kind, result, error, number)
+    if step.kind != "retry":
+        if step.kind != "succeeded":
+            logger.warning(
+                "Delivery %s failed for good after %d attempts: %s", delivery_id, number, error
+            )
+        announce(
+            app,
+            delivery_id=delivery_id,
+            registration_id=registration_id,
+            topic=topic,
+            succeeded=step.kind == "succeeded",
+            status_code=result.status_code,
+            error=error,
+            attempts=number,
+        )
     if disabled_reason is not None:
         logger.warning("Registration %s disabled: %s", registration_id, disabled_reason)
         signals.registration_disabled.send(
@@ -304,44 +318,45 @@ def _abandon(
         )
     if done:
         logger.info("Delivery %s not sent: %s", delivery_id, error)
-        signals.delivery_failed.send(
+        announce(
             app,
             delivery_id=delivery_id,
             registration_id=registration_id,
             topic=topic,
+            succeeded=False,
+            status_code=None,
             error=error,
             attempts=attempts,
         )
 
 
-def _announce(
+def announce(
     app: Flask,
+    *,
     delivery_id: str,
     registration_id: str,
     topic: str,
-    kind: str,
-    result: SendResult,
+    succeeded: bool,
+    status_code: int | None,
     error: str | None,
     attempts: int,
 ) -> None:
-    if kind == "succeeded":
+    """Send the lifecycle signal of a delivery that ended, one way or the other."""
+    if succeeded:
         signals.delivery_succeeded.send(
             app,
             delivery_id=delivery_id,
             registration_id=registration_id,
             topic=topic,
-            status_code=result.status_code,
+            status_code=status_code,
             attempts=attempts,
         )
-    elif kind in ("failed", "gone"):
-        logger.warning(
-            "Delivery %s failed for good after %d attempts: %s", delivery_id, attempts, error
-        )
-        signals.delivery_failed.send(
-            app,
-            delivery_id=delivery_id,
-            registration_id=registration_id,
-            topic=topic,
-            error=error,
-            attempts=attempts,
-        )
+        return
+    signals.delivery_failed.send(
+        app,
+        delivery_id=delivery_id,
+        registration_id=registration_id,
+        topic=topic,
+        error=error,
+        attempts=attempts,
+    )

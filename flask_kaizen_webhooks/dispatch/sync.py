@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from .. import signals, store
-from ..models import Attempt, Delivery, DeliveryStatus
+from .. import store
 from ..signing import encode_payload
 from ..transport import SendResult
-from .attempt import describe_failure, excerpt, response_json, send
+from .attempt import announce, describe_failure, excerpt, response_json, send
 
 if TYPE_CHECKING:
     from ..extension import WebhooksState
@@ -146,38 +145,20 @@ def _record(
     try:
         with state.database.independent_session() as session, session.begin():
             for (target, delivery_id, payload, _future), result in zip(jobs, sent, strict=True):
-                log_excerpt = excerpt(result.body)
-                error = describe_failure(result)
-                session.add(
-                    Delivery(
-                        id=delivery_id,
-                        registration_id=target.registration_id,
-                        owner=target.owner,
-                        topic=topic,
-                        mode=mode,
-                        payload=payload.decode(),
-                        status=DeliveryStatus.SUCCEEDED if result.ok else DeliveryStatus.FAILED,
-                        attempts=1,
-                        retry_index=0,
-                        next_attempt_at=None,
-                        last_status_code=result.status_code,
-                        last_error=error,
-                        response_excerpt=log_excerpt,
-                        created_at=started_at,
-                        updated_at=now,
-                        completed_at=now,
-                    )
-                )
-                session.add(
-                    Attempt(
-                        delivery_id=delivery_id,
-                        number=1,
-                        started_at=started_at,
-                        elapsed=result.elapsed,
-                        status_code=result.status_code,
-                        error=error,
-                        response_excerpt=log_excerpt,
-                    )
+                store.log_finished(
+                    session,
+                    delivery_id=delivery_id,
+                    target=target,
+                    topic=topic,
+                    mode=mode,
+                    payload=payload.decode(),
+                    succeeded=result.ok,
+                    status_code=result.status_code,
+                    error=describe_failure(result),
+                    response_excerpt=excerpt(result.body),
+                    elapsed=result.elapsed,
+                    started_at=started_at,
+                    now=now,
                 )
     except Exception:
         logger.exception("Could not record the delivery log of a %s fan-out", topic)
@@ -185,21 +166,13 @@ def _record(
 
 def _announce(app: Flask, topic: str, results: list[DeliveryResult]) -> None:
     for result in results:
-        if result.ok:
-            signals.delivery_succeeded.send(
-                app,
-                delivery_id=result.delivery_id,
-                registration_id=result.registration_id,
-                topic=topic,
-                status_code=result.status_code,
-                attempts=1,
-            )
-        else:
-            signals.delivery_failed.send(
-                app,
-                delivery_id=result.delivery_id,
-                registration_id=result.registration_id,
-                topic=topic,
-                error=result.error,
-                attempts=1,
-            )
+        announce(
+            app,
+            delivery_id=result.delivery_id,
+            registration_id=result.registration_id,
+            topic=topic,
+            succeeded=result.ok,
+            status_code=result.status_code,
+            error=result.error,
+            attempts=1,
+        )
