@@ -281,7 +281,7 @@ def enqueue(state: WebhooksState, topic: str, document: Mapping[str, Any]) -> li
     session = database.session
     owned = database.embedded or not session.in_transaction()
     targets = store.active_targets(session, topic=topic)
-    deliveries = store.add_deliveries(
+    ids = store.add_deliveries(
         session,
         targets=targets,
         topic=topic,
@@ -289,7 +289,6 @@ def enqueue(state: WebhooksState, topic: str, document: Mapping[str, Any]) -> li
         document=document,
         now=state.clock.now(),
     )
-    ids = [delivery.id for delivery in deliveries]
     if owned:
         session.commit()
         state.dispatcher.submit(ids)
