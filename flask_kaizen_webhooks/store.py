@@ -24,6 +24,7 @@ from .models import (
     DeliveryStatus,
     Registration,
     RegistrationState,
+    metadata,
     url_digest,
     utcnow,
 )
@@ -336,7 +337,7 @@ def add_deliveries(
             }
         )
     if rows:
-        session.execute(insert(Delivery.__table__), rows)  # Core: no ORM bookkeeping
+        session.execute(insert(metadata.tables[Delivery.__tablename__]), rows)  # Core: no ORM work
     return [str(row["id"]) for row in rows]
 
 
