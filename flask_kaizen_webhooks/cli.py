@@ -206,7 +206,7 @@ def redeliver(
         raise click.UsageError("Give either a DELIVERY_ID or --failed (with filters).")
     state = get_state()
     now = state.clock.now()
-    with state.database.independent_session() as session, session.begin():
+    with state.database.writing() as session:
         if delivery_id:
             found = session.get(Delivery, delivery_id)
             if found is None:
@@ -228,7 +228,7 @@ def redeliver(
 
 def _set_state(registration_id: str, new_state: str) -> None:
     state = get_state()
-    with state.database.independent_session() as session, session.begin():
+    with state.database.writing() as session:
         try:
             registration = store.set_registration_state(
                 session,
@@ -306,7 +306,7 @@ def purge(older_than: float | None) -> None:
     state = get_state()
     days = state.settings.retention_days if older_than is None else older_than
     before = state.clock.now() - timedelta(days=days)
-    with state.database.independent_session() as session, session.begin():
+    with state.database.writing() as session:
         deliveries, attempts = store.purge_completed(session, before=before)
     click.echo(
         f"Deleted {deliveries} deliveries and {attempts} attempts finished before "
@@ -321,7 +321,7 @@ def rotate_keys() -> None:
     Put the new key first in the list (keeping the old ones), run this, then remove the old keys.
     """
     state = get_state()
-    with state.database.independent_session() as session, session.begin():
+    with state.database.writing() as session:
         registrations = store.find_registrations(session, topic=None, owner=None, state=None)
         for registration in registrations:
             registration.secret = state.secrets.reseal(registration.secret)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask
@@ -69,6 +71,13 @@ class Database:
             return self._sessions()
         assert self.host_db is not None
         return self.host_db.session()
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A short write transaction in a session of its own, committed on leaving (rolled back
+        on an exception)."""
+        with self.independent_session() as session, session.begin():
+            yield session
 
     def independent_session(self) -> Session:
         """A session of its own, apart from the request's: for background work and logs."""

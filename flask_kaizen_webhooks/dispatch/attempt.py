@@ -171,7 +171,7 @@ def deliver_claimed(app: Flask, state: WebhooksState, delivery_id: str, token: s
             # This registration (or host) already occupies its share of the workers: come back
             # to it shortly rather than queue behind a receiver that may be hanging.
             later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
-            with database.independent_session() as session, session.begin():
+            with database.writing() as session:
                 store.release_claim(session, delivery_id=delivery_id, token=token, now=later)
             return
         _attempt(app, state, delivery_id, token, topic, payload, number, retry_index, target)
@@ -239,7 +239,7 @@ def _attempt(
         response_excerpt=values["response_excerpt"],
     )
     disabled_reason = None
-    with database.independent_session() as session, session.begin():
+    with database.writing() as session:
         if not store.record_attempt(
             session, delivery_id=delivery_id, token=token, attempt=attempt, values=values
         ):
@@ -312,7 +312,7 @@ def _abandon(
     """Fail a delivery whose registration was deleted or disabled, without sending it."""
     now = state.clock.now()
     error = "the registration was deleted or disabled before delivery"
-    with state.database.independent_session() as session, session.begin():
+    with state.database.writing() as session:
         done = store.finish_without_attempt(
             session, delivery_id=delivery_id, token=token, error=error, now=now
         )

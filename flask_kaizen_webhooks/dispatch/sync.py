@@ -143,7 +143,7 @@ def _record(
     """Write the delivery log of a fan-out in one short transaction of its own."""
     now = state.clock.now()
     try:
-        with state.database.independent_session() as session, session.begin():
+        with state.database.writing() as session:
             for (target, delivery_id, payload, _future), result in zip(jobs, sent, strict=True):
                 store.log_finished(
                     session,

@@ -135,7 +135,7 @@ class ThreadDispatcher:
         state = self._state
         now = state.clock.now()
         lease_until = now + timedelta(seconds=state.settings.lease_seconds)
-        with state.database.independent_session() as session, session.begin():
+        with state.database.writing() as session:
             if token is None:
                 token = str(uuid.uuid4())
                 if not store.claim(
@@ -170,7 +170,7 @@ class ThreadDispatcher:
         now = state.clock.now()
         token = str(uuid.uuid4())
         lease_until = now + timedelta(seconds=state.settings.lease_seconds)
-        with state.database.independent_session() as session, session.begin():
+        with state.database.writing() as session:
             claimed = store.claim_due(
                 session, now=now, lease_until=lease_until, token=token, limit=limit
             )
