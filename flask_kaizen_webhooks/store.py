@@ -302,8 +302,23 @@ def active_targets(
         query = query.where(Registration.id == registration_id)
     else:
         query = query.where(Registration.state == RegistrationState.ACTIVE)
-    rows = session.execute(query.order_by(Registration.created_at))
-    return [Target(*row[:-1], None if row[-1] is None else as_utc(row[-1])) for row in rows]
+    return [_target(*row) for row in session.execute(query.order_by(Registration.created_at))]
+
+
+def _target(
+    registration_id: str,
+    owner: str,
+    url: str,
+    sealed_secret: str,
+    secret_version: int,
+    previous_sealed_secret: str | None,
+    previous_secret_until: datetime | None,
+) -> Target:
+    """A :class:`Target` from a row of :data:`TARGET_COLUMNS`."""
+    until = None if previous_secret_until is None else as_utc(previous_secret_until)
+    return Target(
+        registration_id, owner, url, sealed_secret, secret_version, previous_sealed_secret, until
+    )
 
 
 def add_deliveries(
@@ -434,16 +449,64 @@ def claim(
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def claimed_delivery(
-    session: Session, *, delivery_id: str, token: str
-) -> tuple[Delivery, Registration | None] | None:
-    """The delivery this worker holds, with its registration; None if the claim was lost."""
-    delivery = session.scalars(
-        select(Delivery).where(Delivery.id == delivery_id, Delivery.claim_token == token)
-    ).one_or_none()
-    if delivery is None:
-        return None
-    return delivery, session.get(Registration, delivery.registration_id)
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claimed delivery with what its attempt needs; ``target`` is None when its registration
+    was deleted or disabled meanwhile."""
+
+    delivery_id: str
+    token: str
+    topic: str
+    payload: str
+    attempts: int
+    retry_index: int
+    registration_id: str
+    target: Target | None
+
+
+def load_claimed(session: Session, *, ids: Sequence[str], token: str) -> list[Claimed]:
+    """The deliveries among ``ids`` still held with ``token``, with their registrations."""
+    if not ids:
+        return []
+    query = (
+        select(
+            Delivery.id,
+            Delivery.topic,
+            Delivery.payload,
+            Delivery.attempts,
+            Delivery.retry_index,
+            Delivery.registration_id,
+            Registration.state,
+            *TARGET_COLUMNS,
+        )
+        .outerjoin(Registration, Registration.id == Delivery.registration_id)
+        .where(Delivery.id.in_(ids), Delivery.claim_token == token)
+    )
+    claimed = []
+    for (
+        delivery_id,
+        topic,
+        payload,
+        attempts,
+        retry_index,
+        registration_id,
+        state,
+        *target,
+    ) in session.execute(query):
+        active = state == RegistrationState.ACTIVE
+        claimed.append(
+            Claimed(
+                delivery_id,
+                token,
+                topic,
+                payload,
+                attempts,
+                retry_index,
+                registration_id,
+                _target(*target) if active else None,
+            )
+        )
+    return claimed
 
 
 def release_claim(session: Session, *, delivery_id: str, token: str, now: datetime) -> None:

@@ -15,7 +15,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from .. import signals, store
-from ..models import Attempt, DeliveryStatus, RegistrationState
+from ..models import Attempt, DeliveryStatus
 from ..sealing import SecretUnreadable
 from ..signing import detached, sign
 from ..transport import SendResult
@@ -148,33 +148,49 @@ def next_step(
 
 
 def deliver_claimed(app: Flask, state: WebhooksState, delivery_id: str, token: str) -> None:
-    """Make the next attempt of a delivery this worker has claimed, and record it."""
-    database = state.database
-    with database.independent_session() as session:
-        loaded = store.claimed_delivery(session, delivery_id=delivery_id, token=token)
-        if loaded is None:
-            return  # the claim expired and another worker took it
-        delivery, registration = loaded
-        topic, payload, number = delivery.topic, delivery.payload, delivery.attempts + 1
-        registration_id, retry_index = delivery.registration_id, delivery.retry_index
-        target = None
-        if registration is not None and registration.state == RegistrationState.ACTIVE:
-            target = store.Target.of(registration)
-        session.rollback()
+    """Load a delivery this worker has claimed, then make its next attempt."""
+    with state.database.independent_session() as session:
+        loaded = store.load_claimed(session, ids=[delivery_id], token=token)
+    for claimed in loaded:  # none if the claim expired and another worker took it
+        deliver(app, state, claimed)
 
+
+def deliver(app: Flask, state: WebhooksState, claimed: store.Claimed) -> None:
+    """Make the next attempt of a claimed, loaded delivery, and record it."""
+    target = claimed.target
     if target is None:
-        _abandon(app, state, delivery_id, token, topic, registration_id, number - 1)
+        _abandon(
+            app,
+            state,
+            claimed.delivery_id,
+            claimed.token,
+            claimed.topic,
+            claimed.registration_id,
+            claimed.attempts,
+        )
         return
     host = (urlsplit(target.url).hostname or "").lower()
-    with state.in_flight.slot(registration_id, host) as free:
+    with state.in_flight.slot(claimed.registration_id, host) as free:
         if not free:
             # This registration (or host) already occupies its share of the workers: come back
             # to it shortly rather than queue behind a receiver that may be hanging.
             later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
-            with database.writing() as session:
-                store.release_claim(session, delivery_id=delivery_id, token=token, now=later)
+            with state.database.writing() as session:
+                store.release_claim(
+                    session, delivery_id=claimed.delivery_id, token=claimed.token, now=later
+                )
             return
-        _attempt(app, state, delivery_id, token, topic, payload, number, retry_index, target)
+        _attempt(
+            app,
+            state,
+            claimed.delivery_id,
+            claimed.token,
+            claimed.topic,
+            claimed.payload,
+            claimed.attempts + 1,
+            claimed.retry_index,
+            target,
+        )
 
 
 def _attempt(

@@ -1,5 +1,6 @@
-"""The default engine: a pool of worker threads in the app process, fed after each commit and by
-a poller that claims due work (retries, and whatever an earlier process left pending)."""
+"""The default engine: a pool of worker threads in the app process, fed by a poller that claims
+due work in batches (new deliveries, woken by each commit; retries; whatever an earlier process
+left pending) and loads it in the same transaction."""
 
 from __future__ import annotations
 
@@ -15,24 +16,22 @@ from typing import TYPE_CHECKING
 from flask import Flask
 
 from .. import store
-from .attempt import deliver_claimed
+from .attempt import deliver
 
 if TYPE_CHECKING:
     from ..extension import WebhooksState
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-#: A queue item: a delivery id, and the claim token if the poller already claimed it.
-WorkItem = tuple[str, str | None]
-_STOP: WorkItem = ("", None)
+#: A queue item: a claimed, loaded delivery, or None to stop a worker.
+WorkItem = store.Claimed | None
 
 
 class ThreadDispatcher:
     """Delivers asynchronous webhooks from the outbox with ``settings.workers`` threads.
 
-    The database is the source of truth: memory only holds ids about to be sent. Work found by
-    the poller is claimed before it is queued, at most about two rounds of work at a time, so a
-    claim's lease never runs out while it waits.
+    The database is the source of truth: memory only holds claimed work about to be sent, at
+    most about two rounds of it, so a claim's lease never runs out while it waits.
     """
 
     def __init__(self, app: Flask, state: WebhooksState) -> None:
@@ -80,17 +79,11 @@ class ThreadDispatcher:
         logger.info("Webhook dispatcher started with %d workers", count)
 
     def submit(self, delivery_ids: list[str]) -> None:
-        """Hand committed deliveries to the workers (starting them on first use)."""
+        """Deliveries were committed: the poller claims them at once (starting on first use).
+        Stopped, the rows wait in the outbox for the next start."""
         self.autostart()
-        if not self.running:
-            return  # stopped: the rows wait in the outbox for the next start
-        for delivery_id in delivery_ids:
-            try:
-                self._queue.put_nowait((delivery_id, None))
-            except queue.Full:
-                # Memory holds a bounded amount; the rest waits in the outbox for the poller.
-                self.wake()
-                return
+        if delivery_ids and self.running:
+            self.wake()
 
     def wake(self) -> None:
         """Make the poller look for due work now."""
@@ -107,9 +100,8 @@ class ThreadDispatcher:
             self._stopping.set()
             self._wake.set()
             threads, self._threads = self._threads, []
-        self._drain_unclaimed()
         for _ in threads:
-            self._queue.put(_STOP)
+            self._queue.put(None)
         for thread in threads:
             thread.join(timeout)
         self._release_unstarted()
@@ -121,32 +113,19 @@ class ThreadDispatcher:
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item == _STOP or self._stopping.is_set():
-                if item != _STOP:
-                    self._queue.put(item)  # leave it for _release_unstarted
+            if self._queue.qsize() < self._state.settings.workers:
+                self._wake.set()  # running low: the poller claims the next round now
+            if item is None or self._stopping.is_set():
+                if item is not None:
+                    self._queue.put(item)  # left for _release_unstarted
                 return
             try:
                 with self._app.app_context():
-                    self._deliver(*item)
+                    deliver(self._app, self._state, item)
             except Exception:
-                logger.exception("Delivery %s: unexpected error; it will be retried", item[0])
-
-    def _deliver(self, delivery_id: str, token: str | None) -> None:
-        state = self._state
-        now = state.clock.now()
-        lease_until = now + timedelta(seconds=state.settings.lease_seconds)
-        with state.database.writing() as session:
-            if token is None:
-                token = str(uuid.uuid4())
-                if not store.claim(
-                    session, delivery_id=delivery_id, now=now, lease_until=lease_until, token=token
-                ):
-                    return  # not due yet, done already, or another worker has it
-            elif not store.extend_claim(
-                session, delivery_id=delivery_id, token=token, lease_until=lease_until
-            ):
-                return
-        deliver_claimed(self._app, state, delivery_id, token)
+                logger.exception(
+                    "Delivery %s: unexpected error; it will be retried", item.delivery_id
+                )
 
     def _poll(self) -> None:
         settings = self._state.settings
@@ -155,9 +134,9 @@ class ThreadDispatcher:
                 room = min(2 * settings.workers, settings.max_queue) - self._queue.qsize()
                 if room > 0:
                     with self._app.app_context():
-                        claimed, token = self._claim_due(room)
-                    for delivery_id in claimed:
-                        self._queue.put((delivery_id, token))
+                        claimed = self._claim_due(room)
+                    for item in claimed:
+                        self._queue.put(item)
                     if len(claimed) == room:
                         continue  # more may be due: look again at once
             except Exception:
@@ -165,38 +144,25 @@ class ThreadDispatcher:
             self._wake.wait(settings.poll_interval)
             self._wake.clear()
 
-    def _claim_due(self, limit: int) -> tuple[list[str], str]:
+    def _claim_due(self, limit: int) -> list[store.Claimed]:
         state = self._state
         now = state.clock.now()
         token = str(uuid.uuid4())
         lease_until = now + timedelta(seconds=state.settings.lease_seconds)
         with state.database.writing() as session:
-            claimed = store.claim_due(
+            ids = store.claim_due(
                 session, now=now, lease_until=lease_until, token=token, limit=limit
             )
-        return claimed, token
-
-    def _drain_unclaimed(self) -> None:
-        """Drop queued ids nobody claimed yet (they stay pending in the outbox), keep claims."""
-        kept: list[WorkItem] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item[1] is not None:
-                kept.append(item)
-        for item in kept:
-            self._queue.put(item)
+            return store.load_claimed(session, ids=ids, token=token)
 
     def _release_unstarted(self) -> None:
-        claimed: list[WorkItem] = []
+        claimed: list[store.Claimed] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item != _STOP and item[1] is not None:
+            if item is not None:
                 claimed.append(item)
         if not claimed:
             return
@@ -207,10 +173,12 @@ class ThreadDispatcher:
                 state.database.independent_session() as session,
                 session.begin(),
             ):
-                for delivery_id, token in claimed:
-                    assert token is not None
+                for item in claimed:
                     store.release_claim(
-                        session, delivery_id=delivery_id, token=token, now=state.clock.now()
+                        session,
+                        delivery_id=item.delivery_id,
+                        token=item.token,
+                        now=state.clock.now(),
                     )
         except Exception:
             logger.exception(
