@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from flask import Flask
@@ -38,6 +38,11 @@ class Database:
         self._tables_lock = threading.Lock()
         self._engine: Engine | None = None
         self._sessions: scoped_session[Session] | None = None
+        uri = app.config.get("SQLALCHEMY_DATABASE_URI") if host_db is not None else None
+        sqlite = make_url(uri or settings.database_uri).get_backend_name() == "sqlite"
+        self._write_lock: AbstractContextManager[Any] = (
+            threading.Lock() if sqlite else nullcontext()
+        )
         if host_db is not None:
             for table in metadata.sorted_tables:
                 if table.name not in host_db.metadata.tables:
@@ -75,8 +80,13 @@ class Database:
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """A short write transaction in a session of its own, committed on leaving (rolled back
-        on an exception)."""
-        with self.independent_session() as session, session.begin():
+        on an exception).
+
+        With SQLite this process's writers take turns on a lock first: SQLite allows one writer
+        at a time and its busy handler waits in sleeps of milliseconds, where a lock hands over
+        in microseconds.
+        """
+        with self._write_lock, self.independent_session() as session, session.begin():
             yield session
 
     def independent_session(self) -> Session:
