@@ -17,7 +17,7 @@ from . import store
 from .dispatch.sync import fan_out
 from .errors import ApiError, ValidationError
 from .extension import WebhooksState, get_state
-from .models import Delivery, DeliveryMode, Registration, isoformat
+from .models import Delivery, DeliveryMode, DeliveryStatus, Registration, isoformat
 from .openapi import build_openapi
 from .topics import Mode
 from .validation import (
@@ -411,12 +411,10 @@ def get_delivery(delivery_id: str) -> Response:
 def redeliver(delivery_id: str) -> tuple[Response, int]:
     state = _state()
     session = state.database.session
-    delivery = store.redeliver(
-        session, owner=_owner(), delivery_id=delivery_id, now=state.clock.now()
-    )
+    store.redeliver(session, owner=_owner(), delivery_id=delivery_id, now=state.clock.now())
     session.commit()
-    state.dispatcher.submit([delivery.id])
-    return jsonify(id=delivery.id, status=delivery.status), 202
+    state.dispatcher.submit([delivery_id])
+    return jsonify(id=delivery_id, status=DeliveryStatus.PENDING), 202
 
 
 # Topics ------------------------------------------------------------------------------------------

@@ -221,9 +221,13 @@ def redeliver(
                 until=parse_moment(until, now),
                 limit=None,
             )
-        ids = store.queue_again(session, chosen, now=now)
+        ids = store.queue_again(session, [delivery.id for delivery in chosen], now=now)
     # The running dispatchers (web processes or workers) pick them up at their next poll.
     click.echo(f"Queued {len(ids)} delivery(ies) again.")
+    if len(ids) < len(chosen):
+        click.echo(
+            f"Left {len(chosen) - len(ids)} alone: an attempt of each is under way.", err=True
+        )
 
 
 def _set_state(registration_id: str, new_state: str) -> None:

@@ -89,6 +89,17 @@ class NotFound(ApiError):
         super().__init__(404, "not_found", message)
 
 
+class DeliveryInFlight(ApiError):
+    """A delivery cannot be queued again while one of its attempts is under way (409)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "delivery_in_flight",
+            "An attempt of this delivery is under way; ask again once it has ended.",
+        )
+
+
 class RevConflict(ApiError):
     """The ``rev`` sent with a change is missing or no longer current (409)."""
 

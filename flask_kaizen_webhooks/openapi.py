@@ -47,7 +47,7 @@ ERROR_DESCRIPTIONS = {
     403: "The caller lacks 'Allow user to manage web hooks', or the host is not configured.",
     404: "No such resource for this caller.",
     405: "The endpoint does not take this method.",
-    409: "A stale or missing rev, or a duplicate registration.",
+    409: "A stale or missing rev, a duplicate registration, or a delivery being sent.",
     413: "The body is larger than the configured limit.",
     415: "The body is not sent as application/json.",
     422: "A field is missing, unknown or invalid.",
@@ -310,7 +310,9 @@ def build_openapi(prefix: str, topics: list[str], max_page_size: int) -> dict[st
                 "operationId": "redeliver",
                 "summary": "Queue it again now",
                 "responses": _responses(
-                    (202, "Queued", _object({"id": ID, "status": {"const": "pending"}})), 404
+                    (202, "Queued", _object({"id": ID, "status": {"const": "pending"}})),
+                    404,
+                    409,
                 ),
             },
         },

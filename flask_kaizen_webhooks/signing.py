@@ -34,3 +34,10 @@ def detached(token: str) -> str:
     """``token`` without its payload (``header..signature``, RFC 7515 appendix F)."""
     header, _payload, signature = token.split(".")
     return f"{header}..{signature}"
+
+
+def verify_with(token: str, secret: str) -> bytes:
+    """The payload of ``token`` if its HS256 signature matches ``secret``; raise a
+    :class:`jose.exceptions.JOSEError` otherwise."""
+    payload: bytes = jws.verify(token, secret, algorithms=[ALGORITHM])
+    return payload

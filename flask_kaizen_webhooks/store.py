@@ -17,7 +17,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import ApiError, DuplicateRegistration, NotFound, RevConflict
+from .errors import ApiError, DeliveryInFlight, DuplicateRegistration, NotFound, RevConflict
 from .models import (
     Attempt,
     Delivery,
@@ -640,11 +640,12 @@ def attempts_of(session: Session, delivery_id: str) -> Sequence[Attempt]:
     ).all()
 
 
-def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> Delivery:
-    """Queue the owner's delivery again, now, with a fresh retry schedule and the same id."""
-    delivery = get_delivery(session, owner=owner, delivery_id=delivery_id)
-    queue_again(session, [delivery], now=now)
-    return delivery
+def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> None:
+    """Queue the owner's delivery again, now, with a fresh retry schedule and the same id;
+    :class:`DeliveryInFlight` while an attempt of it is under way."""
+    get_delivery(session, owner=owner, delivery_id=delivery_id)
+    if not queue_again(session, [delivery_id], now=now):
+        raise DeliveryInFlight()
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -729,16 +730,30 @@ def find_deliveries(
     return session.scalars(query).all()
 
 
-def queue_again(session: Session, deliveries: Sequence[Delivery], *, now: datetime) -> list[str]:
-    """Queue ``deliveries`` again now with a fresh retry schedule; their ids."""
-    for delivery in deliveries:
-        delivery.status = DeliveryStatus.PENDING
-        delivery.retry_index = 0
-        delivery.next_attempt_at = now
-        delivery.claim_token = None
-        delivery.completed_at = None
-        delivery.updated_at = now
-    return [delivery.id for delivery in deliveries]
+def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime) -> list[str]:
+    """Queue deliveries again now with a fresh retry schedule; the ids queued. A delivery with
+    an attempt under way (claimed, its lease running) is left alone: queuing it would let a
+    second worker send it in parallel."""
+    if not delivery_ids:
+        return []
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(delivery_ids),
+            or_(Delivery.claim_token.is_(None), Delivery.next_attempt_at <= now),
+        )
+        .values(
+            status=DeliveryStatus.PENDING,
+            retry_index=0,
+            next_attempt_at=now,
+            claim_token=None,
+            completed_at=None,
+            updated_at=now,
+        )
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(result.scalars())
 
 
 def set_registration_state(

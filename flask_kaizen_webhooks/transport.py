@@ -9,9 +9,11 @@ certificate check keep the original name.
 
 from __future__ import annotations
 
+import concurrent.futures
 import email.utils
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,13 +28,25 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from .guard import AddressPolicy, ForbiddenDestination, Resolver, resolve
+from .guard import (
+    AddressPolicy,
+    ForbiddenDestination,
+    IPAddress,
+    Resolver,
+    literal_address,
+    resolve,
+)
 from .watchdog import POOL_CLASSES, Deadline, Watchdog
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 READ_CHUNK = 16 * 1024
+LOOKUP_THREADS = 8
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class ResolveTimeout(Exception):
+    """Looking a host's name up took longer than the attempt may."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,9 @@ class Transport:
         self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
         self._pool.pool_classes_by_scheme = POOL_CLASSES
         self._watchdog = Watchdog()
+        self._lookups = concurrent.futures.ThreadPoolExecutor(
+            max_workers=LOOKUP_THREADS, thread_name_prefix="kaizen-webhooks-dns"
+        )
 
     def post(
         self,
@@ -95,10 +112,14 @@ class Transport:
         if scheme not in DEFAULT_PORTS or not host:
             return _failure(started, "invalid URL: not an absolute http(s) URL")
         try:
-            addresses = self.policy.checked_addresses(host, port, self.resolver)
+            addresses = self.policy.checked_addresses(host, port, self._resolver_until(deadline))
         except ForbiddenDestination as exc:
             logger.warning("Webhook to %s refused before connecting: %s", host, exc.reason)
             return _failure(started, f"forbidden destination: {exc.reason}")
+        except ResolveTimeout:
+            return _failure(
+                started, f"timed out: resolving {host!r} took over {timeout:g} s", timed_out=True
+            )
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
@@ -120,6 +141,9 @@ class Transport:
         pool = self._pool.connection_from_host(
             str(addresses[0]), port, scheme, pool_kwargs=pool_kwargs
         )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _failure(started, f"timed out: no answer within {timeout:g} s", timed_out=True)
         watch = self._watchdog.arm(deadline)
         try:
             return self._exchange(
@@ -129,8 +153,8 @@ class Transport:
                 headers,
                 host_header,
                 watch,
+                urllib3.Timeout(connect=min(connect_timeout, remaining), read=remaining),
                 timeout,
-                connect_timeout,
                 started,
                 deadline,
             )
@@ -145,8 +169,8 @@ class Transport:
         headers: dict[str, str],
         host_header: str,
         watch: Deadline,
+        socket_timeout: urllib3.Timeout,
         timeout: float,
-        connect_timeout: float,
         started: float,
         deadline: float,
     ) -> SendResult:
@@ -156,7 +180,7 @@ class Transport:
                 target,
                 body=body,
                 headers={**headers, "Host": host_header},
-                timeout=urllib3.Timeout(connect=min(connect_timeout, timeout), read=timeout),
+                timeout=socket_timeout,
                 retries=False,
                 redirect=False,
                 preload_content=False,
@@ -192,6 +216,22 @@ class Transport:
             timed_out=error is not None and error.startswith("timed out"),
         )
 
+    def _resolver_until(self, deadline: float) -> Resolver:
+        """The resolver, bounded by ``deadline``: a name is looked up on a helper thread (the
+        system resolver cannot be interrupted) and :class:`ResolveTimeout` raised when the
+        deadline passes first. Address literals need no lookup and stay on this thread."""
+
+        def resolve_until(host: str, port: int) -> Sequence[IPAddress]:
+            if literal_address(host) is not None:
+                return self.resolver(host, port)
+            future = self._lookups.submit(self.resolver, host, port)
+            try:
+                return future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                raise ResolveTimeout(host) from None
+
+        return resolve_until
+
     def _read_capped(
         self, response: urllib3.BaseHTTPResponse, deadline: float
     ) -> tuple[bytes, str | None]:
@@ -223,6 +263,7 @@ class Transport:
     def close(self) -> None:
         """Close every pooled connection."""
         self._pool.clear()
+        self._lookups.shutdown(wait=False, cancel_futures=True)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -230,7 +271,7 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from jose.exceptions import JOSEError
+
 from .errors import ValidationError
 from .guard import AddressPolicy, ForbiddenDestination, is_local_name, literal_address
+from .signing import sign, verify_with
 from .topics import TopicRegistry
 
 MAX_URL_LENGTH = 2048
@@ -187,13 +190,26 @@ def check_secret(secret: str) -> str:
     try:
         json.loads(secret)
     except ValueError:
-        return secret
-    # python-jose reads a key that parses as JSON as a JSON Web Key, and then cannot verify.
-    raise ValidationError(
-        "invalid_secret",
-        "The secret must not be a JSON value (such as a number or an object); use a random string.",
-        field="secret",
-    )
+        pass
+    else:
+        # python-jose reads a key that parses as JSON as a JSON Web Key, and then cannot verify.
+        raise ValidationError(
+            "invalid_secret",
+            "The secret must not be a JSON value (such as a number or an object); "
+            "use a random string.",
+            field="secret",
+        )
+    try:
+        verify_with(sign(b"{}", secret), secret)
+    except JOSEError:
+        # python-jose refuses HMAC keys that look like public keys (PEM, ssh-rsa ...).
+        raise ValidationError(
+            "invalid_secret",
+            "The secret looks like a public or private key, which cannot serve as an HMAC "
+            "secret; use a random string.",
+            field="secret",
+        ) from None
+    return secret
 
 
 def _refuse_unknown_fields(document: Mapping[str, Any], allowed: Iterable[str]) -> None:

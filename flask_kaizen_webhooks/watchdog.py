@@ -21,23 +21,61 @@ _current = threading.local()
 
 
 class Deadline:
-    """One attempt's deadline and the connection it uses."""
+    """One attempt's deadline and the socket it uses."""
 
     def __init__(self, at: float) -> None:
         self.at = at
         self.armed = True
         self.fired = False
-        self.connection: HTTPConnection | None = None
+        self._sock: socket.socket | None = None
+        self._own: socket.socket | None = None  # a duplicate of a new connection's socket
+        self._lock = threading.Lock()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Bind the attempt's socket (a pooled one, on each request); cut it at once if the
+        deadline passed."""
+        with self._lock:
+            if not self.armed:
+                return
+            self._sock = sock
+            if self.fired:
+                _shut(sock)
+
+    def watch_new(self, sock: socket.socket) -> None:
+        """Bind a socket just connected. TLS takes its descriptor over (the object is left
+        detached), so a duplicate is kept: shutting it down ends the handshake as well."""
+        with self._lock:
+            if not self.armed:
+                return
+            if self._own is not None:
+                self._own.close()
+            self._own = sock.dup()
+            self._sock = self._own
+            if self.fired:
+                _shut(self._own)
 
     def fire(self) -> None:
         """Cut the attempt off: shut its socket down so any blocked read returns at once."""
-        if not self.armed:
-            return
-        self.fired = True
-        sock = getattr(self.connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            if not self.armed:
+                return
+            self.fired = True
+            _shut(self._sock)
+
+    def disarm(self) -> None:
+        """The attempt is over: the deadline will not touch its socket any more."""
+        with self._lock:
+            self.armed = False
+            self._sock = None
+            if self._own is not None:
+                self._own.close()
+                self._own = None
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class Watchdog:
@@ -68,7 +106,7 @@ class Watchdog:
     @staticmethod
     def disarm(deadline: Deadline) -> None:
         """The attempt is over; the deadline will not fire."""
-        deadline.armed = False
+        deadline.disarm()
         if getattr(_current, "deadline", None) is deadline:
             _current.deadline = None
 
@@ -91,25 +129,43 @@ class Watchdog:
             deadline.fire()
 
 
-def _register(connection: HTTPConnection) -> None:
+def _watch(sock: socket.socket | None) -> None:
     deadline: Deadline | None = getattr(_current, "deadline", None)
-    if deadline is not None and deadline.armed:
-        deadline.connection = connection
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+def _watch_new(sock: socket.socket) -> None:
+    deadline: Deadline | None = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.watch_new(sock)
 
 
 class WatchedHTTPConnection(HTTPConnection):
-    """An HTTP connection that binds itself to the current attempt's deadline."""
+    """An HTTP connection whose socket the current attempt's deadline can cut: from its
+    creation (so connecting is covered too) and again on each request (a pooled one)."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch_new(sock)
+        return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _register(self)
+        _watch(self.sock)
         super().request(*args, **kwargs)
 
 
 class WatchedHTTPSConnection(HTTPSConnection):
-    """An HTTPS connection that binds itself to the current attempt's deadline."""
+    """An HTTPS connection whose socket the current attempt's deadline can cut: the raw
+    socket from its creation (covering the TLS handshake), the TLS one on each request."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch_new(sock)
+        return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _register(self)
+        _watch(self.sock)
         super().request(*args, **kwargs)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import jose.jws
@@ -167,3 +168,22 @@ def test_redeliver_sends_again_with_the_same_request_id(host: Any, receiver: Any
     assert client.get(detail_url, headers=ADMIN).get_json()["attempts"] == 4
     missing = client.post(f"{PREFIX}/deliveries/nope/redeliver", headers=ADMIN)
     assert missing.status_code == 404
+
+
+def test_redeliver_refuses_a_delivery_whose_attempt_is_under_way(host: Any, receiver: Any) -> None:
+    gate = threading.Event()
+    server = receiver(lambda request, n: Reply(wait=gate))
+    register(host, server.url())
+    client = host.app.test_client()
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger("profile_updated", {"n": 1})
+    server.wait_for(1)
+    try:
+        response = client.post(f"{PREFIX}/deliveries/{delivery_id}/redeliver", headers=ADMIN)
+        assert response.status_code == 409
+        assert response.get_json()["error"]["code"] == "delivery_in_flight"
+    finally:
+        gate.set()
+    detail_url = f"{PREFIX}/deliveries/{delivery_id}"
+    wait_until(lambda: client.get(detail_url, headers=ADMIN).get_json()["status"] == "succeeded")
+    assert len(server.received) == 1  # never sent twice in parallel

@@ -409,6 +409,8 @@ def test_plain_http_needs_allow_http(make_host: Any) -> None:
         ('{"a": 1, "bb": 22222}', "invalid_secret"),
         ("12345678901234567890", "invalid_secret"),
         ('"quoted-string-secret"', "invalid_secret"),
+        ("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0B\n", "invalid_secret"),
+        ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC", "invalid_secret"),
         (12345678901234567890, "invalid_type"),
     ],
 )

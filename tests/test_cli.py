@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,20 @@ def test_clear_errors(host: Any) -> None:
         result = run(host, *args)
         assert result.exit_code != 0
         assert message in result.output, result.output
+
+
+def test_redeliver_leaves_a_delivery_being_sent_alone(host: Any, receiver: Any) -> None:
+    gate = threading.Event()
+    server = receiver(lambda request, n: Reply(wait=gate))
+    register(host, server.url())
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger("profile_updated", {"n": 1})
+    server.wait_for(1)
+    try:
+        result = run(host, "redeliver", delivery_id)
+    finally:
+        gate.set()
+    assert "Queued 0" in result.output
+    assert "Left 1 alone: an attempt of each is under way." in result.output
+    wait_until(lambda: "1 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
+    assert len(server.received) == 1

@@ -330,3 +330,30 @@ def test_iat_is_refreshed_on_every_attempt(host: Any, receiver: Any) -> None:
     requests = server.wait_for(3)
     iats = [jose.jws.get_unverified_header(r.body.decode())["iat"] for r in requests]
     assert iats == sorted(iats) and len(set(iats)) == 3
+
+
+def test_an_unexpected_error_while_sending_is_recorded_and_retried(
+    host: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_kaizen_webhooks.dispatch import attempt
+
+    server = receiver()
+    register(host, server.url())
+    calls: list[int] = []
+    real_sign = attempt.sign
+
+    def sign_that_breaks_once(*args: Any, **kwargs: Any) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a defect in signing")
+        return real_sign(*args, **kwargs)
+
+    monkeypatch.setattr(attempt, "sign", sign_that_breaks_once)
+    [delivery_id] = fire(host)
+    wait_until(lambda: status_of(host, delivery_id) == "succeeded")
+    log = attempts(host, delivery_id)
+    assert [(a.status_code, a.error) for a in log] == [
+        (None, "internal error: RuntimeError"),
+        (200, None),
+    ]
+    assert len(server.received) == 1

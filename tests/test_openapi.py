@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -156,7 +157,14 @@ def test_every_endpoint_answers_as_documented(host: Any, receiver: Any) -> None:
     call("get", f"{R}/nope/deliveries", D)  # 404
     call("get", f"/deliveries/{delivery_id}", DID)
     call("get", "/deliveries/nope", DID)  # 404
-    call("post", f"/deliveries/{delivery_id}/redeliver", "/deliveries/{delivery_id}/redeliver")
+    REDELIVER = "/deliveries/{delivery_id}/redeliver"
+    gate = threading.Event()
+    server.responder = lambda request, n: Reply(wait=gate)
+    seen = len(server.received)
+    call("post", f"/deliveries/{delivery_id}/redeliver", REDELIVER)
+    wait_until(lambda: len(server.received) > seen)  # its attempt is under way
+    call("post", f"/deliveries/{delivery_id}/redeliver", REDELIVER)  # 409
+    gate.set()
     call("post", "/deliveries/nope/redeliver", "/deliveries/{delivery_id}/redeliver")  # 404
     call("delete", f"{R}/{rid}?rev=1-00", RID)  # 409
     call("delete", f"{R}/{rid}?rev=a", RID, headers={**ADMIN, "If-Match": "b"})  # 422

@@ -44,6 +44,14 @@ def test_wrong_secret_or_tampering_is_a_bad_signature() -> None:
         verify(f"{header}.{forged}.{signature}", SECRET)
 
 
+def test_a_key_shaped_secret_matches_nothing_instead_of_raising() -> None:
+    # python-jose refuses PEM or SSH public keys as HMAC keys with a JWKError.
+    for key in ("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkq\n", "ssh-rsa AAAAB3NzaC1yc2E"):
+        with pytest.raises(InvalidSignature):
+            verify(signed(), key)
+        assert verify(signed(), [key, SECRET]) == DOCUMENT
+
+
 def test_none_and_other_algorithms_are_refused() -> None:
     unsigned = jws.sign(DOCUMENT, SECRET, algorithm="HS512")
     with pytest.raises(InvalidSignature, match="HS512"):

@@ -74,6 +74,8 @@ def test_retry_after_header_forms() -> None:
     assert parse_retry_after("120") == 120.0
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("\u00b2") is None  # a digit to str.isdigit(), not to float()
+    assert parse_retry_after("\u0661\u0662") is None  # Arabic-Indic digits: not HTTP
     future = (datetime.now(UTC) + timedelta(seconds=100)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     seconds = parse_retry_after(future)
     assert seconds is not None and 90 <= seconds <= 101

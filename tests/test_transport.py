@@ -105,3 +105,58 @@ def test_a_receiver_dripping_its_headers_is_cut_at_the_time_limit() -> None:
     listener.close()
     assert result.timed_out and not result.ok, result
     assert took < 1.0 + 2.0  # not the ~50 s the drip would take
+
+
+def test_a_slow_name_lookup_is_cut_at_the_time_limit(receiver: Any) -> None:
+    server = receiver()
+    port = int(server.url().rsplit(":", 1)[1].split("/", 1)[0])
+
+    def slow_resolver(host: str, port: int) -> list[Any]:
+        time.sleep(5)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    client = Transport(
+        max_response_bytes=1024, pool_size=2, policy=LOOPBACK, resolver=slow_resolver
+    )
+    started = time.monotonic()
+    result = post(client, f"http://hooks.example.test:{port}/", timeout=0.5)
+    took = time.monotonic() - started
+    client.close()
+    assert result.timed_out and not result.ok, result
+    assert result.error is not None and "resolving 'hooks.example.test'" in result.error
+    assert took < 0.5 + 2.0  # not the 5 s the lookup takes
+    assert not server.received
+
+
+def test_a_tls_handshake_dripped_byte_by_byte_is_cut_at_the_time_limit() -> None:
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def drip_handshake() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)  # the ClientHello
+        # A handshake record of 16 KiB holding one ServerHello of 16 KiB - 4 bytes, sent one
+        # byte at a time.
+        for byte in b"\x16\x03\x03\x40\x00" + b"\x02\x00\x3f\xfc" + b"\x00" * 16380:
+            if stop.is_set():
+                break
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.05)  # well inside the socket timeout, forever in total
+        connection.close()
+
+    threading.Thread(target=drip_handshake, daemon=True).start()
+    started = time.monotonic()
+    result = post(transport(), f"https://127.0.0.1:{listener.getsockname()[1]}/", timeout=1.0)
+    took = time.monotonic() - started
+    stop.set()
+    listener.close()
+    assert result.timed_out and not result.ok, result
+    assert took < 1.0 + 2.0  # not the ~15 minutes the drip would take

@@ -65,7 +65,27 @@ def send(
     receivers that know only that one keep working, and ``Webhook-Signature-Next`` carries the
     signature with the new secret (a detached JWS) for receivers that have switched.
     """
-    headers = request_headers(topic, delivery_id, attempt_number)
+    try:
+        return _sign_and_post(
+            state,
+            target=target,
+            payload=payload,
+            headers=request_headers(topic, delivery_id, attempt_number),
+            timeout=timeout,
+        )
+    except Exception as exc:  # a defect, not the receiver's doing: record it as a failure
+        logger.exception("Delivery %s: unexpected error while sending", delivery_id)
+        return SendResult(None, 0.0, b"", None, None, f"internal error: {type(exc).__name__}")
+
+
+def _sign_and_post(
+    state: WebhooksState,
+    *,
+    target: store.Target,
+    payload: bytes,
+    headers: dict[str, str],
+    timeout: float,
+) -> SendResult:
     now = state.clock.time()
     try:
         secret = state.secrets.open(target.sealed_secret)
