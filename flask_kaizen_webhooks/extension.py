@@ -18,7 +18,6 @@ from .clock import Clock
 from .config import Settings
 from .database import Database
 from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
-from .dispatch.inflight import InFlight
 from .dispatch.sync import DeliveryResult, fan_out
 from .dispatch.threads import ThreadDispatcher
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
@@ -61,9 +60,6 @@ class WebhooksState:
         )
         self.dispatcher: Dispatcher = (
             ThreadDispatcher(app, self) if settings.dispatcher == "thread" else NoDispatcher()
-        )
-        self.in_flight = InFlight(
-            settings.max_in_flight_per_registration, settings.max_in_flight_per_host
         )
         self._sync_pool: ThreadPoolExecutor | None = None
         self._sync_pool_lock = threading.Lock()

@@ -7,13 +7,13 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,11 @@ from .models import (
     url_digest,
     utcnow,
 )
-from .signing import encode_payload
+from .signing import with_request_ids
+
+DELIVERIES = metadata.tables[Delivery.__tablename__]
+ATTEMPTS = metadata.tables[Attempt.__tablename__]
+_INSERT_DELIVERIES = insert(DELIVERIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +289,16 @@ TARGET_COLUMNS = (
 )
 
 
+_ACTIVE_TARGETS = (
+    select(*TARGET_COLUMNS)
+    .where(
+        Registration.topic == bindparam("topic"),
+        Registration.state == RegistrationState.ACTIVE,
+    )
+    .order_by(Registration.created_at)
+)
+
+
 def active_targets(
     session: Session,
     *,
@@ -294,7 +308,10 @@ def active_targets(
 ) -> list[Target]:
     """The active registrations of ``topic``, optionally one owner's; or the one registration
     ``registration_id`` of ``topic``, active or not (for tests of a disabled endpoint)."""
-    # Plain rows rather than ORM objects: this runs on the host's request path.
+    # Plain rows rather than ORM objects, and a statement built once: this runs on the host's
+    # request path.
+    if owner is None and registration_id is None:
+        return [_target(*row) for row in session.execute(_ACTIVE_TARGETS, {"topic": topic})]
     query = select(*TARGET_COLUMNS).where(Registration.topic == topic)
     if owner is not None:
         query = query.where(Registration.owner == owner)
@@ -332,28 +349,30 @@ def add_deliveries(
 ) -> list[str]:
     """Write outbox rows, one per target, each with its own ``webhook_request_id``, due now;
     their ids. One INSERT in the session's transaction, so they commit or roll back with it."""
-    rows: list[dict[str, Any]] = []
-    for target in targets:
-        delivery_id = str(uuid.uuid4())
-        rows.append(
-            {
-                "id": delivery_id,
-                "registration_id": target.registration_id,
-                "owner": target.owner,
-                "topic": topic,
-                "mode": mode,
-                "payload": encode_payload({**document, "webhook_request_id": delivery_id}).decode(),
-                "status": DeliveryStatus.PENDING,
-                "attempts": 0,
-                "retry_index": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-                "updated_at": now,
-            }
+    if not targets:
+        return []
+    ids = [str(uuid.uuid4()) for _ in targets]
+    rows = [
+        {
+            "id": delivery_id,
+            "registration_id": target.registration_id,
+            "owner": target.owner,
+            "topic": topic,
+            "mode": mode,
+            "payload": payload,
+            "status": DeliveryStatus.PENDING,
+            "attempts": 0,
+            "retry_index": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for target, delivery_id, payload in zip(
+            targets, ids, with_request_ids(document, ids), strict=True
         )
-    if rows:
-        session.execute(insert(metadata.tables[Delivery.__tablename__]), rows)  # Core: no ORM work
-    return [str(row["id"]) for row in rows]
+    ]
+    session.execute(_INSERT_DELIVERIES, rows)  # Core: no ORM work
+    return ids
 
 
 def log_finished(
@@ -407,20 +426,26 @@ def log_finished(
 
 
 def claim_due(
-    session: Session, *, now: datetime, lease_until: datetime, token: str, limit: int
+    session: Session,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    token: str,
+    limit: int,
+    skip_registrations: Collection[str] = (),
 ) -> list[str]:
-    """Claim up to ``limit`` due deliveries for one worker; no two claimers get the same row.
+    """Claim up to ``limit`` due deliveries, oldest due first, leaving those of
+    ``skip_registrations`` alone; no two claimers get the same row.
 
     PostgreSQL skips rows other claimers hold (``FOR UPDATE SKIP LOCKED``); SQLite runs one
     writer at a time, which makes the same statement exclusive there.
     """
-    due = (
-        select(Delivery.id)
-        .where(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now)
-        .order_by(Delivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    due = select(Delivery.id).where(
+        Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now
     )
+    if skip_registrations:
+        due = due.where(Delivery.registration_id.not_in(sorted(skip_registrations)))
+    due = due.order_by(Delivery.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
     claimed = session.execute(
         update(Delivery)
         .where(Delivery.id.in_(due))
@@ -432,21 +457,8 @@ def claim_due(
     return list(claimed.scalars())
 
 
-def claim(
-    session: Session, *, delivery_id: str, now: datetime, lease_until: datetime, token: str
-) -> bool:
-    """Claim one delivery if it is pending and due; False if it is not (or someone has it)."""
-    result = session.execute(
-        update(Delivery)
-        .where(
-            Delivery.id == delivery_id,
-            Delivery.status == DeliveryStatus.PENDING,
-            Delivery.next_attempt_at <= now,
-        )
-        .values(claim_token=token, next_attempt_at=lease_until)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+#: A lease that has run out (for a claimed row without one, which the claim never leaves).
+EXPIRED = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +474,8 @@ class Claimed:
     retry_index: int
     registration_id: str
     target: Target | None
+    #: When the claim's lease runs out, unless renewed.
+    lease_until: datetime
 
 
 def load_claimed(session: Session, *, ids: Sequence[str], token: str) -> list[Claimed]:
@@ -476,6 +490,7 @@ def load_claimed(session: Session, *, ids: Sequence[str], token: str) -> list[Cl
             Delivery.attempts,
             Delivery.retry_index,
             Delivery.registration_id,
+            Delivery.next_attempt_at,
             Registration.state,
             *TARGET_COLUMNS,
         )
@@ -490,6 +505,7 @@ def load_claimed(session: Session, *, ids: Sequence[str], token: str) -> list[Cl
         attempts,
         retry_index,
         registration_id,
+        lease_until,
         state,
         *target,
     ) in session.execute(query):
@@ -504,40 +520,192 @@ def load_claimed(session: Session, *, ids: Sequence[str], token: str) -> list[Cl
                 retry_index,
                 registration_id,
                 _target(*target) if active else None,
+                as_utc(lease_until or EXPIRED),
             )
         )
     return claimed
 
 
-def release_claim(session: Session, *, delivery_id: str, token: str, now: datetime) -> None:
-    """Give a claimed delivery back unattempted, due at once (used on shutdown)."""
-    session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.claim_token == token)
-        .values(claim_token=None, next_attempt_at=now)
-        .execution_options(synchronize_session=False)
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt of a claimed delivery and what follows it, ready to be written.
+
+    ``kind`` is ``succeeded``, ``retry`` (again at ``retry_at``), ``failed`` or ``gone``.
+    """
+
+    delivery_id: str
+    token: str
+    registration_id: str
+    topic: str
+    number: int
+    retry_index: int
+    started_at: datetime
+    finished_at: datetime
+    elapsed: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    kind: str
+    retry_at: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        """True when the delivery ends with this attempt."""
+        return self.kind != "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What :func:`record_attempts` wrote: the records whose claim still held, and the
+    registrations it disabled, with why."""
+
+    kept: list[AttemptRecord]
+    disabled: dict[str, str]
+
+
+_RECORD_UPDATE = (
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        retry_index=bindparam("b_retry_index"),
+        next_attempt_at=bindparam("b_next_attempt_at"),
+        claim_token=None,
+        last_status_code=bindparam("b_status_code"),
+        last_error=bindparam("b_error"),
+        response_excerpt=bindparam("b_excerpt"),
+        updated_at=bindparam("b_now"),
+        completed_at=bindparam("b_completed_at"),
     )
+)
 
 
-def record_attempt(
+def record_attempts(
     session: Session,
+    records: Sequence[AttemptRecord],
     *,
-    delivery_id: str,
-    token: str | None,
-    attempt: Attempt,
-    values: Mapping[str, Any],
-) -> bool:
-    """Store an attempt and the delivery's new state; False if the claim was lost meanwhile."""
-    query = update(Delivery).where(Delivery.id == delivery_id)
-    if token is not None:
-        query = query.where(Delivery.claim_token == token)
-    result = session.execute(
-        query.values(**values, claim_token=None).execution_options(synchronize_session=False)
+    disable_after_failures: int,
+    disable_after: timedelta,
+) -> Recorded:
+    """Write many attempts and their deliveries' new states in a few statements.
+
+    A record whose claim was lost meanwhile (its lease ran out and another worker took the
+    delivery) is left out. Registrations are kept in step: a 410 disables one, a success ends
+    its run of failures, a long run of failures disables it.
+    """
+    if not records:
+        return Recorded([], {})
+    held = dict(
+        session.execute(
+            select(DELIVERIES.c.id, DELIVERIES.c.claim_token)
+            .where(DELIVERIES.c.id.in_({record.delivery_id for record in records}))
+            .with_for_update()
+        ).all()
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    session.add(attempt)
-    return True
+    kept = [record for record in records if held.get(record.delivery_id) == record.token]
+    if not kept:
+        return Recorded([], {})
+    session.execute(_RECORD_UPDATE, [_delivery_values(record) for record in kept])
+    session.execute(
+        insert(ATTEMPTS),
+        [
+            {
+                "delivery_id": record.delivery_id,
+                "number": record.number,
+                "started_at": record.started_at,
+                "elapsed": record.elapsed,
+                "status_code": record.status_code,
+                "error": record.error,
+                "response_excerpt": record.response_excerpt,
+            }
+            for record in kept
+        ],
+    )
+    disabled = _registration_health(
+        session,
+        [record for record in kept if record.final],
+        disable_after_failures=disable_after_failures,
+        disable_after=disable_after,
+    )
+    return Recorded(kept, disabled)
+
+
+def _delivery_values(record: AttemptRecord) -> dict[str, Any]:
+    retry = record.kind == "retry"
+    if retry:
+        status = DeliveryStatus.PENDING
+    elif record.kind == "succeeded":
+        status = DeliveryStatus.SUCCEEDED
+    else:
+        status = DeliveryStatus.FAILED
+    return {
+        "b_id": record.delivery_id,
+        "b_status": status,
+        "b_attempts": record.number,
+        "b_retry_index": record.retry_index + 1 if retry else record.retry_index,
+        "b_next_attempt_at": record.retry_at if retry else None,
+        "b_status_code": record.status_code,
+        "b_error": record.error,
+        "b_excerpt": record.response_excerpt,
+        "b_now": record.finished_at,
+        "b_completed_at": None if retry else record.finished_at,
+    }
+
+
+def _registration_health(
+    session: Session,
+    finals: Sequence[AttemptRecord],
+    *,
+    disable_after_failures: int,
+    disable_after: timedelta,
+) -> dict[str, str]:
+    """Apply ended deliveries to their registrations; the ones disabled, with why."""
+    disabled: dict[str, str] = {}
+    healthy = {record.registration_id for record in finals if record.kind == "succeeded"}
+    unhealthy = {record.registration_id for record in finals if record.kind != "succeeded"}
+    if healthy - unhealthy:  # the common case: one statement for every registration doing well
+        session.execute(
+            update(Registration)
+            .where(Registration.id.in_(healthy - unhealthy), Registration.consecutive_failures > 0)
+            .values(consecutive_failures=0, failing_since=None)
+            .execution_options(synchronize_session=False)
+        )
+    for record in finals:  # in order, for registrations with a failure among them
+        if record.registration_id not in unhealthy or record.registration_id in disabled:
+            continue
+        if record.kind == "gone":
+            reason = "the receiver answered 410 Gone"
+            if disable_if_active(
+                session, record.registration_id, reason=reason, now=record.finished_at
+            ):
+                disabled[record.registration_id] = reason
+            continue
+        reason_or_none = note_delivery_outcome(
+            session,
+            registration_id=record.registration_id,
+            succeeded=record.kind == "succeeded",
+            now=record.finished_at,
+            disable_after_failures=disable_after_failures,
+            disable_after=disable_after,
+        )
+        if reason_or_none is not None:
+            disabled[record.registration_id] = reason_or_none
+    return disabled
+
+
+def release_claims(session: Session, claims: Sequence[tuple[str, str]], *, due: datetime) -> None:
+    """Give claimed deliveries (id, token) back unattempted, due at ``due``."""
+    if not claims:
+        return
+    session.execute(
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.id == bindparam("b_id"), DELIVERIES.c.claim_token == bindparam("b_token")
+        )
+        .values(claim_token=None, next_attempt_at=due),
+        [{"b_id": delivery_id, "b_token": token} for delivery_id, token in claims],
+    )
 
 
 def note_delivery_outcome(

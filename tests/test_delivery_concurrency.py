@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from typing import Any
 
 import jose.jws
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from flask_kaizen_webhooks import get_state
 from flask_kaizen_webhooks.models import Attempt, Delivery
@@ -141,3 +142,72 @@ def test_a_full_memory_queue_overflows_to_the_outbox(make_host: Any, receiver: A
     gate.set()
     wait_until(lambda: counts(host) == {"succeeded": 31})
     assert set(request_ids(server)) == set(ids)
+
+
+def test_work_waiting_longer_than_its_lease_is_renewed_not_sent_twice(
+    make_host: Any, receiver: Any
+) -> None:
+    # One worker, attempts of 1.4 s, leases of 3 s: claimed deliveries wait in memory for
+    # about as long as their lease.
+    host = make_host(
+        "sqlite",
+        **{
+            **DELIVERY_CONFIG,
+            "KAIZEN_WEBHOOKS_WORKERS": 1,
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 2,
+            "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 0.5,
+            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 3,
+        },
+    )
+    server = receiver(lambda request, n: Reply(delay=1.4))
+    register(host, server.url())
+    ids = enqueue(host, 5)
+    wait_until(lambda: counts(host) == {"succeeded": 5}, timeout=20)
+    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+
+
+def test_a_hanging_registration_parks_its_backlog_without_churning_the_outbox(
+    make_host: Any, receiver: Any
+) -> None:
+    host = make_host(
+        "sqlite",
+        **{
+            **DELIVERY_CONFIG,
+            "KAIZEN_WEBHOOKS_WORKERS": 4,
+            "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 1,
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 20,
+        },
+    )
+    hanging = receiver()
+    hanging.responder = lambda request, n: Reply(wait=hanging.release)
+    healthy = receiver()
+    register(host, hanging.url(), topic="booking_updated")
+    register(host, healthy.url())
+    give_backs: list[str] = []
+
+    def count_give_backs(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # store.release_claims: claim_token = NULL where the id and the token match.
+        if statement.startswith("UPDATE kaizen_webhook_deliveries") and statement.endswith(
+            "AND kaizen_webhook_deliveries.claim_token = ?"
+        ):
+            give_backs.append(statement)
+
+    with host.app.app_context():
+        engine = get_state().database.engine
+    event.listen(engine, "before_cursor_execute", count_give_backs)
+    try:
+        with host.app.app_context():
+            for n in range(40):
+                host.webhooks.trigger("booking_updated", {"n": n})
+        hanging.wait_for(1)
+        for n in range(10):
+            with host.app.app_context():
+                host.webhooks.trigger("profile_updated", {"n": n})
+            time.sleep(0.1)  # two seconds of polling beside the hanging backlog
+        healthy.wait_for(10, timeout=10)
+    finally:
+        event.remove(engine, "before_cursor_execute", count_give_backs)
+    assert len(hanging.received) == 1
+    # Parked in memory and left in the outbox while the host is saturated: the backlog goes
+    # back at most once a round, not on every poll (some hundreds of writes in two seconds).
+    assert len(give_backs) <= 3, give_backs

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jose import jws
 
 from flask_kaizen_webhooks.receiver import (
@@ -18,7 +20,7 @@ from flask_kaizen_webhooks.receiver import (
     verify,
     webhook_view,
 )
-from flask_kaizen_webhooks.signing import encode_payload, sign
+from flask_kaizen_webhooks.signing import encode_payload, sign, with_request_ids
 from tests.conftest import DELIVERY_CONFIG, register
 
 SECRET = "signature_secret_0123"
@@ -114,3 +116,22 @@ def test_webhook_view_on_a_real_delivery(make_host: Any, serve: Any) -> None:
     assert junk.status_code == 400
     assert len(seen) == 1
     assert json.dumps(seen)  # plain JSON data
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    document=st.dictionaries(
+        st.text(),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(),
+            lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+            max_leaves=8,
+        ),
+    ).filter(lambda d: "webhook_request_id" not in d),
+    ids=st.lists(st.uuids().map(str), max_size=3),
+)
+def test_request_ids_are_spliced_exactly_as_encoding_the_whole_would(
+    document: dict[str, Any], ids: list[str]
+) -> None:
+    expected = [encode_payload({**document, "webhook_request_id": i}).decode() for i in ids]
+    assert with_request_ids(document, ids) == expected

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from blinker import NamedSignal
 from flask import Flask
-from sqlalchemy.orm import Session
 
 from .. import signals, store
-from ..models import Attempt, DeliveryStatus
 from ..sealing import SecretUnreadable
 from ..signing import detached, sign
 from ..transport import SendResult
@@ -167,202 +166,118 @@ def next_step(
     return Step("retry", retry_at=now + timedelta(seconds=delay))
 
 
-def deliver_claimed(app: Flask, state: WebhooksState, delivery_id: str, token: str) -> None:
-    """Load a delivery this worker has claimed, then make its next attempt."""
-    with state.database.independent_session() as session:
-        loaded = store.load_claimed(session, ids=[delivery_id], token=token)
-    for claimed in loaded:  # none if the claim expired and another worker took it
-        deliver(app, state, claimed)
-
-
-def deliver(app: Flask, state: WebhooksState, claimed: store.Claimed) -> None:
-    """Make the next attempt of a claimed, loaded delivery, and record it."""
-    target = claimed.target
-    if target is None:
-        _abandon(
-            app,
-            state,
-            claimed.delivery_id,
-            claimed.token,
-            claimed.topic,
-            claimed.registration_id,
-            claimed.attempts,
-        )
-        return
-    host = (urlsplit(target.url).hostname or "").lower()
-    with state.in_flight.slot(claimed.registration_id, host) as free:
-        if not free:
-            # This registration (or host) already occupies its share of the workers: come back
-            # to it shortly rather than queue behind a receiver that may be hanging.
-            later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
-            with state.database.writing() as session:
-                store.release_claim(
-                    session, delivery_id=claimed.delivery_id, token=claimed.token, now=later
-                )
-            return
-        _attempt(
-            app,
-            state,
-            claimed.delivery_id,
-            claimed.token,
-            claimed.topic,
-            claimed.payload,
-            claimed.attempts + 1,
-            claimed.retry_index,
-            target,
-        )
-
-
-def _attempt(
-    app: Flask,
-    state: WebhooksState,
-    delivery_id: str,
-    token: str,
-    topic: str,
-    payload: str,
-    number: int,
-    retry_index: int,
-    target: store.Target,
-) -> None:
-    """Send one attempt of a claimed delivery and record what came of it."""
-    database = state.database
+def attempt(
+    state: WebhooksState, claimed: store.Claimed, target: store.Target
+) -> store.AttemptRecord:
+    """Make the next attempt of a claimed delivery and decide what follows; nothing is written
+    here (see :func:`record`)."""
     settings = state.settings
-    registration_id = target.registration_id
+    number = claimed.attempts + 1
     started = state.clock.now()
     result = send(
         state,
         target=target,
-        payload=payload.encode(),
-        topic=topic,
-        delivery_id=delivery_id,
+        payload=claimed.payload.encode(),
+        topic=claimed.topic,
+        delivery_id=claimed.delivery_id,
         attempt_number=number,
         timeout=settings.async_timeout,
     )
     now = state.clock.now()
     step = next_step(
         result,
-        retry_index=retry_index,
+        retry_index=claimed.retry_index,
         schedule=settings.retry_schedule,
         jitter=settings.retry_jitter,
         max_retry_after=settings.max_retry_after,
         now=now,
         rng=state.rng,
     )
-    error = describe_failure(result)
-    values: dict[str, Any] = {
-        "attempts": number,
-        "last_status_code": result.status_code,
-        "last_error": error,
-        "response_excerpt": excerpt(result.body),
-        "updated_at": now,
-    }
-    if step.kind == "retry":
-        values.update(next_attempt_at=step.retry_at, retry_index=retry_index + 1)
-    else:
-        succeeded = step.kind == "succeeded"
-        values.update(
-            status=DeliveryStatus.SUCCEEDED if succeeded else DeliveryStatus.FAILED,
-            completed_at=now,
-            next_attempt_at=None,
-        )
-    attempt = Attempt(
-        delivery_id=delivery_id,
+    return store.AttemptRecord(
+        delivery_id=claimed.delivery_id,
+        token=claimed.token,
+        registration_id=claimed.registration_id,
+        topic=claimed.topic,
         number=number,
+        retry_index=claimed.retry_index,
         started_at=started,
+        finished_at=now,
         elapsed=result.elapsed,
         status_code=result.status_code,
-        error=error,
-        response_excerpt=values["response_excerpt"],
+        error=describe_failure(result),
+        response_excerpt=excerpt(result.body),
+        kind=step.kind,
+        retry_at=step.retry_at,
     )
-    disabled_reason = None
-    with database.writing() as session:
-        if not store.record_attempt(
-            session, delivery_id=delivery_id, token=token, attempt=attempt, values=values
-        ):
-            logger.warning("Delivery %s: claim lost before its result was recorded", delivery_id)
-            return
-        disabled_reason = _registration_health(session, state, registration_id, step.kind, now)
-    if step.kind != "retry":
-        if step.kind != "succeeded":
-            logger.warning(
-                "Delivery %s failed for good after %d attempts: %s", delivery_id, number, error
-            )
-        announce(
-            app,
-            delivery_id=delivery_id,
-            registration_id=registration_id,
-            topic=topic,
-            succeeded=step.kind == "succeeded",
-            status_code=result.status_code,
-            error=error,
-            attempts=number,
-        )
-    if disabled_reason is not None:
-        logger.warning("Registration %s disabled: %s", registration_id, disabled_reason)
-        signals.registration_disabled.send(
-            app, registration_id=registration_id, reason=disabled_reason
-        )
-    if step.kind == "retry":
-        logger.info(
-            "Delivery %s attempt %d failed (%s); retry at %s",
-            delivery_id,
-            number,
-            error,
-            step.retry_at,
-        )
 
 
-def _registration_health(
-    session: Session, state: WebhooksState, registration_id: str, kind: str, now: datetime
-) -> str | None:
-    """Disable the registration on 410 or on a long run of failures; the reason if it was."""
-    if kind == "gone":
-        reason = "the receiver answered 410 Gone"
-        return (
-            reason
-            if store.disable_if_active(session, registration_id, reason=reason, now=now)
-            else None
-        )
-    if kind == "retry":
-        return None
+def record(app: Flask, state: WebhooksState, records: Sequence[store.AttemptRecord]) -> None:
+    """Write attempts in one short transaction, then log them and send the signals of the
+    deliveries that ended and the registrations that were disabled."""
     settings = state.settings
-    return store.note_delivery_outcome(
-        session,
-        registration_id=registration_id,
-        succeeded=kind == "succeeded",
-        now=now,
-        disable_after_failures=settings.disable_after_failures,
-        disable_after=timedelta(seconds=settings.disable_after_seconds),
-    )
+    with state.database.writing() as session:
+        recorded = store.record_attempts(
+            session,
+            records,
+            disable_after_failures=settings.disable_after_failures,
+            disable_after=timedelta(seconds=settings.disable_after_seconds),
+        )
+    kept = {record.delivery_id for record in recorded.kept}
+    for record in records:
+        if record.delivery_id not in kept:
+            logger.warning(
+                "Delivery %s: claim lost before its result was recorded", record.delivery_id
+            )
+        elif record.kind == "retry":
+            logger.info(
+                "Delivery %s attempt %d failed (%s); retry at %s",
+                record.delivery_id,
+                record.number,
+                record.error,
+                record.retry_at,
+            )
+        else:
+            if record.kind != "succeeded":
+                logger.warning(
+                    "Delivery %s failed for good after %d attempts: %s",
+                    record.delivery_id,
+                    record.number,
+                    record.error,
+                )
+            announce(
+                app,
+                delivery_id=record.delivery_id,
+                registration_id=record.registration_id,
+                topic=record.topic,
+                succeeded=record.kind == "succeeded",
+                status_code=record.status_code,
+                error=record.error,
+                attempts=record.number,
+            )
+    for registration_id, reason in recorded.disabled.items():
+        logger.warning("Registration %s disabled: %s", registration_id, reason)
+        _signal(signals.registration_disabled, app, registration_id=registration_id, reason=reason)
 
 
-def _abandon(
-    app: Flask,
-    state: WebhooksState,
-    delivery_id: str,
-    token: str,
-    topic: str,
-    registration_id: str,
-    attempts: int,
-) -> None:
+def abandon(app: Flask, state: WebhooksState, claimed: store.Claimed) -> None:
     """Fail a delivery whose registration was deleted or disabled, without sending it."""
     now = state.clock.now()
     error = "the registration was deleted or disabled before delivery"
     with state.database.writing() as session:
         done = store.finish_without_attempt(
-            session, delivery_id=delivery_id, token=token, error=error, now=now
+            session, delivery_id=claimed.delivery_id, token=claimed.token, error=error, now=now
         )
     if done:
-        logger.info("Delivery %s not sent: %s", delivery_id, error)
+        logger.info("Delivery %s not sent: %s", claimed.delivery_id, error)
         announce(
             app,
-            delivery_id=delivery_id,
-            registration_id=registration_id,
-            topic=topic,
+            delivery_id=claimed.delivery_id,
+            registration_id=claimed.registration_id,
+            topic=claimed.topic,
             succeeded=False,
             status_code=None,
             error=error,
-            attempts=attempts,
+            attempts=claimed.attempts,
         )
 
 
@@ -379,7 +294,8 @@ def announce(
 ) -> None:
     """Send the lifecycle signal of a delivery that ended, one way or the other."""
     if succeeded:
-        signals.delivery_succeeded.send(
+        _signal(
+            signals.delivery_succeeded,
             app,
             delivery_id=delivery_id,
             registration_id=registration_id,
@@ -388,7 +304,8 @@ def announce(
             attempts=attempts,
         )
         return
-    signals.delivery_failed.send(
+    _signal(
+        signals.delivery_failed,
         app,
         delivery_id=delivery_id,
         registration_id=registration_id,
@@ -396,3 +313,12 @@ def announce(
         error=error,
         attempts=attempts,
     )
+
+
+def _signal(signal: NamedSignal, app: Flask, **fields: Any) -> None:
+    """Send ``signal``; a host listener that raises is logged, never let through to the
+    delivery machinery (whose bookkeeping is already written)."""
+    try:
+        signal.send(app, **fields)
+    except Exception:
+        logger.exception("A listener of the %s signal raised", signal.name)

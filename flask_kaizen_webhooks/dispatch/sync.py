@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from .. import store
-from ..signing import encode_payload
+from ..signing import with_request_ids
 from ..transport import SendResult
 from .attempt import announce, describe_failure, excerpt, response_json, send
 
@@ -67,9 +67,11 @@ def fan_out(
     started = time.monotonic()
     deadline = started + timeout
     jobs: list[tuple[store.Target, str, bytes, Future[SendResult]]] = []
-    for target in targets:
-        delivery_id = str(uuid.uuid4())
-        payload = encode_payload({**document, "webhook_request_id": delivery_id})
+    ids = [str(uuid.uuid4()) for _ in targets]
+    for target, delivery_id, text in zip(
+        targets, ids, with_request_ids(document, ids), strict=True
+    ):
+        payload = text.encode()
         future = state.sync_pool.submit(
             _send_before, deadline, state, target, payload, topic, delivery_id
         )

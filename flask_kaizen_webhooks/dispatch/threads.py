@@ -9,14 +9,20 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
-from datetime import timedelta
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from flask import Flask
 
 from .. import store
-from .attempt import deliver
+from .attempt import abandon, attempt, record
+from .inflight import InFlight
+from .recorder import Recorder
 
 if TYPE_CHECKING:
     from ..extension import WebhooksState
@@ -27,18 +33,33 @@ logger = logging.getLogger("flask_kaizen_webhooks")
 WorkItem = store.Claimed | None
 
 
+#: Seconds of lease an attempt needs beyond its own time limits, or the lease is renewed first.
+LEASE_MARGIN = 5.0
+
+
 class ThreadDispatcher:
     """Delivers asynchronous webhooks from the outbox with ``settings.workers`` threads.
 
-    The database is the source of truth: memory only holds claimed work about to be sent, at
-    most about two rounds of it, so a claim's lease never runs out while it waits.
+    The database is the source of truth: memory only holds claimed work about to be sent (at
+    most about two rounds of it, plus work parked behind a busy registration or host) and
+    attempts about to be recorded. Attempts are recorded in batches by one thread.
     """
 
     def __init__(self, app: Flask, state: WebhooksState) -> None:
         self._app = app
         self._state = state
+        settings = state.settings
+        self._in_flight: InFlight[store.Claimed] = InFlight(
+            settings.max_in_flight_per_registration,
+            settings.max_in_flight_per_host,
+            park_per_host=min(2 * settings.workers, settings.max_queue),
+            park_total=settings.max_queue,
+        )
+        self._recorder: Recorder[store.AttemptRecord] = Recorder(
+            self._record, name="kaizen-webhooks-recorder"
+        )
         self._lock = threading.Lock()
-        self._queue: queue.Queue[WorkItem] = queue.Queue(state.settings.max_queue)
+        self._queue: queue.Queue[WorkItem] = queue.Queue(settings.max_queue)
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -61,17 +82,29 @@ class ThreadDispatcher:
             self._closed = False
             if self.running:
                 return
-            self._queue = queue.Queue(self._state.settings.max_queue)
-            self._stopping = threading.Event()
-            self._wake = threading.Event()
+            # Fresh queue and events: threads of an earlier run that did not stop in time keep
+            # their own, and end without touching these.
+            work: queue.Queue[WorkItem] = queue.Queue(self._state.settings.max_queue)
+            stopping, wake = threading.Event(), threading.Event()
+            self._queue, self._stopping, self._wake = work, stopping, wake
             self._pid = os.getpid()
             count = self._state.settings.workers
             self._threads = [
-                threading.Thread(target=self._work, name=f"kaizen-webhooks-worker-{n}", daemon=True)
+                threading.Thread(
+                    target=self._work,
+                    args=(work, stopping, wake),
+                    name=f"kaizen-webhooks-worker-{n}",
+                    daemon=True,
+                )
                 for n in range(count)
             ]
             self._threads.append(
-                threading.Thread(target=self._poll, name="kaizen-webhooks-poller", daemon=True)
+                threading.Thread(
+                    target=self._poll,
+                    args=(work, stopping, wake),
+                    name="kaizen-webhooks-poller",
+                    daemon=True,
+                )
             )
             for thread in self._threads:
                 thread.start()
@@ -90,9 +123,9 @@ class ThreadDispatcher:
         self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking work, let attempts in flight finish (up to ``timeout`` seconds) and give
-        back claimed work that was not started. Nothing pending is lost: it stays in the outbox.
-        """
+        """Stop taking work, let attempts in flight finish (up to ``timeout`` seconds), record
+        them, and give back claimed work that was not started. Nothing pending is lost: it stays
+        in the outbox."""
         with self._lock:
             self._closed = True
             if not self.running:
@@ -100,89 +133,149 @@ class ThreadDispatcher:
             self._stopping.set()
             self._wake.set()
             threads, self._threads = self._threads, []
+            work = self._queue
         for _ in threads:
-            self._queue.put(None)
+            work.put(None)
+        deadline = time.monotonic() + timeout
         for thread in threads:
-            thread.join(timeout)
-        self._release_unstarted()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._give_back(self._unstarted(work), due=self._state.clock.now())
+        self._recorder.stop(max(1.0, deadline - time.monotonic()))
         atexit.unregister(self.stop)
         logger.info("Webhook dispatcher stopped")
 
     # Threads -------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(
+        self, work: queue.Queue[WorkItem], stopping: threading.Event, wake: threading.Event
+    ) -> None:
+        workers = self._state.settings.workers
         while True:
-            item = self._queue.get()
-            if self._queue.qsize() < self._state.settings.workers:
-                self._wake.set()  # running low: the poller claims the next round now
-            if item is None or self._stopping.is_set():
+            item = work.get()
+            if work.qsize() < workers:
+                wake.set()  # running low: the poller claims the next round now
+            if item is None or stopping.is_set():
                 if item is not None:
-                    self._queue.put(item)  # left for _release_unstarted
+                    work.put(item)  # left for _unstarted
                 return
             try:
                 with self._app.app_context():
-                    deliver(self._app, self._state, item)
+                    self._handle(item, stopping)
             except Exception:
                 logger.exception(
                     "Delivery %s: unexpected error; it will be retried", item.delivery_id
                 )
 
-    def _poll(self) -> None:
+    def _handle(self, item: store.Claimed, stopping: threading.Event) -> None:
+        """Attempt ``item`` once a slot is free (or park it), then whatever was parked behind
+        the slot it frees."""
+        state = self._state
+        target = item.target
+        if target is None:
+            abandon(self._app, state, item)
+            return
+        host = (urlsplit(target.url).hostname or "").lower()
+        taken = self._in_flight.acquire(item.registration_id, host, item)
+        if taken is None:
+            return  # parked: the worker that frees a slot for it takes it up
+        if not taken:
+            # Too much is already waiting for this host: back to the outbox for a while.
+            later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
+            self._give_back([item], due=later)
+            return
+        current: store.Claimed | None = item
+        while current is not None:
+            if stopping.is_set():
+                self._give_back([current], due=state.clock.now())
+            else:
+                self._attempt(current)
+            current = self._in_flight.release(current.registration_id, host)
+
+    def _attempt(self, item: store.Claimed) -> None:
+        """Attempt a claimed delivery whose slot is held, and queue its record."""
+        state = self._state
+        settings = state.settings
+        assert item.target is not None
+        now = state.clock.now()
+        needed = settings.async_timeout + settings.connect_timeout + LEASE_MARGIN
+        if (item.lease_until - now).total_seconds() < needed:
+            # It waited long in memory: renew the lease so that no other worker takes it over
+            # while this attempt runs, or leave it if another worker already has.
+            with state.database.writing() as session:
+                renewed = store.extend_claim(
+                    session,
+                    delivery_id=item.delivery_id,
+                    token=item.token,
+                    lease_until=now + timedelta(seconds=settings.lease_seconds),
+                )
+            if not renewed:
+                logger.info("Delivery %s: claim expired before its attempt", item.delivery_id)
+                return
+        self._recorder.put(attempt(state, item, item.target))
+
+    def _record(self, records: Sequence[store.AttemptRecord]) -> None:
+        with self._app.app_context():
+            record(self._app, self._state, records)
+
+    def _poll(
+        self, work: queue.Queue[WorkItem], stopping: threading.Event, wake: threading.Event
+    ) -> None:
         settings = self._state.settings
-        while not self._stopping.is_set():
+        while not stopping.is_set():
             try:
-                room = min(2 * settings.workers, settings.max_queue) - self._queue.qsize()
+                backlog = self._in_flight.backlog()
+                room = min(2 * settings.workers, settings.max_queue) - work.qsize()
+                room -= backlog.waiting
                 if room > 0:
                     with self._app.app_context():
-                        claimed = self._claim_due(room)
+                        claimed = self._claim_due(room, backlog.skip_registrations)
                     for item in claimed:
-                        self._queue.put(item)
+                        work.put(item)
                     if len(claimed) == room:
                         continue  # more may be due: look again at once
             except Exception:
                 logger.exception("Webhook poller: looking for due deliveries failed")
-            self._wake.wait(settings.poll_interval)
-            self._wake.clear()
+            wake.wait(settings.poll_interval)
+            wake.clear()
 
-    def _claim_due(self, limit: int) -> list[store.Claimed]:
+    def _claim_due(self, limit: int, skip_registrations: AbstractSet[str]) -> list[store.Claimed]:
         state = self._state
         now = state.clock.now()
         token = str(uuid.uuid4())
         lease_until = now + timedelta(seconds=state.settings.lease_seconds)
         with state.database.writing() as session:
             ids = store.claim_due(
-                session, now=now, lease_until=lease_until, token=token, limit=limit
+                session,
+                now=now,
+                lease_until=lease_until,
+                token=token,
+                limit=limit,
+                skip_registrations=skip_registrations,
             )
             return store.load_claimed(session, ids=ids, token=token)
 
-    def _release_unstarted(self) -> None:
-        claimed: list[store.Claimed] = []
+    def _unstarted(self, work: queue.Queue[WorkItem]) -> list[store.Claimed]:
+        claimed = self._in_flight.unpark_all()
         while True:
             try:
-                item = self._queue.get_nowait()
+                item = work.get_nowait()
             except queue.Empty:
-                break
+                return claimed
             if item is not None:
                 claimed.append(item)
-        if not claimed:
+
+    def _give_back(self, items: list[store.Claimed], *, due: datetime) -> None:
+        """Release the claims of ``items`` unattempted, due at ``due``."""
+        if not items:
             return
-        state = self._state
         try:
-            with (
-                self._app.app_context(),
-                state.database.independent_session() as session,
-                session.begin(),
-            ):
-                for item in claimed:
-                    store.release_claim(
-                        session,
-                        delivery_id=item.delivery_id,
-                        token=item.token,
-                        now=state.clock.now(),
-                    )
+            with self._app.app_context(), self._state.database.writing() as session:
+                store.release_claims(
+                    session, [(item.delivery_id, item.token) for item in items], due=due
+                )
         except Exception:
             logger.exception(
                 "Could not give back %d claimed deliveries; their leases will "
                 "expire and they will be sent then",
-                len(claimed),
+                len(items),
             )

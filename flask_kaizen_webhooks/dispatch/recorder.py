@@ -1,0 +1,101 @@
+"""Group commit: attempts finished by many workers are written together, in one short
+transaction per batch, by one thread. The workers go straight back to sending."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+logger = logging.getLogger("flask_kaizen_webhooks")
+
+T = TypeVar("T")
+
+#: The most records written in one transaction.
+BATCH = 500
+#: Seconds between tries while the database refuses a batch.
+RETRY_DELAY = 0.5
+
+
+class Recorder(Generic[T]):
+    """Collects records from any thread and hands them to ``write`` in batches.
+
+    While a batch is being written the next one gathers, so the batches grow with the load.
+    A batch the database refuses is tried again; a record not yet written when the process
+    dies leaves its delivery claimed, and the claim's lease running out sends it again.
+    """
+
+    def __init__(self, write: Callable[[Sequence[T]], None], *, name: str) -> None:
+        self._write = write
+        self._name = name
+        self._queue: queue.SimpleQueue[T | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def put(self, record: T) -> None:
+        """Queue ``record`` for writing (starting the thread on first use)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        self._queue.put(record)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write what is queued (trying for up to ``timeout`` seconds), then end the thread."""
+        with self._lock:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                return
+            self._stopping = True
+            self._queue.put(None)
+        thread.join(timeout)
+        with self._lock:
+            self._thread = None
+            self._stopping = False
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            first = self._queue.get()
+            batch: list[T] = []
+            if first is None:
+                done = True
+            else:
+                batch.append(first)
+            while len(batch) < BATCH:
+                try:
+                    record = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if record is None:
+                    done = True
+                else:
+                    batch.append(record)
+            if batch:
+                self._write_until_done(batch)
+
+    def _write_until_done(self, batch: list[T]) -> None:
+        while True:
+            try:
+                self._write(batch)
+                return
+            except Exception:
+                if self._stopping:
+                    logger.exception(
+                        "Could not record %d attempts while stopping; their deliveries will be "
+                        "sent again once their claims expire",
+                        len(batch),
+                    )
+                    return
+                logger.exception("Recording %d attempts failed; trying again", len(batch))
+                time.sleep(RETRY_DELAY)
