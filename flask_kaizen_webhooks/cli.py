@@ -326,7 +326,5 @@ def rotate_keys() -> None:
     """
     state = get_state()
     with state.database.writing() as session:
-        registrations = store.find_registrations(session, topic=None, owner=None, state=None)
-        for registration in registrations:
-            registration.secret = state.secrets.reseal(registration.secret)
-    click.echo(f"Re-encrypted the secrets of {len(registrations)} registration(s).")
+        count = store.reseal_secrets(session, state.secrets.reseal)
+    click.echo(f"Re-encrypted the secrets of {count} registration(s).")

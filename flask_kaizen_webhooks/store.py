@@ -7,7 +7,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -311,7 +311,8 @@ def active_targets(
     # Plain rows rather than ORM objects, and a statement built once: this runs on the host's
     # request path.
     if owner is None and registration_id is None:
-        return [_target(*row) for row in session.execute(_ACTIVE_TARGETS, {"topic": topic})]
+        rows = session.connection().execute(_ACTIVE_TARGETS, {"topic": topic})
+        return [_target(*row) for row in rows]
     query = select(*TARGET_COLUMNS).where(Registration.topic == topic)
     if owner is not None:
         query = query.where(Registration.owner == owner)
@@ -371,7 +372,7 @@ def add_deliveries(
             targets, ids, with_request_ids(document, ids), strict=True
         )
     ]
-    session.execute(_INSERT_DELIVERIES, rows)  # Core: no ORM work
+    session.connection().execute(_INSERT_DELIVERIES, rows)  # the session's transaction, no ORM
     return ids
 
 
@@ -922,6 +923,19 @@ def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime)
         .execution_options(synchronize_session=False)
     )
     return list(result.scalars())
+
+
+def reseal_secrets(session: Session, reseal: Callable[[str], str]) -> int:
+    """Encrypt every stored secret again (the current one, and the previous one during a
+    rotation's overlap), each row locked while it is rewritten; how many registrations."""
+    registrations = session.scalars(
+        select(Registration).order_by(Registration.id).with_for_update()
+    ).all()
+    for registration in registrations:
+        registration.secret = reseal(registration.secret)
+        if registration.previous_secret is not None:
+            registration.previous_secret = reseal(registration.previous_secret)
+    return len(registrations)
 
 
 def set_registration_state(

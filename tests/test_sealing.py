@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from jose import jws
 from sqlalchemy import create_engine, text
 
 from flask_kaizen_webhooks import ConfigurationError
 from flask_kaizen_webhooks.sealing import SecretBox, SecretUnreadable
-from tests.conftest import DELIVERY_CONFIG, register
+from tests.conftest import ADMIN, DELIVERY_CONFIG, register
 
 SECRET = "integrators_secret_value_0123"
 
@@ -47,7 +48,14 @@ def test_key_rotation_with_the_cli(make_host: Any, receiver: Any) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     server = receiver()
     first = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_SECRET_KEYS=[old])
-    register(first, server.url(), topic="user_logged_in", secret=SECRET)
+    registration = register(first, server.url(), topic="user_logged_in", secret=SECRET)
+    # Mid-rotation of the integrator's secret: the previous one still signs, sealed as well.
+    rotated = first.app.test_client().post(
+        f"/v2/webhooks/registrations/{registration['id']}/rotate-secret",
+        json={"rev": registration["rev"], "secret": "the_next_secret_0123", "overlap_seconds": 600},
+        headers=ADMIN,
+    )
+    assert rotated.status_code == 200, rotated.get_json()
     database = first.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
     both = make_host(
         "sqlite",
@@ -65,7 +73,9 @@ def test_key_rotation_with_the_cli(make_host: Any, receiver: Any) -> None:
     )
     with only_new.app.app_context():
         [ok] = only_new.webhooks.trigger("user_logged_in", {"u": 1})
-    assert ok.ok
+    assert ok.ok, ok.error  # both secrets opened: signed with the previous, the next alongside
+    assert jws.verify(server.received[0].body.decode(), SECRET, algorithms=["HS256"])
+    assert "Webhook-Signature-Next" in server.received[0].headers
     # With only the old key nothing can be opened any more: a clear error, nothing sent.
     only_old = make_host(
         "sqlite",
