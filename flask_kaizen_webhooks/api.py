@@ -160,6 +160,8 @@ def _json_body() -> dict[str, Any]:
         document = json.loads(data, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "The body's JSON is nested too deeply.") from None
     if not isinstance(document, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object.")
     return document
@@ -318,7 +320,7 @@ def _limit(state: WebhooksState) -> int:
     if raw is None:
         return state.settings.page_size
     maximum = state.settings.max_page_size
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise ValidationError(
             "invalid_limit", f"'limit' must be a whole number from 1 to {maximum}.", field="limit"
         )

@@ -303,7 +303,7 @@ def _checked_payload(payload: Mapping[str, Any], max_bytes: int) -> dict[str, An
     document = dict(payload)
     try:
         size = len(encode_payload(document))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise WebhooksError(f"The payload cannot be sent as JSON: {exc}") from None
     if size > max_bytes:
         raise WebhooksError(

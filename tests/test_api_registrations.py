@@ -296,7 +296,9 @@ def post_raw(client: FlaskClient, data: bytes | str, content_type: str = "applic
     )
 
 
-@pytest.mark.parametrize("body", [b"{", b"not json", b'{"a": NaN}', b"\xff\xfe", b""])
+@pytest.mark.parametrize(
+    "body", [b"{", b"not json", b'{"a": NaN}', b"\xff\xfe", b"", b"[" * 5_000 + b"]" * 5_000]
+)
 def test_malformed_json_is_400(client: FlaskClient, body: bytes) -> None:
     response = post_raw(client, body)
     assert response.status_code == 400
@@ -484,3 +486,10 @@ def test_registrations_per_owner_are_limited(make_host: Any) -> None:
     assert third.status_code == 422
     assert (error_of(third)["code"], error_of(third)["limit"]) == ("registration_limit", 2)
     assert create(client, OTHER_ADMIN).status_code == 201  # another owner has their own quota
+
+
+@pytest.mark.parametrize("limit", ["0", "x", "-1", "1.5", "\u00b2", "\u0661", "99999"])
+def test_a_bad_limit_is_422(client: FlaskClient, limit: str) -> None:
+    response = client.get(f"{PREFIX}/registrations", query_string={"limit": limit}, headers=ADMIN)
+    assert response.status_code == 422
+    assert error_of(response)["code"] == "invalid_limit"

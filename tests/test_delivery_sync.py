@@ -147,6 +147,11 @@ def test_bad_payloads_are_clear_errors(host: Any) -> None:
             host.webhooks.trigger("user_logged_in", {"when": object()})
         with pytest.raises(WebhooksError, match="webhook_request_id"):
             host.webhooks.trigger("user_logged_in", {"webhook_request_id": "x"})
+        nested: list[Any] = []
+        for _ in range(5_000):
+            nested = [nested]
+        with pytest.raises(WebhooksError, match="JSON"):
+            host.webhooks.trigger("user_logged_in", {"deep": nested})
         with pytest.raises(WebhooksError, match="mapping"):
             host.webhooks.trigger("user_logged_in", ["not", "a", "mapping"])  # type: ignore[arg-type]
         with pytest.raises(WebhooksError, match="sender"):
