@@ -196,13 +196,13 @@ class KaizenWebhooks:
         found = self.topics.get(topic)
         if found is None:
             raise UnknownTopic(topic, self.topics.names())
-        document = _checked_payload(payload, state.settings.max_payload_bytes)
+        document, encoded = _checked_payload(payload, state.settings.max_payload_bytes)
         if found.mode is Mode.SYNC:
             results = self._send_now(target_app, state, topic, document)
             if raise_on_error and not all(result.ok for result in results):
                 raise DeliveryFailed(topic, results)
             return results
-        return enqueue(state, topic, document)
+        return enqueue(state, topic, encoded)
 
     def _send_now(
         self, app: Flask, state: WebhooksState, topic: str, document: Mapping[str, Any]
@@ -266,8 +266,9 @@ class KaizenWebhooks:
         return get_state(app)
 
 
-def enqueue(state: WebhooksState, topic: str, document: Mapping[str, Any]) -> list[str]:
-    """Write outbox rows for every active registration of ``topic``; hand them to the
+def enqueue(state: WebhooksState, topic: str, document_json: str) -> list[str]:
+    """Write outbox rows of an event (its JSON, checked) for every active registration of
+    ``topic``; hand them to the
     dispatcher once they are committed.
 
     Inside a transaction of the host's session the rows commit or roll back with the host's
@@ -282,7 +283,7 @@ def enqueue(state: WebhooksState, topic: str, document: Mapping[str, Any]) -> li
         targets=targets,
         topic=topic,
         mode=DeliveryMode.ASYNC,
-        document=document,
+        document_json=document_json,
         now=state.clock.now(),
     )
     if owned:
@@ -293,7 +294,8 @@ def enqueue(state: WebhooksState, topic: str, document: Mapping[str, Any]) -> li
     return ids
 
 
-def _checked_payload(payload: Mapping[str, Any], max_bytes: int) -> dict[str, Any]:
+def _checked_payload(payload: Mapping[str, Any], max_bytes: int) -> tuple[dict[str, Any], str]:
+    """The payload as a document and as its JSON, or a :class:`WebhooksError` saying why not."""
     if not isinstance(payload, Mapping):
         raise WebhooksError(f"The payload must be a mapping (a JSON object), not {type(payload)}.")
     if "webhook_request_id" in payload:
@@ -302,15 +304,15 @@ def _checked_payload(payload: Mapping[str, Any], max_bytes: int) -> dict[str, An
         )
     document = dict(payload)
     try:
-        size = len(encode_payload(document))
+        encoded = encode_payload(document)
     except (TypeError, ValueError, RecursionError) as exc:
         raise WebhooksError(f"The payload cannot be sent as JSON: {exc}") from None
-    if size > max_bytes:
+    if len(encoded) > max_bytes:
         raise WebhooksError(
-            f"The payload is {size} bytes of JSON, over KAIZEN_WEBHOOKS_MAX_PAYLOAD_BYTES "
+            f"The payload is {len(encoded)} bytes of JSON, over KAIZEN_WEBHOOKS_MAX_PAYLOAD_BYTES "
             f"({max_bytes}); send a smaller document (receivers can fetch the rest)."
         )
-    return document
+    return document, encoded.decode()
 
 
 def get_state(app: Flask | None = None) -> WebhooksState:

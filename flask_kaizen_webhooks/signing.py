@@ -17,11 +17,11 @@ def encode_payload(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def with_request_ids(document: Mapping[str, Any], request_ids: Sequence[str]) -> list[str]:
-    """The payload of ``document`` for each id, ``webhook_request_id`` set to it (last), as
-    text: the document is encoded once and each id spliced in, which is what encoding
-    ``{**document, "webhook_request_id": id}`` gives."""
-    head = encode_payload(document).decode()[:-1] + ("," if document else "")
+def with_request_ids(document_json: str, request_ids: Sequence[str]) -> list[str]:
+    """The payload for each id: ``document_json`` (from :func:`encode_payload`) with
+    ``webhook_request_id`` set to the id, last. The id is spliced in, which gives what encoding
+    ``{**document, "webhook_request_id": id}`` would."""
+    head = document_json[:-1] + ("," if document_json != "{}" else "")
     return [f'{head}"webhook_request_id":{json.dumps(request_id)}}}' for request_id in request_ids]
 
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -345,11 +345,12 @@ def add_deliveries(
     targets: Sequence[Target],
     topic: str,
     mode: str,
-    document: Mapping[str, Any],
+    document_json: str,
     now: datetime,
 ) -> list[str]:
-    """Write outbox rows, one per target, each with its own ``webhook_request_id``, due now;
-    their ids. One INSERT in the session's transaction, so they commit or roll back with it."""
+    """Write outbox rows of one event (its JSON), one per target, each with its own
+    ``webhook_request_id``, due now; their ids. One INSERT in the session's transaction, so
+    they commit or roll back with it."""
     if not targets:
         return []
     ids = [str(uuid.uuid4()) for _ in targets]
@@ -369,7 +370,7 @@ def add_deliveries(
             "updated_at": now,
         }
         for target, delivery_id, payload in zip(
-            targets, ids, with_request_ids(document, ids), strict=True
+            targets, ids, with_request_ids(document_json, ids), strict=True
         )
     ]
     session.connection().execute(_INSERT_DELIVERIES, rows)  # the session's transaction, no ORM

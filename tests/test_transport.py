@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
 import time
 from typing import Any
 
@@ -75,34 +77,40 @@ def test_connection_refused_and_keep_alive_reuse(receiver: Any) -> None:
     assert len({request.client_port for request in server.received}) == 1
 
 
-def test_a_receiver_dripping_its_headers_is_cut_at_the_time_limit() -> None:
-    import socket
-    import threading
-
+def post_to_a_dripping_server(scheme: str, reply: bytes) -> tuple[Any, float]:
+    """POST (1 s limit) to a server on 127.0.0.1 that reads the request, then sends ``reply``
+    one byte every 50 ms (well inside the socket timeout, far beyond the limit in total);
+    the result and the seconds it took."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     stop = threading.Event()
 
-    def drip_headers() -> None:
+    def drip() -> None:
         connection, _ = listener.accept()
         connection.recv(65536)
-        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 1000:
+        for byte in reply:
             if stop.is_set():
                 break
             try:
                 connection.sendall(bytes([byte]))
             except OSError:
                 break
-            time.sleep(0.05)  # well inside the read timeout, forever in total
+            time.sleep(0.05)
         connection.close()
 
-    threading.Thread(target=drip_headers, daemon=True).start()
+    threading.Thread(target=drip, daemon=True).start()
     started = time.monotonic()
-    result = post(transport(), f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout=1.0)
+    url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/"
+    result = post(transport(), url, timeout=1.0)
     took = time.monotonic() - started
     stop.set()
     listener.close()
+    return result, took
+
+
+def test_a_receiver_dripping_its_headers_is_cut_at_the_time_limit() -> None:
+    result, took = post_to_a_dripping_server("http", b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 1000)
     assert result.timed_out and not result.ok, result
     assert took < 1.0 + 2.0  # not the ~50 s the drip would take
 
@@ -129,34 +137,8 @@ def test_a_slow_name_lookup_is_cut_at_the_time_limit(receiver: Any) -> None:
 
 
 def test_a_tls_handshake_dripped_byte_by_byte_is_cut_at_the_time_limit() -> None:
-    import socket
-    import threading
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    stop = threading.Event()
-
-    def drip_handshake() -> None:
-        connection, _ = listener.accept()
-        connection.recv(65536)  # the ClientHello
-        # A handshake record of 16 KiB holding one ServerHello of 16 KiB - 4 bytes, sent one
-        # byte at a time.
-        for byte in b"\x16\x03\x03\x40\x00" + b"\x02\x00\x3f\xfc" + b"\x00" * 16380:
-            if stop.is_set():
-                break
-            try:
-                connection.sendall(bytes([byte]))
-            except OSError:
-                break
-            time.sleep(0.05)  # well inside the socket timeout, forever in total
-        connection.close()
-
-    threading.Thread(target=drip_handshake, daemon=True).start()
-    started = time.monotonic()
-    result = post(transport(), f"https://127.0.0.1:{listener.getsockname()[1]}/", timeout=1.0)
-    took = time.monotonic() - started
-    stop.set()
-    listener.close()
+    # A handshake record of 16 KiB holding one ServerHello of 16 KiB - 4 bytes.
+    reply = b"\x16\x03\x03\x40\x00" + b"\x02\x00\x3f\xfc" + b"\x00" * 16380
+    result, took = post_to_a_dripping_server("https", reply)
     assert result.timed_out and not result.ok, result
     assert took < 1.0 + 2.0  # not the ~15 minutes the drip would take

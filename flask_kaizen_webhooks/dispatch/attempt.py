@@ -166,11 +166,11 @@ def next_step(
     return Step("retry", retry_at=now + timedelta(seconds=delay))
 
 
-def attempt(
-    state: WebhooksState, claimed: store.Claimed, target: store.Target
-) -> store.AttemptRecord:
-    """Make the next attempt of a claimed delivery and decide what follows; nothing is written
-    here (see :func:`record`)."""
+def attempt(state: WebhooksState, claimed: store.Claimed) -> store.AttemptRecord:
+    """Make the next attempt of a claimed delivery (whose registration is active) and decide
+    what follows; nothing is written here (see :func:`record`)."""
+    target = claimed.target
+    assert target is not None, "abandon() deliveries whose registration is gone"
     settings = state.settings
     number = claimed.attempts + 1
     started = state.clock.now()

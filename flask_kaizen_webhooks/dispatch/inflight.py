@@ -48,15 +48,13 @@ class InFlight(Generic[T]):
         self._parked_count = 0
         self._saturated: set[str] = set()
 
-    def acquire(self, registration_id: str, host: str, item: T | None = None) -> bool | None:
-        """Take a slot: True when taken; otherwise ``item`` is parked (None) or, when parking
-        is full or no item was given, refused (False)."""
+    def acquire(self, registration_id: str, host: str, item: T) -> bool | None:
+        """Take a slot for ``item``: True when taken; otherwise it is parked (None) or, when
+        parking is full, refused (False)."""
         with self._lock:
             if self._free(registration_id, host):
                 self._take(registration_id, host)
                 return True
-            if item is None:
-                return False
             queue = self._parked.setdefault(host, deque())
             if len(queue) >= self.park_per_host or self._parked_count >= self.park_total:
                 if not queue:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from .. import store
-from ..signing import with_request_ids
+from ..signing import encode_payload, with_request_ids
 from ..transport import SendResult
 from .attempt import announce, describe_failure, excerpt, response_json, send
 
@@ -69,7 +69,7 @@ def fan_out(
     jobs: list[tuple[store.Target, str, bytes, Future[SendResult]]] = []
     ids = [str(uuid.uuid4()) for _ in targets]
     for target, delivery_id, text in zip(
-        targets, ids, with_request_ids(document, ids), strict=True
+        targets, ids, with_request_ids(encode_payload(document).decode(), ids), strict=True
     ):
         payload = text.encode()
         future = state.sync_pool.submit(

@@ -195,7 +195,6 @@ class ThreadDispatcher:
         """Attempt a claimed delivery whose slot is held, and queue its record."""
         state = self._state
         settings = state.settings
-        assert item.target is not None
         now = state.clock.now()
         needed = settings.async_timeout + settings.connect_timeout + LEASE_MARGIN
         if (item.lease_until - now).total_seconds() < needed:
@@ -211,7 +210,7 @@ class ThreadDispatcher:
             if not renewed:
                 logger.info("Delivery %s: claim expired before its attempt", item.delivery_id)
                 return
-        self._recorder.put(attempt(state, item, item.target))
+        self._recorder.put(attempt(state, item))
 
     def _record(self, records: Sequence[store.AttemptRecord]) -> None:
         with self._app.app_context():
