@@ -32,6 +32,7 @@ from .signing import with_request_ids
 
 DELIVERIES = metadata.tables[Delivery.__tablename__]
 ATTEMPTS = metadata.tables[Attempt.__tablename__]
+REGISTRATIONS = metadata.tables[Registration.__tablename__]
 _INSERT_DELIVERIES = insert(DELIVERIES)
 
 
@@ -427,40 +428,42 @@ def log_finished(
     )
 
 
-def claim_due(
-    session: Session,
-    *,
-    now: datetime,
-    lease_until: datetime,
-    token: str,
-    limit: int,
-    skip_registrations: Collection[str] = (),
-) -> list[str]:
-    """Claim up to ``limit`` due deliveries, oldest due first, leaving those of
-    ``skip_registrations`` alone; no two claimers get the same row.
-
-    PostgreSQL skips rows other claimers hold (``FOR UPDATE SKIP LOCKED``); SQLite runs one
-    writer at a time, which makes the same statement exclusive there.
-    """
-    due = select(Delivery.id).where(
-        Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now
+def _due_statement(*, skipping: bool) -> Any:
+    """The ids of up to ``b_limit`` due deliveries, oldest due first, locked (skipping rows
+    other claimers hold), leaving those of registrations ``b_skip`` alone when ``skipping``."""
+    columns = DELIVERIES.c
+    due = select(columns.id).where(
+        columns.status == DeliveryStatus.PENDING, columns.next_attempt_at <= bindparam("b_now")
     )
-    if skip_registrations:
-        due = due.where(Delivery.registration_id.not_in(sorted(skip_registrations)))
-    due = due.order_by(Delivery.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
-    claimed = session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(due))
-        .where(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now)
-        .values(claim_token=token, next_attempt_at=lease_until)
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
+    if skipping:
+        due = due.where(columns.registration_id.not_in(bindparam("b_skip", expanding=True)))
+    return (
+        due.order_by(columns.next_attempt_at)
+        .limit(bindparam("b_limit"))
+        .with_for_update(skip_locked=True)
     )
-    return list(claimed.scalars())
 
 
-#: A lease that has run out (for a claimed row without one, which the claim never leaves).
-EXPIRED = datetime.min.replace(tzinfo=UTC)
+# Built once: claiming runs for every few deliveries. Two statements rather than one
+# ``UPDATE ... WHERE id IN (SELECT ...)``, which PostgreSQL may plan as a scan of every
+# pending row; here the update finds its rows by primary key.
+_DUE = {skipping: _due_statement(skipping=skipping) for skipping in (False, True)}
+_TAKE = (
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(claim_token=bindparam("b_token"), next_attempt_at=bindparam("b_lease_until"))
+    .returning(
+        DELIVERIES.c.id,
+        DELIVERIES.c.topic,
+        DELIVERIES.c.payload,
+        DELIVERIES.c.attempts,
+        DELIVERIES.c.retry_index,
+        DELIVERIES.c.registration_id,
+    )
+)
+_TARGETS_OF = select(*TARGET_COLUMNS, Registration.state).where(
+    Registration.id.in_(bindparam("b_ids", expanding=True))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,52 +483,52 @@ class Claimed:
     lease_until: datetime
 
 
-def load_claimed(session: Session, *, ids: Sequence[str], token: str) -> list[Claimed]:
-    """The deliveries among ``ids`` still held with ``token``, with their registrations."""
+def claim_due(
+    session: Session,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    token: str,
+    limit: int,
+    skip_registrations: Collection[str] = (),
+) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries, oldest due first, leaving those of
+    ``skip_registrations`` alone, and load them with their registrations; no two claimers get
+    the same row.
+
+    PostgreSQL skips rows other claimers hold (``FOR UPDATE SKIP LOCKED``); SQLite runs one
+    writer at a time, which makes the same statement exclusive there.
+    """
+    connection = session.connection()
+    params: dict[str, Any] = {"b_now": now, "b_limit": limit}
+    if skip_registrations:
+        params["b_skip"] = sorted(skip_registrations)
+    ids = list(connection.execute(_DUE[bool(skip_registrations)], params).scalars())
     if not ids:
         return []
-    query = (
-        select(
-            Delivery.id,
-            Delivery.topic,
-            Delivery.payload,
-            Delivery.attempts,
-            Delivery.retry_index,
-            Delivery.registration_id,
-            Delivery.next_attempt_at,
-            Registration.state,
-            *TARGET_COLUMNS,
+    rows = connection.execute(
+        _TAKE, {"b_ids": ids, "b_token": token, "b_lease_until": lease_until}
+    ).all()
+    targets: dict[str, Target | None] = {}
+    registration_ids = sorted({row.registration_id for row in rows})
+    row: Any
+    for row in connection.execute(_TARGETS_OF, {"b_ids": registration_ids}):
+        *target, state = row  # TARGET_COLUMNS, then the registration's state
+        targets[row[0]] = _target(*target) if state == RegistrationState.ACTIVE else None
+    return [
+        Claimed(
+            delivery_id,
+            token,
+            topic,
+            payload,
+            attempts,
+            retry_index,
+            registration_id,
+            targets.get(registration_id),
+            lease_until,
         )
-        .outerjoin(Registration, Registration.id == Delivery.registration_id)
-        .where(Delivery.id.in_(ids), Delivery.claim_token == token)
-    )
-    claimed = []
-    for (
-        delivery_id,
-        topic,
-        payload,
-        attempts,
-        retry_index,
-        registration_id,
-        lease_until,
-        state,
-        *target,
-    ) in session.execute(query):
-        active = state == RegistrationState.ACTIVE
-        claimed.append(
-            Claimed(
-                delivery_id,
-                token,
-                topic,
-                payload,
-                attempts,
-                retry_index,
-                registration_id,
-                _target(*target) if active else None,
-                as_utc(lease_until or EXPIRED),
-            )
-        )
-    return claimed
+        for delivery_id, topic, payload, attempts, retry_index, registration_id in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,6 +586,22 @@ _RECORD_UPDATE = (
 )
 
 
+_HELD = (
+    select(DELIVERIES.c.id, DELIVERIES.c.claim_token)
+    .where(DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)))
+    .with_for_update()
+)
+_INSERT_ATTEMPTS = insert(ATTEMPTS)
+_HEALTHY = (
+    update(REGISTRATIONS)
+    .where(
+        REGISTRATIONS.c.id.in_(bindparam("b_ids", expanding=True)),
+        REGISTRATIONS.c.consecutive_failures > 0,
+    )
+    .values(consecutive_failures=0, failing_since=None)
+)
+
+
 def record_attempts(
     session: Session,
     records: Sequence[AttemptRecord],
@@ -598,19 +617,18 @@ def record_attempts(
     """
     if not records:
         return Recorded([], {})
+    connection = session.connection()
     held = dict(
-        session.execute(
-            select(DELIVERIES.c.id, DELIVERIES.c.claim_token)
-            .where(DELIVERIES.c.id.in_({record.delivery_id for record in records}))
-            .with_for_update()
+        connection.execute(
+            _HELD, {"b_ids": sorted({record.delivery_id for record in records})}
         ).all()
     )
     kept = [record for record in records if held.get(record.delivery_id) == record.token]
     if not kept:
         return Recorded([], {})
-    session.execute(_RECORD_UPDATE, [_delivery_values(record) for record in kept])
-    session.execute(
-        insert(ATTEMPTS),
+    connection.execute(_RECORD_UPDATE, [_delivery_values(record) for record in kept])
+    connection.execute(
+        _INSERT_ATTEMPTS,
         [
             {
                 "delivery_id": record.delivery_id,
@@ -667,12 +685,7 @@ def _registration_health(
     healthy = {record.registration_id for record in finals if record.kind == "succeeded"}
     unhealthy = {record.registration_id for record in finals if record.kind != "succeeded"}
     if healthy - unhealthy:  # the common case: one statement for every registration doing well
-        session.execute(
-            update(Registration)
-            .where(Registration.id.in_(healthy - unhealthy), Registration.consecutive_failures > 0)
-            .values(consecutive_failures=0, failing_since=None)
-            .execution_options(synchronize_session=False)
-        )
+        session.connection().execute(_HEALTHY, {"b_ids": sorted(healthy - unhealthy)})
     for record in finals:  # in order, for registrations with a failure among them
         if record.registration_id not in unhealthy or record.registration_id in disabled:
             continue

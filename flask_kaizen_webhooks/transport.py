@@ -1,10 +1,16 @@
-"""The HTTP client that sends webhooks: pooled keep-alive connections, no redirects, no proxies
-from the environment, a time limit per attempt and a capped read of the answer.
+"""The HTTP client that sends webhooks: HTTP/1.1 POSTs over pooled keep-alive connections, no
+redirects, no proxies, one deadline per attempt from the name lookup to the last byte, and a
+capped read of the answer.
 
 Each URL's host is resolved once per attempt; every address is checked against the
 :class:`~flask_kaizen_webhooks.guard.AddressPolicy`, and the connection goes to a checked address
 (the pool is keyed by it), never to a second lookup, while the ``Host`` header, TLS SNI and the
 certificate check keep the original name.
+
+The client speaks just what a webhook needs, strictly (see :mod:`.http1`): one request written in
+one go, then the status line, the headers and a body framed by ``Content-Length``, chunked
+encoding or the end of the connection. Every socket operation gets only the time left before the
+attempt's deadline, so a receiver that answers one byte at a time is cut off at the deadline.
 """
 
 from __future__ import annotations
@@ -12,21 +18,18 @@ from __future__ import annotations
 import concurrent.futures
 import email.utils
 import logging
+import os
+import select
+import socket
+import ssl
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlsplit
-
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
+from functools import lru_cache
+from urllib.parse import quote, urlsplit
 
 from .guard import (
     AddressPolicy,
@@ -36,13 +39,14 @@ from .guard import (
     literal_address,
     resolve,
 )
-from .watchdog import POOL_CLASSES, Deadline, Watchdog
+from .http1 import Malformed, Response, read_response, send_all
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-READ_CHUNK = 16 * 1024
 LOOKUP_THREADS = 8
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Destinations (address, port, TLS name) whose idle connections are kept, least recent dropped.
+MAX_DESTINATIONS = 256
 
 
 class ResolveTimeout(Exception):
@@ -67,8 +71,54 @@ class SendResult:
         return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What sending to one URL needs, worked out once per URL."""
+
+    scheme: str
+    host: str
+    port: int
+    #: The request target: path and query, with spaces, controls and non-ASCII %-encoded.
+    target: str
+    #: The ``Host`` header: the name, and the port when it is not the scheme's default.
+    host_header: str
+
+
+@lru_cache(maxsize=4096)
+def route(url: str) -> Route:
+    """The :class:`Route` of ``url``; ValueError (saying why) if it is not an absolute http(s)
+    URL."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    explicit_port = parts.port
+    if scheme not in DEFAULT_PORTS or not host:
+        raise ValueError("not an absolute http(s) URL")
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    host_header = f"[{host}]" if ":" in host else host
+    if explicit_port is not None and explicit_port != DEFAULT_PORTS[scheme]:
+        host_header += f":{explicit_port}"
+    return Route(
+        scheme,
+        host,
+        explicit_port or DEFAULT_PORTS[scheme],
+        quote(target, safe="".join(map(chr, range(0x21, 0x7F)))),
+        host_header,
+    )
+
+
+class _Failed(Exception):
+    """An attempt ended without a complete answer; ``message`` says why."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.timed_out = timed_out
+
+
 class Transport:
-    """Sends POSTs over a pool of keep-alive connections; safe to share between threads."""
+    """Sends POSTs over pools of keep-alive connections; safe to share between threads."""
 
     def __init__(
         self,
@@ -80,13 +130,14 @@ class Transport:
         ca_bundle: str | None = None,
     ) -> None:
         self.max_response_bytes = max_response_bytes
+        self.pool_size = pool_size
         self.ca_bundle = ca_bundle
         self.policy = policy or AddressPolicy()
         self.resolver = resolver
-        # urllib3 reads no proxy settings from the environment, unlike requests.
-        self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
-        self._pool.pool_classes_by_scheme = POOL_CLASSES
-        self._watchdog = Watchdog()
+        self._lock = threading.Lock()
+        self._idle: OrderedDict[tuple[str, str, int, str], list[socket.socket]] = OrderedDict()
+        self._pid = os.getpid()
+        self._tls: ssl.SSLContext | None = None
         self._lookups = concurrent.futures.ThreadPoolExecutor(
             max_workers=LOOKUP_THREADS, thread_name_prefix="kaizen-webhooks-dns"
         )
@@ -104,126 +155,142 @@ class Transport:
         started = time.monotonic()
         deadline = started + timeout
         try:
-            parts = urlsplit(url)
-            scheme, host = parts.scheme.lower(), parts.hostname or ""
-            port = parts.port or DEFAULT_PORTS.get(scheme, 0)
+            where = route(url)
+            request = _request(where, headers, body)
         except ValueError as exc:
             return _failure(started, f"invalid URL: {exc}")
-        if scheme not in DEFAULT_PORTS or not host:
-            return _failure(started, "invalid URL: not an absolute http(s) URL")
         try:
-            addresses = self.policy.checked_addresses(host, port, self._resolver_until(deadline))
+            addresses = self.policy.checked_addresses(
+                where.host, where.port, self._resolver_until(deadline)
+            )
         except ForbiddenDestination as exc:
-            logger.warning("Webhook to %s refused before connecting: %s", host, exc.reason)
+            logger.warning("Webhook to %s refused before connecting: %s", where.host, exc.reason)
             return _failure(started, f"forbidden destination: {exc.reason}")
         except ResolveTimeout:
             return _failure(
-                started, f"timed out: resolving {host!r} took over {timeout:g} s", timed_out=True
+                started,
+                f"timed out: resolving {where.host!r} took over {timeout:g} s",
+                timed_out=True,
             )
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        host_header = f"[{host}]" if ":" in host else host
-        if parts.port is not None and parts.port != DEFAULT_PORTS[scheme]:
-            host_header += f":{parts.port}"
-        pool_kwargs: dict[str, Any] = {}
-        if scheme == "https":
-            # Connected to the checked address, yet TLS speaks (SNI) and verifies for the name.
-            pool_kwargs = {
-                "server_hostname": host,
-                "assert_hostname": host,
-                "cert_reqs": "CERT_REQUIRED",
-            }
-            if self.ca_bundle is not None:
-                pool_kwargs["ca_certs"] = self.ca_bundle
         # The first checked address; the others were checked too but are not tried, so one
         # attempt makes at most one connection.
-        pool = self._pool.connection_from_host(
-            str(addresses[0]), port, scheme, pool_kwargs=pool_kwargs
-        )
+        key = (where.scheme, str(addresses[0]), where.port, where.host)
+        sock = self._take_idle(key)
+        try:
+            if sock is None:
+                sock = self._connect(where, addresses[0], deadline, connect_timeout)
+            send_all(sock, request, deadline)
+            response = read_response(sock, deadline, self.max_response_bytes)
+        except _Failed as exc:
+            _close(sock)
+            return _failure(started, exc.message, timed_out=exc.timed_out)
+        except TimeoutError:
+            _close(sock)
+            return _failure(
+                started, f"timed out: no complete answer within {timeout:g} s", timed_out=True
+            )
+        except Malformed as exc:
+            _close(sock)
+            return _failure(started, f"malformed answer: {exc}")
+        except OSError as exc:
+            _close(sock)
+            return _failure(started, f"{type(exc).__name__}: {_reason(exc)}")
+        if response.reusable:
+            self._keep_idle(key, sock)
+        else:
+            _close(sock)
+        return _result(response, started)
+
+    def _connect(
+        self, where: Route, address: IPAddress, deadline: float, connect_timeout: float
+    ) -> socket.socket:
+        """A new connection to ``address`` (TLS for https, speaking and verified for the URL's
+        name); :class:`_Failed` when it cannot be made in time."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return _failure(started, f"timed out: no answer within {timeout:g} s", timed_out=True)
-        watch = self._watchdog.arm(deadline)
+            raise _Failed("timed out: no time left to connect", timed_out=True)
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            return self._exchange(
-                pool,
-                target,
-                body,
-                headers,
-                host_header,
-                watch,
-                urllib3.Timeout(connect=min(connect_timeout, remaining), read=remaining),
-                timeout,
-                started,
-                deadline,
-            )
-        finally:
-            self._watchdog.disarm(watch)
+            sock.settimeout(min(connect_timeout, remaining))
+            try:
+                sock.connect((str(address), where.port))
+            except TimeoutError:
+                raise _Failed(
+                    f"timed out: connecting to {address} took over "
+                    f"{min(connect_timeout, remaining):g} s",
+                    timed_out=True,
+                ) from None
+            except OSError as exc:
+                raise _Failed(f"connection failed: {_reason(exc)}") from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if where.scheme == "https":
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                try:
+                    return self._tls_context().wrap_socket(sock, server_hostname=where.host)
+                except TimeoutError:
+                    raise _Failed(
+                        "timed out: the TLS handshake did not finish", timed_out=True
+                    ) from None
+                except ssl.SSLCertVerificationError as exc:
+                    raise _Failed(
+                        f"TLS certificate not accepted: {exc.verify_message or exc}"
+                    ) from None
+                except (ssl.SSLError, OSError) as exc:
+                    raise _Failed(f"TLS handshake failed: {_reason(exc)}") from None
+            return sock
+        except BaseException:
+            sock.close()
+            raise
 
-    def _exchange(
-        self,
-        pool: urllib3.HTTPConnectionPool,
-        target: str,
-        body: bytes,
-        headers: dict[str, str],
-        host_header: str,
-        watch: Deadline,
-        socket_timeout: urllib3.Timeout,
-        timeout: float,
-        started: float,
-        deadline: float,
-    ) -> SendResult:
-        try:
-            response = pool.urlopen(
-                "POST",
-                target,
-                body=body,
-                headers={**headers, "Host": host_header},
-                timeout=socket_timeout,
-                retries=False,
-                redirect=False,
-                preload_content=False,
-                assert_same_host=False,
-            )
-        except NewConnectionError as exc:  # a subclass of ConnectTimeoutError: test it first
-            return _failure(started, f"connection failed: {_reason(exc)}")
-        except (ConnectTimeoutError, ReadTimeoutError) as exc:
-            return _failure(started, f"timed out: {_reason(exc)}", timed_out=True)
-        except (ProtocolError, HTTPError, OSError, ValueError) as exc:
-            if watch.fired:  # the watchdog cut a receiver that answered too slowly
-                return _failure(
-                    started, f"timed out: no complete answer within {timeout:g} s", timed_out=True
-                )
-            return _failure(started, f"{type(exc).__name__}: {_reason(exc)}")
-        try:
-            data, error = self._read_capped(response, deadline)
-        finally:
-            # Disarmed before the connection can go back to the pool for another attempt.
-            self._watchdog.disarm(watch)
-            if watch.fired:
-                response.close()
-            response.release_conn()
-        if watch.fired:
-            error = "timed out reading the response"
-        return SendResult(
-            status_code=response.status,
-            elapsed=time.monotonic() - started,
-            body=data,
-            content_type=response.headers.get("Content-Type"),
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            error=error,
-            timed_out=error is not None and error.startswith("timed out"),
-        )
+    def _tls_context(self) -> ssl.SSLContext:
+        """Certificates required and checked against the name; the system's authorities or
+        ``ca_bundle``."""
+        with self._lock:
+            if self._tls is None:
+                context = ssl.create_default_context(cafile=self.ca_bundle)
+                context.set_alpn_protocols(["http/1.1"])
+                self._tls = context
+            return self._tls
+
+    def _take_idle(self, key: tuple[str, str, int, str]) -> socket.socket | None:
+        """A pooled connection to ``key`` that the receiver has not closed, if there is one."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: its parent's connections are not its own
+                self._clear_locked()
+                self._pid = os.getpid()
+            idle = self._idle.get(key)
+            while idle:
+                sock = idle.pop()
+                if _still_open(sock):
+                    self._idle.move_to_end(key)
+                    return sock
+                sock.close()
+            return None
+
+    def _keep_idle(self, key: tuple[str, str, int, str], sock: socket.socket) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
+            if len(idle) < self.pool_size:
+                idle.append(sock)
+                sock = None  # type: ignore[assignment]
+            while len(self._idle) > MAX_DESTINATIONS:
+                _key, dropped = self._idle.popitem(last=False)
+                for old in dropped:
+                    old.close()
+        if sock is not None:
+            sock.close()
 
     def _resolver_until(self, deadline: float) -> Resolver:
         """The resolver, bounded by ``deadline``: a name is looked up on a helper thread (the
         system resolver cannot be interrupted) and :class:`ResolveTimeout` raised when the
-        deadline passes first. Address literals need no lookup and stay on this thread."""
+        deadline passes first. An address literal needs no lookup."""
 
         def resolve_until(host: str, port: int) -> Sequence[IPAddress]:
-            if literal_address(host) is not None:
-                return self.resolver(host, port)
+            literal = literal_address(host)
+            if literal is not None:
+                return [literal]
             future = self._lookups.submit(self.resolver, host, port)
             try:
                 return future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -232,38 +299,57 @@ class Transport:
 
         return resolve_until
 
-    def _read_capped(
-        self, response: urllib3.BaseHTTPResponse, deadline: float
-    ) -> tuple[bytes, str | None]:
-        """Up to ``max_response_bytes`` of the body; a longer or slower body is cut off."""
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            while size <= self.max_response_bytes:
-                if time.monotonic() > deadline:
-                    response.close()
-                    return b"".join(chunks), "timed out reading the response"
-                chunk = response.read1(
-                    READ_CHUNK
-                )  # returns what one read gives: no waiting to fill it
-                if not chunk:
-                    return b"".join(chunks), None
-                chunks.append(chunk)
-                size += len(chunk)
-        except ReadTimeoutError:
-            response.close()
-            return b"".join(chunks), "timed out reading the response"
-        except (ProtocolError, HTTPError, OSError) as exc:
-            response.close()
-            return b"".join(chunks), f"reading the response failed: {_reason(exc)}"
-        # Too long: keep what the cap allows and drop the connection rather than drain it.
-        response.close()
-        return b"".join(chunks)[: self.max_response_bytes], None
-
     def close(self) -> None:
         """Close every pooled connection."""
-        self._pool.clear()
+        with self._lock:
+            self._clear_locked()
         self._lookups.shutdown(wait=False, cancel_futures=True)
+
+    def _clear_locked(self) -> None:
+        for idle in self._idle.values():
+            for sock in idle:
+                sock.close()
+        self._idle.clear()
+
+
+def _request(where: Route, headers: dict[str, str], body: bytes) -> bytes:
+    """The bytes of a POST of ``body`` to ``where``; ValueError for a header that would break
+    the request's framing."""
+    lines = [f"POST {where.target} HTTP/1.1\r\nHost: {where.host_header}\r\n"]
+    for name, value in headers.items():
+        if "\n" in value or "\r" in value or ":" in name or "\n" in name or "\r" in name:
+            raise ValueError(f"header {name!r} holds a line break or a colon")
+        lines.append(f"{name}: {value}\r\n")
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("latin-1") + body
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True while an idle connection has nothing to read: a receiver that closed it (or sent
+    something unasked) makes it readable."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return not poll.poll(0)
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        sock.close()
+
+
+def _result(response: Response, started: float) -> SendResult:
+    error = response.error
+    return SendResult(
+        status_code=response.status,
+        elapsed=time.monotonic() - started,
+        body=response.body,
+        content_type=response.header("content-type"),
+        retry_after=parse_retry_after(response.header("retry-after")),
+        error=error,
+        timed_out=error is not None and error.startswith("timed out"),
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -295,5 +381,7 @@ def _failure(started: float, error: str, *, timed_out: bool = False) -> SendResu
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:300]
     reason = getattr(exc, "reason", None) or exc
     return str(reason)[:300]

@@ -243,7 +243,7 @@ class ThreadDispatcher:
         token = str(uuid.uuid4())
         lease_until = now + timedelta(seconds=state.settings.lease_seconds)
         with state.database.writing() as session:
-            ids = store.claim_due(
+            return store.claim_due(
                 session,
                 now=now,
                 lease_until=lease_until,
@@ -251,7 +251,6 @@ class ThreadDispatcher:
                 limit=limit,
                 skip_registrations=skip_registrations,
             )
-            return store.load_claimed(session, ids=ids, token=token)
 
     def _unstarted(self, work: queue.Queue[WorkItem]) -> list[store.Claimed]:
         claimed = self._in_flight.unpark_all()

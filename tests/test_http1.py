@@ -1,0 +1,285 @@
+"""How the client reads receivers' answers, framed every way HTTP/1.x allows (and some ways it
+does not), from real servers on 127.0.0.1 that send exactly the bytes a test gives."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from flask_kaizen_webhooks.guard import AddressPolicy
+from flask_kaizen_webhooks.transport import SendResult, Transport, route
+from tests.receivers import RawServer
+
+LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+
+
+def read_request(connection: socket.socket) -> bytes:
+    """One whole request (head and Content-Length body) off ``connection``; b"" at its end."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+class Scripted(RawServer):
+    """Answers the n-th request on a connection with ``replies[n]``, then closes the
+    connection (``close``) or keeps it open until the client closes it; records every
+    request."""
+
+    def __init__(self, *replies: bytes, close: bool = False) -> None:
+        self.requests: list[bytes] = []
+
+        def behave(connection: socket.socket) -> None:
+            with connection:
+                for reply in replies:
+                    request = read_request(connection)
+                    if not request:
+                        return
+                    self.requests.append(request)
+                    connection.sendall(reply)
+                if not close:
+                    connection.recv(1)  # until the client closes
+
+        super().__init__(behave)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Scripted]]:
+    servers: list[Scripted] = []
+
+    def start(*replies: bytes, close: bool = False) -> Scripted:
+        servers.append(Scripted(*replies, close=close))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def post(client: Transport, url: str) -> SendResult:
+    return client.post(url, b"{}", {"Webhook-Id": "d1"}, timeout=3, connect_timeout=1)
+
+
+def client(max_response_bytes: int = 1024) -> Transport:
+    return Transport(max_response_bytes=max_response_bytes, pool_size=2, policy=LOOPBACK)
+
+
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "body"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 200, b"hello"),
+        (CHUNKED, 200, b"hello world"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", 204, b""),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            201,
+            b"ok",
+        ),
+        (b"HTTP/1.1 202\r\nContent-Length: 0\r\n\r\n", 202, b""),  # no reason phrase
+        (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", 200, b"ok"),  # bare LF line ends
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", 200, b"ok"),
+    ],
+)
+def test_answers_framed_every_way_are_read_and_the_connection_reused(
+    scripted: Any, reply: bytes, status: int, body: bytes
+) -> None:
+    server = scripted(reply, reply)
+    transport = client()
+    for _ in range(2):
+        result = post(transport, server.url())
+        assert (result.status_code, result.body, result.error) == (status, body, None)
+    assert server.connections == 1  # both over one keep-alive connection
+    head = server.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"POST /hook HTTP/1.1"
+    assert f"Host: 127.0.0.1:{server.port}".encode() in head
+    assert b"Content-Length: 2" in head and b"Webhook-Id: d1" in head
+    assert server.requests[0].endswith(b"\r\n\r\n{}")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\n\r\nok",  # framed by the end of the connection
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+    ],
+)
+def test_a_connection_that_cannot_carry_another_request_is_not_reused(
+    scripted: Any, reply: bytes
+) -> None:
+    server = scripted(reply, close=True)
+    transport = client()
+    for _ in range(2):
+        result = post(transport, server.url())
+        assert (result.status_code, result.body, result.error) == (200, b"ok", None)
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "not an HTTP/1.x status line"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "not an HTTP/1.x status line"),
+        (b"HTTP/2 200\r\n\r\n", "not an HTTP/1.x status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "not a header line"),
+        (b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", "not a header line"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", "more than 100 header lines"),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", "longer than 65536"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+            "conflicting Content-Length",
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" * 11, "more than 10 interim answers"),
+    ],
+)
+def test_a_malformed_head_is_a_failed_attempt(scripted: Any, reply: bytes, error: str) -> None:
+    result = post(client(), scripted(reply).url())
+    assert result.status_code is None and not result.ok and not result.timed_out
+    assert result.error is not None and result.error.startswith("malformed answer:")
+    assert error in result.error
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nok", "Content-Length is not a number"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "Content-Length is not a number"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "not a chunk size"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokay\r\n0\r\n\r\n",
+            "a chunk is longer than its size",
+        ),
+    ],
+)
+def test_a_malformed_body_keeps_the_status_and_fails(
+    scripted: Any, reply: bytes, error: str
+) -> None:
+    result = post(client(), scripted(reply).url())
+    assert result.status_code == 200 and not result.ok
+    assert result.error is not None and result.error.startswith("reading the response failed")
+    assert error in result.error
+
+
+def test_a_body_cut_short_by_the_receiver_fails_with_what_was_read() -> None:
+    def half(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        connection.close()
+
+    server = RawServer(half)
+    try:
+        result = post(client(), server.url())
+    finally:
+        server.close()
+    assert result.status_code == 200 and not result.ok and result.body == b"half"
+    assert result.error is not None and "closed after 4 of 10 bytes" in result.error
+
+
+def test_a_receiver_closing_without_an_answer_is_a_failed_attempt() -> None:
+    def hang_up(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.close()
+
+    server = RawServer(hang_up)
+    try:
+        result = post(client(), server.url())
+    finally:
+        server.close()
+    assert result.status_code is None and not result.ok
+    assert result.error is not None and "closed the connection without answering" in result.error
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_long_body_is_cut_at_the_cap_and_its_connection_dropped(
+    scripted: Any, framing: str
+) -> None:
+    body = b"b" * 5000
+    head = {
+        "length": b"Content-Length: 5000\r\n",
+        "chunked": b"Transfer-Encoding: chunked\r\n",
+        "close": b"",
+    }[framing]
+    payload = b"1388\r\n" + body + b"\r\n0\r\n\r\n" if framing == "chunked" else body
+    server = scripted(b"HTTP/1.1 200 OK\r\n" + head + b"\r\n" + payload, close=framing == "close")
+    transport = client(max_response_bytes=100)
+    for _ in range(2):
+        result = post(transport, server.url())
+        assert (result.status_code, result.body, result.error) == (200, b"b" * 100, None)
+    assert server.connections == 2  # the first connection was not read to its end: dropped
+
+
+def test_an_idle_connection_the_receiver_closed_is_not_used_again() -> None:
+    def answer_once(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        connection.close()  # a keep-alive timeout on the receiver's side
+
+    server = RawServer(answer_once)
+    try:
+        transport = client()
+        assert post(transport, server.url()).ok
+        time.sleep(0.1)
+        assert post(transport, server.url()).ok
+    finally:
+        server.close()
+    assert server.connections == 2
+
+
+def test_request_targets_are_sent_safely() -> None:
+    assert route("http://h.test/a b?q=é").target == "/a%20b?q=%C3%A9"
+    assert route("https://h.test").target == "/"
+    assert route("https://[2001:db8::1]:8443/x").host_header == "[2001:db8::1]:8443"
+    assert route("https://h.test:443/x").host_header == "h.test"
+    with pytest.raises(ValueError):
+        route("ftp://h.test/x")
+
+
+def test_a_header_value_with_a_line_break_is_refused_before_connecting(scripted: Any) -> None:
+    server = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    result = client().post(
+        server.url(), b"{}", {"X-Evil": "a\r\nX-Injected: 1"}, timeout=3, connect_timeout=1
+    )
+    assert not result.ok and result.error is not None and "line break" in result.error
+    assert server.connections == 0
+
+
+def test_a_body_over_the_cap_that_arrives_later_does_not_spoil_the_next_request() -> None:
+    def slow_tail(connection: socket.socket) -> None:
+        with connection:
+            while read_request(connection):
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"b" * 100)
+                time.sleep(0.2)  # the client has its 100 bytes and nothing else buffered
+                connection.sendall(b"b" * 4900)
+
+    server = RawServer(slow_tail)
+    try:
+        transport = client(max_response_bytes=100)
+        for _ in range(2):
+            result = post(transport, server.url())
+            assert (result.status_code, result.body, result.error) == (200, b"b" * 100, None)
+    finally:
+        server.close()
+    assert server.connections == 2
