@@ -18,12 +18,16 @@ T = TypeVar("T")
 BATCH = 500
 #: Seconds between tries while the database refuses a batch.
 RETRY_DELAY = 0.5
+#: Seconds a batch gathers after its first record before it is written: under load, one
+#: transaction then carries the attempts of many workers.
+GATHER = 0.02
 
 
 class Recorder(Generic[T]):
     """Collects records from any thread and hands them to ``write`` in batches.
 
-    While a batch is being written the next one gathers, so the batches grow with the load.
+    A batch gathers for :data:`GATHER` seconds after its first record (and while the previous
+    one is written), so the batches grow with the load.
     A batch the database refuses is tried again; a record not yet written when the process
     dies leaves its delivery claimed, and the claim's lease running out sends it again.
     """
@@ -72,6 +76,7 @@ class Recorder(Generic[T]):
                 done = True
             else:
                 batch.append(first)
+                time.sleep(GATHER)
             while len(batch) < BATCH:
                 try:
                     record = self._queue.get_nowait()

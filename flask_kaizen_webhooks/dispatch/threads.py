@@ -35,6 +35,9 @@ WorkItem = store.Claimed | None
 
 #: Seconds of lease an attempt needs beyond its own time limits, or the lease is renewed first.
 LEASE_MARGIN = 5.0
+#: Deliveries claimed ahead in one round (at least two per worker): one short transaction
+#: loads work for many attempts.
+CLAIM_AHEAD = 64
 
 
 class ThreadDispatcher:
@@ -49,17 +52,18 @@ class ThreadDispatcher:
         self._app = app
         self._state = state
         settings = state.settings
+        self._ahead = min(max(2 * settings.workers, CLAIM_AHEAD), settings.max_queue)
         self._in_flight: InFlight[store.Claimed] = InFlight(
             settings.max_in_flight_per_registration,
             settings.max_in_flight_per_host,
-            park_per_host=min(2 * settings.workers, settings.max_queue),
+            park_per_host=self._ahead,
             park_total=settings.max_queue,
         )
         self._recorder: Recorder[store.AttemptRecord] = Recorder(
             self._record, name="kaizen-webhooks-recorder"
         )
         self._lock = threading.Lock()
-        self._queue: queue.Queue[WorkItem] = queue.Queue(settings.max_queue)
+        self._queue: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -84,7 +88,7 @@ class ThreadDispatcher:
                 return
             # Fresh queue and events: threads of an earlier run that did not stop in time keep
             # their own, and end without touching these.
-            work: queue.Queue[WorkItem] = queue.Queue(self._state.settings.max_queue)
+            work: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
             stopping, wake = threading.Event(), threading.Event()
             self._queue, self._stopping, self._wake = work, stopping, wake
             self._pid = os.getpid()
@@ -147,12 +151,12 @@ class ThreadDispatcher:
     # Threads -------------------------------------------------------------------------------
 
     def _work(
-        self, work: queue.Queue[WorkItem], stopping: threading.Event, wake: threading.Event
+        self, work: queue.SimpleQueue[WorkItem], stopping: threading.Event, wake: threading.Event
     ) -> None:
         workers = self._state.settings.workers
         while True:
             item = work.get()
-            if work.qsize() < workers:
+            if work.qsize() < workers and not wake.is_set():
                 wake.set()  # running low: the poller claims the next round now
             if item is None or stopping.is_set():
                 if item is not None:
@@ -217,14 +221,13 @@ class ThreadDispatcher:
             record(self._app, self._state, records)
 
     def _poll(
-        self, work: queue.Queue[WorkItem], stopping: threading.Event, wake: threading.Event
+        self, work: queue.SimpleQueue[WorkItem], stopping: threading.Event, wake: threading.Event
     ) -> None:
         settings = self._state.settings
         while not stopping.is_set():
             try:
                 backlog = self._in_flight.backlog()
-                room = min(2 * settings.workers, settings.max_queue) - work.qsize()
-                room -= backlog.waiting
+                room = self._ahead - work.qsize() - backlog.waiting
                 if room > 0:
                     with self._app.app_context():
                         claimed = self._claim_due(room, backlog.skip_registrations)
@@ -252,7 +255,7 @@ class ThreadDispatcher:
                 skip_registrations=skip_registrations,
             )
 
-    def _unstarted(self, work: queue.Queue[WorkItem]) -> list[store.Claimed]:
+    def _unstarted(self, work: queue.SimpleQueue[WorkItem]) -> list[store.Claimed]:
         claimed = self._in_flight.unpark_all()
         while True:
             try:
