@@ -277,10 +277,10 @@ def enqueue(state: WebhooksState, topic: str, document_json: str) -> list[str]:
     database = state.database
     session = database.session
     owned = database.embedded or not session.in_transaction()
-    targets = store.active_targets(session, topic=topic)
+    connection = session.connection()
     ids = store.add_deliveries(
-        session,
-        targets=targets,
+        connection,
+        recipients=store.active_recipients(connection, topic=topic),
         topic=topic,
         mode=DeliveryMode.ASYNC,
         document_json=document_json,
