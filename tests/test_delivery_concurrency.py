@@ -211,3 +211,38 @@ def test_a_hanging_registration_parks_its_backlog_without_churning_the_outbox(
     # Parked in memory and left in the outbox while the host is saturated: the backlog goes
     # back at most once a round, not on every poll (some hundreds of writes in two seconds).
     assert len(give_backs) <= 3, give_backs
+
+
+def test_an_attempt_that_raises_frees_its_slot_for_the_work_parked_behind_it(
+    make_host: Any, receiver: Any, monkeypatch: Any
+) -> None:
+    import flask_kaizen_webhooks.dispatch.threads as threads
+
+    real_attempt = threads.attempt
+    raised: list[str] = []
+
+    def attempt_raising_once(state: Any, claimed: Any) -> Any:
+        if not raised:
+            raised.append(claimed.delivery_id)
+            raise RuntimeError("a defect in one attempt")
+        return real_attempt(state, claimed)
+
+    monkeypatch.setattr(threads, "attempt", attempt_raising_once)
+    host = make_host(
+        "sqlite",
+        **{
+            **DELIVERY_CONFIG,
+            "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 1,
+            "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 1,
+            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 2,
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 0.5,
+            "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 0.2,
+        },
+    )
+    server = receiver()
+    register(host, server.url())
+    ids = enqueue(host, 6)
+    # One slot for the host: had the raising attempt kept it, the other five would wait in
+    # memory for ever. The raising one is sent once its claim runs out.
+    wait_until(lambda: counts(host) == {"succeeded": 6}, timeout=20)
+    assert raised and request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})

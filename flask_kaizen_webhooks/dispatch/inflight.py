@@ -97,6 +97,11 @@ class InFlight(Generic[T]):
                     return item
             return None
 
+    @property
+    def parked(self) -> int:
+        """How many items are parked (read without the lock: a hint)."""
+        return self._parked_count
+
     def backlog(self) -> Backlog:
         """The parked work, as the poller sees it."""
         with self._lock:

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-#: A queue item: a claimed, loaded delivery, or None to stop a worker.
-WorkItem = store.Claimed | None
+#: A queue item: a claimed delivery ready to go, with its destination host when a slot is held
+#: for it (None: its registration is gone, it is only to be abandoned); or None to stop a worker.
+WorkItem = tuple[store.Claimed, str | None] | None
 
 
 #: Seconds of lease an attempt needs beyond its own time limits, or the lease is renewed first.
@@ -153,47 +154,72 @@ class ThreadDispatcher:
     def _work(
         self, work: queue.SimpleQueue[WorkItem], stopping: threading.Event, wake: threading.Event
     ) -> None:
-        workers = self._state.settings.workers
         while True:
             item = work.get()
-            if work.qsize() < workers and not wake.is_set():
-                wake.set()  # running low: the poller claims the next round now
             if item is None or stopping.is_set():
                 if item is not None:
                     work.put(item)  # left for _unstarted
                 return
-            try:
-                with self._app.app_context():
-                    self._handle(item, stopping)
-            except Exception:
-                logger.exception(
-                    "Delivery %s: unexpected error; it will be retried", item.delivery_id
-                )
+            claimed, host = item
+            with self._app.app_context():
+                if host is None:
+                    self._abandon(claimed)
+                else:
+                    self._run_slot(claimed, host, work, stopping, wake)
 
-    def _handle(self, item: store.Claimed, stopping: threading.Event) -> None:
-        """Attempt ``item`` once a slot is free (or park it), then whatever was parked behind
-        the slot it frees."""
-        state = self._state
-        target = item.target
-        if target is None:
-            abandon(self._app, state, item)
-            return
-        host = (urlsplit(target.url).hostname or "").lower()
-        taken = self._in_flight.acquire(item.registration_id, host, item)
-        if taken is None:
-            return  # parked: the worker that frees a slot for it takes it up
-        if not taken:
-            # Too much is already waiting for this host: back to the outbox for a while.
-            later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
-            self._give_back([item], due=later)
-            return
+    def _run_slot(
+        self,
+        item: store.Claimed,
+        host: str,
+        work: queue.SimpleQueue[WorkItem],
+        stopping: threading.Event,
+        wake: threading.Event,
+    ) -> None:
+        """Attempt ``item``, whose slot is held, then whatever was parked behind that slot,
+        until none is left; the poller is woken when the work in memory runs low."""
         current: store.Claimed | None = item
         while current is not None:
-            if stopping.is_set():
-                self._give_back([current], due=state.clock.now())
-            else:
-                self._attempt(current)
-            current = self._in_flight.release(current.registration_id, host)
+            try:
+                if stopping.is_set():
+                    self._give_back([current], due=self._state.clock.now())
+                else:
+                    self._attempt(current)
+            except Exception:
+                logger.exception(
+                    "Delivery %s: unexpected error; it will be retried", current.delivery_id
+                )
+            finally:
+                following = self._in_flight.release(current.registration_id, host)
+            current = following
+            if work.qsize() + self._in_flight.parked < self._ahead // 2 and not wake.is_set():
+                wake.set()  # running low: the poller claims the next round now
+
+    def _abandon(self, item: store.Claimed) -> None:
+        try:
+            abandon(self._app, self._state, item)
+        except Exception:
+            logger.exception("Delivery %s: unexpected error; it will be retried", item.delivery_id)
+
+    def _dispatch(self, claimed: list[store.Claimed], work: queue.SimpleQueue[WorkItem]) -> None:
+        """Queue what may start now (its slot taken), park what must wait for a busy
+        registration or host, and give back what does not fit in memory: workers are woken only
+        for work they can start."""
+        refused = []
+        for item in claimed:
+            if item.target is None:
+                work.put((item, None))
+                continue
+            host = (urlsplit(item.target.url).hostname or "").lower()
+            taken = self._in_flight.acquire(item.registration_id, host, item)
+            if taken:
+                work.put((item, host))
+            elif taken is False:
+                refused.append(item)
+        if refused:
+            # Too much is already waiting for this host: back to the outbox for a while.
+            state = self._state
+            later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
+            self._give_back(refused, due=later)
 
     def _attempt(self, item: store.Claimed) -> None:
         """Attempt a claimed delivery whose slot is held, and queue its record."""
@@ -231,8 +257,7 @@ class ThreadDispatcher:
                 if room > 0:
                     with self._app.app_context():
                         claimed = self._claim_due(room, backlog.skip_registrations)
-                    for item in claimed:
-                        work.put(item)
+                    self._dispatch(claimed, work)
                     if len(claimed) == room:
                         continue  # more may be due: look again at once
             except Exception:
@@ -256,6 +281,7 @@ class ThreadDispatcher:
             )
 
     def _unstarted(self, work: queue.SimpleQueue[WorkItem]) -> list[store.Claimed]:
+        """Everything claimed and not started: parked, and queued (their slots given back)."""
         claimed = self._in_flight.unpark_all()
         while True:
             try:
@@ -263,7 +289,10 @@ class ThreadDispatcher:
             except queue.Empty:
                 return claimed
             if item is not None:
-                claimed.append(item)
+                queued, host = item
+                if host is not None:
+                    self._in_flight.release(queued.registration_id, host)
+                claimed.append(queued)
 
     def _give_back(self, items: list[store.Claimed], *, due: datetime) -> None:
         """Release the claims of ``items`` unattempted, due at ``due``."""
