@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -18,6 +19,8 @@ from .errors import ConfigurationError, WebhooksError
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 KEY_SETTING = "KAIZEN_WEBHOOKS_SECRET_KEYS"
+#: Opened secrets kept in memory, by their sealed text, so that attempts do not decrypt again.
+OPENED_CACHE = 1024
 
 
 class SecretUnreadable(WebhooksError):
@@ -38,6 +41,7 @@ class SecretBox:
                 f"not a Fernet key ({exc}); make one with "
                 "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'",
             ) from None
+        self._open = lru_cache(maxsize=OPENED_CACHE)(self._decrypt)
 
     @classmethod
     def from_config(cls, configured: object, secret_key: str | bytes | None) -> SecretBox:
@@ -67,6 +71,9 @@ class SecretBox:
 
     def open(self, sealed: str) -> str:
         """The secret inside ``sealed``; :class:`SecretUnreadable` if no key opens it."""
+        return self._open(sealed)
+
+    def _decrypt(self, sealed: str) -> str:
         try:
             return self._fernet.decrypt(sealed.encode("ascii")).decode()
         except (InvalidToken, ValueError):

@@ -135,3 +135,23 @@ def test_request_ids_are_spliced_exactly_as_encoding_the_whole_would(
 ) -> None:
     expected = [encode_payload({**document, "webhook_request_id": i}).decode() for i in ids]
     assert with_request_ids(encode_payload(document).decode(), ids) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payload=st.binary(max_size=300),
+    secret=st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",)), min_size=16, max_size=64
+    ).filter(lambda s: not s.lstrip().startswith(("-----", "ssh-", "{", "[", '"'))),
+    issued_at=st.integers(min_value=0, max_value=2**40),
+    kid=st.none() | st.integers(min_value=1, max_value=10**6),
+)
+def test_signing_gives_python_jose_s_token_byte_for_byte(
+    payload: bytes, secret: str, issued_at: int, kid: int | None
+) -> None:
+    headers: dict[str, Any] = {"iat": issued_at}
+    if kid is not None:
+        headers["kid"] = str(kid)
+    expected = jws.sign(payload, secret, headers=headers, algorithm="HS256")
+    assert sign(payload, secret, issued_at=issued_at, kid=kid) == expected
+    assert jws.verify(expected, secret, algorithms=["HS256"]) == payload
