@@ -1,10 +1,16 @@
 """Statements on the host's request path, compiled once per database dialect and run on the
 driver directly: the SQL and the column types' conversions are SQLAlchemy's own, but the work of
 building each call's parameters and result rows through SQLAlchemy's general machinery is
-skipped. For the few statements whose every microsecond the host's users wait for."""
+skipped. For the few statements whose every microsecond the host's users wait for.
+
+They run on the session's own driver connection, in its transaction. When anything watches the
+engine's statements (a ``before_cursor_execute`` or ``after_cursor_execute`` listener, such as
+tracing, or SQL logging), they go through SQLAlchemy's ``exec_driver_sql`` instead, so that it
+sees them too. Driver errors come out as SQLAlchemy's exceptions either way."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -12,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Insert, Select
 
 Processor = Callable[[Any], Any]
@@ -70,9 +77,9 @@ class Prepared:
     def rows(self, connection: Connection, values: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
         """Run the SELECT with ``values``; its rows, converted."""
         compiled = self.compiled(connection.dialect)
-        rows = connection.exec_driver_sql(
-            compiled.sql, compiled.arguments(compiled.convert(values))
-        ).fetchall()
+        rows: Sequence[Sequence[Any]] = _run(
+            connection, compiled.sql, compiled.arguments(compiled.convert(values))
+        )
         processors = compiled.result_processors
         if not processors:
             return rows
@@ -117,7 +124,7 @@ class Prepared:
             order = [*keys, *(key for key in compiled.positions if key not in keys)]
             pick = itemgetter(*(order.index(key) for key in compiled.positions))
             arguments = [pick(row + tail) for row in rows]
-        connection.exec_driver_sql(compiled.sql, arguments)
+        _run(connection, compiled.sql, arguments, many=True)
 
     def _compile(self, dialect: Dialect) -> Compiled:
         statement = self._statement
@@ -144,3 +151,29 @@ class Prepared:
                 result_processors = ()
         positions = tuple(compiled.positiontup or ()) if compiled.positional else None
         return Compiled(compiled.string, positions, constants, bind_processors, result_processors)
+
+
+def _run(connection: Connection, sql: str, arguments: Any, *, many: bool = False) -> Any:
+    """Execute ``sql`` on the connection's driver connection (its rows, if it returns any),
+    or through ``exec_driver_sql`` when something watches the engine's statements."""
+    dispatch = connection.dispatch
+    watched = (
+        bool(dispatch.before_cursor_execute)
+        or bool(dispatch.after_cursor_execute)
+        or connection.engine.logger.isEnabledFor(logging.INFO)
+    )
+    if watched:
+        result = connection.exec_driver_sql(sql, arguments)
+        return result.fetchall() if result.returns_rows else None
+    dialect = connection.dialect
+    cursor = connection.connection.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, arguments)
+            return None
+        cursor.execute(sql, arguments)
+        return cursor.fetchall() if cursor.description is not None else None
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, arguments, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import create_engine, event, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState
 
 from flask_kaizen_webhooks import RevConflict, get_state, store
@@ -211,8 +212,24 @@ def test_prepared_statements_match_sqlalchemy_on_every_backend(host: Host) -> No
         with pytest.raises(ValueError, match="needs values for"):
             Prepared(insert(table), column_keys=keys).compiled(connection.dialect)
         rows = [(f"d-{n}", "r-1", "org-1", "{}") for n in range(3)]
-        write.insert_many(connection, {**shared, "created_at": moment}, keys, rows)
+        write.insert_many(connection, {**shared, "created_at": moment}, keys, rows[:2])
+        # Something watching the engine's statements (tracing, say) sees them.
+        seen: list[str] = []
+
+        def watch(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            seen.append(statement)
+
+        event.listen(session.get_bind(), "before_cursor_execute", watch)
+        try:
+            write.insert_many(connection, {**shared, "created_at": moment}, keys, rows[2:])
+        finally:
+            event.remove(session.get_bind(), "before_cursor_execute", watch)
+        assert len(seen) == 1 and seen[0].startswith("INSERT INTO kaizen_webhook_deliveries")
         session.commit()
+        # A driver error is SQLAlchemy's exception, as from any other statement.
+        with pytest.raises(IntegrityError):
+            write.insert_many(session.connection(), {**shared, "created_at": moment}, keys, rows)
+        session.rollback()
         fast = [tuple(row) for row in read.rows(session.connection(), {"topic": "profile_updated"})]
         usual = [
             tuple(row)
