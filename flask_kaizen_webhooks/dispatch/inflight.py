@@ -97,6 +97,10 @@ class InFlight(Generic[T]):
                     return item
             return None
 
+    def busy(self) -> bool:
+        """True while any attempt is under way (read without the lock: a hint)."""
+        return bool(self._hosts)
+
     @property
     def parked(self) -> int:
         """How many items are parked (read without the lock: a hint)."""

@@ -18,22 +18,32 @@ T = TypeVar("T")
 BATCH = 500
 #: Seconds between tries while the database refuses a batch.
 RETRY_DELAY = 0.5
-#: Seconds a batch gathers after its first record before it is written: under load, one
-#: transaction then carries the attempts of many workers.
+#: Seconds a batch gathers after its first record before it is written, while more records
+#: are on their way: under load, one transaction then carries the attempts of many workers.
 GATHER = 0.02
+#: Seconds between looks at whether more records are on their way, while gathering.
+GATHER_STEP = 0.002
 
 
 class Recorder(Generic[T]):
     """Collects records from any thread and hands them to ``write`` in batches.
 
-    A batch gathers for :data:`GATHER` seconds after its first record (and while the previous
-    one is written), so the batches grow with the load.
+    A batch gathers for up to :data:`GATHER` seconds after its first record, as long as
+    ``expecting()`` says more records are on their way (and while the previous batch is
+    written), so the batches grow with the load and a lone record is written at once.
     A batch the database refuses is tried again; a record not yet written when the process
     dies leaves its delivery claimed, and the claim's lease running out sends it again.
     """
 
-    def __init__(self, write: Callable[[Sequence[T]], None], *, name: str) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[T]], None],
+        *,
+        name: str,
+        expecting: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._write = write
+        self._expecting = expecting
         self._name = name
         self._queue: queue.SimpleQueue[T | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -76,7 +86,7 @@ class Recorder(Generic[T]):
                 done = True
             else:
                 batch.append(first)
-                time.sleep(GATHER)
+                self._gather()
             while len(batch) < BATCH:
                 try:
                     record = self._queue.get_nowait()
@@ -88,6 +98,12 @@ class Recorder(Generic[T]):
                     batch.append(record)
             if batch:
                 self._write_until_done(batch)
+
+    def _gather(self) -> None:
+        """Wait for more records, up to :data:`GATHER` seconds, while some are expected."""
+        deadline = time.monotonic() + GATHER
+        while self._expecting() and self._queue.qsize() < BATCH and time.monotonic() < deadline:
+            time.sleep(GATHER_STEP)
 
     def _write_until_done(self, batch: list[T]) -> None:
         while True:

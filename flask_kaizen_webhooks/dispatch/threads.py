@@ -61,7 +61,7 @@ class ThreadDispatcher:
             park_total=settings.max_queue,
         )
         self._recorder: Recorder[store.AttemptRecord] = Recorder(
-            self._record, name="kaizen-webhooks-recorder"
+            self._record, name="kaizen-webhooks-recorder", expecting=self._in_flight.busy
         )
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
