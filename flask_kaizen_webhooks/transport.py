@@ -156,9 +156,12 @@ class Transport:
         deadline = started + timeout
         try:
             where = route(url)
-            request = _request(where, headers, body)
         except ValueError as exc:
             return _failure(started, f"invalid URL: {exc}")
+        try:
+            request = _request(where, headers, body)
+        except ValueError as exc:
+            return _failure(started, f"invalid request: {exc}")
         try:
             addresses = self.policy.checked_addresses(
                 where.host, where.port, self._resolver_until(deadline)
