@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS := test,postgres,docs,lint
+EXTRAS := test,postgres,celery,docs,lint
 
 .PHONY: demo test lint docs fuzz bench bench-quick clean
 

@@ -27,7 +27,9 @@ DEFAULTS: dict[str, Any] = {
     "SYNC_TIMEOUT": 5.0,
     "CONNECT_TIMEOUT": 2.0,
     "ASYNC_TIMEOUT": 15.0,
+    "EXECUTOR": None,
     "DISPATCHER": "thread",
+    "CELERY_SWEEP_INTERVAL": 60.0,
     "WORKERS": 8,
     "SYNC_WORKERS": 32,
     "POLL_INTERVAL": 1.0,
@@ -51,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "CA_BUNDLE": None,
 }
 
-DISPATCHERS = ("thread", "none")
+DISPATCHERS = ("thread", "celery", "none")
 
 DEFAULT_SQLITE_FILENAME = "kaizen_webhooks.sqlite3"
 
@@ -71,6 +73,7 @@ class Settings:
     connect_timeout: float
     async_timeout: float
     dispatcher: str
+    celery_sweep_interval: float
     workers: int
     sync_workers: int
     poll_interval: float
@@ -140,7 +143,8 @@ class Settings:
             sync_timeout=_positive_number(value, "SYNC_TIMEOUT"),
             connect_timeout=_positive_number(value, "CONNECT_TIMEOUT"),
             async_timeout=_positive_number(value, "ASYNC_TIMEOUT"),
-            dispatcher=_choice(value, "DISPATCHER", DISPATCHERS),
+            dispatcher=_executor(value),
+            celery_sweep_interval=_positive_number(value, "CELERY_SWEEP_INTERVAL"),
             workers=_positive_int(value, "WORKERS"),
             sync_workers=_positive_int(value, "SYNC_WORKERS"),
             poll_interval=_positive_number(value, "POLL_INTERVAL"),
@@ -164,6 +168,18 @@ class Settings:
             secret_overlap=_non_negative_number(value, "SECRET_OVERLAP"),
             ca_bundle=_ca_bundle(value, "CA_BUNDLE"),
         )
+
+
+def _executor(value: Any) -> str:
+    """``EXECUTOR`` (``thread``, ``celery`` or ``none``), or its former name ``DISPATCHER``."""
+    if value("EXECUTOR") is None:
+        return _choice(value, "DISPATCHER", DISPATCHERS)
+    executor = _choice(value, "EXECUTOR", DISPATCHERS)
+    if value("DISPATCHER") not in (DEFAULTS["DISPATCHER"], executor):
+        raise ConfigurationError(
+            PREFIX + "EXECUTOR", "set either EXECUTOR or its former name DISPATCHER, not both"
+        )
+    return executor
 
 
 def _bool(value: Any, name: str) -> bool:

@@ -58,9 +58,13 @@ class WebhooksState:
             policy=settings.address_policy,
             ca_bundle=settings.ca_bundle,
         )
-        self.dispatcher: Dispatcher = (
-            ThreadDispatcher(app, self) if settings.dispatcher == "thread" else NoDispatcher()
-        )
+        self.dispatcher: Dispatcher = NoDispatcher()
+        if settings.dispatcher == "thread":
+            self.dispatcher = ThreadDispatcher(app, self)
+        elif settings.dispatcher == "celery":
+            from .dispatch.celery_executor import CeleryDispatcher
+
+            self.dispatcher = CeleryDispatcher(app, self)
         self._sync_pool: ThreadPoolExecutor | None = None
         self._sync_pool_lock = threading.Lock()
 

@@ -541,6 +541,51 @@ def claim_due(
     if skip_registrations:
         params["b_skip"] = sorted(skip_registrations)
     ids = list(connection.execute(_DUE[bool(skip_registrations)], params).scalars())
+    return _take(connection, ids, token=token, lease_until=lease_until)
+
+
+_DUE_ONE = (
+    select(DELIVERIES.c.id)
+    .where(
+        DELIVERIES.c.id == bindparam("b_id"),
+        DELIVERIES.c.status == DeliveryStatus.PENDING,
+        DELIVERIES.c.next_attempt_at <= bindparam("b_now"),
+    )
+    .with_for_update(skip_locked=True)
+)
+
+
+def claim_one(
+    session: Session, *, delivery_id: str, now: datetime, lease_until: datetime, token: str
+) -> Claimed | None:
+    """Claim delivery ``delivery_id`` if it is due and nobody holds it, and load it with its
+    registration; None otherwise (sent already, not due yet, or another worker's)."""
+    connection = session.connection()
+    ids = list(connection.execute(_DUE_ONE, {"b_id": delivery_id, "b_now": now}).scalars())
+    claimed = _take(connection, ids, token=token, lease_until=lease_until)
+    return claimed[0] if claimed else None
+
+
+def overdue(session: Session, *, due_before: datetime, limit: int) -> list[str]:
+    """Pending deliveries due before ``due_before`` (their claims run out by then, if any),
+    oldest first: work whose task or worker went missing."""
+    query = (
+        select(DELIVERIES.c.id)
+        .where(
+            DELIVERIES.c.status == DeliveryStatus.PENDING,
+            DELIVERIES.c.next_attempt_at <= due_before,
+        )
+        .order_by(DELIVERIES.c.next_attempt_at)
+        .limit(limit)
+    )
+    return list(session.execute(query).scalars())
+
+
+def _take(
+    connection: Connection, ids: list[str], *, token: str, lease_until: datetime
+) -> list[Claimed]:
+    """Claim the (locked, due) deliveries ``ids`` with ``token`` until ``lease_until``; them,
+    loaded with their registrations."""
     if not ids:
         return []
     rows = connection.execute(

@@ -1,0 +1,132 @@
+"""The Celery executor: asynchronous deliveries as tasks on the host's Celery workers, for hosts
+that outgrow one process (``KAIZEN_WEBHOOKS_EXECUTOR = "celery"``; ``pip install
+flask-kaizen-webhooks[celery]``).
+
+The outbox stays the source of truth. A task carries only a delivery id: it claims that
+delivery (the same claim as the thread pool's, so each attempt goes to one worker however many
+run), attempts it, records the attempt and, when a retry is due, sends itself again for that
+moment. A lost message, a dead worker or a broker restart only delays a delivery: the sweep task,
+which Celery beat runs every ``KAIZEN_WEBHOOKS_CELERY_SWEEP_INTERVAL`` seconds, sends a task
+again for every delivery overdue by more than that interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+
+from .. import store
+from ..errors import ConfigurationError
+from .attempt import abandon, attempt, record
+
+if TYPE_CHECKING:
+    from ..extension import WebhooksState
+
+logger = logging.getLogger("flask_kaizen_webhooks")
+
+DELIVER = "flask_kaizen_webhooks.deliver"
+SWEEP = "flask_kaizen_webhooks.sweep"
+#: The most deliveries one sweep sends again.
+SWEEP_LIMIT = 10_000
+
+
+def celery_app_of(app: Flask) -> Any:
+    """The host's Celery app, set up the way Flask's Celery pattern does it
+    (``app.extensions["celery"]``)."""
+    celery_app = app.extensions.get("celery")
+    if celery_app is None:
+        raise ConfigurationError(
+            "KAIZEN_WEBHOOKS_EXECUTOR",
+            '"celery" needs the app\'s Celery app in app.extensions["celery"] (Flask\'s '
+            "celery_init_app pattern) before KaizenWebhooks(app) is set up",
+        )
+    return celery_app
+
+
+class CeleryDispatcher:
+    """Hands committed deliveries to Celery; the host's Celery workers send them."""
+
+    def __init__(self, app: Flask, state: WebhooksState) -> None:
+        self._app = app
+        self._state = state
+        celery_app = celery_app_of(app)
+
+        def deliver(delivery_id: str) -> None:
+            self._deliver(delivery_id)
+
+        def sweep() -> int:
+            return self._sweep()
+
+        self.deliver = celery_app.task(name=DELIVER, acks_late=True, ignore_result=True)(deliver)
+        self.sweep = celery_app.task(name=SWEEP, ignore_result=True)(sweep)
+        celery_app.conf.beat_schedule = {
+            **(celery_app.conf.beat_schedule or {}),
+            "flask-kaizen-webhooks-sweep": {
+                "task": SWEEP,
+                "schedule": state.settings.celery_sweep_interval,
+            },
+        }
+
+    # The Dispatcher protocol: the web process only hands ids over.
+
+    def start(self) -> None:
+        return None
+
+    def autostart(self) -> None:
+        return None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        return None
+
+    def submit(self, delivery_ids: list[str]) -> None:
+        """One task per delivery just committed. A broker that cannot be reached costs a delay,
+        not a delivery: the sweep sends the task later."""
+        for delivery_id in delivery_ids:
+            try:
+                self.deliver.apply_async((delivery_id,))
+            except Exception:
+                logger.exception(
+                    "Delivery %s: could not hand it to Celery; the sweep will", delivery_id
+                )
+
+    # Tasks, run by the Celery workers.
+
+    def _deliver(self, delivery_id: str) -> None:
+        """Claim ``delivery_id``, attempt it and record the attempt; schedule the retry."""
+        with self._app.app_context():
+            state = self._state
+            now = state.clock.now()
+            lease_until = now + timedelta(seconds=state.settings.lease_seconds)
+            with state.database.writing() as session:
+                claimed = store.claim_one(
+                    session,
+                    delivery_id=delivery_id,
+                    now=now,
+                    lease_until=lease_until,
+                    token=str(uuid.uuid4()),
+                )
+            if claimed is None:
+                return  # sent already, not due yet, or another worker's
+            if claimed.target is None:
+                abandon(self._app, state, claimed)
+                return
+            done = attempt(state, claimed)
+            record(self._app, state, [done])
+            if done.kind == "retry" and done.retry_at is not None:
+                self.deliver.apply_async((delivery_id,), eta=done.retry_at)
+
+    def _sweep(self) -> int:
+        """Send a task again for every delivery overdue by more than the sweep interval."""
+        with self._app.app_context():
+            state = self._state
+            due_before = state.clock.now() - timedelta(seconds=state.settings.celery_sweep_interval)
+            with state.database.independent_session() as session:
+                ids = store.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
+            if ids:
+                logger.warning("Sweep: %d overdue deliveries sent to Celery again", len(ids))
+            self.submit(ids)
+            return len(ids)

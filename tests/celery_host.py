@@ -1,0 +1,58 @@
+"""A host app on the Celery executor, as a Flask shop sets one up (Flask's ``celery_init_app``
+pattern): the test process builds it to fire events, and Celery worker processes load it with
+``celery -A tests.celery_host:celery_app worker``. Its settings come from the environment, so
+that both sides share the database, the broker and the queue of one test."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from celery import Celery, Task
+from flask import Flask
+
+from flask_kaizen_webhooks import KaizenWebhooks
+from tests.conftest import DELIVERY_CONFIG, install_demo_auth
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Flask's documented Celery set-up: tasks run inside the app's context."""
+
+    class FlaskTask(Task):  # type: ignore[misc]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(app.config["CELERY"])
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def create_app() -> Flask:
+    """The host app, configured from ``KWT_*`` environment variables."""
+    app = Flask("celery_host")
+    app.config.update(
+        SECRET_KEY="test-secret-key",
+        KAIZEN_WEBHOOKS_DATABASE_URI=os.environ["KWT_DATABASE_URI"],
+        KAIZEN_WEBHOOKS_EXECUTOR="celery",
+        KAIZEN_WEBHOOKS_CELERY_SWEEP_INTERVAL=float(os.environ.get("KWT_SWEEP", "60")),
+        CELERY={
+            "broker_url": os.environ["KWT_BROKER"],
+            "task_default_queue": os.environ["KWT_QUEUE"],
+            "task_ignore_result": True,
+            "broker_connection_retry_on_startup": True,
+        },
+        **DELIVERY_CONFIG,
+    )
+    app.config.update(json.loads(os.environ.get("KWT_CONFIG", "{}")))
+    celery_init_app(app)
+    install_demo_auth(KaizenWebhooks(app))
+    return app
+
+
+if "KWT_DATABASE_URI" in os.environ:
+    flask_app = create_app()
+    celery_app = flask_app.extensions["celery"]

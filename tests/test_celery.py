@@ -1,0 +1,192 @@
+"""The Celery executor with real Celery worker processes, the Redis server as the broker and the
+PostgreSQL server as the database, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jose.jws
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.models import Delivery
+from tests.conftest import Host, register, service_unavailable
+from tests.receivers import Reply, wait_until
+
+pytest.importorskip("celery", reason="the celery extra is not installed")
+
+REDIS_URL = os.environ.get("KAIZEN_WEBHOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def celery_env(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Environment shared by this test's host app and its workers: a fresh database, and a
+    queue of its own on the Redis server (removed at the end)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    from sqlalchemy import create_engine
+
+    from flask_kaizen_webhooks.models import metadata
+
+    engine = create_engine(postgres_url)
+    metadata.drop_all(engine)
+    engine.dispose()
+    env = {
+        "KWT_DATABASE_URI": postgres_url,
+        "KWT_BROKER": REDIS_URL,
+        "KWT_QUEUE": f"kaizen-webhooks-test-{uuid.uuid4().hex[:8]}",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield env
+    client.delete(env["KWT_QUEUE"])
+    client.close()
+
+
+@pytest.fixture
+def start_worker(
+    celery_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start Celery worker processes on this test's queue; all are stopped at the end."""
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        concurrency: int = 4, *, beat: bool = False, config: dict[str, Any] | None = None
+    ) -> subprocess.Popen[bytes]:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_host:celery_app",
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=WARNING",
+            f"--hostname=worker{len(workers)}@%h",
+        ]
+        if beat:
+            command += ["--beat", f"--schedule={tmp_path / f'beat{len(workers)}'}"]
+        env = {**os.environ, **celery_env, "KWT_CONFIG": json.dumps(config or {})}
+        workers.append(subprocess.Popen(command, cwd=ROOT, env=env))
+        return workers[-1]
+
+    yield start
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
+
+
+@pytest.fixture
+def web(celery_env: dict[str, str]) -> Iterator[Host]:
+    """The host's web side: it writes the outbox and hands ids to Celery."""
+    from tests.celery_host import create_app
+
+    app: Flask = create_app()
+    host = Host(app, app.extensions["kaizen_webhooks"].extension, None)
+    yield host
+    with app.app_context():
+        get_state(app).shutdown(timeout=5)
+        get_state(app).database.dispose()
+
+
+def deliveries(host: Host) -> list[Delivery]:
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        return list(session.scalars(select(Delivery)))
+
+
+def request_ids(server: Any) -> Counter[str]:
+    return Counter(
+        json.loads(jose.jws.get_unverified_claims(r.body.decode()))["webhook_request_id"]
+        for r in server.received
+    )
+
+
+def test_deliveries_arrive_through_a_celery_worker(
+    web: Host, start_worker: Any, receiver: Any
+) -> None:
+    servers = [receiver(), receiver()]
+    for server in servers:
+        register(web, server.url())
+    start_worker()
+    ids: list[str] = []
+    with web.app.app_context():
+        for n in range(20):
+            ids += web.webhooks.trigger("profile_updated", {"n": n})
+    assert len(ids) == 40
+    wait_until(lambda: [d.status for d in deliveries(web)].count("succeeded") == 40, timeout=60)
+    received = request_ids(servers[0]) + request_ids(servers[1])
+    assert received == Counter({delivery_id: 1 for delivery_id in ids})
+    assert {d.attempts for d in deliveries(web)} == {1}
+
+
+def test_a_failed_attempt_is_retried_on_the_schedule(
+    web: Host, start_worker: Any, receiver: Any
+) -> None:
+    server = receiver(lambda request, n: Reply(status=500) if n == 1 else Reply())
+    register(web, server.url())
+    start_worker(concurrency=2)
+    with web.app.app_context():
+        [delivery_id] = web.webhooks.trigger("profile_updated", {"n": 1})
+    wait_until(lambda: deliveries(web)[0].status == "succeeded", timeout=60)
+    [delivery] = deliveries(web)
+    assert delivery.attempts == 2
+    assert request_ids(server) == Counter({delivery_id: 2})
+
+
+def test_the_default_install_needs_neither_celery_nor_redis(tmp_path: Path) -> None:
+    code = """
+import sys
+sys.modules["celery"] = None  # as if not installed: importing it fails
+sys.modules["redis"] = None
+from flask import Flask
+from flask_kaizen_webhooks import KaizenWebhooks
+app = Flask("plain", instance_path=sys.argv[1])
+app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_DISPATCHER="none")
+webhooks = KaizenWebhooks(app)
+with app.app_context():
+    assert webhooks.trigger("profile_updated", {"n": 1}) == []
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_celery_executor_needs_the_host_s_celery_app(tmp_path: Path) -> None:
+    from flask_kaizen_webhooks import ConfigurationError, KaizenWebhooks
+
+    app = Flask("no_celery", instance_path=str(tmp_path))
+    app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_EXECUTOR="celery")
+    with pytest.raises(ConfigurationError, match=re.escape('app.extensions["celery"]')):
+        KaizenWebhooks(app)
+    app.config.update(KAIZEN_WEBHOOKS_DISPATCHER="none")
+    with pytest.raises(ConfigurationError, match="not both"):
+        KaizenWebhooks(app)
