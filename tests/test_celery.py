@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -190,3 +192,71 @@ def test_the_celery_executor_needs_the_host_s_celery_app(tmp_path: Path) -> None
     app.config.update(KAIZEN_WEBHOOKS_DISPATCHER="none")
     with pytest.raises(ConfigurationError, match="not both"):
         KaizenWebhooks(app)
+
+
+#: Short leases and a fast sweep, so that recovery shows within seconds.
+RECOVERY = {
+    "KAIZEN_WEBHOOKS_CLAIM_LEASE": 3,
+    "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 1,
+    "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 0.5,
+    "KAIZEN_WEBHOOKS_CELERY_SWEEP_INTERVAL": 1,
+}
+
+
+def test_two_workers_never_send_the_same_attempt(
+    web: Host, start_worker: Any, receiver: Any
+) -> None:
+    server = receiver()
+    register(web, server.url("/a"))
+    register(web, server.url("/b"))
+    ids: list[str] = []
+    with web.app.app_context():
+        for n in range(100):
+            ids += web.webhooks.trigger("profile_updated", {"n": n})
+    # Every task is in the queue before the two workers race for it; the sweep sends tasks
+    # again for some on top, which the claim must absorb too.
+    start_worker(concurrency=4, beat=True, config=RECOVERY)
+    start_worker(concurrency=4)
+    wait_until(lambda: [d.status for d in deliveries(web)].count("succeeded") == 200, timeout=90)
+    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+
+
+def test_a_worker_killed_mid_task_loses_nothing(
+    web: Host, start_worker: Any, receiver: Any
+) -> None:
+    gate = threading.Event()
+    server = receiver(lambda request, n: Reply(wait=gate) if n == 1 else Reply())
+    register(web, server.url())
+    doomed = start_worker(concurrency=1, config=RECOVERY)
+    ids: list[str] = []
+    with web.app.app_context():
+        for n in range(10):
+            ids += web.webhooks.trigger("profile_updated", {"n": n})
+    server.wait_for(1)  # the first attempt is under way, unanswered
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    gate.set()
+    start_worker(concurrency=2, beat=True, config=RECOVERY)
+    wait_until(lambda: [d.status for d in deliveries(web)].count("succeeded") == 10, timeout=90)
+    received = request_ids(server)
+    assert set(received) == set(ids)
+    # The one cut off was sent again once its claim ran out; nothing else twice.
+    assert sorted(received.values()) == [1] * 9 + [2]
+
+
+def test_the_sweep_sends_work_whose_task_went_missing(
+    web: Host, start_worker: Any, receiver: Any, celery_env: dict[str, str]
+) -> None:
+    import redis
+
+    server = receiver()
+    register(web, server.url())
+    with web.app.app_context():
+        ids = [web.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(5)]
+    # The broker loses every message (a restart without persistence, say).
+    client = redis.Redis.from_url(REDIS_URL)
+    assert client.delete(celery_env["KWT_QUEUE"]) == 1
+    client.close()
+    start_worker(concurrency=2, beat=True, config=RECOVERY)
+    wait_until(lambda: [d.status for d in deliveries(web)].count("succeeded") == 5, timeout=60)
+    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
