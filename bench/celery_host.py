@@ -1,0 +1,44 @@
+"""The benchmark's host app on the Celery executor, loaded by its Celery worker processes
+(``celery -A bench.celery_host:celery_app worker``); settings from ``BENCH_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery, Task
+from flask import Flask
+
+from flask_kaizen_webhooks import KaizenWebhooks
+
+
+def create_app() -> Flask:
+    app = Flask("bench_celery", instance_path=os.environ["BENCH_INSTANCE"])
+    app.config.update(
+        SECRET_KEY="bench",
+        KAIZEN_WEBHOOKS_DATABASE_URI=os.environ["BENCH_DATABASE_URI"],
+        KAIZEN_WEBHOOKS_EXECUTOR="celery",
+        KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
+        KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
+        CELERY={
+            "broker_url": os.environ["BENCH_BROKER"],
+            "task_default_queue": os.environ["BENCH_QUEUE"],
+            "task_ignore_result": True,
+        },
+    )
+
+    class FlaskTask(Task):  # type: ignore[misc]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery = Celery(app.name, task_cls=FlaskTask)
+    celery.config_from_object(app.config["CELERY"])
+    app.extensions["celery"] = celery
+    KaizenWebhooks(app)
+    return app
+
+
+if "BENCH_DATABASE_URI" in os.environ:
+    flask_app = create_app()
+    celery_app = flask_app.extensions["celery"]
