@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from flask_kaizen_webhooks import get_state
 from flask_kaizen_webhooks.models import Delivery
-from tests.conftest import Host, register, service_unavailable
+from tests.conftest import ADMIN, Host, register, service_unavailable
 from tests.receivers import Reply, wait_until
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
@@ -260,3 +260,19 @@ def test_the_sweep_sends_work_whose_task_went_missing(
     start_worker(concurrency=2, beat=True, config=RECOVERY)
     wait_until(lambda: [d.status for d in deliveries(web)].count("succeeded") == 5, timeout=60)
     assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+
+
+def test_sync_topics_and_the_test_endpoint_stay_inline(web: Host, receiver: Any) -> None:
+    # No Celery worker runs: whatever arrives was sent by the web process itself.
+    server = receiver()
+    register(web, server.url(), topic="user_logged_in")
+    register(web, server.url(), topic="profile_updated")
+    with web.app.app_context():
+        [result] = web.webhooks.trigger("user_logged_in", {"user_id": "u-1"})
+    assert result.ok and len(server.received) == 1  # type: ignore[union-attr]
+    response = web.app.test_client().post(
+        "/v2/webhooks/test", json={"topic": "profile_updated"}, headers=ADMIN
+    )
+    assert response.status_code == 200
+    assert [d["ok"] for d in response.get_json()["deliveries"]] == [True]
+    assert len(server.received) == 2
