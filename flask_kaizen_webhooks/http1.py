@@ -21,6 +21,10 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 #: The most interim (1xx) answers skipped before the final one.
 MAX_INTERIM = 10
+#: The most bytes of one chunk-size line (with its extensions).
+MAX_CHUNK_LINE = 4096
+#: The most digits of a Content-Length (18: under an exabyte, and a cheap int()).
+MAX_LENGTH_DIGITS = 18
 #: Statuses whose answers have no body.
 NO_BODY = frozenset({204, 304})
 
@@ -136,7 +140,7 @@ def _read_body(reader: _Reader, headers: dict[str, str], max_body: int, body: by
     length = headers.get("content-length")
     if length is None:
         return _read_to_end(reader, max_body, body)
-    if not (length.isascii() and length.isdigit()):
+    if not (length.isascii() and length.isdigit()) or len(length) > MAX_LENGTH_DIGITS:
         raise Malformed(f"Content-Length is not a number: {length[:40]!r}")
     size = int(length)
     reader.take_into(body, min(size, max_body))
@@ -146,9 +150,8 @@ def _read_body(reader: _Reader, headers: dict[str, str], max_body: int, body: by
 
 
 def _read_chunked(reader: _Reader, max_body: int, body: bytearray) -> bool:
-    budget = [MAX_HEAD_BYTES]
     while True:
-        line = reader.line(budget)
+        line = reader.line([MAX_CHUNK_LINE])  # each size line has a limit of its own
         if line is None:
             raise ConnectionAbortedError("the connection closed inside a chunked body")
         digits = line.partition(b";")[0].strip()
@@ -156,7 +159,7 @@ def _read_chunked(reader: _Reader, max_body: int, body: bytearray) -> bool:
             raise Malformed(f"not a chunk size: {line[:40]!r}")
         size = int(digits, 16)
         if size == 0:
-            _read_fields(reader, budget)  # trailers, ignored
+            _read_fields(reader, [MAX_HEAD_BYTES])  # trailers, ignored
             return True
         wanted = min(size, max_body - len(body) + 1)
         before = len(body)
@@ -165,7 +168,7 @@ def _read_chunked(reader: _Reader, max_body: int, body: bytearray) -> bool:
             raise ConnectionAbortedError("the connection closed inside a chunk")
         if len(body) > max_body:
             return False  # over the cap: the rest is not read
-        if reader.line(budget) != b"":
+        if reader.line([MAX_CHUNK_LINE]) != b"":
             raise Malformed("a chunk is longer than its size")
 
 
@@ -209,7 +212,8 @@ class _Reader:
 
     def line(self, budget: list[int]) -> bytes | None:
         """The next line without its line break (a bare LF ends a line too); None at the end
-        of the stream. ``budget`` holds the bytes the head may still take."""
+        of the stream. ``budget`` holds the bytes the line (with those after it in the same
+        part of the answer) may still take."""
         start = 0
         while True:
             end = self.buffer.find(b"\n", start)
@@ -217,14 +221,14 @@ class _Reader:
                 break
             start = len(self.buffer)
             if start > budget[0]:
-                raise Malformed(f"the answer's head is longer than {MAX_HEAD_BYTES} bytes")
+                raise Malformed("the answer's head, or a chunk's size line, is too long")
             if not self._fill():
                 if self.buffer:
                     raise ConnectionAbortedError("the connection closed inside a line")
                 return None
         budget[0] -= end + 1
         if budget[0] < 0:
-            raise Malformed(f"the answer's head is longer than {MAX_HEAD_BYTES} bytes")
+            raise Malformed("the answer's head, or a chunk's size line, is too long")
         line = bytes(self.buffer[: end - 1 if end and self.buffer[end - 1] == 13 else end])
         del self.buffer[: end + 1]
         return line

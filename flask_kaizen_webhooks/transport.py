@@ -93,6 +93,8 @@ def route(url: str) -> Route:
     explicit_port = parts.port
     if scheme not in DEFAULT_PORTS or not host:
         raise ValueError("not an absolute http(s) URL")
+    if "%" in host:
+        raise ValueError("the host carries a zone (%) or percent-encoding")
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
@@ -138,9 +140,7 @@ class Transport:
         self._idle: OrderedDict[tuple[str, str, int, str], list[socket.socket]] = OrderedDict()
         self._pid = os.getpid()
         self._tls: ssl.SSLContext | None = None
-        self._lookups = concurrent.futures.ThreadPoolExecutor(
-            max_workers=LOOKUP_THREADS, thread_name_prefix="kaizen-webhooks-dns"
-        )
+        self._lookups: concurrent.futures.ThreadPoolExecutor | None = None
 
     def post(
         self,
@@ -153,7 +153,24 @@ class Transport:
     ) -> SendResult:
         """POST ``body`` to ``url``; the whole attempt ends within about ``timeout`` seconds."""
         started = time.monotonic()
+        try:
+            return self._post(url, body, headers, timeout, connect_timeout, started)
+        except Exception as exc:  # a defect: still an answer, never an exception
+            logger.exception("Webhook to %s: unexpected error", url)
+            return _failure(started, f"internal error: {type(exc).__name__}")
+
+    def _post(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        connect_timeout: float,
+        started: float,
+    ) -> SendResult:
         deadline = started + timeout
+        if self._pid != os.getpid():
+            self._after_fork()
         try:
             where = route(url)
         except ValueError as exc:
@@ -198,11 +215,13 @@ class Transport:
         except OSError as exc:
             _close(sock)
             return _failure(started, f"{type(exc).__name__}: {_reason(exc)}")
-        if response.reusable:
-            self._keep_idle(key, sock)
-        else:
-            _close(sock)
-        return _result(response, started)
+        try:
+            return _result(response, started)
+        finally:
+            if response.reusable:
+                self._keep_idle(key, sock)
+            else:
+                _close(sock)
 
     def _connect(
         self, where: Route, address: IPAddress, deadline: float, connect_timeout: float
@@ -239,7 +258,7 @@ class Transport:
                     raise _Failed(
                         f"TLS certificate not accepted: {exc.verify_message or exc}"
                     ) from None
-                except (ssl.SSLError, OSError) as exc:
+                except (ssl.SSLError, OSError, ValueError) as exc:
                     raise _Failed(f"TLS handshake failed: {_reason(exc)}") from None
             return sock
         except BaseException:
@@ -259,9 +278,6 @@ class Transport:
     def _take_idle(self, key: tuple[str, str, int, str]) -> socket.socket | None:
         """A pooled connection to ``key`` that the receiver has not closed, if there is one."""
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: its parent's connections are not its own
-                self._clear_locked()
-                self._pid = os.getpid()
             idle = self._idle.get(key)
             while idle:
                 sock = idle.pop()
@@ -294,7 +310,7 @@ class Transport:
             literal = literal_address(host)
             if literal is not None:
                 return [literal]
-            future = self._lookups.submit(self.resolver, host, port)
+            future = self._lookup_threads().submit(self.resolver, host, port)
             try:
                 return future.result(timeout=max(0.0, deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:
@@ -302,11 +318,30 @@ class Transport:
 
         return resolve_until
 
+    def _lookup_threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads that look names up (started on first use, again after :meth:`close`)."""
+        with self._lock:
+            if self._lookups is None:
+                self._lookups = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=LOOKUP_THREADS, thread_name_prefix="kaizen-webhooks-dns"
+                )
+            return self._lookups
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's connections and lookup threads are not its own."""
+        self._lock = threading.Lock()
+        self._clear_locked()
+        self._lookups = None
+        self._pid = os.getpid()
+
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection and stop the lookup threads (both come back if the
+        transport is used again)."""
         with self._lock:
             self._clear_locked()
-        self._lookups.shutdown(wait=False, cancel_futures=True)
+            lookups, self._lookups = self._lookups, None
+        if lookups is not None:
+            lookups.shutdown(wait=False, cancel_futures=True)
 
     def _clear_locked(self) -> None:
         for idle in self._idle.values():
@@ -364,7 +399,7 @@ def parse_retry_after(value: str | None) -> float | None:
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

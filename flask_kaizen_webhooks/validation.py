@@ -146,6 +146,8 @@ def check_url(url: str, *, allow_http: bool, policy: AddressPolicy) -> str:
         raise _invalid_url("The URL must not contain user information (user:password@).")
     if not parts.hostname:
         raise _invalid_url("The URL has no host name.")
+    if "%" in parts.hostname:
+        raise _invalid_url("The host must not carry a zone (%) or percent-encoding.")
     if scheme == "http" and not allow_http:
         raise ValidationError(
             "http_not_allowed",

@@ -259,3 +259,18 @@ def test_the_connection_watch_sees_real_connections(receiver: Any) -> None:
         _watch.on = False
     assert any(address[0] == "127.0.0.1" for address in _connects)
     _connects.clear()
+
+
+def test_a_host_with_a_zone_or_percent_encoding_is_refused_at_registration(
+    make_host: Any,
+) -> None:
+    client = make_host("sqlite").app.test_client()
+    for url in (
+        "https://203.0.114.1%25eth0/x",
+        "https://ex%61mple.com/x",
+        "https://[fe80::1%25lo]/x",
+    ):
+        body = {"topic": "profile_updated", "url": url, "secret": "signature_secret_0123"}
+        response = client.post("/v2/webhooks/registrations", json=body, headers=ADMIN)
+        assert response.status_code == 422, url
+        assert response.get_json()["error"]["code"] == "invalid_url", url

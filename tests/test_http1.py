@@ -4,9 +4,11 @@ does not), from real servers on 127.0.0.1 that send exactly the bytes a test giv
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -147,7 +149,7 @@ def test_a_connection_that_cannot_carry_another_request_is_not_reused(
         (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "not a header line"),
         (b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", "not a header line"),
         (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", "more than 100 header lines"),
-        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", "longer than 65536"),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", "head, or a chunk's size"),
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
             "conflicting Content-Length",
@@ -167,6 +169,10 @@ def test_a_malformed_head_is_a_failed_attempt(scripted: Any, reply: bytes, error
     [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nok", "Content-Length is not a number"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "Content-Length is not a number"),
+        (  # past int()'s digit limit
+            b"HTTP/1.1 200 OK\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\nok",
+            "Content-Length is not a number",
+        ),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "not a chunk size"),
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokay\r\n0\r\n\r\n",
@@ -283,3 +289,57 @@ def test_a_body_over_the_cap_that_arrives_later_does_not_spoil_the_next_request(
     finally:
         server.close()
     assert server.connections == 2
+
+
+def test_a_body_in_thousands_of_small_chunks_is_read_like_any_other(scripted: Any) -> None:
+    chunks = b"".join(b"2\r\nab\r\n" for _ in range(14_000))
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = scripted(head + chunks + b"0\r\n\r\n")
+    result = post(client(max_response_bytes=64 * 1024), server.url())
+    assert (result.status_code, result.error, result.body) == (200, None, b"ab" * 14_000)
+
+
+def test_a_retry_after_date_out_of_any_range_is_ignored(scripted: Any) -> None:
+    far = b"Retry-After: Mon, 01 Jan 99999999999999999999 00:00:00 GMT\r\n"
+    server = scripted(b"HTTP/1.1 503 Busy\r\n" + far + b"Content-Length: 0\r\n\r\n")
+    result = post(client(), server.url())
+    assert (result.status_code, result.retry_after, result.error) == (503, None, None)
+
+
+def test_a_host_with_a_zone_is_an_invalid_url_not_an_exception(scripted: Any) -> None:
+    server = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    url = f"https://127.0.0.1%25{'a' * 64}:{server.port}/hook"
+    result = post(client(), url)
+    assert result.error is not None and result.error.startswith("invalid URL"), result
+    assert server.connections == 0
+
+
+def named_client(delay: float = 0.0) -> Transport:
+    """A client whose resolver says every name is 127.0.0.1 (after ``delay`` seconds)."""
+
+    def resolver(host: str, port: int) -> list[Any]:
+        time.sleep(delay)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    return Transport(max_response_bytes=1024, pool_size=2, policy=LOOPBACK, resolver=resolver)
+
+
+def test_names_are_looked_up_again_after_close_and_in_a_forked_child(scripted: Any) -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    server = scripted(*[ok] * 20)
+    url = f"http://hooks.example.test:{server.port}/hook"
+    transport = named_client(delay=0.05)
+    with ThreadPoolExecutor(8) as pool:  # eight lookups at once: eight lookup threads
+        assert all(r.ok for r in pool.map(lambda _: post(transport, url), range(8)))
+    transport.close()
+    assert post(transport, url).ok  # the lookup threads come back after close()
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the parent's lookup threads do not exist here
+        results = [post(transport, url) for _ in range(3)]
+        os.write(writer, b"".join(b"1" if r.ok else b"0" for r in results))
+        os._exit(0)
+    os.close(writer)
+    _, status = os.waitpid(child, 0)
+    assert os.read(reader, 16) == b"111" and status == 0
+    os.close(reader)
