@@ -276,3 +276,35 @@ def test_sync_topics_and_the_test_endpoint_stay_inline(web: Host, receiver: Any)
     assert response.status_code == 200
     assert [d["ok"] for d in response.get_json()["deliveries"]] == [True]
     assert len(server.received) == 2
+
+
+def test_a_broker_down_at_commit_time_delays_but_loses_nothing(
+    celery_env: dict[str, str],
+    start_worker: Any,
+    receiver: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.celery_host import create_app
+
+    unreachable = {
+        "broker_url": "redis://127.0.0.1:1/0",  # nothing listens there
+        "task_default_queue": celery_env["KWT_QUEUE"],
+        "broker_connection_max_retries": 1,
+    }
+    monkeypatch.setenv("KWT_CONFIG", json.dumps({"CELERY": unreachable}))
+    app = create_app()
+    web = Host(app, app.extensions["kaizen_webhooks"].extension, None)
+    try:
+        server = receiver()
+        register(web, server.url())
+        with app.app_context():
+            ids = [web.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(3)]
+        # Committed, though no task could be sent: the host's call did not fail.
+        assert [d.status for d in deliveries(web)] == ["pending"] * 3
+        start_worker(concurrency=2, beat=True, config=RECOVERY)
+        wait_until(lambda: [d.status for d in deliveries(web)].count("succeeded") == 3, timeout=60)
+        assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+    finally:
+        with app.app_context():
+            get_state(app).shutdown(timeout=5)
+            get_state(app).database.dispose()

@@ -13,6 +13,9 @@ again for every delivery overdue by more than that interval.
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -53,6 +56,10 @@ class CeleryDispatcher:
     def __init__(self, app: Flask, state: WebhooksState) -> None:
         self._app = app
         self._state = state
+        self._lock = threading.Lock()
+        self._outgoing: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._publisher: threading.Thread | None = None
+        self._pid = os.getpid()
         celery_app = celery_app_of(app)
 
         def deliver(delivery_id: str) -> None:
@@ -80,12 +87,38 @@ class CeleryDispatcher:
         return None
 
     def stop(self, timeout: float = 30.0) -> None:
-        return None
+        """Hand over what is still waiting (for up to ``timeout`` seconds)."""
+        with self._lock:
+            publisher = self._publisher if self._pid == os.getpid() else None
+            self._publisher = None
+            if publisher is None or not publisher.is_alive():
+                return
+            self._outgoing.put(None)
+        publisher.join(timeout)
 
     def submit(self, delivery_ids: list[str]) -> None:
-        """One task per delivery just committed. A broker that cannot be reached costs a delay,
-        not a delivery: the sweep sends the task later."""
-        for delivery_id in delivery_ids:
+        """One task per delivery just committed, sent by a thread of this process so that the
+        host's request does not wait on the broker. A broker that cannot be reached, or a process
+        that ends first, costs a delay, not a delivery: the sweep sends the task later."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child starts afresh
+                self._pid, self._outgoing, self._publisher = os.getpid(), queue.SimpleQueue(), None
+            for delivery_id in delivery_ids:
+                self._outgoing.put(delivery_id)
+            if self._publisher is None or not self._publisher.is_alive():
+                self._publisher = threading.Thread(
+                    target=self._publish,
+                    args=(self._outgoing,),
+                    name="kaizen-webhooks-celery-publisher",
+                    daemon=True,
+                )
+                self._publisher.start()
+
+    def _publish(self, outgoing: queue.SimpleQueue[str | None]) -> None:
+        while True:
+            delivery_id = outgoing.get()
+            if delivery_id is None:
+                return
             try:
                 self.deliver.apply_async((delivery_id,))
             except Exception:
