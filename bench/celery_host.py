@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from celery import Celery, Task
 from flask import Flask
 
+from example_app.celery_setup import celery_init_app
 from flask_kaizen_webhooks import KaizenWebhooks
 
 
@@ -26,15 +25,7 @@ def create_app() -> Flask:
             "task_ignore_result": True,
         },
     )
-
-    class FlaskTask(Task):  # type: ignore[misc]
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            with app.app_context():
-                return self.run(*args, **kwargs)
-
-    celery = Celery(app.name, task_cls=FlaskTask)
-    celery.config_from_object(app.config["CELERY"])
-    app.extensions["celery"] = celery
+    celery_init_app(app)
     KaizenWebhooks(app)
     return app
 

@@ -122,7 +122,12 @@ class Prepared:
             merged = {**compiled.constants, **common}
             tail = tuple(merged[key] for key in compiled.positions if key not in keys)
             order = [*keys, *(key for key in compiled.positions if key not in keys)]
-            pick = itemgetter(*(order.index(key) for key in compiled.positions))
+            indices = [order.index(key) for key in compiled.positions]
+            pick: Callable[[tuple[Any, ...]], tuple[Any, ...]] = (
+                itemgetter(*indices)
+                if len(indices) > 1
+                else lambda values: (values[indices[0]],)  # itemgetter of one gives no tuple
+            )
             arguments = [pick(row + tail) for row in rows]
         _run(connection, compiled.sql, arguments, many=True)
 

@@ -7,28 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
-from celery import Celery, Task
 from flask import Flask
 
+from example_app.celery_setup import celery_init_app
 from flask_kaizen_webhooks import KaizenWebhooks
 from tests.conftest import DELIVERY_CONFIG, install_demo_auth
-
-
-def celery_init_app(app: Flask) -> Celery:
-    """Flask's documented Celery set-up: tasks run inside the app's context."""
-
-    class FlaskTask(Task):  # type: ignore[misc]
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            with app.app_context():
-                return self.run(*args, **kwargs)
-
-    celery_app = Celery(app.name, task_cls=FlaskTask)
-    celery_app.config_from_object(app.config["CELERY"])
-    celery_app.set_default()
-    app.extensions["celery"] = celery_app
-    return celery_app
 
 
 def create_app() -> Flask:

@@ -189,31 +189,15 @@ def test_a_malformed_body_keeps_the_status_and_fails(
     assert error in result.error
 
 
-def test_a_body_cut_short_by_the_receiver_fails_with_what_was_read() -> None:
-    def half(connection: socket.socket) -> None:
-        read_request(connection)
-        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
-        connection.close()
-
-    server = RawServer(half)
-    try:
-        result = post(client(), server.url())
-    finally:
-        server.close()
+def test_a_body_cut_short_by_the_receiver_fails_with_what_was_read(scripted: Any) -> None:
+    half = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", close=True)
+    result = post(client(), half.url())
     assert result.status_code == 200 and not result.ok and result.body == b"half"
     assert result.error is not None and "closed after 4 of 10 bytes" in result.error
 
 
-def test_a_receiver_closing_without_an_answer_is_a_failed_attempt() -> None:
-    def hang_up(connection: socket.socket) -> None:
-        read_request(connection)
-        connection.close()
-
-    server = RawServer(hang_up)
-    try:
-        result = post(client(), server.url())
-    finally:
-        server.close()
+def test_a_receiver_closing_without_an_answer_is_a_failed_attempt(scripted: Any) -> None:
+    result = post(client(), scripted(b"", close=True).url())
     assert result.status_code is None and not result.ok
     assert result.error is not None and "closed the connection without answering" in result.error
 
@@ -237,20 +221,13 @@ def test_a_long_body_is_cut_at_the_cap_and_its_connection_dropped(
     assert server.connections == 2  # the first connection was not read to its end: dropped
 
 
-def test_an_idle_connection_the_receiver_closed_is_not_used_again() -> None:
-    def answer_once(connection: socket.socket) -> None:
-        read_request(connection)
-        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        connection.close()  # a keep-alive timeout on the receiver's side
-
-    server = RawServer(answer_once)
-    try:
-        transport = client()
-        assert post(transport, server.url()).ok
-        time.sleep(0.1)
-        assert post(transport, server.url()).ok
-    finally:
-        server.close()
+def test_an_idle_connection_the_receiver_closed_is_not_used_again(scripted: Any) -> None:
+    # A keep-alive answer, then the receiver closes (its idle timeout, say).
+    server = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", close=True)
+    transport = client()
+    assert post(transport, server.url()).ok
+    time.sleep(0.1)
+    assert post(transport, server.url()).ok
     assert server.connections == 2
 
 

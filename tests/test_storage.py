@@ -258,3 +258,19 @@ def test_time_ordered_ids_are_uuid7_unique_and_ordered_by_time() -> None:
         assert str(parsed) == text_id
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert max(first) < min(later)  # a later millisecond sorts after
+
+
+def test_a_prepared_insert_of_a_single_column_on_a_positional_driver() -> None:
+    from sqlalchemy import Column, Integer, MetaData, Table, insert
+
+    from flask_kaizen_webhooks.prepared import Prepared
+
+    table = Table("single", MetaData(), Column("x", Integer))
+    engine = create_engine("sqlite://")  # qmark: positional parameters
+    table.metadata.create_all(engine)
+    with engine.begin() as connection:
+        Prepared(insert(table), column_keys=("x",)).insert_many(
+            connection, {}, ("x",), [(1,), (2,)]
+        )
+        assert sorted(connection.execute(select(table.c.x)).scalars()) == [1, 2]
+    engine.dispose()
