@@ -1,17 +1,21 @@
-"""The HTTP/1.1 a webhook sender needs (RFC 9112), on a blocking socket and under a deadline:
-write a request, then read one answer strictly, with limits on everything a receiver controls.
+"""The HTTP/1.1 a webhook sender needs (RFC 9112): write a request, then read one answer
+strictly, with limits on everything a receiver controls.
 
-Every socket call gets only the time left before the deadline, so the deadline bounds the whole
-exchange however slowly the receiver writes; :class:`TimeoutError` is raised when it passes
-before the answer's head is complete. A body cut short by the deadline or a broken connection
-comes back with what was read and an error, beside the status already known.
+The answer is read by one parser, :func:`parse_response`, a generator that is fed the bytes as
+they arrive, so that a blocking socket (:func:`read_response`) and the dispatcher's event loop
+share it. Its feeder throws :class:`TimeoutError` (or the socket's :class:`OSError`) into it
+when the deadline passes (or the connection breaks): before the answer's head is complete that
+exception comes out; later, the answer comes back with the body read so far and an error,
+beside the status already known.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 #: Bytes read from the socket at a time.
 RECV_BYTES = 64 * 1024
@@ -27,6 +31,11 @@ MAX_CHUNK_LINE = 4096
 MAX_LENGTH_DIGITS = 18
 #: Statuses whose answers have no body.
 NO_BODY = frozenset({204, 304})
+
+T = TypeVar("T")
+#: A parser step: it yields when it needs more bytes and is sent them (``b""``: the stream
+#: ended).
+Parse = Generator[None, bytes, T]
 
 
 class Malformed(Exception):
@@ -52,20 +61,46 @@ class Response:
 
 
 def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
-    """Write all of ``data`` before ``deadline`` (TimeoutError otherwise)."""
+    """Write all of ``data`` to a blocking ``sock`` before ``deadline`` (TimeoutError
+    otherwise)."""
     view = memoryview(data)
     while view:
-        _wait_at_most(sock, deadline)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the deadline passed")
+        sock.settimeout(remaining)
         sent = sock.send(view)
         view = view[sent:]
 
 
 def read_response(sock: socket.socket, deadline: float, max_body: int) -> Response:
-    """Read one answer from ``sock``; keep up to ``max_body`` bytes of its body (a longer body
-    is not read further, and the connection is then not reusable)."""
-    reader = _Reader(sock, deadline)
+    """Read one answer from a blocking ``sock``, each read bounded by what is left before
+    ``deadline``; see :func:`parse_response`."""
+    parser = parse_response(max_body)
+    try:
+        next(parser)  # to its first need for bytes
+        while True:
+            try:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the deadline passed")
+                sock.settimeout(remaining)
+                chunk = sock.recv(RECV_BYTES)
+            except OSError as exc:  # TimeoutError included
+                parser.throw(exc)
+            else:
+                parser.send(chunk)
+    except StopIteration as done:
+        response: Response = done.value
+        return response
+
+
+def parse_response(max_body: int) -> Parse[Response]:
+    """Parse one answer; keep up to ``max_body`` bytes of its body (a longer body is not read
+    further, and the connection is then not reusable)."""
+    reader = _Reader()
     for _ in range(MAX_INTERIM + 1):
-        version, status, headers = _read_head(reader)
+        version, status, headers = yield from _read_head(reader)
         if not 100 <= status < 200 or status == 101:
             break
     else:
@@ -75,7 +110,7 @@ def read_response(sock: socket.socket, deadline: float, max_body: int) -> Respon
         return Response(status, headers, b"", None, keep_alive and status != 101)
     body = bytearray()
     try:
-        framed = _read_body(reader, headers, max_body, body)
+        framed = yield from _read_body(reader, headers, max_body, body)
     except TimeoutError:
         return Response(status, headers, bytes(body), "timed out reading the response", False)
     except (OSError, Malformed) as exc:
@@ -84,10 +119,10 @@ def read_response(sock: socket.socket, deadline: float, max_body: int) -> Respon
     return Response(status, headers, bytes(body[:max_body]), None, reusable)
 
 
-def _read_head(reader: _Reader) -> tuple[str, int, dict[str, str]]:
+def _read_head(reader: _Reader) -> Parse[tuple[str, int, dict[str, str]]]:
     """The status line and headers of one answer."""
     budget = [MAX_HEAD_BYTES]
-    line = reader.line(budget)
+    line = yield from reader.line(budget)
     if line is None:
         raise ConnectionAbortedError("the receiver closed the connection without answering")
     version, _, rest = line.partition(b" ")
@@ -99,15 +134,15 @@ def _read_head(reader: _Reader) -> tuple[str, int, dict[str, str]]:
         and rest[3:4] in (b"", b" ")
     ):
         raise Malformed(f"not an HTTP/1.x status line: {line[:40]!r}")
-    return version.decode(), int(code), _read_fields(reader, budget)
+    return version.decode(), int(code), (yield from _read_fields(reader, budget))
 
 
-def _read_fields(reader: _Reader, budget: list[int]) -> dict[str, str]:
+def _read_fields(reader: _Reader, budget: list[int]) -> Parse[dict[str, str]]:
     """Header (or trailer) lines up to the empty line that ends them."""
     headers: dict[str, str] = {}
     count = 0
     while True:
-        line = reader.line(budget)
+        line = yield from reader.line(budget)
         if line is None:
             raise Malformed("the connection closed inside the headers")
         if not line:
@@ -129,29 +164,31 @@ def _read_fields(reader: _Reader, budget: list[int]) -> dict[str, str]:
             headers[key] = text
 
 
-def _read_body(reader: _Reader, headers: dict[str, str], max_body: int, body: bytearray) -> bool:
+def _read_body(
+    reader: _Reader, headers: dict[str, str], max_body: int, body: bytearray
+) -> Parse[bool]:
     """Read the body into ``body`` (at most ``max_body`` bytes plus one read); True when it was
     read to its framed end, so the connection can carry the next request."""
     coding = headers.get("transfer-encoding")
     if coding is not None:
         if _tokens(coding)[-1:] == ["chunked"]:
-            return _read_chunked(reader, max_body, body)
-        return _read_to_end(reader, max_body, body)
+            return (yield from _read_chunked(reader, max_body, body))
+        return (yield from _read_to_end(reader, max_body, body))
     length = headers.get("content-length")
     if length is None:
-        return _read_to_end(reader, max_body, body)
+        return (yield from _read_to_end(reader, max_body, body))
     if not (length.isascii() and length.isdigit()) or len(length) > MAX_LENGTH_DIGITS:
         raise Malformed(f"Content-Length is not a number: {length[:40]!r}")
     size = int(length)
-    reader.take_into(body, min(size, max_body))
+    yield from reader.take_into(body, min(size, max_body))
     if len(body) < min(size, max_body):
         raise ConnectionAbortedError(f"the connection closed after {len(body)} of {size} bytes")
     return size <= max_body
 
 
-def _read_chunked(reader: _Reader, max_body: int, body: bytearray) -> bool:
+def _read_chunked(reader: _Reader, max_body: int, body: bytearray) -> Parse[bool]:
     while True:
-        line = reader.line([MAX_CHUNK_LINE])  # each size line has a limit of its own
+        line = yield from reader.line([MAX_CHUNK_LINE])  # each size line has a limit of its own
         if line is None:
             raise ConnectionAbortedError("the connection closed inside a chunked body")
         digits = line.partition(b";")[0].strip()
@@ -159,22 +196,22 @@ def _read_chunked(reader: _Reader, max_body: int, body: bytearray) -> bool:
             raise Malformed(f"not a chunk size: {line[:40]!r}")
         size = int(digits, 16)
         if size == 0:
-            _read_fields(reader, [MAX_HEAD_BYTES])  # trailers, ignored
+            yield from _read_fields(reader, [MAX_HEAD_BYTES])  # trailers, ignored
             return True
         wanted = min(size, max_body - len(body) + 1)
         before = len(body)
-        reader.take_into(body, wanted)
+        yield from reader.take_into(body, wanted)
         if len(body) - before < wanted:
             raise ConnectionAbortedError("the connection closed inside a chunk")
         if len(body) > max_body:
             return False  # over the cap: the rest is not read
-        if reader.line([MAX_CHUNK_LINE]) != b"":
+        if (yield from reader.line([MAX_CHUNK_LINE])) != b"":
             raise Malformed("a chunk is longer than its size")
 
 
-def _read_to_end(reader: _Reader, max_body: int, body: bytearray) -> bool:
+def _read_to_end(reader: _Reader, max_body: int, body: bytearray) -> Parse[bool]:
     """A body that the end of the connection frames."""
-    reader.take_into(body, max_body + 1)
+    yield from reader.take_into(body, max_body + 1)
     return False
 
 
@@ -182,35 +219,25 @@ def _tokens(value: str | None) -> list[str]:
     return [token.strip().lower() for token in value.split(",")] if value else []
 
 
-def _wait_at_most(sock: socket.socket, deadline: float) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("the deadline passed")
-    sock.settimeout(remaining)
-
-
 class _Reader:
-    """Buffered reads of one answer, each bounded by what is left of the deadline."""
+    """The bytes of one answer, as they are fed in."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.deadline = deadline
+    def __init__(self) -> None:
         self.buffer = bytearray()
         self.ended = False
 
-    def _fill(self) -> bool:
-        """Read more into the buffer; False at the end of the stream."""
+    def _fill(self) -> Parse[bool]:
+        """Wait for more bytes; False at the end of the stream."""
         if self.ended:
             return False
-        _wait_at_most(self.sock, self.deadline)
-        chunk = self.sock.recv(RECV_BYTES)
+        chunk = yield
         if not chunk:
             self.ended = True
             return False
         self.buffer += chunk
         return True
 
-    def line(self, budget: list[int]) -> bytes | None:
+    def line(self, budget: list[int]) -> Parse[bytes | None]:
         """The next line without its line break (a bare LF ends a line too); None at the end
         of the stream. ``budget`` holds the bytes the line (with those after it in the same
         part of the answer) may still take."""
@@ -222,7 +249,7 @@ class _Reader:
             start = len(self.buffer)
             if start > budget[0]:
                 raise Malformed("the answer's head, or a chunk's size line, is too long")
-            if not self._fill():
+            if not (yield from self._fill()):
                 if self.buffer:
                     raise ConnectionAbortedError("the connection closed inside a line")
                 return None
@@ -233,7 +260,7 @@ class _Reader:
         del self.buffer[: end + 1]
         return line
 
-    def take_into(self, out: bytearray, count: int) -> None:
+    def take_into(self, out: bytearray, count: int) -> Parse[None]:
         """Move up to ``count`` bytes into ``out``; fewer only at the end of the stream."""
         while True:
             moved = min(count, len(self.buffer))
@@ -241,5 +268,5 @@ class _Reader:
                 out += self.buffer[:moved]
                 del self.buffer[:moved]
                 count -= moved
-            if count <= 0 or not self._fill():
+            if count <= 0 or not (yield from self._fill()):
                 return
