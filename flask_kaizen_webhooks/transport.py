@@ -110,7 +110,7 @@ def route(url: str) -> Route:
     )
 
 
-class _Failed(Exception):
+class Failed(Exception):
     """An attempt ended without a complete answer; ``message`` says why."""
 
     def __init__(self, message: str, *, timed_out: bool = False) -> None:
@@ -137,7 +137,7 @@ class Transport:
         self.policy = policy or AddressPolicy()
         self.resolver = resolver
         self._lock = threading.Lock()
-        self._idle: OrderedDict[tuple[str, str, int, str], list[socket.socket]] = OrderedDict()
+        self._idle: OrderedDict[tuple[str, str, int], list[socket.socket]] = OrderedDict()
         self._pid = os.getpid()
         self._tls: ssl.SSLContext | None = None
         self._lookups: concurrent.futures.ThreadPoolExecutor | None = None
@@ -157,7 +157,7 @@ class Transport:
             return self._post(url, body, headers, timeout, connect_timeout, started)
         except Exception as exc:  # a defect: still an answer, never an exception
             logger.exception("Webhook to %s: unexpected error", url)
-            return _failure(started, f"internal error: {type(exc).__name__}")
+            return failure(started, f"internal error: {type(exc).__name__}")
 
     def _post(
         self,
@@ -169,68 +169,74 @@ class Transport:
         started: float,
     ) -> SendResult:
         deadline = started + timeout
-        if self._pid != os.getpid():
-            self._after_fork()
-        try:
-            where = route(url)
-        except ValueError as exc:
-            return _failure(started, f"invalid URL: {exc}")
-        try:
-            request = _request(where, headers, body)
-        except ValueError as exc:
-            return _failure(started, f"invalid request: {exc}")
-        try:
-            addresses = self.policy.checked_addresses(
-                where.host, where.port, self._resolver_until(deadline)
-            )
-        except ForbiddenDestination as exc:
-            logger.warning("Webhook to %s refused before connecting: %s", where.host, exc.reason)
-            return _failure(started, f"forbidden destination: {exc.reason}")
-        except ResolveTimeout:
-            return _failure(
-                started,
-                f"timed out: resolving {where.host!r} took over {timeout:g} s",
-                timed_out=True,
-            )
-        # The first checked address; the others were checked too but are not tried, so one
-        # attempt makes at most one connection.
-        key = (where.scheme, str(addresses[0]), where.port, where.host)
+        prepared = self.prepare(url, headers, body, started)
+        if isinstance(prepared, SendResult):
+            return prepared
+        where, request = prepared
+        key = pool_key(where)
         sock = self._take_idle(key)
         try:
             if sock is None:
-                sock = self._connect(where, addresses[0], deadline, connect_timeout)
+                sock = self.open(where, deadline, connect_timeout)
             send_all(sock, request, deadline)
             response = read_response(sock, deadline, self.max_response_bytes)
-        except _Failed as exc:
+        except Exception as exc:
             _close(sock)
-            return _failure(started, exc.message, timed_out=exc.timed_out)
-        except TimeoutError:
-            _close(sock)
-            return _failure(
-                started, f"timed out: no complete answer within {timeout:g} s", timed_out=True
-            )
-        except Malformed as exc:
-            _close(sock)
-            return _failure(started, f"malformed answer: {exc}")
-        except OSError as exc:
-            _close(sock)
-            return _failure(started, f"{type(exc).__name__}: {_reason(exc)}")
+            return failure_of(exc, started, timeout)
         try:
-            return _result(response, started)
+            return result_of(response, started)
         finally:
             if response.reusable:
                 self._keep_idle(key, sock)
             else:
                 _close(sock)
 
+    def prepare(
+        self, url: str, headers: dict[str, str], body: bytes, started: float
+    ) -> tuple[Route, bytes] | SendResult:
+        """The route and the bytes of a POST of ``body`` to ``url``, or the failure that stops
+        it before any connection."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        try:
+            where = route(url)
+        except ValueError as exc:
+            return failure(started, f"invalid URL: {exc}")
+        try:
+            return where, _request(where, headers, body)
+        except ValueError as exc:
+            return failure(started, f"invalid request: {exc}")
+
+    def open(self, where: Route, deadline: float, connect_timeout: float) -> socket.socket:
+        """A new blocking connection for ``where``: its name looked up (bounded by ``deadline``),
+        every address checked against the policy, the first one connected to (and TLS for
+        https); :class:`Failed` when it cannot be made, or not in time.
+
+        A connection goes to an address checked when it was made, so a pooled one is reused
+        without a second lookup."""
+        try:
+            addresses = self.policy.checked_addresses(
+                where.host, where.port, self._resolver_until(deadline)
+            )
+        except ForbiddenDestination as exc:
+            logger.warning("Webhook to %s refused before connecting: %s", where.host, exc.reason)
+            raise Failed(f"forbidden destination: {exc.reason}") from None
+        except ResolveTimeout:
+            raise Failed(
+                f"timed out: resolving {where.host!r} did not finish in time", timed_out=True
+            ) from None
+        # The first checked address; the others were checked too but are not tried, so one
+        # attempt makes at most one connection.
+        return self._connect(where, addresses[0], deadline, connect_timeout)
+
     def _connect(
         self, where: Route, address: IPAddress, deadline: float, connect_timeout: float
     ) -> socket.socket:
         """A new connection to ``address`` (TLS for https, speaking and verified for the URL's
-        name); :class:`_Failed` when it cannot be made in time."""
+        name); :class:`Failed` when it cannot be made in time."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _Failed("timed out: no time left to connect", timed_out=True)
+            raise Failed("timed out: no time left to connect", timed_out=True)
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -238,28 +244,28 @@ class Transport:
             try:
                 sock.connect((str(address), where.port))
             except TimeoutError:
-                raise _Failed(
+                raise Failed(
                     f"timed out: connecting to {address} took over "
                     f"{min(connect_timeout, remaining):g} s",
                     timed_out=True,
                 ) from None
             except OSError as exc:
-                raise _Failed(f"connection failed: {_reason(exc)}") from None
+                raise Failed(f"connection failed: {_reason(exc)}") from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if where.scheme == "https":
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
                 try:
                     return self._tls_context().wrap_socket(sock, server_hostname=where.host)
                 except TimeoutError:
-                    raise _Failed(
+                    raise Failed(
                         "timed out: the TLS handshake did not finish", timed_out=True
                     ) from None
                 except ssl.SSLCertVerificationError as exc:
-                    raise _Failed(
+                    raise Failed(
                         f"TLS certificate not accepted: {exc.verify_message or exc}"
                     ) from None
                 except (ssl.SSLError, OSError, ValueError) as exc:
-                    raise _Failed(f"TLS handshake failed: {_reason(exc)}") from None
+                    raise Failed(f"TLS handshake failed: {_reason(exc)}") from None
             return sock
         except BaseException:
             sock.close()
@@ -275,7 +281,7 @@ class Transport:
                 self._tls = context
             return self._tls
 
-    def _take_idle(self, key: tuple[str, str, int, str]) -> socket.socket | None:
+    def _take_idle(self, key: tuple[str, str, int]) -> socket.socket | None:
         """A pooled connection to ``key`` that the receiver has not closed, if there is one."""
         with self._lock:
             idle = self._idle.get(key)
@@ -287,7 +293,7 @@ class Transport:
                 sock.close()
             return None
 
-    def _keep_idle(self, key: tuple[str, str, int, str], sock: socket.socket) -> None:
+    def _keep_idle(self, key: tuple[str, str, int], sock: socket.socket) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
             self._idle.move_to_end(key)
@@ -377,7 +383,28 @@ def _close(sock: socket.socket | None) -> None:
         sock.close()
 
 
-def _result(response: Response, started: float) -> SendResult:
+def pool_key(where: Route) -> tuple[str, str, int]:
+    """What pooled connections are kept by: scheme, name (or address literal) and port."""
+    return (where.scheme, where.host, where.port)
+
+
+def failure_of(exc: Exception, started: float, timeout: float) -> SendResult:
+    """The result of an exchange that raised ``exc`` (any other exception is re-raised)."""
+    if isinstance(exc, Failed):
+        return failure(started, exc.message, timed_out=exc.timed_out)
+    if isinstance(exc, TimeoutError):
+        return failure(
+            started, f"timed out: no complete answer within {timeout:g} s", timed_out=True
+        )
+    if isinstance(exc, Malformed):
+        return failure(started, f"malformed answer: {exc}")
+    if isinstance(exc, OSError):
+        return failure(started, f"{type(exc).__name__}: {_reason(exc)}")
+    raise exc
+
+
+def result_of(response: Response, started: float) -> SendResult:
+    """The result of an exchange that read ``response``."""
     error = response.error
     return SendResult(
         status_code=response.status,
@@ -406,7 +433,8 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _failure(started: float, error: str, *, timed_out: bool = False) -> SendResult:
+def failure(started: float, error: str, *, timed_out: bool = False) -> SendResult:
+    """The result of an attempt that ended with ``error`` and no answer."""
     return SendResult(
         status_code=None,
         elapsed=time.monotonic() - started,

@@ -48,6 +48,15 @@ def request_headers(topic: str, delivery_id: str, attempt_number: int) -> dict[s
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A signed webhook POST, ready to go."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
 def send(
     state: WebhooksState,
     *,
@@ -58,33 +67,40 @@ def send(
     attempt_number: int,
     timeout: float,
 ) -> SendResult:
-    """Open the secret, sign ``payload`` with a fresh ``iat`` and POST it.
+    """Sign ``payload`` (see :func:`signed_request`) and POST it."""
+    request = signed_request(
+        state,
+        target=target,
+        payload=payload,
+        headers=request_headers(topic, delivery_id, attempt_number),
+        delivery_id=delivery_id,
+    )
+    if isinstance(request, SendResult):
+        return request
+    return state.transport.post(
+        request.url,
+        request.body,
+        request.headers,
+        timeout=timeout,
+        connect_timeout=state.settings.connect_timeout,
+    )
 
-    During a secret rotation's overlap the body stays signed with the previous secret, so
-    receivers that know only that one keep working, and ``Webhook-Signature-Next`` carries the
-    signature with the new secret (a detached JWS) for receivers that have switched.
-    """
-    try:
-        return _sign_and_post(
-            state,
-            target=target,
-            payload=payload,
-            headers=request_headers(topic, delivery_id, attempt_number),
-            timeout=timeout,
-        )
-    except Exception as exc:  # a defect, not the receiver's doing: record it as a failure
-        logger.exception("Delivery %s: unexpected error while sending", delivery_id)
-        return SendResult(None, 0.0, b"", None, None, f"internal error: {type(exc).__name__}")
 
-
-def _sign_and_post(
+def signed_request(
     state: WebhooksState,
     *,
     target: store.Target,
     payload: bytes,
     headers: dict[str, str],
-    timeout: float,
-) -> SendResult:
+    delivery_id: str,
+) -> Request | SendResult:
+    """Open the secret and sign ``payload`` with a fresh ``iat``; a failed result when it
+    cannot be signed.
+
+    During a secret rotation's overlap the body stays signed with the previous secret, so
+    receivers that know only that one keep working, and ``Webhook-Signature-Next`` carries the
+    signature with the new secret (a detached JWS) for receivers that have switched.
+    """
     now = state.clock.time()
     try:
         secret = state.secrets.open(target.sealed_secret)
@@ -104,13 +120,10 @@ def _sign_and_post(
             body = sign(payload, secret, issued_at=now, kid=target.secret_version)
     except SecretUnreadable as exc:
         return SendResult(None, 0.0, b"", None, None, str(exc))
-    return state.transport.post(
-        target.url,
-        body.encode("ascii"),
-        headers,
-        timeout=timeout,
-        connect_timeout=state.settings.connect_timeout,
-    )
+    except Exception as exc:  # a defect, not the receiver's doing: record it as a failure
+        logger.exception("Delivery %s: unexpected error while signing", delivery_id)
+        return SendResult(None, 0.0, b"", None, None, f"internal error: {type(exc).__name__}")
+    return Request(target.url, body.encode("ascii"), headers)
 
 
 def describe_failure(result: SendResult) -> str | None:
@@ -169,20 +182,40 @@ def next_step(
 def attempt(state: WebhooksState, claimed: store.Claimed) -> store.AttemptRecord:
     """Make the next attempt of a claimed delivery (whose registration is active) and decide
     what follows; nothing is written here (see :func:`record`)."""
+    started = state.clock.now()
+    request = request_of(state, claimed)
+    if isinstance(request, Request):
+        result = state.transport.post(
+            request.url,
+            request.body,
+            request.headers,
+            timeout=state.settings.async_timeout,
+            connect_timeout=state.settings.connect_timeout,
+        )
+    else:
+        result = request
+    return conclude(state, claimed, started, result)
+
+
+def request_of(state: WebhooksState, claimed: store.Claimed) -> Request | SendResult:
+    """The signed request of a claimed delivery's next attempt (or why it cannot be made)."""
     target = claimed.target
     assert target is not None, "abandon() deliveries whose registration is gone"
-    settings = state.settings
-    number = claimed.attempts + 1
-    started = state.clock.now()
-    result = send(
+    return signed_request(
         state,
         target=target,
         payload=claimed.payload.encode(),
-        topic=claimed.topic,
+        headers=request_headers(claimed.topic, claimed.delivery_id, claimed.attempts + 1),
         delivery_id=claimed.delivery_id,
-        attempt_number=number,
-        timeout=settings.async_timeout,
     )
+
+
+def conclude(
+    state: WebhooksState, claimed: store.Claimed, started: datetime, result: SendResult
+) -> store.AttemptRecord:
+    """The record of an attempt started at ``started`` that came to ``result``, with what
+    follows it."""
+    settings = state.settings
     now = state.clock.now()
     step = next_step(
         result,
@@ -198,7 +231,7 @@ def attempt(state: WebhooksState, claimed: store.Claimed) -> store.AttemptRecord
         token=claimed.token,
         registration_id=claimed.registration_id,
         topic=claimed.topic,
-        number=number,
+        number=claimed.attempts + 1,
         retry_index=claimed.retry_index,
         started_at=started,
         finished_at=now,

@@ -1,10 +1,12 @@
-"""The default engine: a pool of worker threads in the app process, fed by a poller that claims
-due work in batches (new deliveries, woken by each commit; retries; whatever an earlier process
-left pending) and loads it in the same transaction."""
+"""The default engine, in the app process: a poller thread claims due work in batches (new
+deliveries, woken by each commit; retries; whatever an earlier process left pending) and loads
+it in the same transaction; one sender thread makes up to ``settings.workers`` attempts at once
+(see :mod:`..multiplex`); a recorder thread writes their results in batches."""
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import queue
@@ -20,7 +22,9 @@ from urllib.parse import urlsplit
 from flask import Flask
 
 from .. import store
-from .attempt import abandon, attempt, record
+from ..multiplex import Job, Multiplexer
+from ..transport import SendResult
+from .attempt import Request, abandon, conclude, record, request_of
 from .inflight import InFlight
 from .recorder import Recorder
 
@@ -29,20 +33,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-#: A queue item: a claimed delivery ready to go, with its destination host when a slot is held
-#: for it (None: its registration is gone, it is only to be abandoned); or None to stop a worker.
-WorkItem = tuple[store.Claimed, str | None] | None
-
+#: What comes back with an attempt's result: the delivery, its host (whose slot it holds) and
+#: when the attempt started.
+Context = tuple[store.Claimed, str, datetime]
 
 #: Seconds of lease an attempt needs beyond its own time limits, or the lease is renewed first.
 LEASE_MARGIN = 5.0
-#: Deliveries claimed ahead in one round (at least two per worker): one short transaction
-#: loads work for many attempts.
+#: Deliveries claimed ahead in one round (at least two per attempt at once): one short
+#: transaction loads work for many attempts.
 CLAIM_AHEAD = 64
 
 
 class ThreadDispatcher:
-    """Delivers asynchronous webhooks from the outbox with ``settings.workers`` threads.
+    """Delivers asynchronous webhooks from the outbox, up to ``settings.workers`` at once.
 
     The database is the source of truth: memory only holds claimed work about to be sent (at
     most about two rounds of it, plus work parked behind a busy registration or host) and
@@ -64,8 +67,12 @@ class ThreadDispatcher:
             self._record, name="kaizen-webhooks-recorder", expecting=self._in_flight.busy
         )
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._sender: Multiplexer[Context] | None = None
+        self._poller: threading.Thread | None = None
+        #: Deliveries whose lease must be renewed before their attempt (by the poller).
+        self._renewals: queue.SimpleQueue[tuple[store.Claimed, str]] = queue.SimpleQueue()
+        #: Deliveries whose slot came free while stopping: to be given back.
+        self._unsent: list[store.Claimed] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._pid: int | None = None
@@ -87,34 +94,29 @@ class ThreadDispatcher:
             self._closed = False
             if self.running:
                 return
-            # Fresh queue and events: threads of an earlier run that did not stop in time keep
+            # Fresh events and sender: threads of an earlier run that did not stop in time keep
             # their own, and end without touching these.
-            work: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
             stopping, wake = threading.Event(), threading.Event()
-            self._queue, self._stopping, self._wake = work, stopping, wake
+            self._stopping, self._wake = stopping, wake
             self._pid = os.getpid()
-            count = self._state.settings.workers
-            self._threads = [
-                threading.Thread(
-                    target=self._work,
-                    args=(work, stopping, wake),
-                    name=f"kaizen-webhooks-worker-{n}",
-                    daemon=True,
-                )
-                for n in range(count)
-            ]
-            self._threads.append(
-                threading.Thread(
-                    target=self._poll,
-                    args=(work, stopping, wake),
-                    name="kaizen-webhooks-poller",
-                    daemon=True,
-                )
+            settings = self._state.settings
+            sender: Multiplexer[Context] = Multiplexer(
+                self._state.transport,
+                max_active=settings.workers,
+                connect_timeout=settings.connect_timeout,
+                done=self._finished,
             )
-            for thread in self._threads:
-                thread.start()
+            self._sender = sender
+            self._poller = threading.Thread(
+                target=self._poll,
+                args=(sender, stopping, wake),
+                name="kaizen-webhooks-poller",
+                daemon=True,
+            )
+            sender.start()
+            self._poller.start()
             atexit.register(self.stop)
-        logger.info("Webhook dispatcher started with %d workers", count)
+        logger.info("Webhook dispatcher started: up to %d attempts at once", settings.workers)
 
     def submit(self, delivery_ids: list[str]) -> None:
         """Deliveries were committed: the poller claims them at once (starting on first use).
@@ -128,71 +130,120 @@ class ThreadDispatcher:
         self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking work, let attempts in flight finish (up to ``timeout`` seconds), record
-        them, and give back claimed work that was not started. Nothing pending is lost: it stays
-        in the outbox."""
+        """Stop taking work, let attempts under way finish (up to ``timeout`` seconds), record
+        them, and give back claimed work that was not attempted. Nothing pending is lost: it
+        stays in the outbox."""
         with self._lock:
             self._closed = True
             if not self.running:
                 return
             self._stopping.set()
             self._wake.set()
-            threads, self._threads = self._threads, []
-            work = self._queue
-        for _ in threads:
-            work.put(None)
+            poller, sender = self._poller, self._sender
+            self._poller = None
         deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        self._give_back(self._unstarted(work), due=self._state.clock.now())
+        assert poller is not None and sender is not None
+        poller.join(max(0.0, deadline - time.monotonic()))
+        left: list[store.Claimed] = []
+        for item, host, _started in sender.stop(max(0.0, deadline - time.monotonic())):
+            left += self._release_all(item, host)
+        while True:
+            try:
+                item, host = self._renewals.get_nowait()
+            except queue.Empty:
+                break
+            left += self._release_all(item, host)
+        left += self._unsent + self._in_flight.unpark_all()
+        self._unsent = []
+        self._give_back(left, due=self._state.clock.now())
         self._recorder.stop(max(1.0, deadline - time.monotonic()))
         atexit.unregister(self.stop)
         logger.info("Webhook dispatcher stopped")
 
-    # Threads -------------------------------------------------------------------------------
+    # Attempts --------------------------------------------------------------------------------
 
-    def _work(
-        self, work: queue.SimpleQueue[WorkItem], stopping: threading.Event, wake: threading.Event
-    ) -> None:
-        while True:
-            item = work.get()
-            if item is None or stopping.is_set():
-                if item is not None:
-                    work.put(item)  # left for _unstarted
+    def _begin(self, item: store.Claimed | None, host: str, *, renewed: bool = False) -> None:
+        """Start the attempt of ``item``, whose slot is held (and, when it ends at once, of the
+        parked work its slot goes to); its lease is renewed first if it is running out, unless
+        it was just ``renewed``."""
+        state = self._state
+        sender = self._sender
+        while item is not None:
+            if self._stopping.is_set() or sender is None:
+                self._unsent += self._release_all(item, host)
                 return
-            claimed, host = item
-            with self._app.app_context():
-                if host is None:
-                    self._abandon(claimed)
-                else:
-                    self._run_slot(claimed, host, work, stopping, wake)
+            if not renewed and self._lease_too_short(item):
+                self._renewals.put((item, host))  # the poller renews it, then it starts
+                self._wake.set()
+                return
+            started = state.clock.now()
+            request = request_of(state, item)
+            if isinstance(request, Request):
+                timeout = state.settings.async_timeout
+                context = (item, host, started)
+                sender.send(Job(request.url, request.body, request.headers, timeout, context))
+                return
+            item = self._conclude(item, host, started, request)
+            renewed = False
 
-    def _run_slot(
-        self,
-        item: store.Claimed,
-        host: str,
-        work: queue.SimpleQueue[WorkItem],
-        stopping: threading.Event,
-        wake: threading.Event,
-    ) -> None:
-        """Attempt ``item``, whose slot is held, then whatever was parked behind that slot,
-        until none is left; the poller is woken when the work in memory runs low."""
-        current: store.Claimed | None = item
-        while current is not None:
-            try:
-                if stopping.is_set():
-                    self._give_back([current], due=self._state.clock.now())
-                else:
-                    self._attempt(current)
-            except Exception:
-                logger.exception(
-                    "Delivery %s: unexpected error; it will be retried", current.delivery_id
+    def _finished(self, context: Context, result: SendResult) -> None:
+        """An attempt came to ``result`` (on the sender's thread): record it, start what its
+        slot goes to, and wake the poller when the work in memory runs low."""
+        item, host, started = context
+        self._begin(self._conclude(item, host, started, result), host)
+        sender = self._sender
+        if (
+            sender is not None
+            and sender.load + self._in_flight.parked < self._ahead // 2
+            and not self._wake.is_set()
+        ):
+            self._wake.set()  # running low: the poller claims the next round now
+
+    def _conclude(
+        self, item: store.Claimed, host: str, started: datetime, result: SendResult
+    ) -> store.Claimed | None:
+        """Queue the record of ``item``'s attempt and free its slot; the parked work the slot
+        goes to comes back."""
+        try:
+            self._recorder.put(conclude(self._state, item, started, result))
+        except Exception:
+            logger.exception("Delivery %s: unexpected error; it will be retried", item.delivery_id)
+        return self._in_flight.release(item.registration_id, host)
+
+    def _release_all(self, item: store.Claimed, host: str) -> list[store.Claimed]:
+        """Free ``item``'s slot without attempting it, and the slots of the parked work it would
+        go to: all of them come back, to be given back."""
+        released = []
+        following: store.Claimed | None = item
+        while following is not None:
+            released.append(following)
+            following = self._in_flight.release(following.registration_id, host)
+        return released
+
+    def _lease_too_short(self, item: store.Claimed) -> bool:
+        settings = self._state.settings
+        needed = settings.async_timeout + settings.connect_timeout + LEASE_MARGIN
+        return (item.lease_until - self._state.clock.now()).total_seconds() < needed
+
+    def _renew(self, item: store.Claimed, host: str) -> None:
+        """Renew the lease of work that waited long in memory, so that no other process takes it
+        over while its attempt runs, then start it; or drop it if another process already
+        has."""
+        state = self._state
+        lease_until = state.clock.now() + timedelta(seconds=state.settings.lease_seconds)
+        try:
+            with state.database.writing() as session:
+                renewed = store.extend_claim(
+                    session, delivery_id=item.delivery_id, token=item.token, lease_until=lease_until
                 )
-            finally:
-                following = self._in_flight.release(current.registration_id, host)
-            current = following
-            if work.qsize() + self._in_flight.parked < self._ahead // 2 and not wake.is_set():
-                wake.set()  # running low: the poller claims the next round now
+        except Exception:
+            logger.exception("Delivery %s: renewing its claim failed", item.delivery_id)
+            renewed = False
+        if renewed:
+            self._begin(dataclasses.replace(item, lease_until=lease_until), host, renewed=True)
+        else:
+            logger.info("Delivery %s: claim expired before its attempt", item.delivery_id)
+            self._begin(self._in_flight.release(item.registration_id, host), host)
 
     def _abandon(self, item: store.Claimed) -> None:
         try:
@@ -200,19 +251,52 @@ class ThreadDispatcher:
         except Exception:
             logger.exception("Delivery %s: unexpected error; it will be retried", item.delivery_id)
 
-    def _dispatch(self, claimed: list[store.Claimed], work: queue.SimpleQueue[WorkItem]) -> None:
-        """Queue what may start now (its slot taken), park what must wait for a busy
-        registration or host, and give back what does not fit in memory: workers are woken only
-        for work they can start."""
+    def _record(self, records: Sequence[store.AttemptRecord]) -> None:
+        with self._app.app_context():
+            record(self._app, self._state, records)
+
+    # The poller ------------------------------------------------------------------------------
+
+    def _poll(
+        self, sender: Multiplexer[Context], stopping: threading.Event, wake: threading.Event
+    ) -> None:
+        settings = self._state.settings
+        while not stopping.is_set():
+            try:
+                with self._app.app_context():
+                    self._renew_waiting(stopping)
+                    backlog = self._in_flight.backlog()
+                    room = self._ahead - sender.load - backlog.waiting
+                    if room > 0:
+                        claimed = self._claim_due(room, backlog.skip_registrations)
+                        self._dispatch(claimed)
+                        if len(claimed) == room:
+                            continue  # more may be due: look again at once
+            except Exception:
+                logger.exception("Webhook poller: looking for due deliveries failed")
+            wake.wait(settings.poll_interval)
+            wake.clear()
+
+    def _renew_waiting(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                item, host = self._renewals.get_nowait()
+            except queue.Empty:
+                return
+            self._renew(item, host)
+
+    def _dispatch(self, claimed: list[store.Claimed]) -> None:
+        """Start what may start now (its slot taken), park what must wait for a busy
+        registration or host, and give back what does not fit in memory."""
         refused = []
         for item in claimed:
             if item.target is None:
-                work.put((item, None))
+                self._abandon(item)
                 continue
             host = (urlsplit(item.target.url).hostname or "").lower()
             taken = self._in_flight.acquire(item.registration_id, host, item)
             if taken:
-                work.put((item, host))
+                self._begin(item, host)
             elif taken is False:
                 refused.append(item)
         if refused:
@@ -220,50 +304,6 @@ class ThreadDispatcher:
             state = self._state
             later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
             self._give_back(refused, due=later)
-
-    def _attempt(self, item: store.Claimed) -> None:
-        """Attempt a claimed delivery whose slot is held, and queue its record."""
-        state = self._state
-        settings = state.settings
-        now = state.clock.now()
-        needed = settings.async_timeout + settings.connect_timeout + LEASE_MARGIN
-        if (item.lease_until - now).total_seconds() < needed:
-            # It waited long in memory: renew the lease so that no other worker takes it over
-            # while this attempt runs, or leave it if another worker already has.
-            with state.database.writing() as session:
-                renewed = store.extend_claim(
-                    session,
-                    delivery_id=item.delivery_id,
-                    token=item.token,
-                    lease_until=now + timedelta(seconds=settings.lease_seconds),
-                )
-            if not renewed:
-                logger.info("Delivery %s: claim expired before its attempt", item.delivery_id)
-                return
-        self._recorder.put(attempt(state, item))
-
-    def _record(self, records: Sequence[store.AttemptRecord]) -> None:
-        with self._app.app_context():
-            record(self._app, self._state, records)
-
-    def _poll(
-        self, work: queue.SimpleQueue[WorkItem], stopping: threading.Event, wake: threading.Event
-    ) -> None:
-        settings = self._state.settings
-        while not stopping.is_set():
-            try:
-                backlog = self._in_flight.backlog()
-                room = self._ahead - work.qsize() - backlog.waiting
-                if room > 0:
-                    with self._app.app_context():
-                        claimed = self._claim_due(room, backlog.skip_registrations)
-                    self._dispatch(claimed, work)
-                    if len(claimed) == room:
-                        continue  # more may be due: look again at once
-            except Exception:
-                logger.exception("Webhook poller: looking for due deliveries failed")
-            wake.wait(settings.poll_interval)
-            wake.clear()
 
     def _claim_due(self, limit: int, skip_registrations: AbstractSet[str]) -> list[store.Claimed]:
         state = self._state
@@ -279,20 +319,6 @@ class ThreadDispatcher:
                 limit=limit,
                 skip_registrations=skip_registrations,
             )
-
-    def _unstarted(self, work: queue.SimpleQueue[WorkItem]) -> list[store.Claimed]:
-        """Everything claimed and not started: parked, and queued (their slots given back)."""
-        claimed = self._in_flight.unpark_all()
-        while True:
-            try:
-                item = work.get_nowait()
-            except queue.Empty:
-                return claimed
-            if item is not None:
-                queued, host = item
-                if host is not None:
-                    self._in_flight.release(queued.registration_id, host)
-                claimed.append(queued)
 
     def _give_back(self, items: list[store.Claimed], *, due: datetime) -> None:
         """Release the claims of ``items`` unattempted, due at ``due``."""
