@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from flask_kaizen_webhooks import KaizenWebhooks, get_state
 from flask_kaizen_webhooks.models import metadata
+from tests import clients
 
 REQUIRE_SERVICES = os.environ.get("KAIZEN_WEBHOOKS_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get(
@@ -33,6 +34,22 @@ USERS = {
 ADMIN = {"Authorization": "Bearer admin-token"}
 OTHER_ADMIN = {"Authorization": "Bearer other-admin-token"}
 USER = {"Authorization": "Bearer user-token"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_drivers"):
+        metafunc.fixturenames.append("post_driver")
+        metafunc.parametrize("post_driver", ["blocking", "multiplexed"], indirect=True)
+
+
+@pytest.fixture
+def post_driver(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The way the test's POSTs are made (see :mod:`tests.clients`)."""
+    clients.CURRENT = request.param
+    yield request.param
+    clients.close_all()
+    clients.CURRENT = "blocking"
+
 
 #: Storage backends: (database server, whether the extension shares the host's Flask-SQLAlchemy).
 BACKENDS = {

@@ -15,7 +15,10 @@ import pytest
 
 from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.transport import SendResult, Transport, route
+from tests.clients import wrap
 from tests.receivers import RawServer
+
+pytestmark = pytest.mark.both_drivers
 
 LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
 
@@ -79,7 +82,7 @@ def post(client: Transport, url: str) -> SendResult:
 
 
 def client(max_response_bytes: int = 1024) -> Transport:
-    return Transport(max_response_bytes=max_response_bytes, pool_size=2, policy=LOOPBACK)
+    return wrap(Transport(max_response_bytes=max_response_bytes, pool_size=2, policy=LOOPBACK))
 
 
 CHUNKED = (

@@ -19,6 +19,9 @@ from cryptography.x509.oid import NameOID
 
 from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.transport import Transport
+from tests.clients import wrap
+
+pytestmark = pytest.mark.both_drivers
 
 
 def _name(common_name: str) -> x509.Name:
@@ -95,12 +98,14 @@ def tls_server(tmp_path: Path) -> Iterator[Any]:
 
 def transport(ca: str) -> Transport:
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    return Transport(
-        max_response_bytes=1024,
-        pool_size=1,
-        policy=policy,
-        ca_bundle=ca,
-        resolver=lambda host, port: [ipaddress.ip_address("127.0.0.1")],
+    return wrap(
+        Transport(
+            max_response_bytes=1024,
+            pool_size=1,
+            policy=policy,
+            ca_bundle=ca,
+            resolver=lambda host, port: [ipaddress.ip_address("127.0.0.1")],
+        )
     )
 
 

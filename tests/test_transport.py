@@ -8,15 +8,20 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.transport import Transport
+from tests.clients import wrap
 from tests.receivers import Reply
+
+pytestmark = pytest.mark.both_drivers
 
 LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
 
 
 def transport(max_response_bytes: int = 1024) -> Transport:
-    return Transport(max_response_bytes=max_response_bytes, pool_size=2, policy=LOOPBACK)
+    return wrap(Transport(max_response_bytes=max_response_bytes, pool_size=2, policy=LOOPBACK))
 
 
 def post(client: Transport, url: str, timeout: float = 2.0) -> Any:
@@ -123,8 +128,8 @@ def test_a_slow_name_lookup_is_cut_at_the_time_limit(receiver: Any) -> None:
         time.sleep(5)
         return [ipaddress.ip_address("127.0.0.1")]
 
-    client = Transport(
-        max_response_bytes=1024, pool_size=2, policy=LOOPBACK, resolver=slow_resolver
+    client = wrap(
+        Transport(max_response_bytes=1024, pool_size=2, policy=LOOPBACK, resolver=slow_resolver)
     )
     started = time.monotonic()
     result = post(client, f"http://hooks.example.test:{port}/", timeout=0.5)
