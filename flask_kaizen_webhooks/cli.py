@@ -178,6 +178,8 @@ def stats() -> None:
         ["TOPIC", *[s.upper() for s in statuses]],
         [(topic, *[found.counts.get((topic, s), 0) for s in statuses]) for topic in topics],
     )
+    if found.events_waiting:
+        click.echo(f"events waiting to be fanned out into deliveries: {found.events_waiting}")
     if found.oldest_pending is None:
         click.echo("oldest pending: none")
     else:

@@ -271,29 +271,37 @@ class KaizenWebhooks:
 
 
 def enqueue(state: WebhooksState, topic: str, document_json: str) -> list[str]:
-    """Write outbox rows of an event (its JSON, checked) for every active registration of
-    ``topic``; hand them to the
-    dispatcher once they are committed.
+    """Write the outbox rows of an event (its JSON, checked) for every active registration of
+    ``topic``; hand them to the dispatcher once they are committed. The ids of the deliveries
+    come back.
 
-    Inside a transaction of the host's session the rows commit or roll back with the host's
-    change; otherwise (and always with the embedded database) they are committed here.
+    Inside a transaction of the host's session the event is written as one row, which commits
+    or rolls back with the host's change, and the dispatcher fans it out into deliveries after
+    the commit; otherwise (and always with the embedded database) the deliveries are written
+    and committed here.
     """
     database = state.database
     session = database.session
     owned = database.embedded or not session.in_transaction()
     connection = session.connection()
-    ids = store.add_deliveries(
-        connection,
-        recipients=store.active_recipients(connection, topic=topic),
-        topic=topic,
-        mode=DeliveryMode.ASYNC,
-        document_json=document_json,
-        now=state.clock.now(),
-    )
+    recipients = store.active_recipients(connection, topic=topic)
+    now = state.clock.now()
     if owned:
+        ids = store.add_deliveries(
+            connection,
+            recipients=recipients,
+            topic=topic,
+            mode=DeliveryMode.ASYNC,
+            document_json=document_json,
+            now=now,
+        )
         session.commit()
         state.dispatcher.submit(ids)
-    elif ids:
+        return ids
+    ids = store.add_event(
+        connection, recipients=recipients, topic=topic, document_json=document_json, now=now
+    )
+    if ids:
         hand_over_after_commit(session, state.dispatcher, ids)
     return ids
 

@@ -182,6 +182,25 @@ class Delivery(Base):
         }
 
 
+class Event(Base):
+    """An asynchronous event fired inside the host's transaction: one outbox row for all its
+    recipients, so that the host's request writes one row however many registrations there are.
+    The dispatcher fans it out into one :class:`Delivery` per recipient once it is committed,
+    and deletes it in the same transaction."""
+
+    __tablename__ = "kaizen_webhook_events"
+
+    #: Time-ordered (UUIDv7): the oldest events are fanned out first.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(64))
+    #: The event's JSON document, without ``webhook_request_id``.
+    document: Mapped[str] = mapped_column(Text)
+    #: JSON: ``[[delivery id, registration id, owner], ...]``, the registrations active when the
+    #: event was fired; the delivery ids are the ones ``trigger`` returned.
+    recipients: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Attempt(Base):
     """One HTTP request of a delivery and what came of it."""
 

@@ -23,7 +23,9 @@ from .errors import ApiError, DeliveryInFlight, DuplicateRegistration, NotFound,
 from .models import (
     Attempt,
     Delivery,
+    DeliveryMode,
     DeliveryStatus,
+    Event,
     Registration,
     RegistrationState,
     metadata,
@@ -34,6 +36,7 @@ from .prepared import Prepared
 from .signing import with_request_ids
 
 DELIVERIES = metadata.tables[Delivery.__tablename__]
+EVENTS = metadata.tables[Event.__tablename__]
 ATTEMPTS = metadata.tables[Attempt.__tablename__]
 REGISTRATIONS = metadata.tables[Registration.__tablename__]
 _OUTBOX_INSERT = Prepared(
@@ -53,6 +56,12 @@ _OUTBOX_INSERT = Prepared(
         "updated_at",
     ),
 )
+
+_EVENT_INSERT = Prepared(
+    insert(EVENTS), column_keys=("id", "topic", "document", "recipients", "created_at")
+)
+#: The most events one fan-out turns into deliveries.
+FAN_OUT_BATCH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +387,84 @@ def add_deliveries(
     if not recipients:
         return []
     ids = time_ordered_ids(len(recipients))
+    _insert_deliveries(
+        connection,
+        [(delivery_id, *recipient) for delivery_id, recipient in zip(ids, recipients, strict=True)],
+        topic=topic,
+        mode=mode,
+        document_json=document_json,
+        now=now,
+    )
+    return ids
+
+
+def add_event(
+    connection: Connection,
+    *,
+    recipients: Sequence[tuple[str, str]],
+    topic: str,
+    document_json: str,
+    now: datetime,
+) -> list[str]:
+    """Write one outbox row for an asynchronous event and all its recipients (registration id
+    and owner), to be fanned out into deliveries by :func:`fan_out` once committed; the ids the
+    deliveries will have. Nothing is written when there are no recipients."""
+    if not recipients:
+        return []
+    event_id, *ids = time_ordered_ids(len(recipients) + 1)
+    listed = [
+        [delivery_id, *recipient] for delivery_id, recipient in zip(ids, recipients, strict=True)
+    ]
+    _EVENT_INSERT.insert_many(
+        connection,
+        {"topic": topic, "document": document_json, "created_at": now},
+        ("id", "recipients"),
+        [(event_id, json.dumps(listed, separators=(",", ":")))],
+    )
+    return ids
+
+
+def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH) -> list[str]:
+    """Turn the oldest committed events (up to ``limit``) into their deliveries, due from the
+    moment each event was fired, and delete them, in ``session``'s transaction; the ids of the
+    deliveries written. Events another transaction is fanning out are skipped."""
+    connection = session.connection()
+    events = connection.execute(
+        select(
+            EVENTS.c.id, EVENTS.c.topic, EVENTS.c.document, EVENTS.c.recipients, EVENTS.c.created_at
+        )
+        .order_by(EVENTS.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    written: list[str] = []
+    for event in events:
+        recipients = [tuple(recipient) for recipient in json.loads(event.recipients)]
+        _insert_deliveries(
+            connection,
+            recipients,
+            topic=event.topic,
+            mode=DeliveryMode.ASYNC,
+            document_json=event.document,
+            now=event.created_at,
+        )
+        written += [delivery_id for delivery_id, _, _ in recipients]
+    if events:
+        connection.execute(delete(EVENTS).where(EVENTS.c.id.in_([event.id for event in events])))
+    return written
+
+
+def _insert_deliveries(
+    connection: Connection,
+    recipients: Sequence[tuple[str, str, str]],
+    *,
+    topic: str,
+    mode: str,
+    document_json: str,
+    now: datetime,
+) -> None:
+    """One executemany of pending deliveries: ``recipients`` are (delivery id, registration
+    id, owner); each payload is the event's JSON with its ``webhook_request_id``."""
     shared = {
         "topic": topic,
         "mode": mode,
@@ -388,16 +475,16 @@ def add_deliveries(
         "created_at": now,
         "updated_at": now,
     }
+    ids = [delivery_id for delivery_id, _, _ in recipients]
     rows = [
         (delivery_id, registration_id, owner, payload)
-        for (registration_id, owner), delivery_id, payload in zip(
-            recipients, ids, with_request_ids(document_json, ids), strict=True
+        for (delivery_id, registration_id, owner), payload in zip(
+            recipients, with_request_ids(document_json, ids), strict=True
         )
     ]
     _OUTBOX_INSERT.insert_many(
         connection, shared, ("id", "registration_id", "owner", "payload"), rows
     )
-    return ids
 
 
 def time_ordered_ids(count: int) -> list[str]:
@@ -1079,23 +1166,31 @@ def purge_completed(session: Session, *, before: datetime) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counts of deliveries per status and topic, and the oldest pending one's creation."""
+    """Counts of deliveries per status and topic, the events not fanned out yet, and the
+    creation of the oldest pending one (delivery or event)."""
 
     counts: dict[tuple[str, str], int]
     oldest_pending: datetime | None
+    events_waiting: int = 0
 
 
 def delivery_stats(session: Session) -> Stats:
-    """How many deliveries there are per (topic, status), and how old the oldest pending is."""
+    """How many deliveries there are per (topic, status), how many events wait for their
+    fan-out, and how old the oldest pending work is."""
     rows = session.execute(
         select(Delivery.topic, Delivery.status, func.count()).group_by(
             Delivery.topic, Delivery.status
         )
     )
-    oldest = session.scalar(
+    oldest_delivery = session.scalar(
         select(func.min(Delivery.created_at)).where(Delivery.status == DeliveryStatus.PENDING)
     )
+    waiting, oldest_event = session.execute(
+        select(func.count(), func.min(Event.created_at)).select_from(Event)
+    ).one()
+    oldest = [as_utc(moment) for moment in (oldest_delivery, oldest_event) if moment is not None]
     return Stats(
         counts={(topic, status): count for topic, status, count in rows},
-        oldest_pending=None if oldest is None else as_utc(oldest),
+        oldest_pending=min(oldest, default=None),
+        events_waiting=int(waiting),
     )

@@ -21,7 +21,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks import get_state, store
 from flask_kaizen_webhooks.models import Delivery
 from tests.conftest import ADMIN, Host, register, service_unavailable
 from tests.receivers import Reply, wait_until
@@ -253,13 +253,48 @@ def test_the_sweep_sends_work_whose_task_went_missing(
     register(web, server.url())
     with web.app.app_context():
         ids = [web.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(5)]
-    # The broker loses every message (a restart without persistence, say).
+    # The broker loses every message (a restart without persistence, say), once the
+    # publishing thread has handed all five over.
     client = redis.Redis.from_url(REDIS_URL)
+    wait_until(lambda: client.llen(celery_env["KWT_QUEUE"]) == 5)
     assert client.delete(celery_env["KWT_QUEUE"]) == 1
     client.close()
     start_worker(concurrency=2, beat=True, config=RECOVERY)
     wait_until(lambda: [d.status for d in deliveries(web)].count("succeeded") == 5, timeout=60)
     assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+
+
+def committed_events(host: Host, count: int) -> list[str]:
+    """Events written as a host's transaction writes them (one row each), committed; the ids
+    of their deliveries."""
+    ids: list[str] = []
+    with host.app.app_context():
+        state = get_state()
+        with state.database.writing() as session:
+            connection = session.connection()
+            for n in range(count):
+                ids += store.add_event(
+                    connection,
+                    recipients=store.active_recipients(connection, topic="profile_updated"),
+                    topic="profile_updated",
+                    document_json=json.dumps({"n": n}),
+                    now=state.clock.now(),
+                )
+    return ids
+
+
+def test_events_are_fanned_out_by_the_tasks_or_else_by_the_sweep(
+    web: Host, start_worker: Any, receiver: Any
+) -> None:
+    server = receiver()
+    register(web, server.url())
+    handed = committed_events(web, 3)
+    with web.app.app_context():
+        get_state().dispatcher.submit(handed)  # as after the host's commit
+    lost = committed_events(web, 2)  # their tasks never reach the broker
+    start_worker(concurrency=2, beat=True, config=RECOVERY)
+    wait_until(lambda: [d.status for d in deliveries(web)].count("succeeded") == 5, timeout=60)
+    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in handed + lost})
 
 
 def test_sync_topics_and_the_test_endpoint_stay_inline(web: Host, receiver: Any) -> None:

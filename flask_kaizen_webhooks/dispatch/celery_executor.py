@@ -135,6 +135,7 @@ class CeleryDispatcher:
             now = state.clock.now()
             lease_until = now + timedelta(seconds=state.settings.lease_seconds)
             with state.database.writing() as session:
+                store.fan_out(session)  # the delivery may still be part of an event
                 claimed = store.claim_one(
                     session,
                     delivery_id=delivery_id,
@@ -153,12 +154,16 @@ class CeleryDispatcher:
                 self.deliver.apply_async((delivery_id,), eta=done.retry_at)
 
     def _sweep(self) -> int:
-        """Send a task again for every delivery overdue by more than the sweep interval."""
+        """Fan out the events whose tasks were lost, and send a task again for every delivery
+        overdue by more than the sweep interval."""
         with self._app.app_context():
             state = self._state
             due_before = state.clock.now() - timedelta(seconds=state.settings.celery_sweep_interval)
+            with state.database.writing() as session:
+                fanned = store.fan_out(session, limit=SWEEP_LIMIT)
             with state.database.independent_session() as session:
-                ids = store.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
+                overdue = store.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
+            ids = list(dict.fromkeys(fanned + overdue))
             if ids:
                 logger.warning("Sweep: %d overdue deliveries sent to Celery again", len(ids))
             self.submit(ids)

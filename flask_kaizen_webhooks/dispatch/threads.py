@@ -311,6 +311,7 @@ class ThreadDispatcher:
         token = str(uuid.uuid4())
         lease_until = now + timedelta(seconds=state.settings.lease_seconds)
         with state.database.writing() as session:
+            store.fan_out(session)  # events committed in the host's transactions
             return store.claim_due(
                 session,
                 now=now,

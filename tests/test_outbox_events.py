@@ -1,0 +1,112 @@
+"""Events fired inside the host's transaction: one outbox row, whatever the number of
+registrations, fanned out into deliveries after the commit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jose.jws
+import pytest
+from sqlalchemy import func, select, text
+
+from flask_kaizen_webhooks import get_state, store
+from flask_kaizen_webhooks.models import Delivery, Event
+from tests.conftest import DELIVERY_CONFIG, register
+from tests.receivers import wait_until
+
+PROFILE = {"id": "p-1", "email": "john@doe.com"}
+
+
+def count(host: Any, model: Any) -> int:
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+@pytest.mark.parametrize("server", ["sqlite", "postgres"])
+def test_an_event_in_the_host_transaction_is_one_row_fanned_out_after_the_commit(
+    make_host: Any, server: str, receiver: Any
+) -> None:
+    host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    targets = [receiver() for _ in range(3)]
+    registrations = [register(host, target.url())["id"] for target in targets]
+    db = host.db
+    with host.app.app_context():
+        db.session.execute(text("SELECT 1"))  # the host's transaction is open
+        ids = host.webhooks.trigger("profile_updated", PROFILE)
+        db.session.commit()
+    assert len(set(ids)) == 3
+    assert (count(host, Event), count(host, Delivery)) == (1, 0)  # no dispatcher here
+
+    with host.app.app_context(), get_state().database.writing() as session:
+        assert sorted(store.fan_out(session)) == sorted(ids)
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        made = {d.id: d for d in session.scalars(select(Delivery))}
+        assert session.scalar(select(func.count()).select_from(Event)) == 0
+    assert set(made) == set(ids)
+    for delivery_id, registration_id in zip(ids, registrations, strict=True):
+        delivery = made[delivery_id]
+        assert (delivery.registration_id, delivery.status, delivery.owner) == (
+            registration_id,
+            "pending",
+            "org-1",
+        )
+        assert json.loads(delivery.payload) == {**PROFILE, "webhook_request_id": delivery_id}
+    with host.app.app_context(), get_state().database.writing() as session:
+        assert store.fan_out(session) == []  # nothing twice
+
+
+@pytest.mark.parametrize("server", ["sqlite", "postgres"])
+def test_the_dispatcher_fans_out_and_delivers_after_the_commit_and_a_rollback_leaves_nothing(
+    make_host: Any, server: str, receiver: Any
+) -> None:
+    host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG)
+    target = receiver()
+    for n in range(10):
+        register(host, target.url(f"/hook{n}"))
+    db = host.db
+    with host.app.app_context():
+        db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", PROFILE)
+        db.session.rollback()
+        db.session.execute(text("SELECT 1"))
+        ids = host.webhooks.trigger("profile_updated", PROFILE)
+        db.session.commit()
+    target.wait_for(10)
+    wait_until(lambda: count(host, Event) == 0 and count(host, Delivery) == 10)
+    request_ids = [
+        json.loads(jose.jws.get_unverified_claims(r.body.decode()))["webhook_request_id"]
+        for r in target.received
+    ]
+    assert sorted(request_ids) == sorted(ids)  # each once; the rolled-back event never
+
+
+def test_two_transactions_fanning_out_at_once_never_make_a_delivery_twice(make_host: Any) -> None:
+    host = make_host("postgres-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    register(host, "https://hooks.example.com/a")
+    with host.app.app_context():
+        for n in range(5):
+            host.db.session.execute(text("SELECT 1"))
+            host.webhooks.trigger("profile_updated", {**PROFILE, "n": n})
+            host.db.session.commit()
+        database = get_state().database
+        with database.independent_session() as first, database.independent_session() as second:
+            taken = store.fan_out(first, limit=3)  # holds its three events
+            second.execute(text("SET LOCAL lock_timeout = '5s'"))  # fails, should it wait
+            skipped = store.fan_out(second)  # takes only the two others
+            first.commit()
+            second.commit()
+    assert (len(taken), len(skipped)) == (3, 2) and not set(taken) & set(skipped)
+    assert count(host, Delivery) == 5
+
+
+def test_stats_count_events_waiting_for_their_fan_out(make_host: Any) -> None:
+    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    register(host, "https://hooks.example.com/a")
+    with host.app.app_context():
+        host.db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", PROFILE)
+        host.db.session.commit()
+    output = host.app.test_cli_runner().invoke(args=["webhooks", "stats"]).output
+    assert "events waiting to be fanned out into deliveries: 1" in output
+    assert "oldest pending: none" not in output
