@@ -107,7 +107,6 @@ class Multiplexer(Generic[T]):
         self.max_active = max_active
         self.connect_timeout = connect_timeout
         self._done = done
-        self._name = name
         self._inbox: queue.SimpleQueue[Job[T] | _Opened[T]] = queue.SimpleQueue()
         self._waiting: deque[Job[T]] = deque()  # sent here, not started
         self._jobs: set[Job[T]] = set()  # every job not finished
@@ -157,7 +156,7 @@ class Multiplexer(Generic[T]):
         if self._started:
             self._thread.join(timeout + 1.0)
         self._helpers.shutdown(wait=False, cancel_futures=True)
-        left = [job.context for job in self._jobs]
+        left = [job.context for job in self._jobs.copy()]  # a copy: the loop may still run
         while True:
             try:
                 item = self._inbox.get_nowait()
@@ -176,19 +175,24 @@ class Multiplexer(Generic[T]):
     def _run(self) -> None:
         try:
             while not (self._stopping and (not self._active or time.monotonic() >= self._stop_by)):
-                for key, mask in self._selector.select(self._timeout()):
-                    connection = key.data
-                    if connection is None:
-                        self._drain_wake()
-                    else:
-                        self._ready(connection, mask)
-                self._take_inbox()
-                self._expire(time.monotonic())
-                self._start_waiting()
-        except Exception:
-            logger.exception("Webhook sender: the loop failed")
+                try:
+                    self._turn()
+                except Exception:  # a defect: the other exchanges carry on
+                    logger.exception("Webhook sender: unexpected error")
         finally:
             self._close_all()
+
+    def _turn(self) -> None:
+        """Wait for the next events (or deadline), and act on them."""
+        for key, mask in self._selector.select(self._timeout()):
+            connection = key.data
+            if connection is None:
+                self._drain_wake()
+            else:
+                self._ready(connection, mask)
+        self._take_inbox()
+        self._expire(time.monotonic())
+        self._start_waiting()
 
     def _timeout(self) -> float | None:
         if self._waiting and self._active < self.max_active and not self._stopping:

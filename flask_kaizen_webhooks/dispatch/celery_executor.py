@@ -134,15 +134,19 @@ class CeleryDispatcher:
             state = self._state
             now = state.clock.now()
             lease_until = now + timedelta(seconds=state.settings.lease_seconds)
+            token = str(uuid.uuid4())
             with state.database.writing() as session:
-                store.fan_out(session)  # the delivery may still be part of an event
                 claimed = store.claim_one(
-                    session,
-                    delivery_id=delivery_id,
-                    now=now,
-                    lease_until=lease_until,
-                    token=str(uuid.uuid4()),
+                    session, delivery_id=delivery_id, now=now, lease_until=lease_until, token=token
                 )
+                if claimed is None and store.fan_out(session):  # it may be part of an event
+                    claimed = store.claim_one(
+                        session,
+                        delivery_id=delivery_id,
+                        now=now,
+                        lease_until=lease_until,
+                        token=token,
+                    )
             if claimed is None:
                 return  # sent already, not due yet, or another worker's
             if claimed.target is None:
