@@ -62,7 +62,7 @@ def worker() -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     dispatcher.start()
-    click.echo(f"Sending webhooks with {state.settings.workers} workers; Ctrl-C to stop.")
+    click.echo(f"Sending webhooks, up to {state.settings.workers} at once; Ctrl-C to stop.")
     while not stop.wait(0.5):
         pass
     click.echo("Stopping: finishing the attempts in flight...")

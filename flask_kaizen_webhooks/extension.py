@@ -70,7 +70,7 @@ class WebhooksState:
 
     @property
     def sync_pool(self) -> ThreadPoolExecutor:
-        """The threads that send synchronous webhooks (apart from the background workers)."""
+        """The threads that send synchronous webhooks (apart from the background dispatcher)."""
         with self._sync_pool_lock:
             if self._sync_pool is None:
                 self._sync_pool = ThreadPoolExecutor(

@@ -1,8 +1,9 @@
 """Caps on the attempts in flight per registration and per destination host, so that a few
-hanging receivers hold a few workers at most while deliveries to everyone else keep flowing.
+hanging receivers hold a few of the attempts under way at most while deliveries to everyone
+else keep flowing.
 
 Work that finds its registration or host at the cap is parked in memory (its claim still held)
-and handed to the worker that frees a slot for it, so a busy host costs no database round trip.
+and started when an attempt frees a slot for it, so a busy host costs no database round trip.
 A host with a full park is *saturated*: the poller stops claiming its registrations' work until
 half of its park has drained, so a slow host neither fills memory nor crowds out the others.
 """

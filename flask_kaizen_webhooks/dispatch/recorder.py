@@ -1,5 +1,5 @@
-"""Group commit: attempts finished by many workers are written together, in one short
-transaction per batch, by one thread. The workers go straight back to sending."""
+"""Group commit: finished attempts are written together, in one short transaction per batch, by
+one thread. Sending goes straight on."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ BATCH = 500
 #: Seconds between tries while the database refuses a batch.
 RETRY_DELAY = 0.5
 #: Seconds a batch gathers after its first record before it is written, while more records
-#: are on their way: under load, one transaction then carries the attempts of many workers.
+#: are on their way: under load, one transaction then carries many attempts.
 GATHER = 0.02
 #: Seconds between looks at whether more records are on their way, while gathering.
 GATHER_STEP = 0.002
