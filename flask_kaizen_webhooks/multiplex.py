@@ -59,6 +59,9 @@ class Job(Generic[T]):
     #: Seconds the whole attempt may take, once started (jobs beyond ``max_active`` wait).
     timeout: float
     context: T
+    #: The ``time.monotonic()`` by which it must start; one still waiting then is not sent, and
+    #: goes to ``late`` instead.
+    start_by: float = float("inf")
     #: When it started (``time.monotonic()``), set by the loop.
     started: float = 0.0
 
@@ -92,7 +95,8 @@ class _Opened(Generic[T]):
 
 class Multiplexer(Generic[T]):
     """Makes POSTs on one thread, up to ``max_active`` at once (the rest wait their turn in
-    order), and hands each result to ``done`` on that thread."""
+    order), and hands each result to ``done`` on that thread; a job that could not start by its
+    ``start_by`` goes to ``late`` there, unsent."""
 
     def __init__(
         self,
@@ -101,12 +105,14 @@ class Multiplexer(Generic[T]):
         max_active: int,
         connect_timeout: float,
         done: Callable[[T, SendResult], None],
+        late: Callable[[T], None] = lambda context: None,
         name: str = "kaizen-webhooks-sender",
     ) -> None:
         self.transport = transport
         self.max_active = max_active
         self.connect_timeout = connect_timeout
         self._done = done
+        self._late = late
         self._inbox: queue.SimpleQueue[Job[T] | _Opened[T]] = queue.SimpleQueue()
         self._waiting: deque[Job[T]] = deque()  # sent here, not started
         self._jobs: set[Job[T]] = set()  # every job not finished
@@ -231,8 +237,16 @@ class Multiplexer(Generic[T]):
     def _start_waiting(self) -> None:
         while self._waiting and self._active < self.max_active and not self._stopping:
             job = self._waiting.popleft()
+            now = time.monotonic()
+            if now > job.start_by:
+                self._jobs.discard(job)
+                try:
+                    self._late(job.context)
+                except Exception:
+                    logger.exception("Webhook sender: handing back a late job failed")
+                continue
             self._active += 1
-            job.started = time.monotonic()  # the deadline counts from here
+            job.started = now  # the deadline counts from here
             self._begin(job)
 
     def _begin(self, job: Job[T]) -> None:
@@ -301,8 +315,13 @@ class Multiplexer(Generic[T]):
             while exchange.unsent:
                 sent = connection.sock.send(exchange.unsent)
                 exchange.unsent = exchange.unsent[sent:]
+        except ssl.SSLWantReadError:
+            self._want(connection, selectors.EVENT_READ)  # TLS needs to read first
+            return
         except NOT_NOW:
-            self._want(connection, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            # Only room to write is waited for: a receiver that answers early and stops
+            # reading would otherwise wake the loop without end, until the deadline.
+            self._want(connection, selectors.EVENT_WRITE)
             return
         except OSError as exc:
             self._fail(connection, exchange, exc)

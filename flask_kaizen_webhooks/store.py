@@ -424,10 +424,11 @@ def add_event(
     return ids
 
 
-def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH) -> list[str]:
+def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH, wait: bool = False) -> list[str]:
     """Turn the oldest committed events (up to ``limit``) into their deliveries, due from the
     moment each event was fired, and delete them, in ``session``'s transaction; the ids of the
-    deliveries written. Events another transaction is fanning out are skipped."""
+    deliveries written. Events another transaction is fanning out are skipped, or, with
+    ``wait``, waited for (they are gone once it commits)."""
     connection = session.connection()
     events = connection.execute(
         select(
@@ -435,7 +436,7 @@ def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH) -> list[str]:
         )
         .order_by(EVENTS.c.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=not wait)
     ).all()
     written: list[str] = []
     for event in events:
@@ -643,14 +644,30 @@ _DUE_ONE = (
 
 
 def claim_one(
-    session: Session, *, delivery_id: str, now: datetime, lease_until: datetime, token: str
+    session: Session,
+    *,
+    delivery_id: str,
+    now: datetime,
+    lease_until: datetime,
+    token: str,
+    fan_out_first: bool = False,
 ) -> Claimed | None:
     """Claim delivery ``delivery_id`` if it is due and nobody holds it, and load it with its
-    registration; None otherwise (sent already, not due yet, or another worker's)."""
+    registration; None otherwise (sent already, not due yet, or another worker's).
+
+    With ``fan_out_first``, a delivery not found may be part of an event not fanned out yet:
+    the waiting events are fanned out, waiting for those another transaction is fanning out
+    (the events of one commit are often claimed at once, each by its own task), and it is
+    looked for again."""
     connection = session.connection()
-    ids = list(connection.execute(_DUE_ONE, {"b_id": delivery_id, "b_now": now}).scalars())
-    claimed = _take(connection, ids, token=token, lease_until=lease_until)
-    return claimed[0] if claimed else None
+    for look in range(2 if fan_out_first else 1):
+        if look:
+            fan_out(session, wait=True)
+        ids = list(connection.execute(_DUE_ONE, {"b_id": delivery_id, "b_now": now}).scalars())
+        claimed = _take(connection, ids, token=token, lease_until=lease_until)
+        if claimed:
+            return claimed[0]
+    return None
 
 
 def overdue(session: Session, *, due_before: datetime, limit: int) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jose.jws
@@ -314,7 +314,9 @@ def test_iat_is_refreshed_on_every_attempt(host: Any, receiver: Any) -> None:
     from flask_kaizen_webhooks.clock import Clock
 
     class SteppingClock(Clock):
-        """Real time, plus a minute more on every reading: attempts are far apart to it."""
+        """Real time, plus a minute more on every reading of the epoch seconds that signing
+        uses: attempts are far apart to it. Leases and schedules keep real time (``now``), so
+        claims do not seem to run out while their attempts are under way."""
 
         def __init__(self) -> None:
             self.readings = 0
@@ -322,6 +324,9 @@ def test_iat_is_refreshed_on_every_attempt(host: Any, receiver: Any) -> None:
         def time(self) -> float:
             self.readings += 1
             return time.time() + 60 * self.readings
+
+        def now(self) -> datetime:
+            return datetime.now(UTC)
 
     get_state(host.app).clock = SteppingClock()
     server = receiver(lambda request, n: Reply(status=500 if n < 3 else 200))

@@ -166,6 +166,31 @@ def test_work_waiting_longer_than_its_lease_is_renewed_not_sent_twice(
     assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
 
 
+def test_work_that_waits_in_line_past_its_lease_is_renewed_before_it_is_sent(
+    make_host: Any, receiver: Any
+) -> None:
+    # One attempt at once, each taking 0.6 s, eight in line at once (no per-host cap to park
+    # them), leases of 3 s covering a 1.5 s attempt: the last ones start after their lease
+    # would have let another claim take them over.
+    host = make_host(
+        "sqlite",
+        **{
+            **DELIVERY_CONFIG,
+            "KAIZEN_WEBHOOKS_WORKERS": 1,
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 1,
+            "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 0.5,
+            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 3,
+            "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 10,
+            "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 10,
+        },
+    )
+    server = receiver(lambda request, n: Reply(delay=0.6))
+    register(host, server.url())
+    ids = enqueue(host, 8)
+    wait_until(lambda: counts(host) == {"succeeded": 8}, timeout=30)
+    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+
+
 def test_a_hanging_registration_parks_its_backlog_without_churning_the_outbox(
     make_host: Any, receiver: Any
 ) -> None:

@@ -7,6 +7,7 @@ requests written in parts, stopping with work in hand, and a result handler that
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.multiplex import Job, Multiplexer
 from flask_kaizen_webhooks.transport import SendResult, Transport
-from tests.receivers import Received, Reply
+from tests.receivers import Received, Reply, wait_until
 
 LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
 
@@ -150,6 +151,58 @@ def test_a_result_handler_that_raises_does_not_stop_the_loop(sender: Any, receiv
     server.wait_for(1)
     multiplexer.send(job(server.url(), 1))
     assert results.wait_for(1)[1].ok
+
+
+def test_a_receiver_answering_early_and_reading_no_more_does_not_keep_the_loop_busy(
+    sender: Any,
+) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+
+    def answer_early() -> None:
+        connection, _ = listener.accept()
+        held.append(connection)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += connection.recv(1024)
+        connection.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+        # ... and never reads the body, nor closes.
+
+    threading.Thread(target=answer_early, daemon=True).start()
+    results = Results()
+    turns = [0]
+    multiplexer = sender(results)
+    real_turn = multiplexer._turn
+
+    def counted_turn() -> None:
+        turns[0] += 1
+        real_turn()
+
+    multiplexer._turn = counted_turn
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    multiplexer.send(job(url, "big", body=b"x" * (64 << 20), timeout=1.0))
+    result = results.wait_for(1)["big"]
+    assert result.timed_out, result  # as the blocking transport: cut at the deadline
+    # The loop slept until the deadline; it did not wake on every readable event meanwhile.
+    assert turns[0] < 100, turns
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+def test_a_job_that_cannot_start_in_time_goes_to_late_unsent(sender: Any, receiver: Any) -> None:
+    server = receiver(lambda request, n: Reply(delay=0.5))
+    results = Results()
+    late: list[Any] = []
+    multiplexer = sender(results, max_active=1)
+    multiplexer._late = late.append
+    multiplexer.send(job(server.url(), "first"))
+    multiplexer.send(Job(server.url(), b"{}", {}, 5.0, "second", start_by=time.monotonic() + 0.2))
+    assert results.wait_for(1)["first"].ok
+    wait_until(lambda: late == ["second"])
+    assert len(server.received) == 1 and "second" not in results.by_context
 
 
 def test_an_invalid_url_and_a_refused_connection_are_results_like_any_other(

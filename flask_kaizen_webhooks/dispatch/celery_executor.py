@@ -134,19 +134,15 @@ class CeleryDispatcher:
             state = self._state
             now = state.clock.now()
             lease_until = now + timedelta(seconds=state.settings.lease_seconds)
-            token = str(uuid.uuid4())
             with state.database.writing() as session:
                 claimed = store.claim_one(
-                    session, delivery_id=delivery_id, now=now, lease_until=lease_until, token=token
+                    session,
+                    delivery_id=delivery_id,
+                    now=now,
+                    lease_until=lease_until,
+                    token=str(uuid.uuid4()),
+                    fan_out_first=True,
                 )
-                if claimed is None and store.fan_out(session):  # it may be part of an event
-                    claimed = store.claim_one(
-                        session,
-                        delivery_id=delivery_id,
-                        now=now,
-                        lease_until=lease_until,
-                        token=token,
-                    )
             if claimed is None:
                 return  # sent already, not due yet, or another worker's
             if claimed.target is None:

@@ -105,6 +105,7 @@ class ThreadDispatcher:
                 max_active=settings.workers,
                 connect_timeout=settings.connect_timeout,
                 done=self._finished,
+                late=self._late,
             )
             self._sender = sender
             self._poller = threading.Thread(
@@ -179,9 +180,24 @@ class ThreadDispatcher:
             started = state.clock.now()
             request = request_of(state, item)
             if isinstance(request, Request):
-                timeout = state.settings.async_timeout
-                context = (item, host, started)
-                sender.send(Job(request.url, request.body, request.headers, timeout, context))
+                settings = state.settings
+                # It must start while its lease still covers the whole attempt, or another
+                # process could take it over while it is being sent (a lease just renewed
+                # is whole).
+                longest = settings.async_timeout + settings.connect_timeout
+                if renewed:
+                    spare = settings.lease_seconds - longest
+                else:
+                    spare = (item.lease_until - started).total_seconds() - longest
+                job = Job(
+                    request.url,
+                    request.body,
+                    request.headers,
+                    settings.async_timeout,
+                    (item, host, started),
+                    start_by=time.monotonic() + spare,
+                )
+                sender.send(job)
                 return
             item = self._conclude(item, host, started, request)
             renewed = False
@@ -198,6 +214,13 @@ class ThreadDispatcher:
             and not self._wake.is_set()
         ):
             self._wake.set()  # running low: the poller claims the next round now
+
+    def _late(self, context: Context) -> None:
+        """An attempt waited too long to start (on the sender's thread): its lease is renewed
+        by the poller, then it goes to the sender again."""
+        item, host, _started = context
+        self._renewals.put((item, host))
+        self._wake.set()
 
     def _conclude(
         self, item: store.Claimed, host: str, started: datetime, result: SendResult
