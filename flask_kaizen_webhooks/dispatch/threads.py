@@ -180,27 +180,37 @@ class ThreadDispatcher:
             started = state.clock.now()
             request = request_of(state, item)
             if isinstance(request, Request):
-                settings = state.settings
-                # It must start while its lease still covers the whole attempt, or another
-                # process could take it over while it is being sent (a lease just renewed
-                # is whole).
-                longest = settings.async_timeout + settings.connect_timeout
-                if renewed:
-                    spare = settings.lease_seconds - longest
-                else:
-                    spare = (item.lease_until - started).total_seconds() - longest
-                job = Job(
-                    request.url,
-                    request.body,
-                    request.headers,
-                    settings.async_timeout,
-                    (item, host, started),
-                    start_by=time.monotonic() + spare,
-                )
-                sender.send(job)
+                sender.send(self._job(item, host, started, request, renewed=renewed))
                 return
             item = self._conclude(item, host, started, request)
             renewed = False
+
+    def _job(
+        self,
+        item: store.Claimed,
+        host: str,
+        started: datetime,
+        request: Request,
+        *,
+        renewed: bool,
+    ) -> Job[Context]:
+        """The sender's job for ``item``'s attempt. It must start while the lease still covers
+        the whole attempt (all of a lease just ``renewed``), or another process could take the
+        delivery over while it is being sent; later, it comes back to :meth:`_late`."""
+        settings = self._state.settings
+        longest = settings.async_timeout + settings.connect_timeout
+        if renewed:
+            spare = settings.lease_seconds - longest
+        else:
+            spare = (item.lease_until - started).total_seconds() - longest
+        return Job(
+            request.url,
+            request.body,
+            request.headers,
+            settings.async_timeout,
+            (item, host, started),
+            start_by=time.monotonic() + spare,
+        )
 
     def _finished(self, context: Context, result: SendResult) -> None:
         """An attempt came to ``result`` (on the sender's thread): record it, start what its
