@@ -75,6 +75,12 @@ def send(
         headers=request_headers(topic, delivery_id, attempt_number),
         delivery_id=delivery_id,
     )
+    return post(state, request, timeout=timeout)
+
+
+def post(state: WebhooksState, request: Request | SendResult, *, timeout: float) -> SendResult:
+    """POST ``request`` with the transport (blocking); a request that could not be made is
+    its own result."""
     if isinstance(request, SendResult):
         return request
     return state.transport.post(
@@ -183,17 +189,7 @@ def attempt(state: WebhooksState, claimed: store.Claimed) -> store.AttemptRecord
     """Make the next attempt of a claimed delivery (whose registration is active) and decide
     what follows; nothing is written here (see :func:`record`)."""
     started = state.clock.now()
-    request = request_of(state, claimed)
-    if isinstance(request, Request):
-        result = state.transport.post(
-            request.url,
-            request.body,
-            request.headers,
-            timeout=state.settings.async_timeout,
-            connect_timeout=state.settings.connect_timeout,
-        )
-    else:
-        result = request
+    result = post(state, request_of(state, claimed), timeout=state.settings.async_timeout)
     return conclude(state, claimed, started, result)
 
 

@@ -161,7 +161,6 @@ class CeleryDispatcher:
             due_before = state.clock.now() - timedelta(seconds=state.settings.celery_sweep_interval)
             with state.database.writing() as session:
                 fanned = store.fan_out(session, limit=SWEEP_LIMIT)
-            with state.database.independent_session() as session:
                 overdue = store.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
             ids = list(dict.fromkeys(fanned + overdue))
             if ids:

@@ -173,44 +173,26 @@ class ThreadDispatcher:
             if self._stopping.is_set() or sender is None:
                 self._unsent += self._release_all(item, host)
                 return
-            if not renewed and self._lease_too_short(item):
+            started = state.clock.now()
+            spare = self._spare_lease(item, started, renewed=renewed)
+            if spare < LEASE_MARGIN and not renewed:
                 self._renewals.put((item, host))  # the poller renews it, then it starts
                 self._wake.set()
                 return
-            started = state.clock.now()
             request = request_of(state, item)
             if isinstance(request, Request):
-                sender.send(self._job(item, host, started, request, renewed=renewed))
+                job = Job(
+                    request.url,
+                    request.body,
+                    request.headers,
+                    state.settings.async_timeout,
+                    (item, host, started),
+                    start_by=time.monotonic() + spare,  # later, it goes to _late
+                )
+                sender.send(job)
                 return
             item = self._conclude(item, host, started, request)
             renewed = False
-
-    def _job(
-        self,
-        item: store.Claimed,
-        host: str,
-        started: datetime,
-        request: Request,
-        *,
-        renewed: bool,
-    ) -> Job[Context]:
-        """The sender's job for ``item``'s attempt. It must start while the lease still covers
-        the whole attempt (all of a lease just ``renewed``), or another process could take the
-        delivery over while it is being sent; later, it comes back to :meth:`_late`."""
-        settings = self._state.settings
-        longest = settings.async_timeout + settings.connect_timeout
-        if renewed:
-            spare = settings.lease_seconds - longest
-        else:
-            spare = (item.lease_until - started).total_seconds() - longest
-        return Job(
-            request.url,
-            request.body,
-            request.headers,
-            settings.async_timeout,
-            (item, host, started),
-            start_by=time.monotonic() + spare,
-        )
 
     def _finished(self, context: Context, result: SendResult) -> None:
         """An attempt came to ``result`` (on the sender's thread): record it, start what its
@@ -253,10 +235,15 @@ class ThreadDispatcher:
             following = self._in_flight.release(following.registration_id, host)
         return released
 
-    def _lease_too_short(self, item: store.Claimed) -> bool:
+    def _spare_lease(self, item: store.Claimed, now: datetime, *, renewed: bool) -> float:
+        """Seconds ``item``'s lease runs beyond the longest attempt, from ``now`` (all of a lease
+        just ``renewed``): the attempt must start within them, or another process could take the
+        delivery over while it is being sent."""
         settings = self._state.settings
-        needed = settings.async_timeout + settings.connect_timeout + LEASE_MARGIN
-        return (item.lease_until - self._state.clock.now()).total_seconds() < needed
+        longest = settings.async_timeout + settings.connect_timeout
+        if renewed:
+            return settings.lease_seconds - longest
+        return (item.lease_until - now).total_seconds() - longest
 
     def _renew(self, item: store.Claimed, host: str) -> None:
         """Renew the lease of work that waited long in memory, so that no other process takes it
