@@ -221,6 +221,19 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A port on 127.0.0.1 held bound but not listening for the test: connections are refused.
+
+    Holding it keeps any server the test starts from being given the same port.
+    """
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
+
+
+@pytest.fixture
 def receiver() -> Iterator[Callable[..., Any]]:
     """Start real receivers on 127.0.0.1: ``receiver(responder=None)``."""
     from tests.receivers import Receiver

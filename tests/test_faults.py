@@ -43,7 +43,9 @@ def reset(connection: socket.socket) -> None:
     connection.close()  # RST instead of an answer
 
 
-def test_every_kind_of_broken_receiver(make_host: Any, receiver: Any, raw_server: Any) -> None:
+def test_every_kind_of_broken_receiver(
+    make_host: Any, receiver: Any, raw_server: Any, refusing_port: int
+) -> None:
     config = {
         **DELIVERY_CONFIG,
         "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 1.5,
@@ -53,9 +55,6 @@ def test_every_kind_of_broken_receiver(make_host: Any, receiver: Any, raw_server
         "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 16,
     }
     host = make_host("sqlite", **config)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]  # nothing listens here once the probe is closed
     gate = threading.Event()
     # (receiver url, expected status, expected attempts, expected error fragment)
     cases = {
@@ -80,7 +79,7 @@ def test_every_kind_of_broken_receiver(make_host: Any, receiver: Any, raw_server
         "silent": (raw_server(never_answer).url(), "failed", 2, "timed out"),
         "drip": (raw_server(drip).url(), "failed", 2, "timed out"),
         "reset": (raw_server(reset).url(), "failed", 2, "Connection"),
-        "down": (f"http://127.0.0.1:{closed_port}/hook", "failed", 2, "connection failed"),
+        "down": (f"http://127.0.0.1:{refusing_port}/hook", "failed", 2, "connection failed"),
     }
     registration_of = {name: register(host, url)["id"] for name, (url, *_rest) in cases.items()}
     with host.app.app_context():
