@@ -211,15 +211,6 @@ def serve() -> Iterator[Callable[[Any], Served]]:
         server.server_close()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def refusing_port() -> Iterator[int]:
     """A port on 127.0.0.1 held bound but not listening for the test: connections are refused.

@@ -3,6 +3,7 @@ answer as a test tells them (status, headers, body, delay, or hanging)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -136,14 +137,21 @@ class RawServer:
         self.port = self.listener.getsockname()[1]
         self.connections = 0
         self.stop = threading.Event()
+        self._accepted: list[socket.socket] = []
+        self._lock = threading.Lock()
 
         def serve() -> None:
-            while not self.stop.is_set():
+            while True:
                 try:
                     connection, _ = self.listener.accept()
                 except OSError:
                     return
-                self.connections += 1
+                with self._lock:
+                    if self.stop.is_set():
+                        connection.close()
+                        return
+                    self.connections += 1
+                    self._accepted.append(connection)
                 threading.Thread(target=behave, args=(connection,), daemon=True).start()
 
         threading.Thread(target=serve, daemon=True).start()
@@ -152,7 +160,13 @@ class RawServer:
         return f"http://127.0.0.1:{self.port}/hook"
 
     def close(self) -> None:
-        self.stop.set()
+        """Stop accepting, and end every connection, so that no handler outlives the test."""
+        with self._lock:
+            self.stop.set()
+            accepted = list(self._accepted)
+        for sock in [self.listener, *accepted]:
+            with contextlib.suppress(OSError):  # closed already, or never connected
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it
         self.listener.close()
 
 

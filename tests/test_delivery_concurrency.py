@@ -76,7 +76,9 @@ def test_clean_shutdown_stops_taking_work_and_loses_none(
     server.wait_for(2)  # both workers are busy with a slow receiver
     stopper = threading.Thread(target=host.webhooks.shutdown, args=(host.app, 30))
     stopper.start()
-    gate.set()  # the attempts in flight finish...
+    dispatcher = host.app.extensions["kaizen_webhooks"].dispatcher
+    wait_until(dispatcher._stopping.is_set)  # it takes no more work...
+    gate.set()  # ...the attempts in flight finish...
     stopper.join(30)
     assert not stopper.is_alive()
     sent_before_stop = len(server.received)
@@ -147,22 +149,22 @@ def test_a_full_memory_queue_overflows_to_the_outbox(make_host: Any, receiver: A
 def test_work_waiting_longer_than_its_lease_is_renewed_not_sent_twice(
     make_host: Any, receiver: Any
 ) -> None:
-    # One worker, attempts of 1.4 s, leases of 3 s: claimed deliveries wait in memory for
-    # about as long as their lease.
+    # One worker, attempts of 1.4 s, leases of 4.5 s: claimed deliveries wait in memory for
+    # longer than their lease.
     host = make_host(
         "sqlite",
         **{
             **DELIVERY_CONFIG,
             "KAIZEN_WEBHOOKS_WORKERS": 1,
-            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 2,
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 3.5,
             "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 0.5,
-            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 3,
+            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 4.5,
         },
     )
     server = receiver(lambda request, n: Reply(delay=1.4))
     register(host, server.url())
     ids = enqueue(host, 5)
-    wait_until(lambda: counts(host) == {"succeeded": 5}, timeout=20)
+    wait_until(lambda: counts(host) == {"succeeded": 5}, timeout=30)
     assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
 
 
@@ -170,16 +172,16 @@ def test_work_that_waits_in_line_past_its_lease_is_renewed_before_it_is_sent(
     make_host: Any, receiver: Any
 ) -> None:
     # One attempt at once, each taking 0.6 s, eight in line at once (no per-host cap to park
-    # them), leases of 3 s covering a 1.5 s attempt: the last ones start after their lease
+    # them), leases of 4 s covering a 3 s attempt: the last ones start after their lease
     # would have let another claim take them over.
     host = make_host(
         "sqlite",
         **{
             **DELIVERY_CONFIG,
             "KAIZEN_WEBHOOKS_WORKERS": 1,
-            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 1,
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 2.5,
             "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 0.5,
-            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 3,
+            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 4,
             "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 10,
             "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 10,
         },
@@ -259,9 +261,9 @@ def test_an_attempt_that_raises_frees_its_slot_for_the_work_parked_behind_it(
             **DELIVERY_CONFIG,
             "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 1,
             "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 1,
-            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 2,
-            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 0.5,
-            "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 0.2,
+            "KAIZEN_WEBHOOKS_CLAIM_LEASE": 5,
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 3,
+            "KAIZEN_WEBHOOKS_CONNECT_TIMEOUT": 1,
         },
     )
     server = receiver()
@@ -270,7 +272,7 @@ def test_an_attempt_that_raises_frees_its_slot_for_the_work_parked_behind_it(
     # One slot for the host: had the attempt whose handling raised kept it, the other five
     # would wait in memory for ever. That one was sent, but its result not recorded: it is
     # sent again once its claim runs out (at least once).
-    wait_until(lambda: counts(host) == {"succeeded": 6}, timeout=20)
+    wait_until(lambda: counts(host) == {"succeeded": 6}, timeout=30)
     expected = Counter({delivery_id: 1 for delivery_id in ids})
     expected[raised[0]] = 2
     assert request_ids(server) == expected

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,6 @@ from flask import Flask, request
 from example_app import create_app
 from example_app.receiver import create_receiver
 from flask_kaizen_webhooks import get_state
-from tests.conftest import free_port
 from tests.receivers import wait_until
 
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -217,14 +220,14 @@ def test_receiver_fills_in_the_profile_before_the_login_answers(
 
 
 def test_python_m_example_app_serves_the_api(tmp_path: Path) -> None:
-    port = free_port()
+    # Port 0: the system picks a free port, which the server's startup line tells.
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "example_app",
             "--port",
-            str(port),
+            "0",
             "--instance-path",
             str(tmp_path),
         ],
@@ -232,20 +235,29 @@ def test_python_m_example_app_serves_the_api(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}/v2/webhooks"
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_output() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    output = ""
     try:
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                response = requests.get(f"{base}/topics", headers=ADMIN, timeout=2)
-                break
-            except requests.ConnectionError:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "the demo app did not start in 20 s"
-                time.sleep(0.2)
+        while not (running := re.search(r"Running on http://127\.0\.0\.1:(\d+)", output)):
+            assert process.poll() is None, output
+            assert time.monotonic() < deadline, f"the demo app did not start in 20 s: {output}"
+            with contextlib.suppress(queue.Empty):
+                output += lines.get(timeout=0.2)
+        base = f"http://127.0.0.1:{running.group(1)}/v2/webhooks"
+        response = requests.get(f"{base}/topics", headers=ADMIN, timeout=10)
         assert response.status_code == 200
         assert len(response.json()["topics"]) == 5
     finally:
         process.terminate()
-        output, _ = process.communicate(timeout=10)
+        process.wait(timeout=10)
+        reader.join(10)
     assert "DEMO MODE" in output

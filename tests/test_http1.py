@@ -3,8 +3,10 @@ does not), from real servers on 127.0.0.1 that send exactly the bytes a test giv
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,7 @@ import pytest
 from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.transport import SendResult, Transport, route
 from tests.clients import wrap
-from tests.receivers import RawServer
+from tests.receivers import RawServer, wait_until
 
 pytestmark = pytest.mark.both_drivers
 
@@ -49,17 +51,21 @@ class Scripted(RawServer):
 
     def __init__(self, *replies: bytes, close: bool = False) -> None:
         self.requests: list[bytes] = []
+        self.closed = 0  # connections this side has closed
 
         def behave(connection: socket.socket) -> None:
-            with connection:
-                for reply in replies:
-                    request = read_request(connection)
-                    if not request:
-                        return
-                    self.requests.append(request)
-                    connection.sendall(reply)
-                if not close:
-                    connection.recv(1)  # until the client closes
+            try:
+                with connection:
+                    for reply in replies:
+                        request = read_request(connection)
+                        if not request:
+                            return
+                        self.requests.append(request)
+                        connection.sendall(reply)
+                    if not close:
+                        connection.recv(1)  # until the client closes
+            finally:
+                self.closed += 1
 
         super().__init__(behave)
 
@@ -229,7 +235,8 @@ def test_an_idle_connection_the_receiver_closed_is_not_used_again(scripted: Any)
     server = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", close=True)
     transport = client()
     assert post(transport, server.url()).ok
-    time.sleep(0.1)
+    wait_until(lambda: server.closed == 1)
+    time.sleep(0.1)  # the closing reaches the client
     assert post(transport, server.url()).ok
     assert server.connections == 2
 
@@ -254,7 +261,7 @@ def test_a_header_value_with_a_line_break_is_refused_before_connecting(scripted:
 
 def test_a_body_over_the_cap_that_arrives_later_does_not_spoil_the_next_request() -> None:
     def slow_tail(connection: socket.socket) -> None:
-        with connection:
+        with connection, contextlib.suppress(OSError):  # the client may have gone already
             while read_request(connection):
                 connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"b" * 100)
                 time.sleep(0.2)  # the client has its 100 bytes and nothing else buffered
@@ -316,10 +323,18 @@ def test_names_are_looked_up_again_after_close_and_in_a_forked_child(scripted: A
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:  # the parent's lookup threads do not exist here
-        results = [post(transport, url) for _ in range(3)]
-        os.write(writer, b"".join(b"1" if r.ok else b"0" for r in results))
-        os._exit(0)
+        try:
+            results = [post(transport, url) for _ in range(3)]
+            os.write(writer, b"".join(b"1" if r.ok else b"0" for r in results))
+        finally:
+            os._exit(0)
     os.close(writer)
-    _, status = os.waitpid(child, 0)
-    assert os.read(reader, 16) == b"111" and status == 0
+    deadline = time.monotonic() + 30
+    while (waited := os.waitpid(child, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            pytest.fail("the forked child did not finish in 30 s")
+        time.sleep(0.05)
+    assert os.read(reader, 16) == b"111" and waited[1] == 0
     os.close(reader)

@@ -109,11 +109,11 @@ def test_a_large_request_is_written_in_parts_as_the_receiver_reads(
 def test_each_attempt_has_its_whole_time_limit_from_its_start_not_from_its_queueing(
     sender: Any, receiver: Any
 ) -> None:
-    server = receiver(lambda request, n: Reply(delay=0.6))
+    server = receiver(lambda request, n: Reply(delay=1.0))
     results = Results()
     multiplexer = sender(results, max_active=1)
-    for n in range(3):  # the third waits 1.2 s in line, more than its 1 s limit
-        multiplexer.send(job(server.url(), n, timeout=1.0))
+    for n in range(3):  # the third waits 2 s in line, more than its 1.8 s limit
+        multiplexer.send(job(server.url(), n, timeout=1.8))
     outcome = results.wait_for(3)
     assert all(outcome[n].ok for n in range(3)), outcome
 
@@ -206,12 +206,12 @@ def test_a_job_that_cannot_start_in_time_goes_to_late_unsent(sender: Any, receiv
 
 
 def test_an_invalid_url_and_a_refused_connection_are_results_like_any_other(
-    sender: Any,
+    sender: Any, refusing_port: int
 ) -> None:
     results = Results()
     multiplexer = sender(results)
     multiplexer.send(job("ftp://127.0.0.1/x", "invalid"))
-    multiplexer.send(job("http://127.0.0.1:9/x", "refused"))
+    multiplexer.send(job(f"http://127.0.0.1:{refusing_port}/x", "refused"))
     outcome = results.wait_for(2)
     assert (outcome["invalid"].error or "").startswith("invalid URL")
     assert (outcome["refused"].error or "").startswith("connection failed")

@@ -69,9 +69,9 @@ def test_a_dribbling_answer_is_cut_at_the_time_limit(receiver: Any) -> None:
     assert took < 1.0 + 2.0  # cut at the limit, not after the 100,000 bytes (~80 s)
 
 
-def test_connection_refused_and_keep_alive_reuse(receiver: Any) -> None:
+def test_connection_refused_and_keep_alive_reuse(receiver: Any, refusing_port: int) -> None:
     client = transport()
-    refused = post(client, "http://127.0.0.1:9/")
+    refused = post(client, f"http://127.0.0.1:{refusing_port}/")
     assert refused.status_code is None and not refused.timed_out
     assert refused.error is not None and refused.error.startswith("connection failed")
     server = receiver()
