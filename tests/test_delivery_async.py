@@ -9,7 +9,7 @@ from typing import Any
 
 import jose.jws
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from flask_kaizen_webhooks import get_state, signals
 from flask_kaizen_webhooks.models import Attempt, Delivery
@@ -222,32 +222,6 @@ def test_a_registration_that_keeps_failing_is_disabled_and_can_be_enabled(
     assert client.get(url, headers=ADMIN).get_json()["disabled_reason"] is None
     [delivery_id] = fire(host)
     wait_until(lambda: status_of(host, delivery_id) == "succeeded")
-
-
-@pytest.mark.parametrize("server", ["sqlite", "postgres"])
-def test_host_transaction_rollback_sends_nothing_commit_sends(
-    make_host: Any, server: str, receiver: Any
-) -> None:
-    host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG)
-    target = receiver()
-    register(host, target.url())
-    db = host.db
-    with host.app.app_context():
-        db.session.execute(text("SELECT 1"))  # the host's transaction is open
-        [rolled_back] = host.webhooks.trigger("profile_updated", {**PROFILE, "n": 1})
-        db.session.rollback()
-        db.session.execute(text("SELECT 1"))  # and another one
-        [committed] = host.webhooks.trigger("profile_updated", {**PROFILE, "n": 2})
-        # Nothing is handed over before the host commits.
-        time.sleep(0.3)
-        assert target.received == []
-        db.session.commit()
-    [request] = target.wait_for(1)
-    assert json.loads(jose.jws.get_unverified_claims(request.body.decode()))["n"] == 2
-    time.sleep(0.3)  # several poll intervals: the rolled-back one never appears
-    assert len(target.received) == 1
-    assert set(deliveries(host)) == {committed}
-    assert rolled_back != committed
 
 
 def test_a_new_app_delivers_what_an_earlier_one_left_pending(

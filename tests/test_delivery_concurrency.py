@@ -146,6 +146,16 @@ def test_a_full_memory_queue_overflows_to_the_outbox(make_host: Any, receiver: A
     assert set(request_ids(server)) == set(ids)
 
 
+def each_is_sent_once(host: Any, receiver: Any, *, count: int, answer_delay: float) -> None:
+    """Enqueue ``count`` deliveries to a receiver that answers after ``answer_delay`` seconds;
+    all succeed, each sent exactly once."""
+    server = receiver(lambda request, n: Reply(delay=answer_delay))
+    register(host, server.url())
+    ids = enqueue(host, count)
+    wait_until(lambda: counts(host) == {"succeeded": count}, timeout=30)
+    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+
+
 def test_work_waiting_longer_than_its_lease_is_renewed_not_sent_twice(
     make_host: Any, receiver: Any
 ) -> None:
@@ -161,11 +171,7 @@ def test_work_waiting_longer_than_its_lease_is_renewed_not_sent_twice(
             "KAIZEN_WEBHOOKS_CLAIM_LEASE": 4.5,
         },
     )
-    server = receiver(lambda request, n: Reply(delay=1.4))
-    register(host, server.url())
-    ids = enqueue(host, 5)
-    wait_until(lambda: counts(host) == {"succeeded": 5}, timeout=30)
-    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+    each_is_sent_once(host, receiver, count=5, answer_delay=1.4)
 
 
 def test_work_that_waits_in_line_past_its_lease_is_renewed_before_it_is_sent(
@@ -186,11 +192,7 @@ def test_work_that_waits_in_line_past_its_lease_is_renewed_before_it_is_sent(
             "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 10,
         },
     )
-    server = receiver(lambda request, n: Reply(delay=0.6))
-    register(host, server.url())
-    ids = enqueue(host, 8)
-    wait_until(lambda: counts(host) == {"succeeded": 8}, timeout=30)
-    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+    each_is_sent_once(host, receiver, count=8, answer_delay=0.6)
 
 
 def test_a_hanging_registration_parks_its_backlog_without_churning_the_outbox(

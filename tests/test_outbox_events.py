@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -68,19 +69,26 @@ def test_the_dispatcher_fans_out_and_delivers_after_the_commit_and_a_rollback_le
         register(host, target.url(f"/hook{n}"))
     db = host.db
     with host.app.app_context():
-        db.session.execute(text("SELECT 1"))
-        host.webhooks.trigger("profile_updated", PROFILE)
+        db.session.execute(text("SELECT 1"))  # the host's transaction is open
+        rolled_back = host.webhooks.trigger("profile_updated", PROFILE)
         db.session.rollback()
-        db.session.execute(text("SELECT 1"))
+        db.session.execute(text("SELECT 1"))  # and another one
         ids = host.webhooks.trigger("profile_updated", PROFILE)
+        # Nothing is handed over before the host commits.
+        time.sleep(0.3)
+        assert target.received == []
         db.session.commit()
     target.wait_for(10)
     wait_until(lambda: count(host, Event) == 0 and count(host, Delivery) == 10)
+    time.sleep(0.3)  # several poll intervals: the rolled-back event never appears
     request_ids = [
         json.loads(jose.jws.get_unverified_claims(r.body.decode()))["webhook_request_id"]
         for r in target.received
     ]
     assert sorted(request_ids) == sorted(ids)  # each once; the rolled-back event never
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        assert set(session.scalars(select(Delivery.id))) == set(ids)
+    assert not set(rolled_back) & set(ids)
 
 
 def test_two_transactions_fanning_out_at_once_never_make_a_delivery_twice(make_host: Any) -> None:

@@ -174,7 +174,7 @@ class ThreadDispatcher:
                 self._unsent += self._release_all(item, host)
                 return
             started = state.clock.now()
-            spare = self._spare_lease(item, started, renewed=renewed)
+            spare = self._spare_lease(item, started)
             if spare < LEASE_MARGIN and not renewed:
                 self._renewals.put((item, host))  # the poller renews it, then it starts
                 self._wake.set()
@@ -235,15 +235,14 @@ class ThreadDispatcher:
             following = self._in_flight.release(following.registration_id, host)
         return released
 
-    def _spare_lease(self, item: store.Claimed, now: datetime, *, renewed: bool) -> float:
-        """Seconds ``item``'s lease runs beyond the longest attempt, from ``now`` (all of a lease
-        just ``renewed``): the attempt must start within them, or another process could take the
-        delivery over while it is being sent."""
+    def _spare_lease(self, item: store.Claimed, now: datetime) -> float:
+        """Seconds ``item``'s lease runs beyond the longest attempt, from ``now``: the attempt
+        must start within them, or another process could take the delivery over while it is
+        being sent."""
         settings = self._state.settings
-        longest = settings.async_timeout + settings.connect_timeout
-        if renewed:
-            return settings.lease_seconds - longest
-        return (item.lease_until - now).total_seconds() - longest
+        return (item.lease_until - now).total_seconds() - (
+            settings.async_timeout + settings.connect_timeout
+        )
 
     def _renew(self, item: store.Claimed, host: str) -> None:
         """Renew the lease of work that waited long in memory, so that no other process takes it
