@@ -27,6 +27,9 @@ logger = logging.getLogger("flask_kaizen_webhooks")
 
 USER_AGENT = f"flask-kaizen-webhooks/{__version__}"
 EXCERPT_CHARS = 2048
+#: The deepest nesting of a receiver's JSON answer handed to the host; deeper answers are
+#: treated as not JSON (they could exhaust the host's stack when encoded again).
+MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,7 @@ def describe_failure(result: SendResult) -> str | None:
     if result.ok:
         return None
     if result.error is not None:
-        return result.error
+        return storable(result.error)
     assert result.status_code is not None
     if 300 <= result.status_code < 400:
         return f"HTTP {result.status_code}: redirects are not followed"
@@ -148,17 +151,51 @@ def excerpt(body: bytes) -> str | None:
     """The start of a response body, as text, for the delivery log."""
     if not body:
         return None
-    return body[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
+    return storable(body[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS])
+
+
+def storable(text: str) -> str:
+    """``text`` as every supported database stores it: NUL characters (which PostgreSQL
+    refuses) and lone surrogates (which are not UTF-8) replaced by U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    return text
 
 
 def response_json(result: SendResult) -> Any:
-    """The response's JSON document, if it sent one (within the read cap)."""
-    if not result.body or "json" not in (result.content_type or ""):
+    """The response's JSON document, if it sent one (within the read cap) and it is plain
+    JSON nested at most :data:`MAX_JSON_DEPTH` deep; None otherwise. A receiver's answer is
+    untrusted: nothing in it may raise."""
+    if not result.body or "json" not in (result.content_type or "").lower():
         return None
     try:
-        return json.loads(result.body)
-    except ValueError:
+        document = json.loads(result.body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return None
+    return document if _nested_within(document, MAX_JSON_DEPTH) else None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _nested_within(document: Any, limit: int) -> bool:
+    """True if no array or object in ``document`` lies deeper than ``limit`` levels."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if not isinstance(value, list):
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in value)
+    return True
 
 
 def next_step(

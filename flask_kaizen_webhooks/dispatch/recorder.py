@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 T = TypeVar("T")
@@ -18,6 +20,9 @@ T = TypeVar("T")
 BATCH = 500
 #: Seconds between tries while the database refuses a batch.
 RETRY_DELAY = 0.5
+#: Tries of a single record the database refuses (not for being unreachable) before it is
+#: dropped.
+RECORD_TRIES = 3
 #: Seconds a batch gathers after its first record before it is written, while more records
 #: are on their way: under load, one transaction then carries many attempts.
 GATHER = 0.02
@@ -106,17 +111,38 @@ class Recorder(Generic[T]):
             time.sleep(GATHER_STEP)
 
     def _write_until_done(self, batch: list[T]) -> None:
+        """Write ``batch``, trying again while the database cannot be reached. A batch refused
+        for what it holds is written record by record, so that one record the database will
+        not take (tried :data:`RECORD_TRIES` times, then dropped) never holds up the others."""
+        tries = 0
         while True:
             try:
                 self._write(batch)
                 return
-            except Exception:
-                if self._stopping:
+            except Exception as exc:
+                refused = not unreachable(exc)
+                if refused and len(batch) > 1:
                     logger.exception(
-                        "Could not record %d attempts while stopping; their deliveries will be "
-                        "sent again once their claims expire",
+                        "Recording %d attempts failed; recording them one by one", len(batch)
+                    )
+                    for record in batch:
+                        self._write_until_done([record])
+                    return
+                tries += 1
+                if self._stopping or (refused and tries >= RECORD_TRIES):
+                    logger.exception(
+                        "Could not record %d attempts; dropped (their deliveries are sent "
+                        "again once their claims expire)",
                         len(batch),
                     )
                     return
                 logger.exception("Recording %d attempts failed; trying again", len(batch))
                 time.sleep(RETRY_DELAY)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be reached or was busy (the write may
+    work later as it is), rather than refusing what was written."""
+    return isinstance(exc, OperationalError | InterfaceError) or bool(
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )

@@ -1,0 +1,140 @@
+"""Whatever a receiver answers is untrusted: it never raises into the host, and it never stops
+the recording of anyone's attempts."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import DataError, OperationalError
+
+from flask_kaizen_webhooks import get_state, signals
+from flask_kaizen_webhooks.dispatch.recorder import Recorder
+from flask_kaizen_webhooks.models import Attempt, Delivery
+from tests.conftest import ADMIN, DELIVERY_CONFIG, register
+from tests.receivers import Reply, wait_until
+
+JSON = {"Content-Type": "application/json"}
+
+
+def rows(host: Any) -> list[Delivery]:
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        return list(session.scalars(select(Delivery)))
+
+
+def attempt_rows(host: Any) -> list[Attempt]:
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        return list(session.scalars(select(Attempt)))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5000,  # RecursionError in json.loads
+        b"[" * 200 + b"]" * 200,  # valid, but deeper than any answer a host should re-encode
+        b'{"ok": NaN}',  # not JSON: the host's own JSON answer would carry NaN
+    ],
+)
+def test_a_receivers_answer_never_raises_into_the_host(
+    make_host: Any, receiver: Any, body: bytes
+) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    server = receiver(lambda request, number: Reply(body=body, headers=JSON))
+    register(host, server.url(), topic="user_logged_in")
+    with host.app.app_context():
+        [result] = host.webhooks.trigger("user_logged_in", {"user_id": "u-1"})
+        [(_, [by_signal])] = signals.user_logged_in.send(host.app, payload={"user_id": "u-1"})
+    for answered in (result, by_signal):
+        assert (answered.ok, answered.status_code, answered.response_json) == (True, 200, None)
+        assert answered.to_dict()["response"] is None
+    response = host.app.test_client().post(
+        "/v2/webhooks/test", json={"topic": "user_logged_in"}, headers=ADMIN
+    )
+    assert response.status_code == 200, response.get_json()
+    [tested] = response.get_json()["deliveries"]
+    assert (tested["ok"], tested["response"]) == (True, None)
+    assert len(server.received) == 3
+    logged = rows(host)
+    assert sorted(row.mode for row in logged) == ["sync", "sync", "test"]
+    assert all(row.status == "succeeded" for row in logged)
+
+
+def test_a_shallow_json_answer_still_reaches_the_host(make_host: Any, receiver: Any) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    answer = b'{"a": [[{"b": [1, 2]}]], "ok": true}'
+    server = receiver(lambda request, number: Reply(body=answer, headers=JSON))
+    register(host, server.url(), topic="user_logged_in")
+    with host.app.app_context():
+        [result] = host.webhooks.trigger("user_logged_in", {"user_id": "u-1"})
+    assert result.response_json == {"a": [[{"b": [1, 2]}]], "ok": True}
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_a_nul_byte_in_an_answer_holds_up_no_ones_records(
+    make_host: Any, receiver: Any, backend: str
+) -> None:
+    host = make_host(backend, **DELIVERY_CONFIG)
+    poisoned = receiver(lambda request, number: Reply(body=b"ok\x00\xed\xa0\x80 tail"))
+    healthy = receiver()
+    register(host, poisoned.url(), topic="profile_updated")
+    register(host, healthy.url(), topic="profile_updated")
+    register(host, poisoned.url(), topic="user_logged_in")
+    with host.app.app_context():
+        ids = host.webhooks.trigger("profile_updated", {"n": 1})
+        [synchronous] = host.webhooks.trigger("user_logged_in", {"user_id": "u-1"})
+    assert synchronous.ok and len(ids) == 2
+
+    def all_recorded() -> bool:
+        found = rows(host)
+        return len(found) == 3 and all(row.status == "succeeded" for row in found)
+
+    wait_until(all_recorded)
+    finished = rows(host)
+    excerpts = sorted(row.response_excerpt or "" for row in finished)
+    assert excerpts.count("ok\ufffd\ufffd\ufffd\ufffd tail") == 2  # the async and the sync one
+    assert all("\x00" not in text for text in excerpts)
+    assert all("\x00" not in (attempt.response_excerpt or "") for attempt in attempt_rows(host))
+
+
+class Refused(Exception):
+    pass
+
+
+def test_one_record_the_database_refuses_does_not_hold_up_the_others() -> None:
+    written: list[str] = []
+    tries: list[list[str]] = []
+
+    def write(batch: Any) -> None:
+        tries.append(list(batch))
+        if "poison" in batch:
+            raise DataError("INSERT ...", {}, Refused("text fields cannot contain NUL"))
+        written.extend(batch)
+
+    recorder: Recorder[str] = Recorder(write, name="test-recorder")
+    for record in ["a", "poison", "b"]:
+        recorder.put(record)
+    wait_until(lambda: len(written) == 2 and tries.count(["poison"]) == 3)
+    recorder.stop(timeout=10)
+    assert written == ["a", "b"]
+    assert tries.count(["poison"]) == 3  # tried alone, then dropped
+
+
+def test_records_wait_for_an_unreachable_database_and_lose_nothing() -> None:
+    written: list[str] = []
+    failures = iter(range(3))
+    done = threading.Event()
+
+    def write(batch: Any) -> None:
+        if next(failures, None) is not None:
+            raise OperationalError("SELECT 1", {}, Refused("connection refused"))
+        written.extend(batch)
+        done.set()
+
+    recorder: Recorder[str] = Recorder(write, name="test-recorder")
+    for record in ["a", "b"]:
+        recorder.put(record)
+    assert done.wait(10)
+    recorder.stop(timeout=10)
+    assert sorted(written) == ["a", "b"]
