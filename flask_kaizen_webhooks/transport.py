@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
+from .destinations import AddressBook
 from .guard import (
     AddressPolicy,
     ForbiddenDestination,
@@ -141,6 +142,8 @@ class Transport:
         self._pid = os.getpid()
         self._tls: ssl.SSLContext | None = None
         self._lookups: concurrent.futures.ThreadPoolExecutor | None = None
+        #: The address each host name was last connected to (what per-host caps count).
+        self.addresses = AddressBook()
 
     def post(
         self,
@@ -227,6 +230,7 @@ class Transport:
             ) from None
         # The first checked address; the others were checked too but are not tried, so one
         # attempt makes at most one connection.
+        self.addresses.note(where.host, addresses[0])
         return self._connect(where, addresses[0], deadline, connect_timeout)
 
     def _connect(

@@ -3,8 +3,10 @@ delivery ends in the right state with the right number of attempts."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.destinations import AddressBook, destination_of
 from flask_kaizen_webhooks.models import Delivery
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.receivers import RawServer, Reply, drip, wait_until
@@ -104,3 +107,90 @@ def test_every_kind_of_broken_receiver(
         else:
             assert error in (row.last_error or ""), (name, row.last_error)
     assert len(final[registration_of["huge"]].response_excerpt or "") == 2048
+
+
+def test_a_healthy_endpoint_gets_its_share_of_a_host_that_hangs(
+    make_host: Any, receiver: Any, raw_server: Any
+) -> None:
+    """Seven misbehaving endpoints and one healthy one on one host (127.0.0.1), the default
+    caps: the healthy one is not starved of the host's slots."""
+    config = {
+        **DELIVERY_CONFIG,
+        "KAIZEN_WEBHOOKS_WORKERS": 8,
+        "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 15,
+        "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [1, 1, 1],
+    }
+    host = make_host("sqlite", **config)
+    assert get_state(host.app).settings.max_in_flight_per_host == 4
+    hanging = receiver()
+    hanging.responder = lambda request, n: Reply(wait=hanging.release)
+    healthy = receiver()
+    misbehaving = [
+        hanging.url(),
+        raw_server(drip).url(),
+        raw_server(reset).url(),
+        receiver(lambda r, n: Reply(body=b"x" * 50_000_000)).url(),
+        receiver(lambda r, n: Reply(status=500)).url(),
+        receiver(lambda r, n: Reply(status=302, headers={"Location": "/x"})).url(),
+        receiver(lambda r, n: Reply(status=410)).url(),
+    ]
+    for url in [*misbehaving, healthy.url()]:  # the healthy one last: last in every event
+        register(host, url)
+    with host.app.app_context():
+        for n in range(40):
+            host.webhooks.trigger("profile_updated", {"n": n})
+    started = time.monotonic()
+    healthy.wait_for(40, timeout=60)
+    took = time.monotonic() - started
+    # Less than one attempt's time limit: it never waited behind a hanging attempt.
+    assert took < 15, f"the healthy endpoint needed {took:.1f} s for its 40 deliveries"
+
+
+SPELLINGS_OF_LOOPBACK = [
+    "127.0.0.1",
+    "127.1",
+    "2130706433",
+    "0x7f000001",
+    "017700000001",
+    "127.0.1",
+    "0x7f.1",
+    "0177.0.0.1",
+]
+
+
+def test_the_per_host_cap_counts_the_address_not_its_spellings(
+    make_host: Any, receiver: Any
+) -> None:
+    config = {
+        **DELIVERY_CONFIG,
+        "KAIZEN_WEBHOOKS_WORKERS": 8,
+        "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 2,
+        "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 20,
+    }
+    host = make_host("sqlite", **config)
+    hanging = receiver()
+    hanging.responder = lambda request, n: Reply(wait=hanging.release)
+    port = hanging.server.server_port
+    for spelling in SPELLINGS_OF_LOOPBACK:
+        register(host, f"http://{spelling}:{port}/hook")
+    with host.app.app_context():
+        assert len(host.webhooks.trigger("profile_updated", {"n": 1})) == 8
+    in_flight = get_state(host.app).dispatcher._in_flight  # type: ignore[attr-defined]
+    hanging.wait_for(2)
+    wait_until(lambda: in_flight.parked == 6)  # the other six wait for the one server's slots
+    assert len(hanging.received) == 2
+    assert dict(in_flight._hosts) == {"127.0.0.1": 2}
+
+
+def test_a_name_counts_by_the_address_it_was_last_connected_to() -> None:
+    book = AddressBook(ttl=60)
+    assert destination_of("https://hooks.example.com/a", book) == "hooks.example.com"
+    book.note("hooks.example.com", ipaddress.ip_address("93.184.216.34"))
+    book.note("other-name.example.net", ipaddress.ip_address("::ffff:93.184.216.34"))
+    assert destination_of("https://HOOKS.example.com:8443/b", book) == "93.184.216.34"
+    assert destination_of("https://other-name.example.net/", book) == "93.184.216.34"
+    assert destination_of("http://[::ffff:93.184.216.34]/", book) == "93.184.216.34"
+    assert destination_of("http://1572395042/", book) == "93.184.216.34"
+    expired = AddressBook(ttl=-1)
+    expired.note("hooks.example.com", ipaddress.ip_address("93.184.216.34"))
+    assert destination_of("https://hooks.example.com/a", expired) == "hooks.example.com"

@@ -4,8 +4,13 @@ else keep flowing.
 
 Work that finds its registration or host at the cap is parked in memory (its claim still held)
 and started when an attempt frees a slot for it, so a busy host costs no database round trip.
-A host with a full park is *saturated*: the poller stops claiming its registrations' work until
-half of its park has drained, so a slow host neither fills memory nor crowds out the others.
+A freed slot of a host goes to the parked registration with the fewest attempts in flight there
+(ties: the oldest work), and a registration whose attempts time out holds one slot at most, so
+a hanging endpoint cannot starve a healthy one on the same host.
+
+A registration with a full park, or a host with a full park, is *saturated*: the poller stops
+claiming its work until half of that park has drained, so a slow registration or host neither
+fills memory nor crowds out the others.
 """
 
 from __future__ import annotations
@@ -33,21 +38,35 @@ class InFlight(Generic[T]):
     slot (up to ``park_per_host`` items per host and ``park_total`` in all); thread-safe."""
 
     def __init__(
-        self, per_registration: int, per_host: int, *, park_per_host: int = 0, park_total: int = 0
+        self,
+        per_registration: int,
+        per_host: int,
+        *,
+        park_per_host: int = 0,
+        park_total: int = 0,
+        park_per_registration: int | None = None,
     ) -> None:
         self.per_registration = per_registration
         self.per_host = per_host
         self.park_per_host = park_per_host
         self.park_total = park_total
+        #: So that one registration's backlog leaves room in its host's park for the others.
+        self.park_per_registration = (
+            max(2 * per_registration, park_per_host // 8)
+            if park_per_registration is None
+            else park_per_registration
+        )
         self._lock = threading.Lock()
         self._registrations: Counter[str] = Counter()
         self._hosts: Counter[str] = Counter()
-        self._host_registrations: dict[
-            str, Counter[str]
-        ] = {}  # host: its attempts, by registration
+        #: host: its attempts in flight, by registration.
+        self._host_registrations: dict[str, Counter[str]] = {}
         self._parked: dict[str, deque[tuple[str, T]]] = {}
         self._parked_count = 0
+        self._parked_by_registration: Counter[str] = Counter()
         self._saturated: set[str] = set()
+        self._saturated_registrations: set[str] = set()
+        self._timing_out: set[str] = set()
 
     def acquire(self, registration_id: str, host: str, item: T) -> bool | None:
         """Take a slot for ``item``: True when taken; otherwise it is parked (None) or, when
@@ -57,15 +76,34 @@ class InFlight(Generic[T]):
                 self._take(registration_id, host)
                 return True
             queue = self._parked.setdefault(host, deque())
-            if len(queue) >= self.park_per_host or self._parked_count >= self.park_total:
+            parked_here = self._parked_by_registration[registration_id]
+            if (
+                len(queue) >= self.park_per_host
+                or parked_here >= self.park_per_registration
+                or self._parked_count >= self.park_total
+            ):
                 if not queue:
                     del self._parked[host]
+                if not parked_here:
+                    del self._parked_by_registration[registration_id]
                 return False
             queue.append((registration_id, item))
             self._parked_count += 1
+            self._parked_by_registration[registration_id] = parked_here + 1
             if len(queue) >= self.park_per_host:
                 self._saturated.add(host)
+            if parked_here + 1 >= self.park_per_registration:
+                self._saturated_registrations.add(registration_id)
             return None
+
+    def timing_out(self, registration_id: str, timed_out: bool) -> None:
+        """Note whether ``registration_id``'s last attempt timed out: while its attempts time
+        out, it holds one slot at most."""
+        with self._lock:
+            if timed_out:
+                self._timing_out.add(registration_id)
+            else:
+                self._timing_out.discard(registration_id)
 
     def release(self, registration_id: str, host: str) -> T | None:
         """Give a slot back; a parked item of the same host that may go now comes back with
@@ -86,17 +124,49 @@ class InFlight(Generic[T]):
             queue = self._parked.get(host)
             if not queue:
                 return None
-            for index, (waiting_registration, item) in enumerate(queue):
-                if self._free(waiting_registration, host):
-                    del queue[index]
-                    self._parked_count -= 1
-                    if len(queue) <= self.park_per_host // 2:
-                        self._saturated.discard(host)
-                    if not queue:
-                        del self._parked[host]
-                    self._take(waiting_registration, host)
-                    return item
-            return None
+            index = self._next_parked(host, queue, released_by=registration_id)
+            if index is None:
+                return None
+            waiting_registration, item = queue[index]
+            del queue[index]
+            self._parked_count -= 1
+            if len(queue) <= self.park_per_host // 2:
+                self._saturated.discard(host)
+            if not queue:
+                del self._parked[host]
+            left = self._parked_by_registration[waiting_registration] - 1
+            if left:
+                self._parked_by_registration[waiting_registration] = left
+            else:
+                del self._parked_by_registration[waiting_registration]
+            if left <= self.park_per_registration // 2:
+                self._saturated_registrations.discard(waiting_registration)
+            self._take(waiting_registration, host)
+            return item
+
+    def _next_parked(
+        self, host: str, queue: deque[tuple[str, T]], *, released_by: str
+    ) -> int | None:
+        """The index of the parked item a freed slot of ``host`` goes to: of the registrations
+        that may start an attempt, the one with the fewest in flight on ``host``, its oldest
+        item (the queue is oldest first). The attempt that just ended still counts for its
+        registration here, so that on a tie the slot moves on to another one."""
+        in_flight = self._host_registrations.get(host, Counter())
+        best: int | None = None
+        fewest = 0
+        seen: set[str] = set()
+        for index, (registration_id, _item) in enumerate(queue):
+            if registration_id in seen:
+                continue
+            seen.add(registration_id)
+            if not self._free(registration_id, host):
+                continue
+            count = in_flight[registration_id] + (registration_id == released_by)
+            if best is None or count < fewest:
+                best, fewest = index, count
+                if count == 0:
+                    break
+        return best
 
     def busy(self) -> bool:
         """True while any attempt is under way (read without the lock: a hint)."""
@@ -110,14 +180,14 @@ class InFlight(Generic[T]):
     def backlog(self) -> Backlog:
         """The parked work, as the poller sees it."""
         with self._lock:
-            skip: set[str] = set()
+            skip: set[str] = set(self._saturated_registrations)
             waiting = 0
             for host, queue in self._parked.items():
                 if host in self._saturated:
                     skip.update(registration_id for registration_id, _ in queue)
                     skip.update(self._host_registrations.get(host, ()))
                 else:
-                    waiting += len(queue)
+                    waiting += sum(1 for registration_id, _ in queue if registration_id not in skip)
             return Backlog(waiting, frozenset(skip))
 
     def unpark_all(self) -> list[T]:
@@ -126,14 +196,14 @@ class InFlight(Generic[T]):
             items = [item for queue in self._parked.values() for _, item in queue]
             self._parked.clear()
             self._parked_count = 0
+            self._parked_by_registration.clear()
             self._saturated.clear()
+            self._saturated_registrations.clear()
             return items
 
     def _free(self, registration_id: str, host: str) -> bool:
-        return (
-            self._registrations[registration_id] < self.per_registration
-            and self._hosts[host] < self.per_host
-        )
+        cap = 1 if registration_id in self._timing_out else self.per_registration
+        return self._registrations[registration_id] < cap and self._hosts[host] < self.per_host
 
     def _take(self, registration_id: str, host: str) -> None:
         self._registrations[registration_id] += 1

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from flask import Flask
 
 from .. import store
+from ..destinations import destination_of
 from ..multiplex import Job, Multiplexer
 from ..transport import SendResult
 from .attempt import Request, abandon, conclude, record, request_of
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-#: What comes back with an attempt's result: the delivery, its host (whose slot it holds) and
-#: when the attempt started.
+#: What comes back with an attempt's result: the delivery, its destination (whose slot it
+#: holds, see :func:`..destinations.destination_of`) and when the attempt started.
 Context = tuple[store.Claimed, str, datetime]
 
 #: Seconds of lease an attempt needs beyond its own time limits, or the lease is renewed first.
@@ -198,6 +198,7 @@ class ThreadDispatcher:
         """An attempt came to ``result`` (on the sender's thread): record it, start what its
         slot goes to, and wake the poller when the work in memory runs low."""
         item, host, started = context
+        self._in_flight.timing_out(item.registration_id, result.timed_out)
         self._begin(self._conclude(item, host, started, result), host)
         sender = self._sender
         if (
@@ -312,7 +313,7 @@ class ThreadDispatcher:
             if item.target is None:
                 self._abandon(item)
                 continue
-            host = (urlsplit(item.target.url).hostname or "").lower()
+            host = destination_of(item.target.url, self._state.transport.addresses)
             taken = self._in_flight.acquire(item.registration_id, host, item)
             if taken:
                 self._begin(item, host)

@@ -1,0 +1,55 @@
+"""The caps on attempts in flight: a host's freed slots are shared fairly among its
+registrations, and a registration whose attempts time out holds one slot at most."""
+
+from __future__ import annotations
+
+from flask_kaizen_webhooks.dispatch.inflight import InFlight
+
+
+def test_a_freed_slot_goes_to_the_registration_with_the_fewest_in_flight() -> None:
+    slots: InFlight[str] = InFlight(2, 3, park_per_host=64, park_total=64)
+    assert slots.acquire("slow", "h", "slow-1") is True
+    assert slots.acquire("slow", "h", "slow-2") is True
+    assert slots.acquire("other", "h", "other-1") is True
+    for item in ("slow-3", "slow-4"):  # parked first, behind the host's cap
+        assert slots.acquire("slow", "h", item) is None
+    assert slots.acquire("healthy", "h", "healthy-1") is None
+    assert slots.acquire("healthy", "h", "healthy-2") is None
+    # "slow" waits longest, but "healthy" has nothing in flight: it goes first, oldest first.
+    assert slots.release("other", "h") == "healthy-1"
+    assert slots.release("healthy", "h") == "healthy-2"
+    # Then "slow" (one in flight after this release) before nobody else.
+    assert slots.release("slow", "h") == "slow-3"
+
+
+def test_ties_go_to_the_oldest_work() -> None:
+    slots: InFlight[str] = InFlight(1, 1, park_per_host=64, park_total=64)
+    assert slots.acquire("a", "h", "a-1") is True
+    assert slots.acquire("b", "h", "b-1") is None
+    assert slots.acquire("c", "h", "c-1") is None
+    assert slots.release("a", "h") == "b-1"
+    assert slots.release("b", "h") == "c-1"
+
+
+def test_a_registration_whose_attempts_time_out_holds_one_slot() -> None:
+    slots: InFlight[str] = InFlight(2, 4, park_per_host=64, park_total=64)
+    slots.timing_out("hanging", True)
+    assert slots.acquire("hanging", "h", "hang-1") is True
+    assert slots.acquire("hanging", "h", "hang-2") is None  # parked although the host has room
+    assert slots.acquire("healthy", "h", "ok-1") is True
+    slots.timing_out("hanging", False)  # an answer in time: back to its full share
+    assert slots.release("healthy", "h") == "hang-2"
+
+
+def test_one_registrations_backlog_leaves_room_for_the_others() -> None:
+    slots: InFlight[str] = InFlight(1, 1, park_per_host=64, park_total=1000)
+    assert slots.park_per_registration == 8
+    assert slots.acquire("hanging", "h", "hang-0") is True
+    for n in range(8):
+        assert slots.acquire("hanging", "h", f"hang-{n + 1}") is None
+    assert slots.acquire("hanging", "h", "hang-9") is False  # its park is full: given back
+    backlog = slots.backlog()
+    assert backlog.skip_registrations == {"hanging"}  # not claimed until its park drains
+    assert backlog.waiting == 0
+    assert slots.acquire("healthy", "h", "ok-1") is None  # still room for another registration
+    assert slots.release("hanging", "h") == "ok-1"
