@@ -17,6 +17,7 @@ from . import store
 from .dispatch.sync import fan_out
 from .errors import ApiError, ValidationError
 from .extension import WebhooksState, get_state
+from .limits import count_call
 from .models import Delivery, DeliveryMode, DeliveryStatus, Registration, isoformat
 from .openapi import build_openapi
 from .topics import Mode
@@ -370,6 +371,22 @@ def send_test() -> Response:
             + (" with that id." if data.registration_id else "."),
             field="registration_id" if data.registration_id else "topic",
         )
+    most = state.settings.test_max_targets
+    if len(targets) > most:
+        raise ValidationError(
+            "too_many_targets",
+            f"You have {len(targets)} active registrations for {data.topic!r}; a test goes to "
+            f"{most} at most: name one with 'registration_id'.",
+            field="registration_id",
+            limit=most,
+        )
+    count_call(
+        state.database,
+        state.clock,
+        kind="test",
+        owner=_owner(),
+        per_minute=state.settings.test_calls_per_minute,
+    )
     timeout = (
         state.settings.sync_timeout if topic.mode is Mode.SYNC else state.settings.async_timeout
     )
@@ -381,6 +398,7 @@ def send_test() -> Response:
         targets=targets,
         mode=DeliveryMode.TEST,
         timeout=timeout,
+        lane=state.test_lane,
     )
     return jsonify(deliveries=[result.to_dict() for result in results])
 
@@ -412,6 +430,13 @@ def get_delivery(delivery_id: str) -> Response:
 
 def redeliver(delivery_id: str) -> tuple[Response, int]:
     state = _state()
+    count_call(
+        state.database,
+        state.clock,
+        kind="redeliver",
+        owner=_owner(),
+        per_minute=state.settings.redeliver_calls_per_minute,
+    )
     session = state.database.session
     store.redeliver(session, owner=_owner(), delivery_id=delivery_id, now=state.clock.now())
     session.commit()

@@ -286,6 +286,7 @@ def send_test(topic: str, registration_id: str | None) -> None:
         targets=targets,
         mode=DeliveryMode.TEST,
         timeout=state.settings.async_timeout,
+        lane=state.test_lane,
     )
     print_table(
         ["REGISTRATION", "OK", "STATUS", "MS", "ERROR"],

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "CONNECT_TIMEOUT": 2.0,
     "ASYNC_TIMEOUT": 15.0,
     "EXECUTOR": None,
+    "AUTOSTART": None,
     "DISPATCHER": "thread",
     "CELERY_SWEEP_INTERVAL": 60.0,
     "WORKERS": 8,
@@ -48,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_QUEUE": 10_000,
     "MAX_PAYLOAD_BYTES": 256 * 1024,
     "MAX_REGISTRATIONS_PER_OWNER": 100,
+    "TEST_MAX_TARGETS": 10,
+    "TEST_CALLS_PER_MINUTE": 10,
+    "REDELIVER_CALLS_PER_MINUTE": 60,
     "CLAIM_LEASE": None,
     "SECRET_OVERLAP": 86400,
     "CA_BUNDLE": None,
@@ -73,6 +77,7 @@ class Settings:
     connect_timeout: float
     async_timeout: float
     dispatcher: str
+    autostart: bool | None
     celery_sweep_interval: float
     workers: int
     sync_workers: int
@@ -90,7 +95,9 @@ class Settings:
     max_queue: int
     max_payload_bytes: int
     max_registrations_per_owner: int
-
+    test_max_targets: int
+    test_calls_per_minute: int
+    redeliver_calls_per_minute: int
     claim_lease: float | None
     secret_overlap: float
     ca_bundle: str | None
@@ -144,6 +151,7 @@ class Settings:
             connect_timeout=_positive_number(value, "CONNECT_TIMEOUT"),
             async_timeout=_positive_number(value, "ASYNC_TIMEOUT"),
             dispatcher=_executor(value),
+            autostart=_optional_bool(value, "AUTOSTART"),
             celery_sweep_interval=_positive_number(value, "CELERY_SWEEP_INTERVAL"),
             workers=_positive_int(value, "WORKERS"),
             sync_workers=_positive_int(value, "SYNC_WORKERS"),
@@ -164,6 +172,9 @@ class Settings:
             max_queue=_positive_int(value, "MAX_QUEUE"),
             max_payload_bytes=_positive_int(value, "MAX_PAYLOAD_BYTES"),
             max_registrations_per_owner=_positive_int(value, "MAX_REGISTRATIONS_PER_OWNER"),
+            test_max_targets=_positive_int(value, "TEST_MAX_TARGETS"),
+            test_calls_per_minute=_positive_int(value, "TEST_CALLS_PER_MINUTE"),
+            redeliver_calls_per_minute=_positive_int(value, "REDELIVER_CALLS_PER_MINUTE"),
             claim_lease=_lease(value, "CLAIM_LEASE"),
             secret_overlap=_non_negative_number(value, "SECRET_OVERLAP"),
             ca_bundle=_ca_bundle(value, "CA_BUNDLE"),
@@ -186,6 +197,13 @@ def _bool(value: Any, name: str) -> bool:
     raw = value(name)
     if not isinstance(raw, bool):
         raise ConfigurationError(PREFIX + name, f"expected True or False, got {raw!r}")
+    return raw
+
+
+def _optional_bool(value: Any, name: str) -> bool | None:
+    raw = value(name)
+    if raw is not None and not isinstance(raw, bool):
+        raise ConfigurationError(PREFIX + name, f"expected True, False or None, got {raw!r}")
     return raw
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -14,6 +15,7 @@ from flask.globals import app_ctx
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -34,14 +36,16 @@ class Database:
 
     def __init__(self, app: Flask, settings: Settings, host_db: SQLAlchemy | None) -> None:
         self.host_db = host_db
+        self._app = weakref.ref(app)
         self._tables_ready = False
         self._tables_lock = threading.Lock()
         self._engine: Engine | None = None
+        self._host_engine: Engine | None = None
         self._sessions: scoped_session[Session] | None = None
         uri = app.config.get("SQLALCHEMY_DATABASE_URI") if host_db is not None else None
-        sqlite = make_url(uri or settings.database_uri).get_backend_name() == "sqlite"
+        self._sqlite = make_url(uri or settings.database_uri).get_backend_name() == "sqlite"
         self._write_lock: AbstractContextManager[Any] = (
-            threading.Lock() if sqlite else nullcontext()
+            threading.Lock() if self._sqlite else nullcontext()
         )
         if host_db is not None:
             for table in metadata.sorted_tables:
@@ -66,7 +70,26 @@ class Database:
         if self._engine is not None:
             return self._engine
         assert self.host_db is not None
-        return self.host_db.engine
+        engine = self.host_db.engine
+        if engine is not self._host_engine:
+            guard_against_fork(engine)
+            self._host_engine = engine
+        return engine
+
+    def after_fork(self) -> None:
+        """In a forked child: new locks, and pools of its own (the parent's connections are
+        left to the parent, never closed or used here). With a host ``db``, its engines get
+        new pools too: a pre-forking server's workers would otherwise share the connections
+        its master opened (``db.create_all()`` at start-up) and mix up each other's queries."""
+        self._tables_lock = threading.Lock()
+        self._write_lock = threading.Lock() if self._sqlite else nullcontext()
+        engines = [self._engine] if self._engine is not None else []
+        app = self._app()
+        if self.host_db is not None and app is not None:
+            with app.app_context():
+                engines += list(self.host_db.engines.values())
+        for engine in engines:
+            engine.dispose(close=False)
 
     @property
     def session(self) -> Session:
@@ -126,7 +149,9 @@ def _app_context_id() -> int:
 def _create_embedded_engine(settings: Settings) -> Engine:
     url = make_url(settings.database_uri)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
+        guard_against_fork(engine)
+        return engine
     in_memory = url.database in (None, "", ":memory:")
     connect_args: dict[str, Any] = {"timeout": settings.sqlite_busy_timeout}
     options: dict[str, Any] = {}
@@ -139,7 +164,29 @@ def _create_embedded_engine(settings: Settings) -> Engine:
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
     engine = create_engine(url, connect_args=connect_args, **options)
     event.listen(engine, "connect", _sqlite_pragmas(in_memory, settings.sqlite_busy_timeout))
+    guard_against_fork(engine)
     return engine
+
+
+def guard_against_fork(engine: Engine) -> None:
+    """Never hand a process a pooled connection that another process opened (after a fork):
+    SQLAlchemy's recipe for pools and ``os.fork()``; installed once per engine."""
+    if event.contains(engine, "connect", _note_pid):
+        return
+    event.listen(engine, "connect", _note_pid)
+    event.listen(engine, "checkout", _refuse_other_pid)
+
+
+def _note_pid(_dbapi_connection: Any, record: Any) -> None:
+    record.info["pid"] = os.getpid()
+
+
+def _refuse_other_pid(_dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    if record.info.get("pid", os.getpid()) != os.getpid():
+        record.dbapi_connection = proxy.dbapi_connection = None
+        raise DisconnectionError(
+            f"a connection opened by process {record.info['pid']}, not by {os.getpid()}"
+        )
 
 
 def _sqlite_pragmas(in_memory: bool, busy_timeout: float) -> Any:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
-import threading
 import weakref
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from flask import Flask, current_app
@@ -18,11 +17,12 @@ from .clock import Clock
 from .config import Settings
 from .database import Database
 from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
-from .dispatch.sync import DeliveryResult, fan_out
+from .dispatch.sync import DeliveryResult, Lane, fan_out
 from .dispatch.threads import ThreadDispatcher
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
 from .models import DeliveryMode
 from .sealing import SecretBox
+from .serving import StartAt, start_at
 from .signals import topic_signal
 from .signing import encode_payload
 from .topics import Mode, Topic, TopicRegistry
@@ -52,12 +52,13 @@ class WebhooksState:
         )
         self.clock = Clock()
         self.rng = random.Random()
-        self.transport = Transport(
-            max_response_bytes=settings.max_response_bytes,
-            pool_size=settings.workers + settings.sync_workers,
-            policy=settings.address_policy,
-            ca_bundle=settings.ca_bundle,
-        )
+        #: The background engine's connections (and the test endpoint's).
+        self.transport = self._transport(settings.workers + settings.sync_workers)
+        #: Synchronous topics (the host's logins) send on threads and connections of their own,
+        #: which nothing an integrator can set off (a test, a redelivery) competes for.
+        self.sync_lane = Lane("sync", settings.sync_workers, self._transport(settings.sync_workers))
+        #: ``POST /test`` and ``flask webhooks test``.
+        self.test_lane = Lane("test", settings.sync_workers, self.transport)
         self.dispatcher: Dispatcher = NoDispatcher()
         if settings.dispatcher == "thread":
             self.dispatcher = ThreadDispatcher(app, self)
@@ -65,27 +66,60 @@ class WebhooksState:
             from .dispatch.celery_executor import CeleryDispatcher
 
             self.dispatcher = CeleryDispatcher(app, self)
-        self._sync_pool: ThreadPoolExecutor | None = None
-        self._sync_pool_lock = threading.Lock()
+        #: When the engine starts in this process (set by ``init_app``).
+        self.start_at = StartAt.FIRST_USE
 
-    @property
-    def sync_pool(self) -> ThreadPoolExecutor:
-        """The threads that send synchronous webhooks (apart from the background dispatcher)."""
-        with self._sync_pool_lock:
-            if self._sync_pool is None:
-                self._sync_pool = ThreadPoolExecutor(
-                    self.settings.sync_workers, thread_name_prefix="kaizen-webhooks-sync"
-                )
-            return self._sync_pool
+    def _transport(self, pool_size: int) -> Transport:
+        settings = self.settings
+        return Transport(
+            max_response_bytes=settings.max_response_bytes,
+            pool_size=pool_size,
+            policy=settings.address_policy,
+            ca_bundle=settings.ca_bundle,
+        )
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the dispatcher and the sync threads and close connections; nothing is lost."""
         self.dispatcher.stop(timeout)
-        with self._sync_pool_lock:
-            if self._sync_pool is not None:
-                self._sync_pool.shutdown(wait=True, cancel_futures=True)
-                self._sync_pool = None
-        self.transport.close()
+        for lane in (self.sync_lane, self.test_lane):
+            lane.shutdown()
+            lane.transport.close()
+
+    def start_now(self, app: Flask) -> None:
+        """Start the engine, the extension's tables made first (here, not in the engine's
+        threads, where their creation would race the host's own ``db.create_all()``)."""
+        try:
+            with app.app_context():
+                self.database.create_tables()
+        except Exception:  # the database may not be reachable (or set up) yet
+            logger.warning("The webhooks tables could not be made yet", exc_info=True)
+        self.dispatcher.start()
+
+    def after_fork(self) -> None:
+        """In a forked child: nothing of the parent's threads, connections or locks is used
+        again; a worker forked by a pre-forking server starts its own engine."""
+        self.database.after_fork()
+        for lane in (self.sync_lane, self.test_lane):
+            lane.after_fork()
+        self.dispatcher.after_fork()
+        if self.start_at is StartAt.FORK:
+            self.start_at = StartAt.NOW
+            self.dispatcher.start()
+
+
+#: The state of every app set up in this process, for what a fork must renew.
+_STATES: weakref.WeakSet[WebhooksState] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for state in list(_STATES):
+        try:
+            state.after_fork()
+        except Exception:
+            logger.exception("Could not renew the webhooks engine in a forked process")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class KaizenWebhooks:
@@ -132,14 +166,18 @@ class KaizenWebhooks:
         self._apps.add(app)
         for topic in self.topics:
             self._connect(topic.name, app)
-        # Pending work (retries, or what a previous process left) resumes with the first request.
-        app.before_request(state.dispatcher.autostart)
-
         from .api import blueprint
         from .cli import webhooks_cli
 
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(webhooks_cli)
+        # Pending work (retries, or what a previous process left) resumes as soon as this
+        # process serves the app (see :mod:`.serving`), or else with the first request.
+        app.before_request(state.dispatcher.autostart)
+        state.start_at = start_at(app, settings.autostart)
+        _STATES.add(state)
+        if state.start_at is StartAt.NOW:
+            state.start_now(app)
 
     # Host callbacks ----------------------------------------------------------------------------
 
@@ -226,6 +264,7 @@ class KaizenWebhooks:
                 targets=targets,
                 mode=DeliveryMode.SYNC,
                 timeout=state.settings.sync_timeout,
+                lane=state.sync_lane,
             )
         except Exception:  # a defect: the host's request goes on all the same
             logger.exception("Sending the %s webhooks failed unexpectedly", topic)

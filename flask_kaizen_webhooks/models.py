@@ -230,6 +230,19 @@ class Attempt(Base):
         }
 
 
+class CallCount(Base):
+    """How many calls of one kind one owner made in one minute: what the per-owner limits of
+    the test endpoint and of redeliveries count, the same for every process."""
+
+    __tablename__ = "kaizen_webhook_call_counts"
+
+    #: ``"<kind>:<owner>"``.
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    #: The minute counted, as minutes since the epoch.
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
 def url_digest(url: str) -> str:
     """A fixed-size key for ``url``, so the uniqueness constraint fits every database."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest()

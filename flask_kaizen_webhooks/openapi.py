@@ -51,6 +51,7 @@ ERROR_DESCRIPTIONS = {
     413: "The body is larger than the configured limit.",
     415: "The body is not sent as application/json.",
     422: "A field is missing, unknown or invalid.",
+    429: "Too many calls of this kind this minute; ``Retry-After`` says when to try again.",
 }
 
 REGISTRATION_ID = {"name": "registration_id", "in": "path", "required": True, "schema": ID}
@@ -313,6 +314,7 @@ def build_openapi(prefix: str, topics: list[str], max_page_size: int) -> dict[st
                     (202, "Queued", _object({"id": ID, "status": {"const": "pending"}})),
                     404,
                     409,
+                    429,
                 ),
             },
         },
@@ -345,6 +347,7 @@ def build_openapi(prefix: str, topics: list[str], max_page_size: int) -> dict[st
                     413,
                     415,
                     422,
+                    429,
                 ),
             },
         },

@@ -16,12 +16,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import claims
 from .errors import ApiError, DeliveryInFlight, DuplicateRegistration, NotFound, RevConflict
 from .models import (
     Attempt,
+    CallCount,
     Delivery,
     DeliveryMode,
     DeliveryStatus,
@@ -1042,6 +1046,40 @@ def finish_without_attempt(
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+def release_dead_claims(session: Session, *, now: datetime) -> int:
+    """Give back, due now, the claims held by processes of this machine that no longer run
+    (see :mod:`.claims`); how many deliveries."""
+    me = claims.this_process()
+    tokens = session.scalars(
+        select(Delivery.claim_token)
+        .where(
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at > now,
+            Delivery.claim_token.like(f"{me.machine}-%"),
+        )
+        .distinct()
+    ).all()
+    runs: dict[claims.Holder, bool] = {me: True}
+    dead = []
+    for token in tokens:
+        holder = claims.Holder.of(token or "")
+        if holder is None:
+            continue
+        if holder not in runs:
+            runs[holder] = holder.runs()
+        if not runs[holder]:
+            dead.append(token)
+    if not dead:
+        return 0
+    released = session.execute(
+        update(Delivery)
+        .where(Delivery.claim_token.in_(dead), Delivery.status == DeliveryStatus.PENDING)
+        .values(claim_token=None, next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(released.rowcount)  # type: ignore[attr-defined]
+
+
 def extend_claim(session: Session, *, delivery_id: str, token: str, lease_until: datetime) -> bool:
     """Renew this worker's lease on a delivery as its attempt starts; False if it was lost."""
     result = session.execute(
@@ -1211,3 +1249,25 @@ def delivery_stats(session: Session) -> Stats:
         oldest_pending=min(oldest, default=None),
         events_waiting=int(waiting),
     )
+
+
+def count_call(session: Session, *, key: str, minute: int) -> int:
+    """Count one call of ``key`` in ``minute`` (minutes since the epoch); the calls counted in
+    that minute so far, this one included, in one atomic step however many processes count
+    at once. Counts of earlier minutes are deleted."""
+    session.execute(
+        delete(CallCount)
+        .where(CallCount.key == key, CallCount.minute < minute)
+        .execution_options(synchronize_session=False)
+    )
+    dialect = session.get_bind().dialect.name
+    upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    counted = (
+        upsert(CallCount)
+        .values(key=key, minute=minute, count=1)
+        .on_conflict_do_update(
+            index_elements=[CallCount.key, CallCount.minute], set_={"count": CallCount.count + 1}
+        )
+        .returning(CallCount.count)
+    )
+    return int(session.execute(counted).scalar_one())

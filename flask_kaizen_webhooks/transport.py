@@ -44,7 +44,8 @@ from .http1 import Malformed, Response, read_response, send_all
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-LOOKUP_THREADS = 8
+#: Name lookups under way at once, at most (each on a thread of its own).
+MAX_LOOKUPS = 256
 DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Destinations (address, port, TLS name) whose idle connections are kept, least recent dropped.
 MAX_DESTINATIONS = 256
@@ -52,6 +53,52 @@ MAX_DESTINATIONS = 256
 
 class ResolveTimeout(Exception):
     """Looking a host's name up took longer than the attempt may."""
+
+
+class Lookups:
+    """Name lookups, each on a thread of its own, so that one integrator's slow names never
+    hold up the lookups of anyone else's. A name already being looked up is not looked up a
+    second time: its callers share the answer. At most ``limit`` names are looked up at once;
+    past that a lookup fails at once rather than queueing behind lookups that hang."""
+
+    def __init__(self, resolver: Resolver, *, limit: int = MAX_LOOKUPS) -> None:
+        self.resolver = resolver
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._under_way: dict[tuple[str, int], concurrent.futures.Future[Sequence[IPAddress]]] = {}
+
+    def resolve(self, host: str, port: int, timeout: float) -> Sequence[IPAddress]:
+        """The addresses of ``host``, waiting ``timeout`` seconds at most (then
+        :class:`ResolveTimeout`; the lookup goes on, for whoever asks next)."""
+        key = (host.lower(), port)
+        with self._lock:
+            future = self._under_way.get(key)
+            if future is None:
+                if len(self._under_way) >= self.limit:
+                    raise OSError(f"{self.limit} name lookups are under way; try again later")
+                future = self._under_way[key] = concurrent.futures.Future()
+                threading.Thread(
+                    target=self._look_up,
+                    args=(key, future),
+                    name="kaizen-webhooks-dns",
+                    daemon=True,
+                ).start()
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise ResolveTimeout(host) from None
+
+    def _look_up(
+        self, key: tuple[str, int], future: concurrent.futures.Future[Sequence[IPAddress]]
+    ) -> None:
+        try:
+            future.set_result(self.resolver(*key))
+        except BaseException as exc:  # handed to every caller waiting for this name
+            future.set_exception(exc)
+        finally:
+            with self._lock:
+                if self._under_way.get(key) is future:
+                    del self._under_way[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +188,7 @@ class Transport:
         self._idle: OrderedDict[tuple[str, str, int], list[socket.socket]] = OrderedDict()
         self._pid = os.getpid()
         self._tls: ssl.SSLContext | None = None
-        self._lookups: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lookups = Lookups(resolver)
         #: The address each host name was last connected to (what per-host caps count).
         self.addresses = AddressBook()
 
@@ -200,7 +247,7 @@ class Transport:
         """The route and the bytes of a POST of ``body`` to ``url``, or the failure that stops
         it before any connection."""
         if self._pid != os.getpid():
-            self._after_fork()
+            self.after_fork()
         try:
             where = route(url)
         except ValueError as exc:
@@ -312,46 +359,30 @@ class Transport:
             sock.close()
 
     def _resolver_until(self, deadline: float) -> Resolver:
-        """The resolver, bounded by ``deadline``: a name is looked up on a helper thread (the
-        system resolver cannot be interrupted) and :class:`ResolveTimeout` raised when the
-        deadline passes first. An address literal needs no lookup."""
+        """The resolver, bounded by ``deadline``: a name is looked up on a thread of its own
+        (the system resolver cannot be interrupted; see :class:`Lookups`) and
+        :class:`ResolveTimeout` raised when the deadline passes first. An address literal needs
+        no lookup."""
 
         def resolve_until(host: str, port: int) -> Sequence[IPAddress]:
             literal = literal_address(host)
             if literal is not None:
                 return [literal]
-            future = self._lookup_threads().submit(self.resolver, host, port)
-            try:
-                return future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except concurrent.futures.TimeoutError:
-                raise ResolveTimeout(host) from None
+            return self._lookups.resolve(host, port, max(0.0, deadline - time.monotonic()))
 
         return resolve_until
 
-    def _lookup_threads(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The threads that look names up (started on first use, again after :meth:`close`)."""
-        with self._lock:
-            if self._lookups is None:
-                self._lookups = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=LOOKUP_THREADS, thread_name_prefix="kaizen-webhooks-dns"
-                )
-            return self._lookups
-
-    def _after_fork(self) -> None:
-        """In a forked child: the parent's connections and lookup threads are not its own."""
+    def after_fork(self) -> None:
+        """In a forked child: the parent's connections and lookups are not its own."""
         self._lock = threading.Lock()
         self._clear_locked()
-        self._lookups = None
+        self._lookups = Lookups(self.resolver)
         self._pid = os.getpid()
 
     def close(self) -> None:
-        """Close every pooled connection and stop the lookup threads (both come back if the
-        transport is used again)."""
+        """Close every pooled connection (they come back if the transport is used again)."""
         with self._lock:
             self._clear_locked()
-            lookups, self._lookups = self._lookups, None
-        if lookups is not None:
-            lookups.shutdown(wait=False, cancel_futures=True)
 
     def _clear_locked(self) -> None:
         for idle in self._idle.values():

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from flask_kaizen_webhooks import KaizenWebhooks, get_state
+from flask_kaizen_webhooks.clock import Clock
 from flask_kaizen_webhooks.models import metadata
 from tests import clients
 
@@ -267,3 +268,16 @@ def register(
     )
     assert response.status_code == 201, response.get_json()
     return dict(response.get_json())
+
+
+class FrozenClock(Clock):
+    """A clock stopped at ``at`` (epoch seconds) until moved with :meth:`advance`."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def time(self) -> float:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += seconds

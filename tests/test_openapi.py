@@ -10,7 +10,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, USER
+from flask_kaizen_webhooks import get_state
+from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, USER, FrozenClock
 from tests.receivers import Reply, wait_until
 
 PREFIX = "/v2/webhooks"
@@ -166,6 +167,16 @@ def test_every_endpoint_answers_as_documented(host: Any, receiver: Any) -> None:
     call("post", f"/deliveries/{delivery_id}/redeliver", REDELIVER)  # 409
     gate.set()
     call("post", "/deliveries/nope/redeliver", "/deliveries/{delivery_id}/redeliver")  # 404
+    state = get_state(host.app)
+    running_clock, state.clock = state.clock, FrozenClock(state.clock.time())  # one minute
+    limited = None
+    for _ in range(host.app.config["KAIZEN_WEBHOOKS_TEST_CALLS_PER_MINUTE"] + 1):
+        limited = call("post", "/test", "/test", json={"topic": "profile_updated"})
+    assert limited is not None and limited.status_code == 429  # past the owner's limit
+    for _ in range(host.app.config["KAIZEN_WEBHOOKS_REDELIVER_CALLS_PER_MINUTE"] + 1):
+        limited = call("post", "/deliveries/nope/redeliver", REDELIVER)
+    assert limited.status_code == 429
+    state.clock = running_clock
     call("delete", f"{R}/{rid}?rev=1-00", RID)  # 409
     call("delete", f"{R}/{rid}?rev=a", RID, headers={**ADMIN, "If-Match": "b"})  # 422
     call("delete", f"{R}/{rid}?rev={rev}", RID)

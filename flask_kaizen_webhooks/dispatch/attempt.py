@@ -17,7 +17,7 @@ from flask import Flask
 from .. import signals, store
 from ..sealing import SecretUnreadable
 from ..signing import detached, sign
-from ..transport import SendResult
+from ..transport import SendResult, Transport
 from ..version import __version__
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class Request:
 
 def send(
     state: WebhooksState,
+    transport: Transport,
     *,
     target: store.Target,
     payload: bytes,
@@ -70,7 +71,7 @@ def send(
     attempt_number: int,
     timeout: float,
 ) -> SendResult:
-    """Sign ``payload`` (see :func:`signed_request`) and POST it."""
+    """Sign ``payload`` (see :func:`signed_request`) and POST it with ``transport``."""
     request = signed_request(
         state,
         target=target,
@@ -78,15 +79,21 @@ def send(
         headers=request_headers(topic, delivery_id, attempt_number),
         delivery_id=delivery_id,
     )
-    return post(state, request, timeout=timeout)
+    return post(state, request, timeout=timeout, transport=transport)
 
 
-def post(state: WebhooksState, request: Request | SendResult, *, timeout: float) -> SendResult:
-    """POST ``request`` with the transport (blocking); a request that could not be made is
-    its own result."""
+def post(
+    state: WebhooksState,
+    request: Request | SendResult,
+    *,
+    timeout: float,
+    transport: Transport | None = None,
+) -> SendResult:
+    """POST ``request`` with ``transport`` (default: the background engine's), blocking; a
+    request that could not be made is its own result."""
     if isinstance(request, SendResult):
         return request
-    return state.transport.post(
+    return (transport or state.transport).post(
         request.url,
         request.body,
         request.headers,

@@ -25,6 +25,9 @@ class Dispatcher(Protocol):
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work without losing any."""
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's threads (nothing runs until started)."""
+
 
 class NoDispatcher:
     """No delivery in this process: another one (``flask webhooks worker``) sends the outbox."""
@@ -39,6 +42,9 @@ class NoDispatcher:
         return None
 
     def stop(self, timeout: float = 30.0) -> None:
+        return None
+
+    def after_fork(self) -> None:
         return None
 
 

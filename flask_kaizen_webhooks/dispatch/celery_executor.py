@@ -16,13 +16,13 @@ import logging
 import os
 import queue
 import threading
-import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from .. import store
+from ..claims import new_token
 from ..errors import ConfigurationError
 from .attempt import abandon, attempt, record
 
@@ -96,6 +96,11 @@ class CeleryDispatcher:
             self._outgoing.put(None)
         publisher.join(timeout)
 
+    def after_fork(self) -> None:
+        """In a forked child: a publishing thread of its own, on first use."""
+        self._lock = threading.Lock()
+        self._pid, self._outgoing, self._publisher = os.getpid(), queue.SimpleQueue(), None
+
     def submit(self, delivery_ids: list[str]) -> None:
         """One task per delivery just committed, sent by a thread of this process so that the
         host's request does not wait on the broker. A broker that cannot be reached, or a process
@@ -140,7 +145,7 @@ class CeleryDispatcher:
                     delivery_id=delivery_id,
                     now=now,
                     lease_until=lease_until,
-                    token=str(uuid.uuid4()),
+                    token=new_token(),
                     fan_out_first=True,
                 )
             if claimed is None:

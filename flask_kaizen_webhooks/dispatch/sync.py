@@ -1,13 +1,20 @@
 """Synchronous fan-out: every registration of a topic at once, under one deadline, while the
-caller waits; the outcome of each is recorded in the delivery log afterwards."""
+caller waits; the outcome of each is recorded in the delivery log afterwards.
+
+Each kind of caller sends on a :class:`Lane` of its own (threads and connections), so that the
+test endpoint can never take the capacity the host's logins wait on; within a fan-out, the
+owners take turns, so that one integrator's many hooks do not queue ahead of everyone else's.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,13 +22,48 @@ from flask import Flask
 
 from .. import store
 from ..signing import encode_payload, with_request_ids
-from ..transport import SendResult
+from ..transport import SendResult, Transport
 from .attempt import announce, describe_failure, excerpt, response_json, send
 
 if TYPE_CHECKING:
     from ..extension import WebhooksState
 
 logger = logging.getLogger("flask_kaizen_webhooks")
+
+
+class Lane:
+    """The threads (started on first use) and connections one kind of synchronous sending
+    uses, apart from the others'."""
+
+    def __init__(self, name: str, workers: int, transport: Transport) -> None:
+        self.name = name
+        self.workers = workers
+        self.transport = transport
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The lane's threads."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.workers, thread_name_prefix=f"kaizen-webhooks-{self.name}"
+                )
+            return self._pool
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads and connections are not this process's."""
+        self._lock = threading.Lock()
+        self._pool = None
+        self.transport.after_fork()
+
+    def shutdown(self) -> None:
+        """Stop the threads, cancelling what waits (they start again on next use)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,23 +102,32 @@ def fan_out(
     targets: Sequence[store.Target],
     mode: str,
     timeout: float,
+    lane: Lane,
 ) -> list[DeliveryResult]:
-    """POST ``document`` to every target in parallel; return when all answered or at the
-    deadline, stragglers marked timed out. Never raises for a receiver's failure."""
+    """POST ``document`` to every target in parallel on ``lane``; return when all answered or
+    at the deadline, stragglers marked timed out. Never raises for a receiver's failure."""
     started_at = state.clock.now()
     started = time.monotonic()
     deadline = started + timeout
-    jobs: list[tuple[store.Target, str, bytes, Future[SendResult]]] = []
     ids = [str(uuid.uuid4()) for _ in targets]
-    for target, delivery_id, text in zip(
-        targets, ids, with_request_ids(encode_payload(document).decode(), ids), strict=True
-    ):
-        payload = text.encode()
-        future = state.sync_pool.submit(
-            _send_before, deadline, state, target, payload, topic, delivery_id
+    payloads = [text.encode() for text in with_request_ids(encode_payload(document).decode(), ids)]
+    futures: dict[int, Future[SendResult]] = {}
+    for index in owners_in_turn(targets):
+        futures[index] = lane.pool.submit(
+            _send_before,
+            deadline,
+            state,
+            lane.transport,
+            targets[index],
+            payloads[index],
+            topic,
+            ids[index],
         )
-        jobs.append((target, delivery_id, payload, future))
-    wait([job[3] for job in jobs], timeout=max(0.0, deadline - time.monotonic()))
+    jobs = [
+        (target, ids[index], payloads[index], futures[index])
+        for index, target in enumerate(targets)
+    ]
+    wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
 
     results = []
     sent = []
@@ -112,9 +163,25 @@ def fan_out(
     return results
 
 
+def owners_in_turn(targets: Sequence[store.Target]) -> list[int]:
+    """The indexes of ``targets``, the owners taking turns: each owner's first, then each
+    owner's second, and so on (owners in order of their first target)."""
+    by_owner: dict[str, list[int]] = defaultdict(list)
+    for index, target in enumerate(targets):
+        by_owner[target.owner].append(index)
+    rounds = max((len(indexes) for indexes in by_owner.values()), default=0)
+    return [
+        indexes[turn]
+        for turn in range(rounds)
+        for indexes in by_owner.values()
+        if turn < len(indexes)
+    ]
+
+
 def _send_before(
     deadline: float,
     state: WebhooksState,
+    transport: Transport,
     target: store.Target,
     payload: bytes,
     topic: str,
@@ -125,6 +192,7 @@ def _send_before(
         return SendResult(None, 0.0, b"", None, None, "timed out before sending", timed_out=True)
     return send(
         state,
+        transport,
         target=target,
         payload=payload,
         topic=topic,

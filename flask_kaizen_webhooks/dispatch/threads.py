@@ -12,7 +12,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from flask import Flask
 
 from .. import store
+from ..claims import new_token
 from ..destinations import destination_of
 from ..multiplex import Job, Multiplexer
 from ..transport import SendResult
@@ -57,6 +57,13 @@ class ThreadDispatcher:
         self._state = state
         settings = state.settings
         self._ahead = min(max(2 * settings.workers, CLAIM_AHEAD), settings.max_queue)
+        self._closed = False  # stopped on purpose: only an explicit start() resumes
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Forget the threads and everything in memory (in a forked child: the parent's, whose
+        locks may have been held at the fork); nothing runs until :meth:`start`."""
+        settings = self._state.settings
         self._in_flight: InFlight[store.Claimed] = InFlight(
             settings.max_in_flight_per_registration,
             settings.max_in_flight_per_host,
@@ -76,7 +83,6 @@ class ThreadDispatcher:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._pid: int | None = None
-        self._closed = False  # stopped on purpose: only an explicit start() resumes
 
     @property
     def running(self) -> bool:
@@ -281,6 +287,7 @@ class ThreadDispatcher:
         self, sender: Multiplexer[Context], stopping: threading.Event, wake: threading.Event
     ) -> None:
         settings = self._state.settings
+        self._release_dead_claims()
         while not stopping.is_set():
             try:
                 with self._app.app_context():
@@ -296,6 +303,22 @@ class ThreadDispatcher:
                 logger.exception("Webhook poller: looking for due deliveries failed")
             wake.wait(settings.poll_interval)
             wake.clear()
+
+    def _release_dead_claims(self) -> None:
+        """Give back the claims of processes of this machine that died (a host restarting
+        after a crash), so that their work goes out now rather than when their leases end."""
+        state = self._state
+        try:
+            with self._app.app_context(), state.database.writing() as session:
+                released = store.release_dead_claims(session, now=state.clock.now())
+        except Exception:
+            logger.exception("Could not give back the claims of processes that died")
+            return
+        if released:
+            logger.warning(
+                "Gave back %d deliveries claimed by processes of this machine that died",
+                released,
+            )
 
     def _renew_waiting(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -328,7 +351,7 @@ class ThreadDispatcher:
     def _claim_due(self, limit: int, skip_registrations: AbstractSet[str]) -> list[store.Claimed]:
         state = self._state
         now = state.clock.now()
-        token = str(uuid.uuid4())
+        token = new_token()
         lease_until = now + timedelta(seconds=state.settings.lease_seconds)
         with state.database.writing() as session:
             store.fan_out(session)  # events committed in the host's transactions

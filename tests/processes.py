@@ -1,0 +1,98 @@
+"""Host apps as real processes: started with a command, their port read from what they print,
+stopped gently or killed outright (with every process they forked)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def host_environment(**extra: str) -> dict[str, str]:
+    """The environment of a host process: no trace of the test run it is started from."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class HostProcess:
+    """A server process (and the ones it forks) in a session of its own."""
+
+    def __init__(self, command: list[str], env: dict[str, str], *, listening: str) -> None:
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.output = ""
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        match = self.wait_for_output(listening)
+        self.port = int(match.group(1))
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def wait_for_output(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """The first match of ``pattern`` in what the process printed, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(pattern, self.output)):
+            assert self.process.poll() is None or not self._lines.empty(), self.output
+            assert time.monotonic() < deadline, f"no {pattern!r} in {timeout} s: {self.output}"
+            with contextlib.suppress(queue.Empty):
+                self.output += self._lines.get(timeout=0.2)
+        return found
+
+    def read_output(self) -> str:
+        """Everything printed so far."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.output += self._lines.get_nowait()
+        return self.output
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it forked, at once."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._reader.join(10)
+        self.read_output()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL whatever is left after 15 s."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._reader.join(10)
+        self.read_output()
+
+
+def python() -> str:
+    return sys.executable

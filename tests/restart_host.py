@@ -1,0 +1,61 @@
+"""A host app wired from the public API only, as a Flask shop writes one from the quickstart:
+its database comes from ``KWT_DATABASE_URI``; ``POST /fire?n=N`` commits N profile changes, each
+with its ``profile_updated`` webhook in the same transaction."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask, jsonify, request
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_kaizen_webhooks import KaizenWebhooks, signals
+
+logging.basicConfig(level=logging.INFO, format="[%(process)d] %(name)s: %(message)s")
+
+db = SQLAlchemy()
+webhooks = KaizenWebhooks(db=db)
+
+
+class Change(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "restart_host_changes"
+    id = db.Column(db.Integer, primary_key=True)
+    n = db.Column(db.Integer)
+
+
+def create_app() -> Flask:
+    app = Flask("restart_host")
+    app.config.update(
+        SECRET_KEY="restart-host-secret-key",
+        SQLALCHEMY_DATABASE_URI=os.environ["KWT_DATABASE_URI"],
+        KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
+        KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
+    )
+    db.init_app(app)
+    webhooks.init_app(app)
+    with app.app_context():
+        db.create_all()
+
+    @app.post("/fire")
+    def fire() -> object:
+        for n in range(int(request.args["n"])):
+            db.session.add(Change(n=n))
+            signals.profile_updated.send(app, payload={"n": n})
+            db.session.commit()
+        return jsonify(fired=int(request.args["n"]))
+
+    return app
+
+
+@webhooks.user_loader
+def load_user() -> str | None:
+    return "integrator" if request.headers.get("Authorization") == "Bearer admin-token" else None
+
+
+@webhooks.permission_checker
+def may_manage(user: str) -> bool:
+    return True
+
+
+app = create_app()

@@ -1,0 +1,105 @@
+"""When the engine starts: as soon as the app is served, never in tests or other commands
+unless asked; and the claims of a process of this machine that died are given back at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.claims import Holder, new_token, this_process
+from flask_kaizen_webhooks.models import Delivery
+from flask_kaizen_webhooks.serving import StartAt
+from tests.conftest import DELIVERY_CONFIG, register
+from tests.processes import host_environment
+
+
+def test_tests_start_the_engine_on_first_use_only(make_host: Any) -> None:
+    host = make_host("sqlite")
+    state = get_state(host.app)
+    assert state.start_at is StartAt.FIRST_USE
+    assert not state.dispatcher.running  # type: ignore[attr-defined]
+
+
+def test_autostart_true_starts_at_once(make_host: Any) -> None:
+    host = make_host("sqlite", KAIZEN_WEBHOOKS_AUTOSTART=True)
+    state = get_state(host.app)
+    assert state.start_at is StartAt.NOW
+    assert state.dispatcher.running  # type: ignore[attr-defined]
+
+
+def test_autostart_must_be_true_false_or_none(make_host: Any) -> None:
+    from flask_kaizen_webhooks import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="KAIZEN_WEBHOOKS_AUTOSTART"):
+        make_host("sqlite", KAIZEN_WEBHOOKS_AUTOSTART="yes")
+
+
+@pytest.mark.parametrize(
+    ("command", "starts"),
+    [
+        (["-c", "import tests.restart_host"], True),  # a script, a WSGI server's worker
+        (["-m", "flask", "--app", "tests.restart_host", "webhooks", "stats"], False),
+        (["-m", "flask", "--app", "tests.restart_host", "routes"], False),
+    ],
+)
+def test_other_commands_never_start_the_engine(
+    tmp_path: Any, command: list[str], starts: bool
+) -> None:
+    env = host_environment(KWT_DATABASE_URI=f"sqlite:///{tmp_path / 'host.sqlite3'}")
+    done = subprocess.run(
+        [sys.executable, *command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("Webhook dispatcher started" in done.stderr) is starts, done.stderr
+
+
+def test_a_token_names_its_process() -> None:
+    token = new_token()
+    assert len(token) <= 36  # fits the claim column
+    holder = Holder.of(token)
+    assert holder == this_process() and holder.runs()
+    assert Holder.of("9b2f4a1e-5c3d-4e7a-8f10-2a3b4c5d6e7f") is None  # a plain UUID
+
+
+def ended_process() -> Holder:
+    """The holder of a process of this machine that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return Holder(this_process().machine, child.pid, 12345)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_claims_of_a_process_that_died_are_given_back_at_start(
+    make_host: Any, receiver: Any, backend: str
+) -> None:
+    writer = make_host(backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    server = receiver()
+    register(writer, server.url())
+    with writer.app.app_context():
+        ids = [writer.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(3)]
+    state = get_state(writer.app)
+    later = state.clock.now() + timedelta(minutes=10)
+    dead = ended_process().prefix + "00000001"
+    elsewhere = "ffffffff-000001-0000000001-00000001"  # another machine's: it may still run
+    mine = new_token()
+    with writer.app.app_context(), state.database.writing() as session:
+        for delivery_id, token in zip(ids, [dead, elsewhere, mine], strict=True):
+            row = session.get(Delivery, delivery_id)
+            assert row is not None
+            row.claim_token, row.next_attempt_at = token, later
+    url = writer.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
+    restarted = make_host(
+        backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DATABASE_URI=url, keep_tables=True
+    )
+    restarted.webhooks.start(restarted.app)
+    [request] = server.wait_for(1)  # the dead process's claim, given back and sent now
+    assert request.headers["Webhook-Id"] == ids[0]
+    with writer.app.app_context(), state.database.independent_session() as session:
+        tokens = dict(session.execute(select(Delivery.id, Delivery.claim_token)).all())
+    assert (tokens[ids[1]], tokens[ids[2]]) == (elsewhere, mine)  # left to their leases
