@@ -74,6 +74,11 @@ def worker() -> None:
 # Looking ------------------------------------------------------------------------------------------
 
 
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``count`` with the noun in the singular or the plural: "1 delivery", "2 deliveries"."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 def parse_moment(value: str | None, now: datetime) -> datetime | None:
     """An ISO 8601 time, or a duration back from ``now`` such as ``30m``, ``2h`` or ``7d``."""
     if value is None:
@@ -122,7 +127,7 @@ def list_registrations(topic: str | None, owner: str | None, state: str | None) 
             for r in rows
         ],
     )
-    click.echo(f"{len(rows)} registration(s)")
+    click.echo(counted(len(rows), "registration"))
 
 
 @webhooks_cli.command("deliveries")
@@ -163,7 +168,7 @@ def list_deliveries(
             for d in rows
         ],
     )
-    click.echo(f"{len(rows)} deliveries")
+    click.echo(counted(len(rows), "delivery", "deliveries"))
 
 
 @webhooks_cli.command("stats")
@@ -225,11 +230,11 @@ def redeliver(
             )
         ids = store.queue_again(session, [delivery.id for delivery in chosen], now=now)
     # The running dispatchers (web processes or workers) pick them up at their next poll.
-    click.echo(f"Queued {len(ids)} delivery(ies) again.")
-    if len(ids) < len(chosen):
-        click.echo(
-            f"Left {len(chosen) - len(ids)} alone: an attempt of each is under way.", err=True
-        )
+    click.echo(f"Queued {counted(len(ids), 'delivery', 'deliveries')} again.")
+    left = len(chosen) - len(ids)
+    if left:
+        each = "it" if left == 1 else "each"
+        click.echo(f"Left {left} alone: an attempt of {each} is under way.", err=True)
 
 
 def _set_state(registration_id: str, new_state: str) -> None:
@@ -315,8 +320,8 @@ def purge(older_than: float | None) -> None:
     with state.database.writing() as session:
         deliveries, attempts = store.purge_completed(session, before=before)
     click.echo(
-        f"Deleted {deliveries} deliveries and {attempts} attempts finished before "
-        f"{isoformat(before)}."
+        f"Deleted {counted(deliveries, 'delivery', 'deliveries')} and "
+        f"{counted(attempts, 'attempt')} finished before {isoformat(before)}."
     )
 
 
@@ -329,4 +334,4 @@ def rotate_keys() -> None:
     state = get_state()
     with state.database.writing() as session:
         count = store.reseal_secrets(session, state.secrets.reseal)
-    click.echo(f"Re-encrypted the secrets of {count} registration(s).")
+    click.echo(f"Re-encrypted the secrets of {counted(count, 'registration')}.")

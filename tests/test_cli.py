@@ -87,11 +87,11 @@ def test_list_filters_and_never_shows_secrets(host: Any) -> None:
     register(host, "http://127.0.0.1:9/c", headers=OTHER_ADMIN)
     everything = run(host, "list")
     assert everything.exit_code == 0
-    assert "3 registration(s)" in everything.output
+    assert everything.output.endswith("\n3 registrations\n")
     assert "very_secret_value" not in everything.output
     mine = run(host, "list", "--owner", "org-1", "--topic", "profile_updated")
-    assert first["id"] in mine.output and "1 registration(s)" in mine.output
-    assert "0 registration(s)" in run(host, "list", "--state", "disabled").output
+    assert first["id"] in mine.output and mine.output.endswith("\n1 registration\n")
+    assert run(host, "list", "--state", "disabled").output.endswith("\n0 registrations\n")
 
 
 def test_deliveries_stats_redeliver_and_purge(host: Any, receiver: Any) -> None:
@@ -111,7 +111,7 @@ def test_deliveries_stats_redeliver_and_purge(host: Any, receiver: Any) -> None:
     server.responder = lambda request, n: Reply()
     one = run(host, "redeliver", ids[0])
     assert one.exit_code == 0 and "Queued 1" in one.output
-    wait_until(lambda: "1 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
+    wait_until(lambda: "\n1 delivery\n" in run(host, "deliveries", "--status", "succeeded").output)
     rest = run(host, "redeliver", "--failed", "--registration", registration["id"])
     assert "Queued 1" in rest.output
     wait_until(lambda: "2 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
@@ -179,6 +179,26 @@ def test_redeliver_leaves_a_delivery_being_sent_alone(host: Any, receiver: Any) 
     finally:
         gate.set()
     assert "Queued 0" in result.output
-    assert "Left 1 alone: an attempt of each is under way." in result.output
-    wait_until(lambda: "1 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
+    assert "Left 1 alone: an attempt of it is under way." in result.output
+    wait_until(lambda: "\n1 delivery\n" in run(host, "deliveries", "--status", "succeeded").output)
     assert len(server.received) == 1
+
+
+def test_counts_read_as_singular_or_plural(host: Any, receiver: Any) -> None:
+    server = receiver()
+    register(host, server.url())
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger("profile_updated", {"n": 1})
+    server.wait_for(1)
+    wait_until(lambda: "succeeded" in run(host, "deliveries").output)
+    assert run(host, "deliveries").output.endswith("\n1 delivery\n")
+    assert run(host, "list").output.endswith("\n1 registration\n")
+    assert run(host, "deliveries", "--status", "failed").output.endswith("\n0 deliveries\n")
+    assert "Queued 1 delivery again." in run(host, "redeliver", delivery_id).output
+    server.wait_for(2)
+    wait_until(lambda: "succeeded" in run(host, "deliveries").output)
+    register(host, server.url("/second"))
+    assert run(host, "list").output.endswith("\n2 registrations\n")
+    assert "secrets of 2 registrations." in run(host, "rotate-keys").output
+    purged = run(host, "purge", "--older-than", "0").output
+    assert purged.startswith("Deleted 1 delivery and 2 attempts finished before"), purged
