@@ -112,8 +112,9 @@ def list_registrations(topic: str | None, owner: str | None, state: str | None) 
     """List registrations of every owner (never their secrets)."""
     with get_state().database.independent_session() as session:
         rows = store.find_registrations(session, topic=topic, owner=owner, state=state)
+        retrying = store.retrying_counts(session, topic=topic, owner=owner, state=state)
     print_table(
-        ["ID", "OWNER", "TOPIC", "STATE", "URL", "FAILURES", "CREATED"],
+        ["ID", "OWNER", "TOPIC", "STATE", "URL", "RETRYING", "FAILED FOR GOOD IN A ROW", "CREATED"],
         [
             (
                 r.id,
@@ -121,6 +122,7 @@ def list_registrations(topic: str | None, owner: str | None, state: str | None) 
                 r.topic,
                 r.state,
                 r.url,
+                retrying.get(r.id, 0),
                 r.consecutive_failures,
                 isoformat(r.created_at),
             )

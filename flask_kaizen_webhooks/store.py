@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -1064,14 +1075,42 @@ def find_registrations(
     session: Session, *, topic: str | None, owner: str | None, state: str | None
 ) -> Sequence[Registration]:
     """Every registration (of any owner), filtered, oldest first."""
-    query = select(Registration)
+    query = _matching_registrations(select(Registration), topic=topic, owner=owner, state=state)
+    return session.scalars(query.order_by(Registration.created_at, Registration.id)).all()
+
+
+def retrying_counts(
+    session: Session, *, topic: str | None, owner: str | None, state: str | None
+) -> dict[str, int]:
+    """How many deliveries of each registration :func:`find_registrations` finds wait for a
+    retry after a failed attempt (pending, with an attempt made), in one grouped query;
+    registrations without any are left out."""
+    matching = _matching_registrations(
+        select(Registration.id), topic=topic, owner=owner, state=state
+    )
+    rows = session.execute(
+        select(Delivery.registration_id, func.count())
+        .where(
+            Delivery.registration_id.in_(matching),
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.attempts > 0,
+        )
+        .group_by(Delivery.registration_id)
+    )
+    return {registration_id: count for registration_id, count in rows}
+
+
+def _matching_registrations(
+    query: Select[Any], *, topic: str | None, owner: str | None, state: str | None
+) -> Select[Any]:
+    """``query`` of registrations narrowed to a topic, an owner and a state, where given."""
     if topic is not None:
         query = query.where(Registration.topic == topic)
     if owner is not None:
         query = query.where(Registration.owner == owner)
     if state is not None:
         query = query.where(Registration.state == state)
-    return session.scalars(query.order_by(Registration.created_at, Registration.id)).all()
+    return query
 
 
 def find_deliveries(

@@ -202,3 +202,61 @@ def test_counts_read_as_singular_or_plural(host: Any, receiver: Any) -> None:
     assert "secrets of 2 registrations." in run(host, "rotate-keys").output
     purged = run(host, "purge", "--older-than", "0").output
     assert purged.startswith("Deleted 1 delivery and 2 attempts finished before"), purged
+
+
+def table(output: str, headers: list[str]) -> list[dict[str, str]]:
+    """The rows of a table the CLI printed under ``headers``, cell by cell."""
+    lines = output.splitlines()
+    top = next(n for n, line in enumerate(lines) if line.startswith(headers[0]))
+    starts, at = [], 0
+    for header in headers:
+        at = lines[top].index(header, at)
+        starts.append(at)
+        at += len(header)
+    ends = [*starts[1:], None]
+    rows = []
+    for line in lines[top + 1 :]:
+        if not line.startswith(" ") and len(line) > starts[-1]:
+            cells = [line[start:end].strip() for start, end in zip(starts, ends, strict=True)]
+            rows.append(dict(zip(headers, cells, strict=True)))
+    return rows
+
+
+LIST_HEADERS = [
+    "ID",
+    "OWNER",
+    "TOPIC",
+    "STATE",
+    "URL",
+    "RETRYING",
+    "FAILED FOR GOOD IN A ROW",
+    "CREATED",
+]
+
+
+def test_list_shows_deliveries_retrying_apart_from_failures_for_good(
+    host: Any, receiver: Any
+) -> None:
+    # One receiver fails a delivery for good (three attempts); the other fails once, then asks
+    # for an hour's pause: its delivery waits for a retry.
+    failing = receiver(lambda request, n: Reply(status=500))
+    pausing = receiver(
+        lambda request, n: (
+            Reply(status=500) if n == 1 else Reply(503, headers={"Retry-After": "3600"})
+        )
+    )
+    failed = register(host, failing.url())
+    retrying = register(host, pausing.url())
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 1})
+    failing.wait_for(3)
+    pausing.wait_for(2)
+
+    def listed() -> dict[str, dict[str, str]]:
+        return {row["ID"]: row for row in table(run(host, "list").output, LIST_HEADERS)}
+
+    wait_until(lambda: listed()[failed["id"]]["FAILED FOR GOOD IN A ROW"] == "1")
+    rows = listed()
+    assert rows[failed["id"]]["RETRYING"] == "0"
+    assert rows[retrying["id"]]["RETRYING"] == "1"
+    assert rows[retrying["id"]]["FAILED FOR GOOD IN A ROW"] == "0"
