@@ -175,7 +175,7 @@ def list_deliveries(
 
 @webhooks_cli.command("stats")
 def stats() -> None:
-    """Deliveries per topic and status, and the age of the oldest pending one."""
+    """Deliveries per topic and status (tests apart), and the age of the oldest pending one."""
     state = get_state()
     with state.database.independent_session() as session:
         found = store.delivery_stats(session)
@@ -185,6 +185,8 @@ def stats() -> None:
         ["TOPIC", *[s.upper() for s in statuses]],
         [(topic, *[found.counts.get((topic, s), 0) for s in statuses]) for topic in topics],
     )
+    if found.tests:
+        click.echo(f"test deliveries: {found.tests} ({found.tests_failed} failed)")
     if found.events_waiting:
         click.echo(f"events waiting to be fanned out into deliveries: {found.events_waiting}")
     if found.oldest_pending is None:

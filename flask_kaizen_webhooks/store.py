@@ -1222,21 +1222,32 @@ def purge_completed(session: Session, *, before: datetime) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counts of deliveries per status and topic, the events not fanned out yet, and the
-    creation of the oldest pending one (delivery or event)."""
+    """Counts of deliveries per status and topic (tests left out), the test deliveries and how
+    many of them failed, the events not fanned out yet, and the creation of the oldest pending
+    one (delivery or event)."""
 
     counts: dict[tuple[str, str], int]
     oldest_pending: datetime | None
     events_waiting: int = 0
+    tests: int = 0
+    tests_failed: int = 0
 
 
 def delivery_stats(session: Session) -> Stats:
-    """How many deliveries there are per (topic, status), how many events wait for their
-    fan-out, and how old the oldest pending work is."""
+    """How many deliveries there are per (topic, status), tests apart, how many events wait for
+    their fan-out, and how old the oldest pending work is."""
     rows = session.execute(
-        select(Delivery.topic, Delivery.status, func.count()).group_by(
-            Delivery.topic, Delivery.status
-        )
+        select(Delivery.topic, Delivery.status, func.count())
+        .where(Delivery.mode != DeliveryMode.TEST)
+        .group_by(Delivery.topic, Delivery.status)
+    )
+    counts = {(topic, status): count for topic, status, count in rows}
+    tests = dict(
+        session.execute(
+            select(Delivery.status, func.count())
+            .where(Delivery.mode == DeliveryMode.TEST)
+            .group_by(Delivery.status)
+        ).all()
     )
     oldest_delivery = session.scalar(
         select(func.min(Delivery.created_at)).where(Delivery.status == DeliveryStatus.PENDING)
@@ -1246,7 +1257,9 @@ def delivery_stats(session: Session) -> Stats:
     ).one()
     oldest = [as_utc(moment) for moment in (oldest_delivery, oldest_event) if moment is not None]
     return Stats(
-        counts={(topic, status): count for topic, status, count in rows},
+        counts=counts,
         oldest_pending=min(oldest, default=None),
         events_waiting=int(waiting),
+        tests=sum(tests.values()),
+        tests_failed=tests.get(DeliveryStatus.FAILED, 0),
     )

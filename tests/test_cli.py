@@ -260,3 +260,21 @@ def test_list_shows_deliveries_retrying_apart_from_failures_for_good(
     assert rows[failed["id"]]["RETRYING"] == "0"
     assert rows[retrying["id"]]["RETRYING"] == "1"
     assert rows[retrying["id"]]["FAILED FOR GOOD IN A ROW"] == "0"
+
+
+def test_stats_show_test_deliveries_apart(host: Any, receiver: Any) -> None:
+    server = receiver(lambda request, n: Reply(status=500 if n == 2 else 200))
+    register(host, server.url())
+    assert run(host, "test", "profile_updated").exit_code == 0  # answered 200
+    assert run(host, "test", "profile_updated").exit_code == 1  # answered 500
+    tested = host.app.test_client().post(
+        "/v2/webhooks/test", json={"topic": "profile_updated"}, headers=ADMIN
+    )
+    assert tested.status_code == 200
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 1})
+    server.wait_for(4)
+    wait_until(lambda: "pending" not in run(host, "deliveries").output)
+    stats = run(host, "stats").output
+    assert re.search(r"^profile_updated\s+0\s+1\s+0$", stats, re.MULTILINE), stats
+    assert "test deliveries: 3 (1 failed)" in stats
