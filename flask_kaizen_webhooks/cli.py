@@ -232,13 +232,24 @@ def redeliver(
                 until=parse_moment(until, now),
                 limit=None,
             )
-        ids = store.queue_again(session, [delivery.id for delivery in chosen], now=now)
+        requeued = store.queue_again(session, [delivery.id for delivery in chosen], now=now)
     # The running dispatchers (web processes or workers) pick them up at their next poll.
-    click.echo(f"Queued {counted(len(ids), 'delivery', 'deliveries')} again.")
-    left = len(chosen) - len(ids)
-    if left:
-        each = "it" if left == 1 else "each"
-        click.echo(f"Left {left} alone: an attempt of {each} is under way.", err=True)
+    click.echo(f"Queued {counted(len(requeued.queued), 'delivery', 'deliveries')} again.")
+    for left, one, many in (
+        (requeued.in_flight, "an attempt of it is under way", "an attempt of each is under way"),
+        (
+            requeued.registration_deleted,
+            "its registration was deleted",
+            "their registration was deleted",
+        ),
+        (
+            requeued.registration_disabled,
+            "its registration is disabled; enable it first",
+            "their registration is disabled; enable it first",
+        ),
+    ):
+        if left:
+            click.echo(f"Left {len(left)} alone: {one if len(left) == 1 else many}.", err=True)
 
 
 def _set_state(registration_id: str, new_state: str) -> None:

@@ -30,7 +30,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import ApiError, DeliveryInFlight, DuplicateRegistration, NotFound, RevConflict
+from .errors import (
+    ApiError,
+    DeliveryInFlight,
+    DuplicateRegistration,
+    NotFound,
+    RegistrationDeleted,
+    RegistrationDisabled,
+    RevConflict,
+)
 from .models import (
     Attempt,
     Delivery,
@@ -247,7 +255,36 @@ def delete_registration(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise RevConflict(_current_rev(session, current.id), rev)
     session.expunge(current)
+    _end_unclaimed_deliveries(session, current.id, error="the registration was deleted")
     return current
+
+
+def _end_unclaimed_deliveries(session: Session, registration_id: str, *, error: str) -> None:
+    """Fail the registration's pending deliveries that no worker holds; a claimed one is left
+    to its worker, which ends it when it finds the registration gone."""
+    now = utcnow()
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.registration_id == registration_id,
+            Delivery.status == DeliveryStatus.PENDING,
+            _not_claimed(now),
+        )
+        .values(
+            status=DeliveryStatus.FAILED,
+            last_error=error,
+            claim_token=None,
+            next_attempt_at=None,
+            completed_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _not_claimed(now: datetime) -> Any:
+    """Deliveries no worker holds: never claimed, or their claim's lease has run out."""
+    return or_(Delivery.claim_token.is_(None), Delivery.next_attempt_at <= now)
 
 
 def _current_rev(session: Session, registration_id: str) -> str:
@@ -1022,9 +1059,15 @@ def attempts_of(session: Session, delivery_id: str) -> Sequence[Attempt]:
 
 def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> None:
     """Queue the owner's delivery again, now, with a fresh retry schedule and the same id;
-    :class:`DeliveryInFlight` while an attempt of it is under way."""
+    :class:`RegistrationDeleted` or :class:`RegistrationDisabled` when its registration is not
+    active, :class:`DeliveryInFlight` while an attempt of it is under way."""
     get_delivery(session, owner=owner, delivery_id=delivery_id)
-    if not queue_again(session, [delivery_id], now=now):
+    requeued = queue_again(session, [delivery_id], now=now)
+    if requeued.registration_deleted:
+        raise RegistrationDeleted()
+    if requeued.registration_disabled:
+        raise RegistrationDisabled()
+    if requeued.in_flight:
         raise DeliveryInFlight()
 
 
@@ -1138,17 +1181,34 @@ def find_deliveries(
     return session.scalars(query).all()
 
 
-def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime) -> list[str]:
-    """Queue deliveries again now with a fresh retry schedule; the ids queued. A delivery with
-    an attempt under way (claimed, its lease running) is left alone: queuing it would let a
-    second worker send it in parallel."""
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """What :func:`queue_again` did with each delivery it was given."""
+
+    queued: list[str]
+    #: Left alone: an attempt of each is under way.
+    in_flight: list[str]
+    #: Left alone: their registration was deleted, or is disabled.
+    registration_deleted: list[str]
+    registration_disabled: list[str]
+
+
+def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime) -> Requeued:
+    """Queue deliveries again now with a fresh retry schedule, if their registration is active.
+
+    A delivery with an attempt under way (claimed, its lease running) is left alone: queuing it
+    would let a second worker send it in parallel. So is one whose registration was deleted or
+    is disabled: it would only fail again unsent.
+    """
     if not delivery_ids:
-        return []
+        return Requeued([], [], [], [])
+    active = select(Registration.id).where(Registration.state == RegistrationState.ACTIVE)
     result = session.execute(
         update(Delivery)
         .where(
             Delivery.id.in_(delivery_ids),
-            or_(Delivery.claim_token.is_(None), Delivery.next_attempt_at <= now),
+            Delivery.registration_id.in_(active),
+            _not_claimed(now),
         )
         .values(
             status=DeliveryStatus.PENDING,
@@ -1161,7 +1221,24 @@ def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime)
         .returning(Delivery.id)
         .execution_options(synchronize_session=False)
     )
-    return list(result.scalars())
+    queued = list(result.scalars())
+    left = sorted(set(delivery_ids) - set(queued))
+    states: dict[str, str | None] = {}
+    if left:
+        rows = session.execute(
+            select(Delivery.id, Registration.state)
+            .outerjoin(Registration, Registration.id == Delivery.registration_id)
+            .where(Delivery.id.in_(left))
+        )
+        states = {delivery_id: state for delivery_id, state in rows}
+    return Requeued(
+        queued,
+        in_flight=[i for i in left if states.get(i) == RegistrationState.ACTIVE],
+        registration_deleted=[i for i in left if states.get(i) is None],
+        registration_disabled=[
+            i for i in left if states.get(i) not in (None, RegistrationState.ACTIVE)
+        ],
+    )
 
 
 def reseal_secrets(session: Session, reseal: Callable[[str], str]) -> int:

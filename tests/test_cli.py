@@ -278,3 +278,33 @@ def test_stats_show_test_deliveries_apart(host: Any, receiver: Any) -> None:
     stats = run(host, "stats").output
     assert re.search(r"^profile_updated\s+0\s+1\s+0$", stats, re.MULTILINE), stats
     assert "test deliveries: 3 (1 failed)" in stats
+
+
+def test_redeliver_leaves_deliveries_of_disabled_and_deleted_registrations_alone(
+    host: Any, receiver: Any
+) -> None:
+    server = receiver(lambda request, n: Reply(status=500))
+    register(host, server.url())
+    disabled = register(host, server.url("/disabled"))
+    deleted = register(host, server.url("/deleted"))
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 1})
+        host.webhooks.trigger("profile_updated", {"n": 2})
+    server.wait_for(18)  # two deliveries to each of three receivers, three attempts each
+    wait_until(lambda: "pending" not in run(host, "deliveries").output)
+    assert run(host, "disable", disabled["id"]).exit_code == 0
+    client = host.app.test_client()
+    url = f"/v2/webhooks/registrations/{deleted['id']}?rev={deleted['rev']}"
+    assert client.delete(url, headers=ADMIN).status_code == 200
+    result = run(host, "redeliver", "--failed")
+    assert result.exit_code == 0
+    assert "Queued 2 deliveries again." in result.output
+    assert "Left 2 alone: their registration is disabled; enable it first." in result.output
+    assert "Left 2 alone: their registration was deleted." in result.output
+    server.wait_for(24)
+    wait_until(lambda: "pending" not in run(host, "deliveries").output)
+    assert {r.path for r in server.received[18:]} == {"/hook"}  # only the active one's
+    one = run(host, "deliveries", "--registration", deleted["id"]).output.splitlines()[1].split()[0]
+    alone = run(host, "redeliver", one)
+    assert "Queued 0 deliveries again." in alone.output
+    assert "Left 1 alone: its registration was deleted." in alone.output
