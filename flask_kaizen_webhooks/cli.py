@@ -44,7 +44,7 @@ def worker() -> None:
     """Send asynchronous webhooks from this process until interrupted.
 
     For deployments whose web processes only write the outbox
-    (KAIZEN_WEBHOOKS_DISPATCHER = "none"). Run as many as you like: each delivery is claimed by
+    (KAIZEN_WEBHOOKS_EXECUTOR = "none"). Run as many as you like: each delivery is claimed by
     one of them. SIGTERM or Ctrl-C stops taking work, finishes what is in flight and exits.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]

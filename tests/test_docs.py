@@ -91,3 +91,118 @@ for (const [body, secret] of [[{json.dumps(good)}, "wrong_secret_0123456"],
     lines = result.stdout.splitlines()
     assert json.loads(lines[0]) == document
     assert lines[1:] == ["refused: bad signature", "refused: expired"]
+
+
+PACKAGE = DOCS.parent / "flask_kaizen_webhooks"
+PAGES = [*sorted(DOCS.glob("*.rst")), README]
+#: Environment variables of the test suite and the Makefile, not settings.
+ENVIRONMENT = {"TEST_POSTGRES_URL", "REQUIRE_SERVICES", "FUZZ_EXAMPLES"}
+
+
+def docstrings() -> list[tuple[str, str]]:
+    """Every docstring of the package: (where, text)."""
+    import ast
+
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                text = ast.get_docstring(node)
+                if text:
+                    found.append((f"{path.name}:{getattr(node, 'name', '')}", text))
+    return found
+
+
+def prose() -> list[tuple[str, str]]:
+    """The text of every page and docstring: (where, text)."""
+    return [(path.name, path.read_text()) for path in PAGES] + docstrings()
+
+
+def test_every_setting_named_in_the_docs_and_docstrings_exists() -> None:
+    for where, text in prose():
+        for name in re.findall(r"KAIZEN_WEBHOOKS_([A-Z_]+)\b", text):
+            if name.endswith("_"):  # a family, such as KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_*
+                assert any(key.startswith(name) for key in DEFAULTS), (where, name)
+            else:
+                assert name in DEFAULTS or name in ENVIRONMENT, (where, name)
+        for line in text.splitlines():
+            if "KAIZEN_WEBHOOKS_DISPATCHER" in line:  # only to say that it is the former name
+                assert "former name" in line, (where, line)
+
+
+def spelled(seconds: float) -> str:
+    """A delay as the docs spell it: 5 s, 5 min, 2 h."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def test_the_retry_schedule_and_its_length_agree_with_the_default() -> None:
+    schedule = DEFAULTS["RETRY_SCHEDULE"]
+    delays = [spelled(delay) for delay in schedule]
+    total = f"{sum(schedule) / 3600:.1f} hours"
+    for path in PAGES:
+        text = " ".join(path.read_text().split())
+        for listed in re.findall(r"\d+ (?:s|min|h)(?:(?:, | and | or )\d+ (?:s|min|h))+", text):
+            assert re.split(r", | and | or ", listed) == delays, (path.name, listed)
+        for length in re.findall(r"about ([^,;:.]*(?:hours|days?|a day[a-z ]*))", text):
+            assert length == total, (path.name, length)
+    for path in (README, DOCS / "operations.rst"):
+        assert f"about {total}" in " ".join(path.read_text().split()), path.name
+
+
+def test_the_api_page_names_where_the_openapi_document_is_served(tmp_path: Path) -> None:
+    from flask import Flask
+
+    from flask_kaizen_webhooks import KaizenWebhooks
+
+    text = (DOCS / "api.rst").read_text()
+    [path] = re.findall(r"``GET (\S*openapi\.json)``", text)
+    assert path == f"{DEFAULTS['URL_PREFIX']}/openapi.json"
+    app = Flask("openapi_path", instance_path=str(tmp_path))
+    app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_EXECUTOR="none")
+    KaizenWebhooks(app)
+    assert app.test_client().get(path).status_code == 200
+
+
+def raised_error_codes() -> set[str]:
+    """The ``code`` of every API error the package raises."""
+    import ast
+
+    codes = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            first = node.args[0]
+            if name in ("ApiError", "__init__") and isinstance(first, ast.Constant):
+                if isinstance(first.value, int) and len(node.args) > 1:
+                    second = node.args[1]
+                    if isinstance(second, ast.Constant) and isinstance(second.value, str):
+                        codes.add(second.value)
+            elif name == "ValidationError" and isinstance(first, ast.Constant):
+                codes.add(first.value)
+    return codes
+
+
+def test_the_error_table_lists_every_error_code_the_api_answers() -> None:
+    text = (DOCS / "api.rst").read_text()
+    table = set(re.findall(r"^\d{3}\s+``([a-z_]+)``", text, re.MULTILINE))
+    assert table == raised_error_codes()
+
+
+def test_every_operator_command_and_option_is_documented() -> None:
+    from flask_kaizen_webhooks.cli import webhooks_cli
+
+    text = (DOCS / "operations.rst").read_text()
+    terms = [line for line in text.splitlines() if line.startswith("``")]
+    for name, command in webhooks_cli.commands.items():
+        described = " ".join(term for term in terms if re.search(rf"``{name}\b", term))
+        assert described, name
+        for param in command.params:
+            for option in param.opts:
+                if option.startswith("--"):
+                    assert option in described, (name, option)
