@@ -22,7 +22,7 @@ def test_worker_process_sends_the_outbox_and_stops_on_sigterm(
     make_host: Any, receiver: Any, tmp_path: Path
 ) -> None:
     server = receiver()
-    writer = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    writer = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(writer, server.url())
     database = writer.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
     with writer.app.app_context():
@@ -123,7 +123,7 @@ def test_deliveries_stats_redeliver_and_purge(host: Any, receiver: Any) -> None:
 
 
 def test_purge_never_deletes_pending(make_host: Any) -> None:
-    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(host, "http://127.0.0.1:9/a")
     with host.app.app_context():
         host.webhooks.trigger("profile_updated", {"n": 1})

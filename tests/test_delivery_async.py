@@ -244,7 +244,7 @@ def test_a_new_app_delivers_what_an_earlier_one_left_pending(
     make_host: Any, backend: str, receiver: Any
 ) -> None:
     server = receiver()
-    first = make_host(backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    first = make_host(backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(first, server.url())
     ids = fire(first) + fire(first)
     time.sleep(0.2)
