@@ -212,7 +212,11 @@ def redeliver(
     since: str | None,
     until: str | None,
 ) -> None:
-    """Send one delivery again, or (--failed) all failed ones of a registration or time range."""
+    """Send one delivery again, or (--failed) all failed ones of a registration or time range.
+
+    Deliveries whose registration was deleted or is disabled are left alone, and so is one
+    with an attempt under way; the command says how many and why.
+    """
     if bool(delivery_id) == failed:
         raise click.UsageError("Give either a DELIVERY_ID or --failed (with filters).")
     state = get_state()

@@ -85,7 +85,7 @@ FAN_OUT_BATCH = 200
 
 @dataclass(frozen=True, slots=True)
 class PagePosition:
-    """Where a page of registrations ends: the sort key of its last item."""
+    """Where a page of registrations or deliveries ends: the sort key of its last item."""
 
     created_at: datetime
     id: str

@@ -304,3 +304,23 @@ def test_the_quickstart_host_runs_and_sends_its_first_webhooks(tmp_path: Path) -
     finally:
         host.stop()
         receiver.stop()
+
+
+def documented_defaults() -> dict[str, object]:
+    """Each setting's default as the configuration page gives it."""
+    text = (DOCS / "configuration.rst").read_text()
+    entry = r"^((?:``KAIZEN_WEBHOOKS_\w+``(?: and )?)+)\n   Defaults? ((?:``[^`]+``(?: and )?)+)"
+    found: dict[str, object] = {}
+    for names, values in re.findall(entry, text, re.MULTILINE):
+        keys = re.findall(r"``KAIZEN_WEBHOOKS_(\w+)``", names)
+        for key, value in zip(keys, re.findall(r"``([^`]+)``", values), strict=True):
+            found[key] = ast.literal_eval(value)
+    return found
+
+
+def test_the_configuration_page_gives_every_default_as_the_code_has_it() -> None:
+    def plain(value: object) -> object:
+        return list(value) if isinstance(value, tuple) else value
+
+    expected = {key: plain(value) for key, value in DEFAULTS.items() if key != "DISPATCHER"}
+    assert documented_defaults() == expected
