@@ -9,7 +9,7 @@ DEMO_INSTANCE := $(CURDIR)/instance
 # The extras (see setup.cfg) of each install; "package" is the package alone.
 EXTRAS_package :=
 EXTRAS_test := test,postgres,celery,docs
-EXTRAS_lint := lint,postgres
+EXTRAS_lint := lint,postgres,celery
 EXTRAS_docs := docs
 EXTRAS_bench := postgres,celery
 

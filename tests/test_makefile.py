@@ -38,7 +38,7 @@ def installed_extras(plan: str) -> list[str]:
     [
         ("demo", "."),
         ("test", ".[test,postgres,celery,docs]"),
-        ("lint", ".[lint,postgres]"),
+        ("lint", ".[lint,postgres,celery]"),
         ("docs", ".[docs]"),
         ("fuzz", ".[test,postgres,celery,docs]"),
         ("bench", ".[postgres,celery]"),
