@@ -1,41 +1,53 @@
-# Set-up and everyday commands. Each target creates .venv on first use.
+# Set-up and everyday commands. Each target creates .venv on first use and installs what it
+# needs into it: the demo the package alone, the others the tools they run as well.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
-EXTRAS := test,postgres,celery,docs,lint
+#: Where the demo keeps its SQLite database; `make reset` deletes it.
+DEMO_INSTANCE := $(CURDIR)/instance
 
-.PHONY: demo test lint docs fuzz bench bench-quick clean
+# The extras (see setup.cfg) of each install; "package" is the package alone.
+EXTRAS_package :=
+EXTRAS_test := test,postgres,celery,docs
+EXTRAS_lint := lint,postgres,celery
+EXTRAS_docs := docs
+EXTRAS_bench := postgres,celery
 
-$(STAMP): setup.cfg pyproject.toml
+.PHONY: demo reset test lint docs fuzz bench bench-quick clean
+
+# One stamp per install, redone when the package's metadata changes.
+$(VENV)/.installed-%: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.$(if $(EXTRAS_$*),[$(EXTRAS_$*)])'
+	touch $@
 
-demo: $(STAMP)
-	$(BIN)/python -m example_app
+demo: $(VENV)/.installed-package
+	$(BIN)/python -m example_app --instance-path $(DEMO_INSTANCE)
 
-test: $(STAMP)
+reset:
+	rm -f $(DEMO_INSTANCE)/example_app.sqlite3 $(DEMO_INSTANCE)/example_app.sqlite3-*
+
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-fuzz: $(STAMP)
+fuzz: $(VENV)/.installed-test
 	KAIZEN_WEBHOOKS_FUZZ_EXAMPLES=$${KAIZEN_WEBHOOKS_FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/test_fuzz.py
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench
 
-bench-quick: $(STAMP)
+bench-quick: $(VENV)/.installed-bench
 	$(BIN)/python -m bench --quick
 
-docs: $(STAMP)
+docs: $(VENV)/.installed-docs
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
-clean:
+clean: reset
 	rm -rf $(VENV) docs/_build build *.egg-info .pytest_cache .mypy_cache .ruff_cache

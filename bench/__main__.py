@@ -227,7 +227,7 @@ def enqueue_latency(url: str, samples: int) -> tuple[float, float]:
         SECRET_KEY="bench",
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{directory}/h.db",
         KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
-        KAIZEN_WEBHOOKS_DISPATCHER="none",
+        KAIZEN_WEBHOOKS_EXECUTOR="none",
         KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
     )
     db = SQLAlchemy()

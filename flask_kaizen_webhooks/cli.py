@@ -44,7 +44,7 @@ def worker() -> None:
     """Send asynchronous webhooks from this process until interrupted.
 
     For deployments whose web processes only write the outbox
-    (KAIZEN_WEBHOOKS_DISPATCHER = "none"). Run as many as you like: each delivery is claimed by
+    (KAIZEN_WEBHOOKS_EXECUTOR = "none"). Run as many as you like: each delivery is claimed by
     one of them. SIGTERM or Ctrl-C stops taking work, finishes what is in flight and exits.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -72,6 +72,11 @@ def worker() -> None:
 
 
 # Looking ------------------------------------------------------------------------------------------
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``count`` with the noun in the singular or the plural: "1 delivery", "2 deliveries"."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
 def parse_moment(value: str | None, now: datetime) -> datetime | None:
@@ -107,8 +112,9 @@ def list_registrations(topic: str | None, owner: str | None, state: str | None) 
     """List registrations of every owner (never their secrets)."""
     with get_state().database.independent_session() as session:
         rows = store.find_registrations(session, topic=topic, owner=owner, state=state)
+        retrying = store.retrying_counts(session, topic=topic, owner=owner, state=state)
     print_table(
-        ["ID", "OWNER", "TOPIC", "STATE", "URL", "FAILURES", "CREATED"],
+        ["ID", "OWNER", "TOPIC", "STATE", "URL", "RETRYING", "FAILED FOR GOOD IN A ROW", "CREATED"],
         [
             (
                 r.id,
@@ -116,13 +122,14 @@ def list_registrations(topic: str | None, owner: str | None, state: str | None) 
                 r.topic,
                 r.state,
                 r.url,
+                retrying.get(r.id, 0),
                 r.consecutive_failures,
                 isoformat(r.created_at),
             )
             for r in rows
         ],
     )
-    click.echo(f"{len(rows)} registration(s)")
+    click.echo(counted(len(rows), "registration"))
 
 
 @webhooks_cli.command("deliveries")
@@ -163,12 +170,12 @@ def list_deliveries(
             for d in rows
         ],
     )
-    click.echo(f"{len(rows)} deliveries")
+    click.echo(counted(len(rows), "delivery", "deliveries"))
 
 
 @webhooks_cli.command("stats")
 def stats() -> None:
-    """Deliveries per topic and status, and the age of the oldest pending one."""
+    """Deliveries per topic and status (tests apart), and the age of the oldest pending one."""
     state = get_state()
     with state.database.independent_session() as session:
         found = store.delivery_stats(session)
@@ -178,6 +185,8 @@ def stats() -> None:
         ["TOPIC", *[s.upper() for s in statuses]],
         [(topic, *[found.counts.get((topic, s), 0) for s in statuses]) for topic in topics],
     )
+    if found.tests:
+        click.echo(f"test deliveries: {found.tests} ({found.tests_failed} failed)")
     if found.events_waiting:
         click.echo(f"events waiting to be fanned out into deliveries: {found.events_waiting}")
     if found.oldest_pending is None:
@@ -203,7 +212,11 @@ def redeliver(
     since: str | None,
     until: str | None,
 ) -> None:
-    """Send one delivery again, or (--failed) all failed ones of a registration or time range."""
+    """Send one delivery again, or (--failed) all failed ones of a registration or time range.
+
+    Deliveries whose registration was deleted or is disabled are left alone, and so is one
+    with an attempt under way; the command says how many and why.
+    """
     if bool(delivery_id) == failed:
         raise click.UsageError("Give either a DELIVERY_ID or --failed (with filters).")
     state = get_state()
@@ -223,13 +236,24 @@ def redeliver(
                 until=parse_moment(until, now),
                 limit=None,
             )
-        ids = store.queue_again(session, [delivery.id for delivery in chosen], now=now)
+        requeued = store.queue_again(session, [delivery.id for delivery in chosen], now=now)
     # The running dispatchers (web processes or workers) pick them up at their next poll.
-    click.echo(f"Queued {len(ids)} delivery(ies) again.")
-    if len(ids) < len(chosen):
-        click.echo(
-            f"Left {len(chosen) - len(ids)} alone: an attempt of each is under way.", err=True
-        )
+    click.echo(f"Queued {counted(len(requeued.queued), 'delivery', 'deliveries')} again.")
+    for left, one, many in (
+        (requeued.in_flight, "an attempt of it is under way", "an attempt of each is under way"),
+        (
+            requeued.registration_deleted,
+            "its registration was deleted",
+            "their registration was deleted",
+        ),
+        (
+            requeued.registration_disabled,
+            "its registration is disabled; enable it first",
+            "their registration is disabled; enable it first",
+        ),
+    ):
+        if left:
+            click.echo(f"Left {len(left)} alone: {one if len(left) == 1 else many}.", err=True)
 
 
 def _set_state(registration_id: str, new_state: str) -> None:
@@ -316,8 +340,8 @@ def purge(older_than: float | None) -> None:
     with state.database.writing() as session:
         deliveries, attempts = store.purge_completed(session, before=before)
     click.echo(
-        f"Deleted {deliveries} deliveries and {attempts} attempts finished before "
-        f"{isoformat(before)}."
+        f"Deleted {counted(deliveries, 'delivery', 'deliveries')} and "
+        f"{counted(attempts, 'attempt')} finished before {isoformat(before)}."
     )
 
 
@@ -330,4 +354,4 @@ def rotate_keys() -> None:
     state = get_state()
     with state.database.writing() as session:
         count = store.reseal_secrets(session, state.secrets.reseal)
-    click.echo(f"Re-encrypted the secrets of {count} registration(s).")
+    click.echo(f"Re-encrypted the secrets of {counted(count, 'registration')}.")

@@ -100,6 +100,29 @@ class DeliveryInFlight(ApiError):
         )
 
 
+class RegistrationDeleted(ApiError):
+    """A delivery cannot be queued again once its registration is deleted (409)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "registration_deleted",
+            "The registration of this delivery was deleted; it cannot be sent again.",
+        )
+
+
+class RegistrationDisabled(ApiError):
+    """A delivery cannot be queued again while its registration is disabled (409)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "registration_disabled",
+            "The registration of this delivery is disabled; enable it first "
+            '(PUT it with "state": "active"), then ask again.',
+        )
+
+
 class RevConflict(ApiError):
     """The ``rev`` sent with a change is missing or no longer current (409)."""
 

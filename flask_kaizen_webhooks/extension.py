@@ -230,8 +230,10 @@ class KaizenWebhooks:
         For a synchronous topic, returns a :class:`DeliveryResult` per registration once all
         answered or the deadline passed; a failing receiver never raises unless
         ``raise_on_error`` is set (then :class:`DeliveryFailed` carries the results). For an
-        asynchronous topic, writes one outbox row per registration in the current transaction
-        and returns their ids; they are sent after commit.
+        asynchronous topic, writes the outbox (inside a transaction of the host's session one
+        row for the event, which commits with it; otherwise one row per registration, committed
+        at once) and returns the ids of the deliveries, one per registration; they are sent
+        after the commit.
         """
         target_app = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
         state = get_state(target_app)

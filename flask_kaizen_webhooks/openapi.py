@@ -47,7 +47,10 @@ ERROR_DESCRIPTIONS = {
     403: "The caller lacks 'Allow user to manage web hooks', or the host is not configured.",
     404: "No such resource for this caller.",
     405: "The endpoint does not take this method.",
-    409: "A stale or missing rev, a duplicate registration, or a delivery being sent.",
+    409: (
+        "A stale or missing rev, a duplicate registration, a delivery being sent, or one whose "
+        "registration is disabled or deleted."
+    ),
     413: "The body is larger than the configured limit.",
     415: "The body is not sent as application/json.",
     422: "A field is missing, unknown or invalid.",

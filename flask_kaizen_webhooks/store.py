@@ -15,14 +15,33 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import claims
-from .errors import ApiError, DeliveryInFlight, DuplicateRegistration, NotFound, RevConflict
+from .errors import (
+    ApiError,
+    DeliveryInFlight,
+    DuplicateRegistration,
+    NotFound,
+    RegistrationDeleted,
+    RegistrationDisabled,
+    RevConflict,
+)
 from .models import (
     Attempt,
     CallCount,
@@ -70,7 +89,7 @@ FAN_OUT_BATCH = 200
 
 @dataclass(frozen=True, slots=True)
 class PagePosition:
-    """Where a page of registrations ends: the sort key of its last item."""
+    """Where a page of registrations or deliveries ends: the sort key of its last item."""
 
     created_at: datetime
     id: str
@@ -240,7 +259,36 @@ def delete_registration(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise RevConflict(_current_rev(session, current.id), rev)
     session.expunge(current)
+    _end_unclaimed_deliveries(session, current.id, error="the registration was deleted")
     return current
+
+
+def _end_unclaimed_deliveries(session: Session, registration_id: str, *, error: str) -> None:
+    """Fail the registration's pending deliveries that no worker holds; a claimed one is left
+    to its worker, which ends it when it finds the registration gone."""
+    now = utcnow()
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.registration_id == registration_id,
+            Delivery.status == DeliveryStatus.PENDING,
+            _not_claimed(now),
+        )
+        .values(
+            status=DeliveryStatus.FAILED,
+            last_error=error,
+            claim_token=None,
+            next_attempt_at=None,
+            completed_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _not_claimed(now: datetime) -> Any:
+    """Deliveries no worker holds: never claimed, or their claim's lease has run out."""
+    return or_(Delivery.claim_token.is_(None), Delivery.next_attempt_at <= now)
 
 
 def _current_rev(session: Session, registration_id: str) -> str:
@@ -1015,9 +1063,15 @@ def attempts_of(session: Session, delivery_id: str) -> Sequence[Attempt]:
 
 def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> None:
     """Queue the owner's delivery again, now, with a fresh retry schedule and the same id;
-    :class:`DeliveryInFlight` while an attempt of it is under way."""
+    :class:`RegistrationDeleted` or :class:`RegistrationDisabled` when its registration is not
+    active, :class:`DeliveryInFlight` while an attempt of it is under way."""
     get_delivery(session, owner=owner, delivery_id=delivery_id)
-    if not queue_again(session, [delivery_id], now=now):
+    requeued = queue_again(session, [delivery_id], now=now)
+    if requeued.registration_deleted:
+        raise RegistrationDeleted()
+    if requeued.registration_disabled:
+        raise RegistrationDisabled()
+    if requeued.in_flight:
         raise DeliveryInFlight()
 
 
@@ -1102,14 +1156,42 @@ def find_registrations(
     session: Session, *, topic: str | None, owner: str | None, state: str | None
 ) -> Sequence[Registration]:
     """Every registration (of any owner), filtered, oldest first."""
-    query = select(Registration)
+    query = _matching_registrations(select(Registration), topic=topic, owner=owner, state=state)
+    return session.scalars(query.order_by(Registration.created_at, Registration.id)).all()
+
+
+def retrying_counts(
+    session: Session, *, topic: str | None, owner: str | None, state: str | None
+) -> dict[str, int]:
+    """How many deliveries of each registration :func:`find_registrations` finds wait for a
+    retry after a failed attempt (pending, with an attempt made), in one grouped query;
+    registrations without any are left out."""
+    matching = _matching_registrations(
+        select(Registration.id), topic=topic, owner=owner, state=state
+    )
+    rows = session.execute(
+        select(Delivery.registration_id, func.count())
+        .where(
+            Delivery.registration_id.in_(matching),
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.attempts > 0,
+        )
+        .group_by(Delivery.registration_id)
+    )
+    return {registration_id: count for registration_id, count in rows}
+
+
+def _matching_registrations(
+    query: Select[Any], *, topic: str | None, owner: str | None, state: str | None
+) -> Select[Any]:
+    """``query`` of registrations narrowed to a topic, an owner and a state, where given."""
     if topic is not None:
         query = query.where(Registration.topic == topic)
     if owner is not None:
         query = query.where(Registration.owner == owner)
     if state is not None:
         query = query.where(Registration.state == state)
-    return session.scalars(query.order_by(Registration.created_at, Registration.id)).all()
+    return query
 
 
 def find_deliveries(
@@ -1137,17 +1219,34 @@ def find_deliveries(
     return session.scalars(query).all()
 
 
-def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime) -> list[str]:
-    """Queue deliveries again now with a fresh retry schedule; the ids queued. A delivery with
-    an attempt under way (claimed, its lease running) is left alone: queuing it would let a
-    second worker send it in parallel."""
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """What :func:`queue_again` did with each delivery it was given."""
+
+    queued: list[str]
+    #: Left alone: an attempt of each is under way.
+    in_flight: list[str]
+    #: Left alone: their registration was deleted, or is disabled.
+    registration_deleted: list[str]
+    registration_disabled: list[str]
+
+
+def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime) -> Requeued:
+    """Queue deliveries again now with a fresh retry schedule, if their registration is active.
+
+    A delivery with an attempt under way (claimed, its lease running) is left alone: queuing it
+    would let a second worker send it in parallel. So is one whose registration was deleted or
+    is disabled: it would only fail again unsent.
+    """
     if not delivery_ids:
-        return []
+        return Requeued([], [], [], [])
+    active = select(Registration.id).where(Registration.state == RegistrationState.ACTIVE)
     result = session.execute(
         update(Delivery)
         .where(
             Delivery.id.in_(delivery_ids),
-            or_(Delivery.claim_token.is_(None), Delivery.next_attempt_at <= now),
+            Delivery.registration_id.in_(active),
+            _not_claimed(now),
         )
         .values(
             status=DeliveryStatus.PENDING,
@@ -1160,7 +1259,24 @@ def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime)
         .returning(Delivery.id)
         .execution_options(synchronize_session=False)
     )
-    return list(result.scalars())
+    queued = list(result.scalars())
+    left = sorted(set(delivery_ids) - set(queued))
+    states: dict[str, str | None] = {}
+    if left:
+        rows = session.execute(
+            select(Delivery.id, Registration.state)
+            .outerjoin(Registration, Registration.id == Delivery.registration_id)
+            .where(Delivery.id.in_(left))
+        )
+        states = {delivery_id: state for delivery_id, state in rows}
+    return Requeued(
+        queued,
+        in_flight=[i for i in left if states.get(i) == RegistrationState.ACTIVE],
+        registration_deleted=[i for i in left if states.get(i) is None],
+        registration_disabled=[
+            i for i in left if states.get(i) not in (None, RegistrationState.ACTIVE)
+        ],
+    )
 
 
 def reseal_secrets(session: Session, reseal: Callable[[str], str]) -> int:
@@ -1221,21 +1337,32 @@ def purge_completed(session: Session, *, before: datetime) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counts of deliveries per status and topic, the events not fanned out yet, and the
-    creation of the oldest pending one (delivery or event)."""
+    """Counts of deliveries per status and topic (tests left out), the test deliveries and how
+    many of them failed, the events not fanned out yet, and the creation of the oldest pending
+    one (delivery or event)."""
 
     counts: dict[tuple[str, str], int]
     oldest_pending: datetime | None
     events_waiting: int = 0
+    tests: int = 0
+    tests_failed: int = 0
 
 
 def delivery_stats(session: Session) -> Stats:
-    """How many deliveries there are per (topic, status), how many events wait for their
-    fan-out, and how old the oldest pending work is."""
+    """How many deliveries there are per (topic, status), tests apart, how many events wait for
+    their fan-out, and how old the oldest pending work is."""
     rows = session.execute(
-        select(Delivery.topic, Delivery.status, func.count()).group_by(
-            Delivery.topic, Delivery.status
-        )
+        select(Delivery.topic, Delivery.status, func.count())
+        .where(Delivery.mode != DeliveryMode.TEST)
+        .group_by(Delivery.topic, Delivery.status)
+    )
+    counts = {(topic, status): count for topic, status, count in rows}
+    tests = dict(
+        session.execute(
+            select(Delivery.status, func.count())
+            .where(Delivery.mode == DeliveryMode.TEST)
+            .group_by(Delivery.status)
+        ).all()
     )
     oldest_delivery = session.scalar(
         select(func.min(Delivery.created_at)).where(Delivery.status == DeliveryStatus.PENDING)
@@ -1245,9 +1372,11 @@ def delivery_stats(session: Session) -> Stats:
     ).one()
     oldest = [as_utc(moment) for moment in (oldest_delivery, oldest_event) if moment is not None]
     return Stats(
-        counts={(topic, status): count for topic, status, count in rows},
+        counts=counts,
         oldest_pending=min(oldest, default=None),
         events_waiting=int(waiting),
+        tests=sum(tests.values()),
+        tests_failed=tests.get(DeliveryStatus.FAILED, 0),
     )
 
 

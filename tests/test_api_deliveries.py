@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 from typing import Any
 
 import jose.jws
 import pytest
+from sqlalchemy import select
 
+from flask_kaizen_webhooks import get_state, store
+from flask_kaizen_webhooks.models import Delivery
 from flask_kaizen_webhooks.topics import BUILTIN_TOPICS
 from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, USER, register
 from tests.receivers import Reply, wait_until
@@ -187,3 +191,80 @@ def test_redeliver_refuses_a_delivery_whose_attempt_is_under_way(host: Any, rece
     detail_url = f"{PREFIX}/deliveries/{delivery_id}"
     wait_until(lambda: client.get(detail_url, headers=ADMIN).get_json()["status"] == "succeeded")
     assert len(server.received) == 1  # never sent twice in parallel
+
+
+def test_redeliver_refuses_deliveries_of_disabled_and_deleted_registrations(
+    host: Any, receiver: Any
+) -> None:
+    server = receiver(lambda request, n: Reply(status=500))
+    registration = register(host, server.url())
+    client = host.app.test_client()
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger("profile_updated", {"n": 1})
+    detail_url = f"{PREFIX}/deliveries/{delivery_id}"
+    wait_until(lambda: client.get(detail_url, headers=ADMIN).get_json()["status"] == "failed")
+    registration_url = f"{PREFIX}/registrations/{registration['id']}"
+    disabled = client.put(
+        registration_url,
+        json={
+            "topic": "profile_updated",
+            "url": server.url(),
+            "state": "disabled",
+            "rev": registration["rev"],
+        },
+        headers=ADMIN,
+    )
+    assert disabled.status_code == 200
+    refused = client.post(f"{detail_url}/redeliver", headers=ADMIN)
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "registration_disabled"
+    deleted = client.delete(f"{registration_url}?rev={disabled.get_json()['rev']}", headers=ADMIN)
+    assert deleted.status_code == 200
+    refused = client.post(f"{detail_url}/redeliver", headers=ADMIN)
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "registration_deleted"
+    assert client.get(detail_url, headers=ADMIN).get_json()["status"] == "failed"
+    assert len(server.received) == 3
+
+
+def test_deleting_a_registration_ends_its_pending_deliveries_not_being_sent(
+    make_host: Any, backend: str
+) -> None:
+    # Nothing sends in this app: its deliveries stay pending until something ends them.
+    host = make_host(backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    doomed = register(host, "http://127.0.0.1:9/doomed")
+    with host.app.app_context():
+        [being_sent] = host.webhooks.trigger("profile_updated", {"n": 1})
+        [waiting] = host.webhooks.trigger("profile_updated", {"n": 2})
+    other = register(host, "http://127.0.0.1:9/other")
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 3})  # to both
+        state = get_state()
+        now = state.clock.now()
+        with state.database.writing() as session:  # a worker is sending this one
+            claimed = store.claim_one(
+                session,
+                delivery_id=being_sent,
+                now=now,
+                lease_until=now + timedelta(minutes=5),
+                token="worker-1",
+            )
+            assert claimed is not None
+    url = f"{PREFIX}/registrations/{doomed['id']}?rev={doomed['rev']}"
+    assert host.app.test_client().delete(url, headers=ADMIN).status_code == 200
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        deliveries = list(session.scalars(select(Delivery)))
+    ended = [d for d in deliveries if d.registration_id == doomed["id"] and d.id != being_sent]
+    assert waiting in {d.id for d in ended} and len(ended) == 2
+    for delivery in ended:
+        assert (delivery.status, delivery.last_error, delivery.next_attempt_at) == (
+            "failed",
+            "the registration was deleted",
+            None,
+        )
+        assert delivery.completed_at is not None
+    # The one being sent is left to its worker, which ends it; the other registration's wait.
+    [kept] = [d for d in deliveries if d.id == being_sent]
+    assert (kept.status, kept.claim_token) == ("pending", "worker-1")
+    [others] = [d for d in deliveries if d.registration_id == other["id"]]
+    assert others.status == "pending"

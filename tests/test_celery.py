@@ -181,7 +181,7 @@ sys.modules["redis"] = None
 from flask import Flask
 from flask_kaizen_webhooks import KaizenWebhooks
 app = Flask("plain", instance_path=sys.argv[1])
-app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_DISPATCHER="none")
+app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_EXECUTOR="none")
 webhooks = KaizenWebhooks(app)
 with app.app_context():
     assert webhooks.trigger("profile_updated", {"n": 1}) == []

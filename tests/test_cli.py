@@ -22,7 +22,7 @@ def test_worker_process_sends_the_outbox_and_stops_on_sigterm(
     make_host: Any, receiver: Any, tmp_path: Path
 ) -> None:
     server = receiver()
-    writer = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    writer = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(writer, server.url())
     database = writer.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
     with writer.app.app_context():
@@ -87,11 +87,11 @@ def test_list_filters_and_never_shows_secrets(host: Any) -> None:
     register(host, "http://127.0.0.1:9/c", headers=OTHER_ADMIN)
     everything = run(host, "list")
     assert everything.exit_code == 0
-    assert "3 registration(s)" in everything.output
+    assert everything.output.endswith("\n3 registrations\n")
     assert "very_secret_value" not in everything.output
     mine = run(host, "list", "--owner", "org-1", "--topic", "profile_updated")
-    assert first["id"] in mine.output and "1 registration(s)" in mine.output
-    assert "0 registration(s)" in run(host, "list", "--state", "disabled").output
+    assert first["id"] in mine.output and mine.output.endswith("\n1 registration\n")
+    assert run(host, "list", "--state", "disabled").output.endswith("\n0 registrations\n")
 
 
 def test_deliveries_stats_redeliver_and_purge(host: Any, receiver: Any) -> None:
@@ -111,7 +111,7 @@ def test_deliveries_stats_redeliver_and_purge(host: Any, receiver: Any) -> None:
     server.responder = lambda request, n: Reply()
     one = run(host, "redeliver", ids[0])
     assert one.exit_code == 0 and "Queued 1" in one.output
-    wait_until(lambda: "1 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
+    wait_until(lambda: "\n1 delivery\n" in run(host, "deliveries", "--status", "succeeded").output)
     rest = run(host, "redeliver", "--failed", "--registration", registration["id"])
     assert "Queued 1" in rest.output
     wait_until(lambda: "2 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
@@ -123,7 +123,7 @@ def test_deliveries_stats_redeliver_and_purge(host: Any, receiver: Any) -> None:
 
 
 def test_purge_never_deletes_pending(make_host: Any) -> None:
-    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(host, "http://127.0.0.1:9/a")
     with host.app.app_context():
         host.webhooks.trigger("profile_updated", {"n": 1})
@@ -179,6 +179,132 @@ def test_redeliver_leaves_a_delivery_being_sent_alone(host: Any, receiver: Any) 
     finally:
         gate.set()
     assert "Queued 0" in result.output
-    assert "Left 1 alone: an attempt of each is under way." in result.output
-    wait_until(lambda: "1 deliveries" in run(host, "deliveries", "--status", "succeeded").output)
+    assert "Left 1 alone: an attempt of it is under way." in result.output
+    wait_until(lambda: "\n1 delivery\n" in run(host, "deliveries", "--status", "succeeded").output)
     assert len(server.received) == 1
+
+
+def test_counts_read_as_singular_or_plural(host: Any, receiver: Any) -> None:
+    server = receiver()
+    register(host, server.url())
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger("profile_updated", {"n": 1})
+    server.wait_for(1)
+    wait_until(lambda: "succeeded" in run(host, "deliveries").output)
+    assert run(host, "deliveries").output.endswith("\n1 delivery\n")
+    assert run(host, "list").output.endswith("\n1 registration\n")
+    assert run(host, "deliveries", "--status", "failed").output.endswith("\n0 deliveries\n")
+    assert "Queued 1 delivery again." in run(host, "redeliver", delivery_id).output
+    server.wait_for(2)
+    wait_until(lambda: "succeeded" in run(host, "deliveries").output)
+    register(host, server.url("/second"))
+    assert run(host, "list").output.endswith("\n2 registrations\n")
+    assert "secrets of 2 registrations." in run(host, "rotate-keys").output
+    purged = run(host, "purge", "--older-than", "0").output
+    assert purged.startswith("Deleted 1 delivery and 2 attempts finished before"), purged
+
+
+def table(output: str, headers: list[str]) -> list[dict[str, str]]:
+    """The rows of a table the CLI printed under ``headers``, cell by cell."""
+    lines = output.splitlines()
+    top = next(n for n, line in enumerate(lines) if line.startswith(headers[0]))
+    starts, at = [], 0
+    for header in headers:
+        at = lines[top].index(header, at)
+        starts.append(at)
+        at += len(header)
+    ends = [*starts[1:], None]
+    rows = []
+    for line in lines[top + 1 :]:
+        if not line.startswith(" ") and len(line) > starts[-1]:
+            cells = [line[start:end].strip() for start, end in zip(starts, ends, strict=True)]
+            rows.append(dict(zip(headers, cells, strict=True)))
+    return rows
+
+
+LIST_HEADERS = [
+    "ID",
+    "OWNER",
+    "TOPIC",
+    "STATE",
+    "URL",
+    "RETRYING",
+    "FAILED FOR GOOD IN A ROW",
+    "CREATED",
+]
+
+
+def test_list_shows_deliveries_retrying_apart_from_failures_for_good(
+    host: Any, receiver: Any
+) -> None:
+    # One receiver fails a delivery for good (three attempts); the other fails once, then asks
+    # for an hour's pause: its delivery waits for a retry.
+    failing = receiver(lambda request, n: Reply(status=500))
+    pausing = receiver(
+        lambda request, n: (
+            Reply(status=500) if n == 1 else Reply(503, headers={"Retry-After": "3600"})
+        )
+    )
+    failed = register(host, failing.url())
+    retrying = register(host, pausing.url())
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 1})
+    failing.wait_for(3)
+    pausing.wait_for(2)
+
+    def listed() -> dict[str, dict[str, str]]:
+        return {row["ID"]: row for row in table(run(host, "list").output, LIST_HEADERS)}
+
+    wait_until(lambda: listed()[failed["id"]]["FAILED FOR GOOD IN A ROW"] == "1")
+    rows = listed()
+    assert rows[failed["id"]]["RETRYING"] == "0"
+    assert rows[retrying["id"]]["RETRYING"] == "1"
+    assert rows[retrying["id"]]["FAILED FOR GOOD IN A ROW"] == "0"
+
+
+def test_stats_show_test_deliveries_apart(host: Any, receiver: Any) -> None:
+    server = receiver(lambda request, n: Reply(status=500 if n == 2 else 200))
+    register(host, server.url())
+    assert run(host, "test", "profile_updated").exit_code == 0  # answered 200
+    assert run(host, "test", "profile_updated").exit_code == 1  # answered 500
+    tested = host.app.test_client().post(
+        "/v2/webhooks/test", json={"topic": "profile_updated"}, headers=ADMIN
+    )
+    assert tested.status_code == 200
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 1})
+    server.wait_for(4)
+    wait_until(lambda: "pending" not in run(host, "deliveries").output)
+    stats = run(host, "stats").output
+    assert re.search(r"^profile_updated\s+0\s+1\s+0$", stats, re.MULTILINE), stats
+    assert "test deliveries: 3 (1 failed)" in stats
+
+
+def test_redeliver_leaves_deliveries_of_disabled_and_deleted_registrations_alone(
+    host: Any, receiver: Any
+) -> None:
+    server = receiver(lambda request, n: Reply(status=500))
+    register(host, server.url())
+    disabled = register(host, server.url("/disabled"))
+    deleted = register(host, server.url("/deleted"))
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 1})
+        host.webhooks.trigger("profile_updated", {"n": 2})
+    server.wait_for(18)  # two deliveries to each of three receivers, three attempts each
+    wait_until(lambda: "pending" not in run(host, "deliveries").output)
+    assert run(host, "disable", disabled["id"]).exit_code == 0
+    client = host.app.test_client()
+    url = f"/v2/webhooks/registrations/{deleted['id']}?rev={deleted['rev']}"
+    assert client.delete(url, headers=ADMIN).status_code == 200
+    result = run(host, "redeliver", "--failed")
+    assert result.exit_code == 0
+    assert "Queued 2 deliveries again." in result.output
+    assert "Left 2 alone: their registration is disabled; enable it first." in result.output
+    assert "Left 2 alone: their registration was deleted." in result.output
+    server.wait_for(24)
+    wait_until(lambda: "pending" not in run(host, "deliveries").output)
+    assert {r.path for r in server.received[18:]} == {"/hook"}  # only the active one's
+    one = run(host, "deliveries", "--registration", deleted["id"]).output.splitlines()[1].split()[0]
+    alone = run(host, "redeliver", one)
+    assert "Queued 0 deliveries again." in alone.output
+    assert "Left 1 alone: its registration was deleted." in alone.output

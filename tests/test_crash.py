@@ -65,7 +65,7 @@ def test_sigkill_mid_delivery_loses_nothing(
     make_host: Any, receiver: Any, tmp_path: Path, backend: str
 ) -> None:
     server = receiver(lambda request, n: Reply(delay=0.02))
-    writer = make_host(backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    writer = make_host(backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(writer, server.url())
     database = writer.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
     with writer.app.app_context():

@@ -183,6 +183,22 @@ def test_deleted_registration_is_not_sent(host: Any, receiver: Any) -> None:
     client = host.app.test_client()
     url = f"/v2/webhooks/registrations/{registration['id']}?rev={registration['rev']}"
     assert client.delete(url, headers=ADMIN).status_code == 200
+    # Deleting it ended its pending delivery at once.
+    assert status_of(host, delivery_id) == "failed"
+    assert deliveries(host)[delivery_id].last_error == "the registration was deleted"
+    with host.app.app_context():
+        get_state().dispatcher.start()
+    assert server.received == []
+
+
+def test_disabled_registration_is_not_sent(host: Any, receiver: Any) -> None:
+    server = receiver()
+    registration = register(host, server.url())
+    with host.app.app_context():
+        get_state().dispatcher.stop()
+        [delivery_id] = host.webhooks.trigger("profile_updated", PROFILE)
+    disabled = host.app.test_cli_runner().invoke(args=["webhooks", "disable", registration["id"]])
+    assert disabled.exit_code == 0
     with host.app.app_context():
         get_state().dispatcher.start()
     wait_until(lambda: status_of(host, delivery_id) == "failed")
@@ -228,7 +244,7 @@ def test_a_new_app_delivers_what_an_earlier_one_left_pending(
     make_host: Any, backend: str, receiver: Any
 ) -> None:
     server = receiver()
-    first = make_host(backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    first = make_host(backend, **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(first, server.url())
     ids = fire(first) + fire(first)
     time.sleep(0.2)

@@ -44,7 +44,7 @@ def test_two_dispatchers_on_postgres_deliver_each_webhook_once(
     make_host: Any, receiver: Any
 ) -> None:
     server = receiver()
-    writer = make_host("postgres", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    writer = make_host("postgres", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(writer, server.url("/a"))
     register(writer, server.url("/b"))
     url = writer.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]

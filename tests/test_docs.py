@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 
+import pytest
+from flask import Flask
+
+from flask_kaizen_webhooks import KaizenWebhooks
+from flask_kaizen_webhooks.cli import webhooks_cli
 from flask_kaizen_webhooks.config import DEFAULTS
+from flask_kaizen_webhooks.signing import encode_payload, sign
 from flask_kaizen_webhooks.topics import BUILTIN_TOPICS
+from tests.receivers import wait_until
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 README = DOCS.parent / "README.md"
@@ -58,13 +72,6 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 
 def test_the_nodejs_verification_example_works(tmp_path: Path) -> None:
-    import shutil
-    import time
-
-    import pytest
-
-    from flask_kaizen_webhooks.signing import encode_payload, sign
-
     node = shutil.which("node")
     if node is None:
         pytest.skip("Node.js is not installed")
@@ -91,3 +98,229 @@ for (const [body, secret] of [[{json.dumps(good)}, "wrong_secret_0123456"],
     lines = result.stdout.splitlines()
     assert json.loads(lines[0]) == document
     assert lines[1:] == ["refused: bad signature", "refused: expired"]
+
+
+PACKAGE = DOCS.parent / "flask_kaizen_webhooks"
+PAGES = [*sorted(DOCS.glob("*.rst")), README]
+#: Environment variables of the test suite and the Makefile, not settings.
+ENVIRONMENT = {"TEST_POSTGRES_URL", "REQUIRE_SERVICES", "FUZZ_EXAMPLES"}
+
+
+def docstrings() -> list[tuple[str, str]]:
+    """Every docstring of the package: (where, text)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                text = ast.get_docstring(node)
+                if text:
+                    found.append((f"{path.name}:{getattr(node, 'name', '')}", text))
+    return found
+
+
+def prose() -> list[tuple[str, str]]:
+    """The text of every page and docstring: (where, text)."""
+    return [(path.name, path.read_text()) for path in PAGES] + docstrings()
+
+
+def test_every_setting_named_in_the_docs_and_docstrings_exists() -> None:
+    for where, text in prose():
+        for name in re.findall(r"KAIZEN_WEBHOOKS_([A-Z_]+)\b", text):
+            if name.endswith("_"):  # a family, such as KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_*
+                assert any(key.startswith(name) for key in DEFAULTS), (where, name)
+            else:
+                assert name in DEFAULTS or name in ENVIRONMENT, (where, name)
+        for line in text.splitlines():
+            if "KAIZEN_WEBHOOKS_DISPATCHER" in line:  # only to say that it is the former name
+                assert "former name" in line, (where, line)
+
+
+def spelled(seconds: float) -> str:
+    """A delay as the docs spell it: 5 s, 5 min, 2 h."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def test_the_retry_schedule_and_its_length_agree_with_the_default() -> None:
+    schedule = DEFAULTS["RETRY_SCHEDULE"]
+    delays = [spelled(delay) for delay in schedule]
+    total = f"{sum(schedule) / 3600:.1f} hours"
+    for path in PAGES:
+        text = " ".join(path.read_text().split())
+        for listed in re.findall(r"\d+ (?:s|min|h)(?:(?:, | and | or )\d+ (?:s|min|h))+", text):
+            assert re.split(r", | and | or ", listed) == delays, (path.name, listed)
+        for length in re.findall(r"about ([^,;:.]*(?:hours|days?|a day[a-z ]*))", text):
+            assert length == total, (path.name, length)
+    for path in (README, DOCS / "operations.rst"):
+        assert f"about {total}" in " ".join(path.read_text().split()), path.name
+
+
+def test_the_api_page_names_where_the_openapi_document_is_served(tmp_path: Path) -> None:
+    text = (DOCS / "api.rst").read_text()
+    [path] = re.findall(r"``GET (\S*openapi\.json)``", text)
+    assert path == f"{DEFAULTS['URL_PREFIX']}/openapi.json"
+    app = Flask("openapi_path", instance_path=str(tmp_path))
+    app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_EXECUTOR="none")
+    KaizenWebhooks(app)
+    assert app.test_client().get(path).status_code == 200
+
+
+def raised_error_codes() -> set[str]:
+    """The ``code`` of every API error the package raises."""
+    codes = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            first = node.args[0]
+            if name in ("ApiError", "__init__") and isinstance(first, ast.Constant):
+                if isinstance(first.value, int) and len(node.args) > 1:
+                    second = node.args[1]
+                    if isinstance(second, ast.Constant) and isinstance(second.value, str):
+                        codes.add(second.value)
+            elif name == "ValidationError" and isinstance(first, ast.Constant):
+                codes.add(first.value)
+    return codes
+
+
+def test_the_error_table_lists_every_error_code_the_api_answers() -> None:
+    text = (DOCS / "api.rst").read_text()
+    table = set(re.findall(r"^\d{3}\s+``([a-z_]+)``", text, re.MULTILINE))
+    assert table == raised_error_codes()
+
+
+def test_every_operator_command_and_option_is_documented() -> None:
+    text = (DOCS / "operations.rst").read_text()
+    terms = [line for line in text.splitlines() if line.startswith("``")]
+    for name, command in webhooks_cli.commands.items():
+        described = " ".join(term for term in terms if re.search(rf"``{name}\b", term))
+        assert described, name
+        for param in command.params:
+            for option in param.opts:
+                if option.startswith("--"):
+                    assert option in described, (name, option)
+
+
+def captioned(text: str, caption: str) -> str:
+    """The code of the page's block captioned ``caption``."""
+    pattern = rf"\.\. code-block:: \w+\n   :caption: {re.escape(caption)}\n\n((?:   .*\n|\n)+)"
+    match = re.search(pattern, text)
+    assert match, f"no block captioned {caption!r}"
+    return textwrap.dedent(match[1]).strip() + "\n"
+
+
+class Running:
+    """A shell command running in a process group of its own, its output collected."""
+
+    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.output = ""
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self.changed:
+                self.output += line
+                self.changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        """The first match of ``pattern`` in the output; fails if none comes in time."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not (match := re.search(pattern, self.output)):
+                assert self.process.poll() is None, f"it ended: {self.output}"
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no {pattern!r} in: {self.output}"
+                self.changed.wait(min(remaining, 0.5))
+            return match
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+def test_the_quickstart_host_runs_and_sends_its_first_webhooks(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    text = (DOCS / "quickstart.rst").read_text()
+    for name in ("host.py", "receiver.py"):
+        (tmp_path / name).write_text(captioned(text, name))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLASK_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    start_host = captioned(text, "terminal 1: the host").rstrip()
+    start_receiver = captioned(text, "terminal 2: the receiver").rstrip()
+    assert start_host.endswith("flask --app host run")
+    assert start_receiver.endswith("--port 6785")
+    # Port 0: the system picks free ports, which the servers' startup lines tell.
+    host = Running(start_host + " --port 0", tmp_path, env)
+    receiver = Running(start_receiver.replace("--port 6785", "--port 0"), tmp_path, env)
+    try:
+        running = r"Running on http://127\.0\.0\.1:(\d+)"
+        host_port, receiver_port = host.wait_for(running)[1], receiver.wait_for(running)[1]
+        steps = (
+            captioned(text, "terminal 3: the integrator")
+            .replace("127.0.0.1:5000", f"127.0.0.1:{host_port}")
+            .replace("127.0.0.1:6785", f"127.0.0.1:{receiver_port}")
+        )
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", steps],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        registered, tested, renamed = [json.loads(line) for line in done.stdout.splitlines()]
+        assert set(registered) == {"id", "rev"}, registered
+        [result] = tested["deliveries"]
+        assert result["ok"] is True, result
+        assert renamed == {"id": 1, "name": "Ann Lee"}
+        receiver.wait_for(r"profile_updated \{'auditLog'")  # the sample payload of the test
+        receiver.wait_for(r"profile_updated \{'id': 1, 'name': 'Ann Lee', 'webhook_request_id'")
+
+        def listed() -> str:
+            command = ["flask", "--app", "host", "webhooks", "deliveries", "--status", "succeeded"]
+            return subprocess.run(
+                command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+            ).stdout
+
+        wait_until(lambda: listed().endswith("\n2 deliveries\n"), timeout=30, interval=0.5)
+    finally:
+        host.stop()
+        receiver.stop()
+
+
+def documented_defaults() -> dict[str, object]:
+    """Each setting's default as the configuration page gives it."""
+    text = (DOCS / "configuration.rst").read_text()
+    entry = r"^((?:``KAIZEN_WEBHOOKS_\w+``(?: and )?)+)\n   Defaults? ((?:``[^`]+``(?: and )?)+)"
+    found: dict[str, object] = {}
+    for names, values in re.findall(entry, text, re.MULTILINE):
+        keys = re.findall(r"``KAIZEN_WEBHOOKS_(\w+)``", names)
+        for key, value in zip(keys, re.findall(r"``([^`]+)``", values), strict=True):
+            found[key] = ast.literal_eval(value)
+    return found
+
+
+def test_the_configuration_page_gives_every_default_as_the_code_has_it() -> None:
+    def plain(value: object) -> object:
+        return list(value) if isinstance(value, tuple) else value
+
+    expected = {key: plain(value) for key, value in DEFAULTS.items() if key != "DISPATCHER"}
+    assert documented_defaults() == expected

@@ -43,6 +43,23 @@ def test_bad_config_fails_at_init_app_naming_the_key(tmp_path: Path, key: str, v
     assert "kaizen_webhooks" not in app.extensions
 
 
+@pytest.mark.parametrize(
+    ("config", "executor"),
+    [
+        ({}, "thread"),
+        ({"KAIZEN_WEBHOOKS_EXECUTOR": "none"}, "none"),
+        ({"KAIZEN_WEBHOOKS_DISPATCHER": "none"}, "none"),  # the former name
+        ({"KAIZEN_WEBHOOKS_EXECUTOR": "none", "KAIZEN_WEBHOOKS_DISPATCHER": "none"}, "none"),
+    ],
+)
+def test_the_executor_may_be_set_by_its_former_name(
+    tmp_path: Path, config: dict[str, str], executor: str
+) -> None:
+    app = bare_app(tmp_path, **config)
+    KaizenWebhooks(app)
+    assert get_state(app).settings.dispatcher == executor
+
+
 def test_missing_secret_key_is_a_clear_error(tmp_path: Path) -> None:
     app = Flask("nokey", instance_path=str(tmp_path))
     with pytest.raises(ConfigurationError, match="SECRET_KEY"):

@@ -20,7 +20,7 @@ def test_the_api_holds_up_to_generated_requests(make_host: Any, serve: Any) -> N
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     # No dispatcher either: nothing the fuzzer registers is ever called.
-    host = make_host("sqlite", KAIZEN_WEBHOOKS_DISPATCHER="none", KAIZEN_WEBHOOKS_ALLOW_HTTP=True)
+    host = make_host("sqlite", KAIZEN_WEBHOOKS_EXECUTOR="none", KAIZEN_WEBHOOKS_ALLOW_HTTP=True)
     base = serve(host.app).url
     schema = schemathesis.openapi.from_url(f"{base}/v2/webhooks/openapi.json")
     schema.config.update(base_url=f"{base}/v2/webhooks")

@@ -30,7 +30,7 @@ def count(host: Any, model: Any) -> int:
 def test_an_event_in_the_host_transaction_is_one_row_fanned_out_after_the_commit(
     make_host: Any, server: str, receiver: Any
 ) -> None:
-    host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     targets = [receiver() for _ in range(3)]
     registrations = [register(host, target.url())["id"] for target in targets]
     db = host.db
@@ -92,7 +92,7 @@ def test_the_dispatcher_fans_out_and_delivers_after_the_commit_and_a_rollback_le
 
 
 def test_two_transactions_fanning_out_at_once_never_make_a_delivery_twice(make_host: Any) -> None:
-    host = make_host("postgres-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    host = make_host("postgres-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(host, "https://hooks.example.com/a")
     with host.app.app_context():
         for n in range(5):
@@ -111,7 +111,7 @@ def test_two_transactions_fanning_out_at_once_never_make_a_delivery_twice(make_h
 
 
 def test_stats_count_events_waiting_for_their_fan_out(make_host: Any) -> None:
-    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(host, "https://hooks.example.com/a")
     with host.app.app_context():
         host.db.session.execute(text("SELECT 1"))
@@ -125,7 +125,7 @@ def test_stats_count_events_waiting_for_their_fan_out(make_host: Any) -> None:
 def test_a_task_finds_its_delivery_while_a_sibling_task_fans_its_event_out(
     make_host: Any,
 ) -> None:
-    host = make_host("postgres-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    host = make_host("postgres-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     for path in ("a", "b"):
         register(host, f"https://hooks.example.com/{path}")
     with host.app.app_context():

@@ -64,7 +64,7 @@ def test_key_rotation_with_the_cli(make_host: Any, receiver: Any) -> None:
         KAIZEN_WEBHOOKS_SECRET_KEYS=[new, old],
     )
     result = both.app.test_cli_runner().invoke(args=["webhooks", "rotate-keys"])
-    assert result.exit_code == 0 and "1 registration(s)" in result.output
+    assert result.exit_code == 0 and "secrets of 1 registration." in result.output
     only_new = make_host(
         "sqlite",
         **DELIVERY_CONFIG,
