@@ -14,6 +14,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from . import store
+from .claims import Holder, this_process
 from .dispatch.sync import fan_out
 from .dispatch.threads import ThreadDispatcher
 from .errors import NotFound
@@ -153,8 +154,9 @@ def list_deliveries(
             since=parse_moment(since, state.clock.now()),
             limit=limit,
         )
+    now = state.clock.now()
     print_table(
-        ["ID", "TOPIC", "MODE", "STATUS", "ATTEMPTS", "LAST", "ERROR", "CREATED", "NEXT"],
+        ["ID", "TOPIC", "MODE", "STATUS", "ATTEMPTS", "LAST", "ERROR", "CREATED", "NEXT", "CLAIM"],
         [
             (
                 d.id,
@@ -165,7 +167,10 @@ def list_deliveries(
                 d.last_status_code,
                 d.last_error,
                 isoformat(d.created_at),
-                isoformat(d.next_attempt_at) if d.status == DeliveryStatus.PENDING else "",
+                ""
+                if d.status != DeliveryStatus.PENDING or d.claim_token
+                else (isoformat(d.next_attempt_at)),
+                claim_of(d, now),
             )
             for d in rows
         ],
@@ -173,12 +178,26 @@ def list_deliveries(
     click.echo(counted(len(rows), "delivery", "deliveries"))
 
 
+def claim_of(delivery: Delivery, now: datetime) -> str:
+    """Who holds ``delivery``'s claim and until when, for a pending delivery being sent."""
+    if delivery.status != DeliveryStatus.PENDING or not delivery.claim_token:
+        return ""
+    until = store.as_utc(delivery.next_attempt_at) if delivery.next_attempt_at else None
+    holder = Holder.of(delivery.claim_token)
+    by = "" if holder is None else f" by process {holder.pid}"
+    if holder is not None and holder.machine != this_process().machine:
+        by += " of another machine"
+    if until is None or until <= now:
+        return f"lapsed{by} at {isoformat(until)}: due"
+    return f"held{by} until {isoformat(until)}"
+
+
 @webhooks_cli.command("stats")
 def stats() -> None:
     """Deliveries per topic and status (tests apart), and the age of the oldest pending one."""
     state = get_state()
     with state.database.independent_session() as session:
-        found = store.delivery_stats(session)
+        found = store.delivery_stats(session, now=state.clock.now())
     statuses = [DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]
     topics = sorted({topic for topic, _ in found.counts})
     print_table(
@@ -189,6 +208,11 @@ def stats() -> None:
         click.echo(f"test deliveries: {found.tests} ({found.tests_failed} failed)")
     if found.events_waiting:
         click.echo(f"events waiting to be fanned out into deliveries: {found.events_waiting}")
+    if found.claimed:
+        click.echo(
+            f"being sent (claimed): {counted(found.claimed, 'delivery', 'deliveries')}, "
+            f"the last claim held until {isoformat(found.claimed_until)}"
+        )
     if found.oldest_pending is None:
         click.echo("oldest pending: none")
     else:

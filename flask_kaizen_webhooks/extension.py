@@ -273,7 +273,8 @@ class KaizenWebhooks:
             return []
 
     def start(self, app: Flask | None = None) -> None:
-        """Start delivering in this process now rather than at the first request."""
+        """Start delivering in this process now (see ``KAIZEN_WEBHOOKS_AUTOSTART`` for when it
+        starts on its own)."""
         get_state(app).dispatcher.start()
 
     def shutdown(self, app: Flask | None = None, timeout: float = 30.0) -> None:

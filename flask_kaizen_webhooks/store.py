@@ -1346,9 +1346,12 @@ class Stats:
     events_waiting: int = 0
     tests: int = 0
     tests_failed: int = 0
+    #: Pending deliveries a worker holds a claim on (being sent), and when the last claim ends.
+    claimed: int = 0
+    claimed_until: datetime | None = None
 
 
-def delivery_stats(session: Session) -> Stats:
+def delivery_stats(session: Session, *, now: datetime) -> Stats:
     """How many deliveries there are per (topic, status), tests apart, how many events wait for
     their fan-out, and how old the oldest pending work is."""
     rows = session.execute(
@@ -1370,6 +1373,13 @@ def delivery_stats(session: Session) -> Stats:
     waiting, oldest_event = session.execute(
         select(func.count(), func.min(Event.created_at)).select_from(Event)
     ).one()
+    claimed, claimed_until = session.execute(
+        select(func.count(), func.max(Delivery.next_attempt_at)).where(
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.claim_token.is_not(None),
+            Delivery.next_attempt_at > now,
+        )
+    ).one()
     oldest = [as_utc(moment) for moment in (oldest_delivery, oldest_event) if moment is not None]
     return Stats(
         counts=counts,
@@ -1377,6 +1387,8 @@ def delivery_stats(session: Session) -> Stats:
         events_waiting=int(waiting),
         tests=sum(tests.values()),
         tests_failed=tests.get(DeliveryStatus.FAILED, 0),
+        claimed=int(claimed),
+        claimed_until=None if claimed_until is None else as_utc(claimed_until),
     )
 
 

@@ -308,3 +308,35 @@ def test_redeliver_leaves_deliveries_of_disabled_and_deleted_registrations_alone
     alone = run(host, "redeliver", one)
     assert "Queued 0 deliveries again." in alone.output
     assert "Left 1 alone: its registration was deleted." in alone.output
+
+
+def test_the_views_say_which_deliveries_are_claimed_by_whom_and_until_when(
+    make_host: Any, receiver: Any
+) -> None:
+    from datetime import timedelta
+
+    from flask_kaizen_webhooks import get_state
+    from flask_kaizen_webhooks.claims import new_token
+    from flask_kaizen_webhooks.models import Delivery
+
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, receiver().url())
+    with host.app.app_context():
+        held, lapsed, waiting = (
+            host.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(3)
+        )
+    state = get_state(host.app)
+    now = state.clock.now()
+    with host.app.app_context(), state.database.writing() as session:
+        for delivery_id, until in ((held, now + timedelta(minutes=5)), (lapsed, now)):
+            row = session.get(Delivery, delivery_id)
+            assert row is not None
+            row.claim_token, row.next_attempt_at = new_token(), until
+    listed = run(host, "deliveries").output
+    lines = {line.split()[0]: line for line in listed.splitlines()[1:] if line.strip()}
+    assert f"held by process {os.getpid()} until" in lines[held]
+    assert f"lapsed by process {os.getpid()} at" in lines[lapsed]
+    assert "held" not in lines[waiting] and "lapsed" not in lines[waiting]
+    assert (
+        "being sent (claimed): 1 delivery, the last claim held until" in run(host, "stats").output
+    )
