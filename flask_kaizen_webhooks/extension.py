@@ -268,9 +268,9 @@ class KaizenWebhooks:
                 timeout=state.settings.sync_timeout,
                 lane=state.sync_lane,
             )
-        except Exception:  # a defect: the host's request goes on all the same
+        except Exception as exc:  # a defect: the host's request goes on all the same
             logger.exception("Sending the %s webhooks failed unexpectedly", topic)
-            return []
+            return [DeliveryResult.failed(target, f"internal error: {exc!r}") for target in targets]
 
     def start(self, app: Flask | None = None) -> None:
         """Start delivering in this process now (see ``KAIZEN_WEBHOOKS_AUTOSTART`` for when it

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import DataError, InternalError, OperationalError, ProgrammingError
 
 from flask_kaizen_webhooks import get_state, signals
 from flask_kaizen_webhooks.dispatch.recorder import Recorder
@@ -35,6 +35,7 @@ def attempt_rows(host: Any) -> list[Attempt]:
         b"[" * 5000,  # RecursionError in json.loads
         b"[" * 200 + b"]" * 200,  # valid, but deeper than any answer a host should re-encode
         b'{"ok": NaN}',  # not JSON: the host's own JSON answer would carry NaN
+        b'{"ok": 1e999}',  # infinity, which JSON cannot carry either
     ],
 )
 def test_a_receivers_answer_never_raises_into_the_host(
@@ -121,14 +122,26 @@ def test_one_record_the_database_refuses_does_not_hold_up_the_others() -> None:
     assert tries.count(["poison"]) == 3  # tried alone, then dropped
 
 
-def test_records_wait_for_an_unreachable_database_and_lose_nothing() -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("SELECT 1", {}, Refused("connection refused")),
+        InternalError(
+            "UPDATE ...", {}, Refused("cannot execute UPDATE in a read-only transaction")
+        ),
+        ProgrammingError("UPDATE ...", {}, Refused('column "x" does not exist')),
+    ],
+)
+def test_records_wait_for_a_database_that_cannot_take_them_yet_and_lose_nothing(
+    error: Exception,
+) -> None:
     written: list[str] = []
-    failures = iter(range(3))
+    failures = iter(range(4))  # more tries than a record the database refuses gets
     done = threading.Event()
 
     def write(batch: Any) -> None:
         if next(failures, None) is not None:
-            raise OperationalError("SELECT 1", {}, Refused("connection refused"))
+            raise error
         written.extend(batch)
         done.set()
 
@@ -138,3 +151,22 @@ def test_records_wait_for_an_unreachable_database_and_lose_nothing() -> None:
     assert done.wait(10)
     recorder.stop(timeout=10)
     assert sorted(written) == ["a", "b"]
+
+
+def test_a_defect_in_a_fan_out_fails_every_hook_and_never_raises(
+    make_host: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_kaizen_webhooks import DeliveryFailed, extension
+
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    register(host, receiver().url(), topic="user_logged_in")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(extension, "fan_out", broken)
+    with host.app.app_context():
+        [result] = host.webhooks.trigger("user_logged_in", {"user_id": "u-1"})
+        assert not result.ok and "internal error" in (result.error or "")
+        with pytest.raises(DeliveryFailed):
+            host.webhooks.trigger("user_logged_in", {"user_id": "u-1"}, raise_on_error=True)

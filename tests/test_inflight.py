@@ -53,3 +53,29 @@ def test_one_registrations_backlog_leaves_room_for_the_others() -> None:
     assert backlog.waiting == 0
     assert slots.acquire("healthy", "h", "ok-1") is None  # still room for another registration
     assert slots.release("hanging", "h") == "ok-1"
+
+
+def test_a_registrations_work_stays_under_one_key_while_its_key_changes() -> None:
+    """A name's key becomes its address once connected to: work parked after the change
+    still meets the slots its attempts under the old key free."""
+    slots: InFlight[str] = InFlight(2, 4, park_per_host=64, park_total=64)
+    assert slots.acquire("r", "hooks.example", "r-1") is True
+    assert slots.acquire("r", "hooks.example", "r-2") is True
+    assert slots.acquire("r", "203.0.113.5", "r-3") is None  # at its cap: parked
+    assert slots.release("r", "hooks.example") == "r-3"
+    assert slots.release("r", "hooks.example") is None
+    assert slots.release("r", "hooks.example") is None
+    assert slots.acquire("r", "203.0.113.5", "r-4") is True  # idle: the new key from now on
+    assert dict(slots._hosts) == {"203.0.113.5": 1}
+
+
+def test_registrations_that_time_out_share_half_a_host() -> None:
+    slots: InFlight[str] = InFlight(2, 4, park_per_host=64, park_total=64)
+    for name in ("hang-a", "hang-b", "hang-c"):
+        slots.timing_out(name, True)
+    assert slots.acquire("hang-a", "h", "a-1") is True
+    assert slots.acquire("hang-b", "h", "b-1") is True
+    assert slots.acquire("hang-c", "h", "c-1") is None  # half the host is theirs already
+    assert slots.acquire("healthy", "h", "ok-1") is True
+    assert slots.acquire("healthy", "h", "ok-2") is True
+    assert slots.release("healthy", "h") is None  # the freed slot is not for "hang-c"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ def response_json(result: SendResult) -> Any:
     if not result.body or "json" not in (result.content_type or "").lower():
         return None
     try:
-        document = json.loads(result.body, parse_constant=_no_constant)
+        document = json.loads(result.body, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError):
         return None
     return document if _nested_within(document, MAX_JSON_DEPTH) else None
@@ -188,6 +189,13 @@ def response_json(result: SendResult) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999: JSON the host could not encode again
+        raise ValueError(f"{text[:20]} is out of range")
+    return number
 
 
 def _nested_within(document: Any, limit: int) -> bool:

@@ -67,11 +67,16 @@ class InFlight(Generic[T]):
         self._saturated: set[str] = set()
         self._saturated_registrations: set[str] = set()
         self._timing_out: set[str] = set()
+        #: The host each registration with work in flight or parked counts against: kept while
+        #: it has any, so its attempts and its parked work always meet under one key, even when
+        #: the key its URL maps to changes meanwhile (a name first connected to, a new address).
+        self._host_of: dict[str, str] = {}
 
     def acquire(self, registration_id: str, host: str, item: T) -> bool | None:
         """Take a slot for ``item``: True when taken; otherwise it is parked (None) or, when
         parking is full, refused (False)."""
         with self._lock:
+            host = self._host_of.setdefault(registration_id, host)
             if self._free(registration_id, host):
                 self._take(registration_id, host)
                 return True
@@ -86,6 +91,7 @@ class InFlight(Generic[T]):
                     del self._parked[host]
                 if not parked_here:
                     del self._parked_by_registration[registration_id]
+                self._forget_host(registration_id)
                 return False
             queue.append((registration_id, item))
             self._parked_count += 1
@@ -109,6 +115,7 @@ class InFlight(Generic[T]):
         """Give a slot back; a parked item of the same host that may go now comes back with
         the slot already taken for it."""
         with self._lock:
+            host = self._host_of.get(registration_id, host)
             self._registrations[registration_id] -= 1
             if not self._registrations[registration_id]:
                 del self._registrations[registration_id]
@@ -121,6 +128,7 @@ class InFlight(Generic[T]):
                 del attempts[registration_id]
                 if not attempts:
                     del self._host_registrations[host]
+            self._forget_host(registration_id)
             queue = self._parked.get(host)
             if not queue:
                 return None
@@ -199,11 +207,30 @@ class InFlight(Generic[T]):
             self._parked_by_registration.clear()
             self._saturated.clear()
             self._saturated_registrations.clear()
+            for registration_id in list(self._host_of):
+                self._forget_host(registration_id)
             return items
 
+    def _forget_host(self, registration_id: str) -> None:
+        """Drop the key of a registration with nothing in flight or parked any more."""
+        if (
+            not self._registrations[registration_id]
+            and not (self._parked_by_registration[registration_id])
+        ):
+            self._host_of.pop(registration_id, None)
+
     def _free(self, registration_id: str, host: str) -> bool:
-        cap = 1 if registration_id in self._timing_out else self.per_registration
-        return self._registrations[registration_id] < cap and self._hosts[host] < self.per_host
+        if self._hosts[host] >= self.per_host:
+            return False
+        if registration_id not in self._timing_out:
+            return self._registrations[registration_id] < self.per_registration
+        # One slot each, and half the host's slots between all of them: registrations that
+        # answer in time always have the other half.
+        if self._registrations[registration_id] >= 1:
+            return False
+        in_flight = self._host_registrations.get(host, Counter())
+        timing_out = sum(count for other, count in in_flight.items() if other in self._timing_out)
+        return timing_out < max(1, self.per_host // 2)
 
     def _take(self, registration_id: str, host: str) -> None:
         self._registrations[registration_id] += 1

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -111,17 +111,18 @@ class Recorder(Generic[T]):
             time.sleep(GATHER_STEP)
 
     def _write_until_done(self, batch: list[T]) -> None:
-        """Write ``batch``, trying again while the database cannot be reached. A batch refused
-        for what it holds is written record by record, so that one record the database will
-        not take (tried :data:`RECORD_TRIES` times, then dropped) never holds up the others."""
+        """Write ``batch``, trying again while the database cannot take it. A batch refused for
+        what it holds (see :func:`refused`) is written record by record, so that one record the
+        database will not take (tried :data:`RECORD_TRIES` times, then dropped) never holds up
+        the others."""
         tries = 0
         while True:
             try:
                 self._write(batch)
                 return
             except Exception as exc:
-                refused = not unreachable(exc)
-                if refused and len(batch) > 1:
+                bad = refused(exc)
+                if bad and len(batch) > 1:
                     logger.exception(
                         "Recording %d attempts failed; recording them one by one", len(batch)
                     )
@@ -129,7 +130,7 @@ class Recorder(Generic[T]):
                         self._write_until_done([record])
                     return
                 tries += 1
-                if self._stopping or (refused and tries >= RECORD_TRIES):
+                if self._stopping or (bad and tries >= RECORD_TRIES):
                     logger.exception(
                         "Could not record %d attempts; dropped (their deliveries are sent "
                         "again once their claims expire)",
@@ -140,9 +141,11 @@ class Recorder(Generic[T]):
                 time.sleep(RETRY_DELAY)
 
 
-def unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` says the database could not be reached or was busy (the write may
-    work later as it is), rather than refusing what was written."""
-    return isinstance(exc, OperationalError | InterfaceError) or bool(
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+def refused(exc: BaseException) -> bool:
+    """True when the database refused what was written (a value it cannot store, a broken
+    constraint), or the write could not even be made of it: the same records would be refused
+    again. Anything else (the database unreachable, busy, read-only for a failover, or a
+    schema not migrated yet) may pass later, and is tried again with nothing dropped."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    return not isinstance(exc, DBAPIError)  # raised before the database saw the statement

@@ -79,6 +79,11 @@ class DeliveryResult:
     error: str | None
     timed_out: bool
 
+    @classmethod
+    def failed(cls, target: store.Target, error: str) -> DeliveryResult:
+        """The result of a delivery to ``target`` that could not be made at all."""
+        return cls(str(uuid.uuid4()), target.registration_id, False, None, 0.0, None, error, False)
+
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data."""
         return {
