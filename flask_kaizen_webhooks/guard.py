@@ -107,10 +107,13 @@ class AddressPolicy:
         return None if reason is None else f"{address} is a {reason} address"
 
     def check_port(self, port: int, addresses: Iterable[IPAddress]) -> None:
-        """Refuse ports outside the allowed ones (any port is open in allowed networks)."""
+        """Refuse ports outside the allowed ones. Any port is open when every one of
+        ``addresses`` lies in an allowed network; a name not resolved yet has no addresses, so
+        only the allowed ports are open to it."""
         if port in self.allowed_ports:
             return
-        if all(self.allows_network(address) for address in addresses):
+        inside = [self.allows_network(address) for address in addresses]
+        if inside and all(inside):
             return
         allowed = ", ".join(map(str, sorted(self.allowed_ports)))
         raise ForbiddenDestination(f"port {port} is not allowed (allowed: {allowed})")

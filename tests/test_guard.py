@@ -187,6 +187,42 @@ def test_allowed_networks_open_a_range_explicitly(make_host: Any) -> None:
         assert response.status_code == status, url
 
 
+@pytest.mark.parametrize(
+    "url", ["https://example.com:22/", "http://hooks.example.com:8080/x", "https://h.example:6379/"]
+)
+def test_registration_refuses_a_host_name_on_a_port_that_is_not_allowed(
+    make_host: Any, url: str
+) -> None:
+    client = make_host("sqlite", KAIZEN_WEBHOOKS_ALLOW_HTTP=True).app.test_client()
+    body = {"topic": "profile_updated", "url": url, "secret": "signature_secret_0123"}
+    response = client.post("/v2/webhooks/registrations", json=body, headers=ADMIN)
+    assert response.status_code == 422, url
+    error = response.get_json()["error"]
+    assert (error["code"], error["field"]) == ("forbidden_port", "url")
+
+
+def test_allowed_ports_open_a_port_for_host_names(make_host: Any) -> None:
+    client = make_host("sqlite", KAIZEN_WEBHOOKS_ALLOWED_PORTS=[8443]).app.test_client()
+    for url, status in (
+        ("https://hooks.example.com:8443/x", 201),
+        ("https://h.example:8444/", 422),
+    ):
+        body = {"topic": "profile_updated", "url": url, "secret": "signature_secret_0123"}
+        response = client.post("/v2/webhooks/registrations", json=body, headers=ADMIN)
+        assert response.status_code == status, url
+
+
+def test_at_send_time_any_port_is_open_inside_allowed_networks() -> None:
+    from flask_kaizen_webhooks.guard import ForbiddenDestination
+
+    policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("10.20.0.0/16"),))
+    inside = [ipaddress.ip_address("10.20.1.2")]
+    assert policy.checked_addresses("hooks.corp", 8080, lambda host, port: inside) == inside
+    for addresses in ([], [ipaddress.ip_address("10.20.1.2"), ipaddress.ip_address("8.8.8.8")]):
+        with pytest.raises(ForbiddenDestination, match="port 8080"):
+            policy.check_port(8080, addresses)
+
+
 def test_every_resolved_address_is_checked_and_only_checked_ones_are_used(
     receiver: Any,
 ) -> None:
