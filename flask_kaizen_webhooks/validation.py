@@ -220,7 +220,7 @@ def _refuse_unknown_fields(document: Mapping[str, Any], allowed: Iterable[str]) 
         raise ValidationError(
             "unknown_field",
             f"Unknown field {unknown[0]!r}; allowed fields are: {', '.join(sorted(allowed))}.",
-            field=unknown[0],
+            field=printable(unknown[0]),
         )
 
 
@@ -238,7 +238,40 @@ def _optional_string(document: Mapping[str, Any], name: str) -> str | None:
 def _string(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ValidationError("invalid_type", f"The field {name!r} must be a string.", field=name)
+    return check_text(value, name)
+
+
+def check_text(value: str, name: str) -> str:
+    """``value`` if text can hold it; a 422 naming ``name`` for NUL or an unpaired surrogate."""
+    if not storable(value):
+        raise ValidationError(
+            "invalid_characters",
+            f"The field {name!r} holds a NUL character or an unpaired surrogate, "
+            "which no text field can hold.",
+            field=name,
+        )
     return value
+
+
+def storable(text: str) -> bool:
+    """False for text that cannot be stored or sent: with NUL (refused by PostgreSQL) or an
+    unpaired surrogate (not encodable as UTF-8)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` with NUL and unpaired surrogates written as escapes, to be shown in an answer."""
+    if storable(text):
+        return text
+    return "".join(ch if storable(ch) else ascii(ch)[1:-1] for ch in text)
 
 
 def _invalid_url(message: str) -> ValidationError:
