@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
+import idna
+
 from .guard import (
     AddressPolicy,
     ForbiddenDestination,
@@ -87,7 +89,8 @@ class Route:
 @lru_cache(maxsize=4096)
 def route(url: str) -> Route:
     """The :class:`Route` of ``url``; ValueError (saying why) if it is not an absolute http(s)
-    URL."""
+    URL. An internationalized host is sent (looked up, in ``Host`` and TLS SNI) in its ASCII
+    form."""
     parts = urlsplit(url)
     scheme, host = parts.scheme.lower(), parts.hostname or ""
     explicit_port = parts.port
@@ -95,6 +98,11 @@ def route(url: str) -> Route:
         raise ValueError("not an absolute http(s) URL")
     if "%" in host:
         raise ValueError("the host carries a zone (%) or percent-encoding")
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise ValueError(f"the host is not a valid internationalized name: {exc}") from None
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query

@@ -7,8 +7,9 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
+import idna
 from jose.exceptions import JOSEError
 
 from .errors import ValidationError
@@ -154,8 +155,33 @@ def check_url(url: str, *, allow_http: bool, policy: AddressPolicy) -> str:
             "Plain http URLs are not allowed here; use https://.",
             field="url",
         )
-    _check_destination(parts.hostname, parts.port or (443 if scheme == "https" else 80), policy)
+    host = ascii_host(parts.hostname)
+    if host != parts.hostname:
+        url = _with_host(url, parts, host)
+        if len(url) > MAX_URL_LENGTH:
+            raise _invalid_url(f"The URL is longer than {MAX_URL_LENGTH} characters.")
+    _check_destination(host, parts.port or (443 if scheme == "https" else 80), policy)
     return url
+
+
+def ascii_host(host: str) -> str:
+    """``host`` as DNS knows it: an internationalized name mapped (UTS #46, which also folds
+    fullwidth letters, digits and full stops) and encoded with IDNA, so that a fullwidth
+    ``localhost`` or ``127.0.0.1`` written with ideographic full stops is judged as its ASCII
+    form. ASCII names are kept as they are."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise _invalid_url(f"The host is not a valid internationalized name: {exc}.") from None
+
+
+def _with_host(url: str, parts: SplitResult, host: str) -> str:
+    """``url`` with its host replaced (the rest kept as written; it has no user information)."""
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    start = url.index("//") + 2
+    return url[:start] + netloc + url[start + len(parts.netloc) :]
 
 
 def _check_destination(host: str, port: int, policy: AddressPolicy) -> None:

@@ -1,20 +1,28 @@
 """Untrusted text in every input the API reads: characters no field can hold (NUL, unpaired
-surrogates) and numbers too long to read."""
+surrogates), numbers too long to read, and host names in every Unicode spelling."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import ADMIN
+from flask_kaizen_webhooks.guard import AddressPolicy
+from flask_kaizen_webhooks.transport import Transport, route
+from tests.conftest import ADMIN, register
 
 PREFIX = "/v2/webhooks"
 SECRET = "signature_secret_0123456789"
 #: Characters no stored text may hold: PostgreSQL refuses NUL, UTF-8 has no lone surrogates.
 UNSTORABLE = ["\x00", "\ud800", "\udfff"]
 GOOD = {"topic": "profile_updated", "url": "https://hooks.example.com/x", "secret": SECRET}
+
+
+def wide(text: str) -> str:
+    """``text`` in fullwidth forms, which IDNA maps back to ASCII."""
+    return "".join(chr(ord(ch) + 0xFEE0) if "!" <= ch <= "~" else ch for ch in text)
 
 
 def error_of(response: Any) -> dict[str, Any]:
@@ -199,3 +207,140 @@ def test_a_number_of_thousands_of_digits_in_the_body_names_its_field(
             "invalid_type",
             "topic",
         )
+
+
+# Internationalized host names -------------------------------------------------------------------
+# Fullwidth forms are written with wide(), other look-alikes as escapes, so the source stays
+# readable: "\u3002" and "\uff61" are ideographic and halfwidth full stops, "\u202e" turns the
+# text right to left.
+
+
+def test_an_internationalized_host_is_stored_in_its_ascii_form(client: FlaskClient) -> None:
+    for url, stored in (
+        ("https://bücher.example/x?q=é", "https://xn--bcher-kva.example/x?q=é"),
+        ("https://BÜCHER.example:443/y", "https://xn--bcher-kva.example:443/y"),
+        ("https://例え.テスト/hook", "https://xn--r8jz45g.xn--zckzah/hook"),
+        (f"https://{wide('example')}\uff0e{wide('com')}/", "https://example.com/"),
+    ):
+        response = client.post(f"{PREFIX}/registrations", json={**GOOD, "url": url}, headers=ADMIN)
+        assert response.status_code == 201, response.get_json()
+        fetched = client.get(response.headers["Location"], headers=ADMIN).get_json()
+        assert fetched["url"] == stored
+    # The same host in two spellings is the same registration.
+    again = client.post(
+        f"{PREFIX}/registrations",
+        json={**GOOD, "url": "https://xn--bcher-kva.example/x?q=é"},
+        headers=ADMIN,
+    )
+    assert again.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://{wide('localhost')}/",
+        f"http://{wide('LOCALHOST')}./",
+        f"http://{wide('localhost')}:8080/",
+        f"http://hooks.{wide('local')}/",
+        "http://127\u30020\u30020\u30021/",
+        f"http://{wide('127.0.0.1')}/",
+        f"http://{wide('0x7f000001')}/",
+        f"http://{wide('169.254.169.254')}/latest/meta-data/",
+        "http://10\uff610\uff610\uff611/",
+    ],
+)
+def test_unicode_spellings_of_forbidden_hosts_are_refused(make_host: Any, url: str) -> None:
+    client = make_host("sqlite", KAIZEN_WEBHOOKS_ALLOW_HTTP=True).app.test_client()
+    response = client.post(f"{PREFIX}/registrations", json={**GOOD, "url": url}, headers=ADMIN)
+    assert response.status_code == 422, url
+    error = error_of(response)
+    assert (error["code"], error["field"]) == ("forbidden_address", "url"), url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a\u200db.example/",  # a joiner outside its allowed context
+        "https://bü_cher.example/",
+        f"https://b{wide('%')}c.example/",
+        "https://\u202eevil.example/",
+        "https://-bücher.example/",
+        "https://" + "é" * 64 + ".example/",
+        "https://\u0661\u0662\u0663.example/",  # Arabic-Indic digits: a right-to-left label
+    ],
+)
+def test_a_host_that_is_not_valid_idna_is_refused(client: FlaskClient, url: str) -> None:
+    response = client.post(f"{PREFIX}/registrations", json={**GOOD, "url": url}, headers=ADMIN)
+    assert response.status_code == 422, url
+    assert (error_of(response)["code"], error_of(response)["field"]) == ("invalid_url", "url")
+
+
+def test_a_route_to_an_internationalized_host_is_ascii() -> None:
+    bucher = route("http://bücher.example/a")
+    assert (bucher.host, bucher.host_header) == ("xn--bcher-kva.example", "xn--bcher-kva.example")
+    japanese = route("https://例え.テスト:8443/")
+    assert japanese.host == "xn--r8jz45g.xn--zckzah"
+    assert japanese.host_header == "xn--r8jz45g.xn--zckzah:8443"
+    assert route(f"http://{wide('127.0.0.1')}/").host == "127.0.0.1"
+    with pytest.raises(ValueError, match="internationalized"):
+        route("http://a\u200db.example/")
+
+
+@pytest.mark.parametrize(
+    ("name", "ascii_name"),
+    [
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("例え.テスト", "xn--r8jz45g.xn--zckzah"),
+        (f"{wide('example')}.com", "example.com"),
+    ],
+)
+def test_a_stored_internationalized_url_goes_out_with_an_ascii_host(
+    receiver: Any, name: str, ascii_name: str
+) -> None:
+    """The name is looked up, and sent in ``Host``, in its ASCII form; the lookup answers with
+    the test receiver's address."""
+    server = receiver()
+    port = server.server.server_port
+    looked_up: list[str] = []
+
+    def resolver(host: str, _port: int) -> list[Any]:
+        looked_up.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+    transport = Transport(max_response_bytes=1024, pool_size=1, policy=policy, resolver=resolver)
+    result = transport.post(f"http://{name}:{port}/hook", b"{}", {}, timeout=5, connect_timeout=2)
+    assert result.ok, result
+    assert looked_up == [ascii_name]
+    assert server.received[0].headers["Host"] == f"{ascii_name}:{port}"
+
+
+def test_an_internationalized_registration_is_delivered_with_an_ascii_host(
+    make_host: Any, receiver: Any
+) -> None:
+    """End to end through the API and the delivery log, with the name resolved to the test
+    receiver."""
+    from flask_kaizen_webhooks import get_state
+    from tests.conftest import DELIVERY_CONFIG
+
+    server = receiver()
+    port = server.server.server_port
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_ALLOWED_PORTS=[port])
+    looked_up: list[str] = []
+
+    def resolver(name: str, _port: int) -> list[Any]:
+        looked_up.append(name)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    with host.app.app_context():
+        get_state().transport.resolver = resolver
+    registration = register(host, f"http://bücher.example:{port}/hook", topic="user_logged_in")
+    with host.app.app_context():
+        [result] = host.webhooks.trigger("user_logged_in", {"user_id": "u-1"})
+    assert result.ok, result
+    assert looked_up == ["xn--bcher-kva.example"]
+    assert server.received[0].headers["Host"] == f"xn--bcher-kva.example:{port}"
+    fetched = host.app.test_client().get(
+        f"{PREFIX}/registrations/{registration['id']}", headers=ADMIN
+    )
+    assert fetched.get_json()["url"] == f"http://xn--bcher-kva.example:{port}/hook"
