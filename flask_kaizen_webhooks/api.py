@@ -38,6 +38,8 @@ ROUTED_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 CURSOR_SALT = "flask-kaizen-webhooks.cursor"
 #: More digits than a whole number in a request may have.
 MAX_DIGITS = 18
+#: The length of the ids the extension makes (UUIDs).
+ID_LENGTH = 36
 
 
 # Plumbing ----------------------------------------------------------------------------------------
@@ -146,10 +148,10 @@ def _authenticate() -> None:
 
 @blueprint.before_request
 def _check_path() -> None:
-    """Refuse a path id no id can be (404 naming it): the ids the extension makes are printable
-    ASCII, so one with NUL, control characters or undecodable bytes cannot exist."""
+    """Refuse a path id no id can be (404 naming it): the ids the extension makes are UUIDs, so
+    one that is longer or holds NUL, control characters or undecodable bytes cannot exist."""
     for name, value in (request.view_args or {}).items():
-        if name.endswith("_id") and not (value.isascii() and value.isprintable()):
+        if name.endswith("_id") and not _possible_id(value):
             raise ApiError(
                 404,
                 "not_found",
@@ -157,6 +159,10 @@ def _check_path() -> None:
                 "characters that no id has.",
                 field=name,
             )
+
+
+def _possible_id(value: str) -> bool:
+    return len(value) <= ID_LENGTH and value.isascii() and value.isprintable()
 
 
 def _query(name: str) -> str | None:
