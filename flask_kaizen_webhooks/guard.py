@@ -60,6 +60,10 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 TEREDO = ipaddress.ip_network("2001::/32")
 SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 
+#: What opens what a refusal names: said with every refusal, so that it tells what to do.
+ALLOW_NETWORK_HINT = "An operator can allow its network with KAIZEN_WEBHOOKS_ALLOWED_NETWORKS."
+ALLOW_PORT_HINT = "An operator can allow more with KAIZEN_WEBHOOKS_ALLOWED_PORTS."
+
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 
@@ -100,11 +104,12 @@ class AddressPolicy:
         )
 
     def refusal(self, address: IPAddress) -> str | None:
-        """Why ``address`` may not be called, or None if it may."""
+        """What ``address`` is if it may not be called (``"a loopback address"``), or None if it
+        may."""
         if self.allows_network(address):
             return None
         reason = forbidden_reason(address)
-        return None if reason is None else f"{address} is a {reason} address"
+        return None if reason is None else f"{_article(reason)} {reason} address"
 
     def check_port(self, port: int, addresses: Iterable[IPAddress]) -> None:
         """Refuse ports outside the allowed ones. Any port is open when every one of
@@ -116,7 +121,9 @@ class AddressPolicy:
         if inside and all(inside):
             return
         allowed = ", ".join(map(str, sorted(self.allowed_ports)))
-        raise ForbiddenDestination(f"port {port} is not allowed (allowed: {allowed})")
+        raise ForbiddenDestination(
+            f"port {port} is not allowed; the allowed ports are {allowed}. {ALLOW_PORT_HINT}"
+        )
 
     def checked_addresses(
         self, host: str, port: int, resolver: Resolver = resolve
@@ -129,9 +136,13 @@ class AddressPolicy:
         if not addresses:
             raise ForbiddenDestination(f"{host!r} resolves to no address")
         for address in addresses:
-            reason = self.refusal(address)
-            if reason is not None:
-                raise ForbiddenDestination(f"{host!r} resolves to a forbidden address: {reason}")
+            kind = self.refusal(address)
+            if kind is not None:
+                if host == str(address):
+                    raise ForbiddenDestination(f"{address} is {kind}. {ALLOW_NETWORK_HINT}")
+                raise ForbiddenDestination(
+                    f"{host!r} resolves to {address}, {kind}. {ALLOW_NETWORK_HINT}"
+                )
         self.check_port(port, addresses)
         return addresses
 
@@ -160,6 +171,12 @@ def forbidden_reason(address: IPAddress) -> str | None:
     ):
         return "non-public"
     return None
+
+
+def _article(kind: str) -> str:
+    """The article before ``kind`` ("an unspecified", "an IETF", "a unique local")."""
+    vowel = kind[:1].lower() in "aeio" or (kind.startswith("un") and not kind.startswith("uni"))
+    return "an" if vowel else "a"
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:

@@ -13,7 +13,13 @@ import idna
 from jose.exceptions import JOSEError
 
 from .errors import ValidationError
-from .guard import AddressPolicy, ForbiddenDestination, is_local_name, literal_address
+from .guard import (
+    ALLOW_NETWORK_HINT,
+    AddressPolicy,
+    ForbiddenDestination,
+    is_local_name,
+    literal_address,
+)
 from .signing import sign, verify_with
 from .topics import TopicRegistry
 
@@ -152,7 +158,8 @@ def check_url(url: str, *, allow_http: bool, policy: AddressPolicy) -> str:
     if scheme == "http" and not allow_http:
         raise ValidationError(
             "http_not_allowed",
-            "Plain http URLs are not allowed here; use https://.",
+            "Plain http URLs are not allowed here: use https://. An operator can allow http "
+            "with KAIZEN_WEBHOOKS_ALLOW_HTTP.",
             field="url",
         )
     host = ascii_host(parts.hostname)
@@ -191,20 +198,26 @@ def _check_destination(host: str, port: int, policy: AddressPolicy) -> None:
         if policy.refusal(literal) is not None:
             raise ValidationError(
                 "forbidden_address",
-                f"{host!r} names this machine or a private network; webhooks cannot go there.",
+                f"Webhooks cannot go to {host!r}: the name stands for this machine or a private "
+                "network. An operator can allow such names by opening 127.0.0.1 with "
+                "KAIZEN_WEBHOOKS_ALLOWED_NETWORKS.",
                 field="url",
             )
     addresses = [] if literal is None else [literal]
     if literal is not None:
-        reason = policy.refusal(literal)
-        if reason is not None:
+        kind = policy.refusal(literal)
+        if kind is not None:
             raise ValidationError(
-                "forbidden_address", f"Webhooks cannot go to {reason}.", field="url"
+                "forbidden_address",
+                f"Webhooks cannot go to {literal}: it is {kind}. {ALLOW_NETWORK_HINT}",
+                field="url",
             )
     try:
         policy.check_port(port, addresses)
     except ForbiddenDestination as exc:
-        raise ValidationError("forbidden_port", f"The URL's {exc.reason}.", field="url") from None
+        raise ValidationError(
+            "forbidden_port", f"Webhooks cannot go to this URL: {exc.reason}", field="url"
+        ) from None
 
 
 def check_secret(secret: str) -> str:
