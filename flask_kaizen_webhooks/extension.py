@@ -21,6 +21,7 @@ from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
 from .dispatch.sync import DeliveryResult, fan_out
 from .dispatch.threads import ThreadDispatcher
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
+from .logs import show_warnings
 from .models import DeliveryMode
 from .sealing import SecretBox
 from .signals import topic_signal
@@ -121,6 +122,7 @@ class KaizenWebhooks:
             raise RuntimeError(
                 "flask-kaizen-webhooks is already set up for this app; call init_app once per app."
             )
+        show_warnings()  # before anything logs, such as the SECRET_KEYS warning
         settings = Settings.from_app(app)
         if not app.secret_key:
             raise ConfigurationError(
