@@ -14,6 +14,8 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import idna
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -210,3 +212,16 @@ def is_local_name(host: str) -> bool:
     """True for names that always mean this machine or a private network (``localhost``...)."""
     name = host.lower().rstrip(".")
     return name in LOCAL_NAMES or name.endswith(LOCAL_SUFFIXES)
+
+
+def ascii_name(host: str) -> str:
+    """``host`` as DNS knows it: an internationalized name mapped (UTS #46, which also folds
+    fullwidth letters, digits and full stops) and encoded with IDNA, so that look-alike
+    spellings of ``localhost`` or of an address are judged, looked up and sent as their ASCII
+    form; ASCII names as they are. ValueError if it is not a valid internationalized name."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except UnicodeError as exc:  # idna.IDNAError is one
+        raise ValueError(f"not a valid internationalized name: {exc}") from None

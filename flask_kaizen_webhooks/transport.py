@@ -31,13 +31,12 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
-import idna
-
 from .guard import (
     AddressPolicy,
     ForbiddenDestination,
     IPAddress,
     Resolver,
+    ascii_name,
     literal_address,
     resolve,
 )
@@ -98,11 +97,10 @@ def route(url: str) -> Route:
         raise ValueError("not an absolute http(s) URL")
     if "%" in host:
         raise ValueError("the host carries a zone (%) or percent-encoding")
-    if not host.isascii():
-        try:
-            host = idna.encode(host, uts46=True).decode("ascii")
-        except (idna.IDNAError, UnicodeError) as exc:
-            raise ValueError(f"the host is not a valid internationalized name: {exc}") from None
+    try:
+        host = ascii_name(host)
+    except ValueError as exc:
+        raise ValueError(f"the host is {exc}") from None
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query

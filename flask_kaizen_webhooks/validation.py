@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-import idna
 from jose.exceptions import JOSEError
 
 from .errors import ValidationError
@@ -17,6 +16,7 @@ from .guard import (
     ALLOW_NETWORK_HINT,
     AddressPolicy,
     ForbiddenDestination,
+    ascii_name,
     is_local_name,
     literal_address,
 )
@@ -162,26 +162,16 @@ def check_url(url: str, *, allow_http: bool, policy: AddressPolicy) -> str:
             "with KAIZEN_WEBHOOKS_ALLOW_HTTP.",
             field="url",
         )
-    host = ascii_host(parts.hostname)
+    try:
+        host = ascii_name(parts.hostname)
+    except ValueError as exc:
+        raise _invalid_url(f"The host is {exc}.") from None
     if host != parts.hostname:
         url = _with_host(url, parts, host)
         if len(url) > MAX_URL_LENGTH:
             raise _invalid_url(f"The URL is longer than {MAX_URL_LENGTH} characters.")
     _check_destination(host, parts.port or (443 if scheme == "https" else 80), policy)
     return url
-
-
-def ascii_host(host: str) -> str:
-    """``host`` as DNS knows it: an internationalized name mapped (UTS #46, which also folds
-    fullwidth letters, digits and full stops) and encoded with IDNA, so that a fullwidth
-    ``localhost`` or ``127.0.0.1`` written with ideographic full stops is judged as its ASCII
-    form. ASCII names are kept as they are."""
-    if host.isascii():
-        return host
-    try:
-        return idna.encode(host, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError) as exc:
-        raise _invalid_url(f"The host is not a valid internationalized name: {exc}.") from None
 
 
 def _with_host(url: str, parts: SplitResult, host: str) -> str:
