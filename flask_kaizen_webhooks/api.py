@@ -155,8 +155,7 @@ def _check_path() -> None:
             raise ApiError(
                 404,
                 "not_found",
-                f"No such {name.removesuffix('_id')}: the {name!r} in the path holds "
-                "characters that no id has.",
+                f"No such {name.removesuffix('_id')}: the {name!r} in the path cannot be an id.",
                 field=name,
             )
 
