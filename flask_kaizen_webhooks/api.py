@@ -24,6 +24,7 @@ from .topics import Mode
 from .validation import (
     MAX_OVERLAP_SECONDS,
     RegistrationInput,
+    check_text,
     parse_registration,
     parse_rotation,
     parse_test_request,
@@ -36,6 +37,10 @@ blueprint = Blueprint("kaizen_webhooks", __name__)
 Handler = Callable[..., Response | tuple[Response, int] | tuple[Response, int, dict[str, str]]]
 ROUTED_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 CURSOR_SALT = "flask-kaizen-webhooks.cursor"
+#: More digits than a whole number in a request may have.
+MAX_DIGITS = 18
+#: The length of the ids the extension makes (UUIDs).
+ID_LENGTH = 36
 
 
 # Plumbing ----------------------------------------------------------------------------------------
@@ -142,6 +147,31 @@ def _authenticate() -> None:
     g.kaizen_webhooks_owner = extension.owner_of(user)
 
 
+@blueprint.before_request
+def _check_path() -> None:
+    """Refuse a path id no id can be (404 naming it): the ids the extension makes are UUIDs, so
+    one that is longer or holds NUL, control characters or undecodable bytes cannot exist."""
+    for name, value in (request.view_args or {}).items():
+        if name.endswith("_id") and not _possible_id(value):
+            raise ApiError(
+                404,
+                "not_found",
+                f"No such {name.removesuffix('_id')}: the {name!r} in the path cannot be an id.",
+                field=name,
+            )
+
+
+def _possible_id(value: str) -> bool:
+    return len(value) <= ID_LENGTH and value.isascii() and value.isprintable()
+
+
+def _query(name: str) -> str | None:
+    """The query argument ``name``, or None; every query argument is read here, so text no
+    field can hold (NUL, unpaired surrogates) is a 422 naming it."""
+    value = request.args.get(name)
+    return None if value is None else check_text(value, name)
+
+
 def _json_body() -> dict[str, Any]:
     """The request's JSON object, read with the configured size limit."""
     if request.mimetype != "application/json":
@@ -158,7 +188,7 @@ def _json_body() -> dict[str, Any]:
     if len(data) > limit:
         raise too_large
     try:
-        document = json.loads(data, parse_constant=_refuse_constant)
+        document = json.loads(data, parse_constant=_refuse_constant, parse_int=_parse_int)
     except ValueError as exc:
         raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
     except RecursionError:
@@ -172,13 +202,22 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _parse_int(digits: str) -> int | float:
+    """A JSON integer; one too long for ``int`` is read as a float (an infinity), so the field
+    that holds it is refused by name rather than the whole body."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
+
+
 def _sent_rev(body_rev: str | None = None) -> str | None:
     """The rev the caller sent in the body, the ``rev`` query argument or ``If-Match``."""
-    header = request.headers.get("If-Match")
+    header = check_text(request.headers.get("If-Match", ""), "rev")
     header_rev = None
     if header:
         header_rev = header.strip().removeprefix("W/").strip('"')
-    query_rev = request.args.get("rev")
+    query_rev = _query("rev")
     sent = {rev for rev in (body_rev, query_rev, header_rev) if rev is not None}
     if len(sent) > 1:
         raise ValidationError(
@@ -229,7 +268,7 @@ def create_registration() -> tuple[Response, int, dict[str, str]]:
 def list_registrations() -> Response:
     state = _state()
     owner = _owner()
-    topic = request.args.get("topic") or None
+    topic = _query("topic") or None
     limit = _limit(state)
     scope = {"kind": "registrations", "owner": owner, "topic": topic}
     after = _decode_cursor(scope)
@@ -317,15 +356,25 @@ def delete_registration(registration_id: str) -> Response:
 
 
 def _limit(state: WebhooksState) -> int:
-    raw = request.args.get("limit")
+    raw = _query("limit")
     if raw is None:
         return state.settings.page_size
     maximum = state.settings.max_page_size
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+    limit = _whole_number(raw)
+    if limit is None or not 1 <= limit <= maximum:
         raise ValidationError(
             "invalid_limit", f"'limit' must be a whole number from 1 to {maximum}.", field="limit"
         )
-    return int(raw)
+    return limit
+
+
+def _whole_number(text: str) -> int | None:
+    """``text`` as a whole number written in ASCII digits; None if it is not one, or if it has
+    more digits than any sensible number (``int`` refuses thousands of them)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_DIGITS else None
 
 
 def _serializer() -> URLSafeSerializer:
@@ -334,7 +383,7 @@ def _serializer() -> URLSafeSerializer:
 
 def _decode_cursor(scope: dict[str, Any]) -> store.PagePosition | None:
     """The position a ``cursor`` argument names; it must come from a listing of ``scope``."""
-    cursor = request.args.get("cursor")
+    cursor = _query("cursor")
     if not cursor:
         return None
     invalid = ApiError(400, "invalid_cursor", "The cursor is invalid.", field="cursor")

@@ -20,6 +20,7 @@ from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
 from .dispatch.sync import DeliveryResult, Lane, fan_out
 from .dispatch.threads import ThreadDispatcher
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
+from .logs import show_warnings
 from .models import DeliveryMode
 from .sealing import SecretBox
 from .serving import StartAt, start_at
@@ -155,6 +156,7 @@ class KaizenWebhooks:
             raise RuntimeError(
                 "flask-kaizen-webhooks is already set up for this app; call init_app once per app."
             )
+        show_warnings()  # before anything logs, such as the SECRET_KEYS warning
         settings = Settings.from_app(app)
         if not app.secret_key:
             raise ConfigurationError(

@@ -14,6 +14,8 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import idna
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -60,6 +62,10 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 TEREDO = ipaddress.ip_network("2001::/32")
 SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 
+#: What opens what a refusal names: said with every refusal, so that it tells what to do.
+ALLOW_NETWORK_HINT = "An operator can allow its network with KAIZEN_WEBHOOKS_ALLOWED_NETWORKS."
+ALLOW_PORT_HINT = "An operator can allow more with KAIZEN_WEBHOOKS_ALLOWED_PORTS."
+
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 
@@ -100,20 +106,26 @@ class AddressPolicy:
         )
 
     def refusal(self, address: IPAddress) -> str | None:
-        """Why ``address`` may not be called, or None if it may."""
+        """What ``address`` is if it may not be called (``"a loopback address"``), or None if it
+        may."""
         if self.allows_network(address):
             return None
         reason = forbidden_reason(address)
-        return None if reason is None else f"{address} is a {reason} address"
+        return None if reason is None else f"{_article(reason)} {reason} address"
 
     def check_port(self, port: int, addresses: Iterable[IPAddress]) -> None:
-        """Refuse ports outside the allowed ones (any port is open in allowed networks)."""
+        """Refuse ports outside the allowed ones. Any port is open when every one of
+        ``addresses`` lies in an allowed network; a name not resolved yet has no addresses, so
+        only the allowed ports are open to it."""
         if port in self.allowed_ports:
             return
-        if all(self.allows_network(address) for address in addresses):
+        inside = [self.allows_network(address) for address in addresses]
+        if inside and all(inside):
             return
         allowed = ", ".join(map(str, sorted(self.allowed_ports)))
-        raise ForbiddenDestination(f"port {port} is not allowed (allowed: {allowed})")
+        raise ForbiddenDestination(
+            f"port {port} is not allowed; the allowed ports are {allowed}. {ALLOW_PORT_HINT}"
+        )
 
     def checked_addresses(
         self, host: str, port: int, resolver: Resolver = resolve
@@ -126,9 +138,13 @@ class AddressPolicy:
         if not addresses:
             raise ForbiddenDestination(f"{host!r} resolves to no address")
         for address in addresses:
-            reason = self.refusal(address)
-            if reason is not None:
-                raise ForbiddenDestination(f"{host!r} resolves to a forbidden address: {reason}")
+            kind = self.refusal(address)
+            if kind is not None:
+                if host == str(address):
+                    raise ForbiddenDestination(f"{address} is {kind}. {ALLOW_NETWORK_HINT}")
+                raise ForbiddenDestination(
+                    f"{host!r} resolves to {address}, {kind}. {ALLOW_NETWORK_HINT}"
+                )
         self.check_port(port, addresses)
         return addresses
 
@@ -157,6 +173,12 @@ def forbidden_reason(address: IPAddress) -> str | None:
     ):
         return "non-public"
     return None
+
+
+def _article(kind: str) -> str:
+    """The article before ``kind`` ("an unspecified", "an IETF", "a unique local")."""
+    vowel = kind[:1].lower() in "aeio" or (kind.startswith("un") and not kind.startswith("uni"))
+    return "an" if vowel else "a"
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -190,3 +212,16 @@ def is_local_name(host: str) -> bool:
     """True for names that always mean this machine or a private network (``localhost``...)."""
     name = host.lower().rstrip(".")
     return name in LOCAL_NAMES or name.endswith(LOCAL_SUFFIXES)
+
+
+def ascii_name(host: str) -> str:
+    """``host`` as DNS knows it: an internationalized name mapped (UTS #46, which also folds
+    fullwidth letters, digits and full stops) and encoded with IDNA, so that look-alike
+    spellings of ``localhost`` or of an address are judged, looked up and sent as their ASCII
+    form; ASCII names as they are. ValueError if it is not a valid internationalized name."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except UnicodeError as exc:  # idna.IDNAError is one
+        raise ValueError(f"not a valid internationalized name: {exc}") from None

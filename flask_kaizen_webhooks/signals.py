@@ -7,7 +7,7 @@ The host sends a topic's signal with the app as sender and the payload document 
     from flask import current_app
     from flask_kaizen_webhooks import signals
 
-    signals.profile_updated.send(current_app._get_current_object(), payload=profile)
+    signals.profile_updated.send(current_app, payload=profile)
 
 ``send`` returns blinker's list of ``(receiver, value)`` pairs; the extension's value is what
 :meth:`KaizenWebhooks.trigger` returns (the results of a synchronous topic, the ids of the queued
@@ -23,6 +23,7 @@ from typing import Any
 
 from blinker import NamedSignal, Namespace
 from flask import Flask
+from werkzeug.local import LocalProxy
 
 from .errors import WebhooksError
 
@@ -32,8 +33,9 @@ _topic_signals_lock = threading.Lock()
 
 
 class TopicSignal(NamedSignal):
-    """A topic's signal. Sending it with anything but an app that runs the extension is an
-    error rather than a webhook silently never sent."""
+    """A topic's signal. Sending it with anything but an app that runs the extension (or
+    ``current_app``, which stands for one) is an error rather than a webhook silently never
+    sent."""
 
     def send(
         self,
@@ -44,10 +46,11 @@ class TopicSignal(NamedSignal):
         **kwargs: Any,
     ) -> list[tuple[Callable[..., Any], Any]]:
         topic = self.name
+        sender = _unwrapped(sender, topic)
         if not isinstance(sender, Flask):
             raise WebhooksError(
                 f"Send the {topic!r} signal with the app as sender: "
-                f"signals.{topic}.send(current_app._get_current_object(), payload=...)."
+                f"signals.{topic}.send(current_app, payload=...)."
             )
         if "kaizen_webhooks" not in sender.extensions:
             raise WebhooksError(
@@ -56,6 +59,19 @@ class TopicSignal(NamedSignal):
         if "payload" not in kwargs:
             raise WebhooksError(f"Send the {topic!r} signal with payload=<the document>.")
         return super().send(sender, _async_wrapper=_async_wrapper, **kwargs)
+
+
+def _unwrapped(sender: Any, topic: str) -> Any:
+    """The object behind ``current_app`` (blinker finds receivers by the sender's identity,
+    which a proxy does not share); any other sender as it is."""
+    if not isinstance(sender, LocalProxy):
+        return sender
+    try:
+        return sender._get_current_object()
+    except RuntimeError:
+        raise WebhooksError(
+            f"The {topic!r} signal was sent with current_app outside an application context."
+        ) from None
 
 
 def topic_signal(name: str) -> TopicSignal:

@@ -37,6 +37,7 @@ from .guard import (
     ForbiddenDestination,
     IPAddress,
     Resolver,
+    ascii_name,
     literal_address,
     resolve,
 )
@@ -135,7 +136,8 @@ class Route:
 @lru_cache(maxsize=4096)
 def route(url: str) -> Route:
     """The :class:`Route` of ``url``; ValueError (saying why) if it is not an absolute http(s)
-    URL."""
+    URL. An internationalized host is sent (looked up, in ``Host`` and TLS SNI) in its ASCII
+    form."""
     parts = urlsplit(url)
     scheme, host = parts.scheme.lower(), parts.hostname or ""
     explicit_port = parts.port
@@ -143,6 +145,10 @@ def route(url: str) -> Route:
         raise ValueError("not an absolute http(s) URL")
     if "%" in host:
         raise ValueError("the host carries a zone (%) or percent-encoding")
+    try:
+        host = ascii_name(host)
+    except ValueError as exc:
+        raise ValueError(f"the host is {exc}") from None
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query

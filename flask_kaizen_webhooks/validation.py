@@ -7,12 +7,19 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from jose.exceptions import JOSEError
 
 from .errors import ValidationError
-from .guard import AddressPolicy, ForbiddenDestination, is_local_name, literal_address
+from .guard import (
+    ALLOW_NETWORK_HINT,
+    AddressPolicy,
+    ForbiddenDestination,
+    ascii_name,
+    is_local_name,
+    literal_address,
+)
 from .signing import sign, verify_with
 from .topics import TopicRegistry
 
@@ -151,11 +158,27 @@ def check_url(url: str, *, allow_http: bool, policy: AddressPolicy) -> str:
     if scheme == "http" and not allow_http:
         raise ValidationError(
             "http_not_allowed",
-            "Plain http URLs are not allowed here; use https://.",
+            "Plain http URLs are not allowed here: use https://. An operator can allow http "
+            "with KAIZEN_WEBHOOKS_ALLOW_HTTP.",
             field="url",
         )
-    _check_destination(parts.hostname, parts.port or (443 if scheme == "https" else 80), policy)
+    try:
+        host = ascii_name(parts.hostname)
+    except ValueError as exc:
+        raise _invalid_url(f"The host is {exc}.") from None
+    if host != parts.hostname:
+        url = _with_host(url, parts, host)
+        if len(url) > MAX_URL_LENGTH:
+            raise _invalid_url(f"The URL is longer than {MAX_URL_LENGTH} characters.")
+    _check_destination(host, parts.port or (443 if scheme == "https" else 80), policy)
     return url
+
+
+def _with_host(url: str, parts: SplitResult, host: str) -> str:
+    """``url`` with its host replaced (the rest kept as written; it has no user information)."""
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    start = url.index("//") + 2
+    return url[:start] + netloc + url[start + len(parts.netloc) :]
 
 
 def _check_destination(host: str, port: int, policy: AddressPolicy) -> None:
@@ -165,20 +188,26 @@ def _check_destination(host: str, port: int, policy: AddressPolicy) -> None:
         if policy.refusal(literal) is not None:
             raise ValidationError(
                 "forbidden_address",
-                f"{host!r} names this machine or a private network; webhooks cannot go there.",
+                f"Webhooks cannot go to {host!r}: the name stands for this machine or a private "
+                "network. An operator can allow such names by opening 127.0.0.1 with "
+                "KAIZEN_WEBHOOKS_ALLOWED_NETWORKS.",
                 field="url",
             )
     addresses = [] if literal is None else [literal]
     if literal is not None:
-        reason = policy.refusal(literal)
-        if reason is not None:
+        kind = policy.refusal(literal)
+        if kind is not None:
             raise ValidationError(
-                "forbidden_address", f"Webhooks cannot go to {reason}.", field="url"
+                "forbidden_address",
+                f"Webhooks cannot go to {literal}: it is {kind}. {ALLOW_NETWORK_HINT}",
+                field="url",
             )
     try:
         policy.check_port(port, addresses)
     except ForbiddenDestination as exc:
-        raise ValidationError("forbidden_port", f"The URL's {exc.reason}.", field="url") from None
+        raise ValidationError(
+            "forbidden_port", f"Webhooks cannot go to this URL: {exc.reason}", field="url"
+        ) from None
 
 
 def check_secret(secret: str) -> str:
@@ -220,7 +249,7 @@ def _refuse_unknown_fields(document: Mapping[str, Any], allowed: Iterable[str]) 
         raise ValidationError(
             "unknown_field",
             f"Unknown field {unknown[0]!r}; allowed fields are: {', '.join(sorted(allowed))}.",
-            field=unknown[0],
+            field=printable(unknown[0]),
         )
 
 
@@ -238,7 +267,40 @@ def _optional_string(document: Mapping[str, Any], name: str) -> str | None:
 def _string(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ValidationError("invalid_type", f"The field {name!r} must be a string.", field=name)
+    return check_text(value, name)
+
+
+def check_text(value: str, name: str) -> str:
+    """``value`` if text can hold it; a 422 naming ``name`` for NUL or an unpaired surrogate."""
+    if not storable(value):
+        raise ValidationError(
+            "invalid_characters",
+            f"The field {name!r} holds a NUL character or an unpaired surrogate, "
+            "which no text field can hold.",
+            field=name,
+        )
     return value
+
+
+def storable(text: str) -> bool:
+    """False for text that cannot be stored or sent: with NUL (refused by PostgreSQL) or an
+    unpaired surrogate (not encodable as UTF-8)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` with NUL and unpaired surrogates written as escapes, to be shown in an answer."""
+    if storable(text):
+        return text
+    return "".join(ch if storable(ch) else ascii(ch)[1:-1] for ch in text)
 
 
 def _invalid_url(message: str) -> ValidationError:

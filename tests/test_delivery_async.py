@@ -73,6 +73,19 @@ def test_signal_queues_and_workers_deliver_signed_payload(host: Any, receiver: A
     assert [a.status_code for a in attempts(host, delivery_id)] == [200]
 
 
+def test_the_signal_may_be_sent_by_current_app(host: Any, receiver: Any) -> None:
+    from flask import current_app
+
+    server = receiver()
+    register(host, server.url())
+    with host.app.app_context():
+        [(_, ids)] = signals.profile_updated.send(current_app, payload=PROFILE)
+    [delivery_id] = ids
+    assert set(deliveries(host)) == {delivery_id}
+    server.wait_for(1)
+    wait_until(lambda: status_of(host, delivery_id) == "succeeded")
+
+
 def test_one_delivery_per_registration_each_with_its_own_request_id(
     host: Any, receiver: Any
 ) -> None:

@@ -135,6 +135,21 @@ def test_the_signal_returns_the_results(host: Any, receiver: Any) -> None:
     assert len(server.received) == 1
 
 
+def test_the_signal_may_be_sent_by_current_app(host: Any, receiver: Any) -> None:
+    from flask import current_app
+
+    from flask_kaizen_webhooks import WebhooksError
+
+    server = receiver()
+    register(host, server.url(), topic="user_registered")
+    with host.app.app_context():
+        [(_, results)] = signals.user_registered.send(current_app, payload=LOGIN)
+    assert [result.ok for result in results] == [True]
+    assert len(server.received) == 1
+    with pytest.raises(WebhooksError, match="outside an application context"):
+        signals.user_registered.send(current_app, payload=LOGIN)
+
+
 def test_no_registrations_means_no_requests(host: Any) -> None:
     with host.app.app_context():
         assert host.webhooks.trigger("user_logged_in", LOGIN) == []

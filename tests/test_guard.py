@@ -187,6 +187,42 @@ def test_allowed_networks_open_a_range_explicitly(make_host: Any) -> None:
         assert response.status_code == status, url
 
 
+@pytest.mark.parametrize(
+    "url", ["https://example.com:22/", "http://hooks.example.com:8080/x", "https://h.example:6379/"]
+)
+def test_registration_refuses_a_host_name_on_a_port_that_is_not_allowed(
+    make_host: Any, url: str
+) -> None:
+    client = make_host("sqlite", KAIZEN_WEBHOOKS_ALLOW_HTTP=True).app.test_client()
+    body = {"topic": "profile_updated", "url": url, "secret": "signature_secret_0123"}
+    response = client.post("/v2/webhooks/registrations", json=body, headers=ADMIN)
+    assert response.status_code == 422, url
+    error = response.get_json()["error"]
+    assert (error["code"], error["field"]) == ("forbidden_port", "url")
+
+
+def test_allowed_ports_open_a_port_for_host_names(make_host: Any) -> None:
+    client = make_host("sqlite", KAIZEN_WEBHOOKS_ALLOWED_PORTS=[8443]).app.test_client()
+    for url, status in (
+        ("https://hooks.example.com:8443/x", 201),
+        ("https://h.example:8444/", 422),
+    ):
+        body = {"topic": "profile_updated", "url": url, "secret": "signature_secret_0123"}
+        response = client.post("/v2/webhooks/registrations", json=body, headers=ADMIN)
+        assert response.status_code == status, url
+
+
+def test_at_send_time_any_port_is_open_inside_allowed_networks() -> None:
+    from flask_kaizen_webhooks.guard import ForbiddenDestination
+
+    policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("10.20.0.0/16"),))
+    inside = [ipaddress.ip_address("10.20.1.2")]
+    assert policy.checked_addresses("hooks.corp", 8080, lambda host, port: inside) == inside
+    for addresses in ([], [ipaddress.ip_address("10.20.1.2"), ipaddress.ip_address("8.8.8.8")]):
+        with pytest.raises(ForbiddenDestination, match="port 8080"):
+            policy.check_port(8080, addresses)
+
+
 def test_every_resolved_address_is_checked_and_only_checked_ones_are_used(
     receiver: Any,
 ) -> None:
@@ -274,3 +310,113 @@ def test_a_host_with_a_zone_or_percent_encoding_is_refused_at_registration(
         response = client.post("/v2/webhooks/registrations", json=body, headers=ADMIN)
         assert response.status_code == 422, url
         assert response.get_json()["error"]["code"] == "invalid_url", url
+
+
+# What a refusal says -----------------------------------------------------------------------------
+
+NETWORKS_HINT = "An operator can allow its network with KAIZEN_WEBHOOKS_ALLOWED_NETWORKS."
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "http://127.0.0.1/",
+            f"Webhooks cannot go to 127.0.0.1: it is a loopback address. {NETWORKS_HINT}",
+        ),
+        (
+            "http://10.1.2.3/",
+            f"Webhooks cannot go to 10.1.2.3: it is a private network address. {NETWORKS_HINT}",
+        ),
+        (
+            "http://[fd12:3456::1]/",
+            "Webhooks cannot go to fd12:3456::1: it is a unique local (includes fd00:ec2::254, "
+            f"cloud metadata) address. {NETWORKS_HINT}",
+        ),
+        (
+            "http://[::]/",
+            f"Webhooks cannot go to ::: it is an unspecified address. {NETWORKS_HINT}",
+        ),
+        (
+            "http://localhost/",
+            "Webhooks cannot go to 'localhost': the name stands for this machine or a private "
+            "network. An operator can allow such names by opening 127.0.0.1 with "
+            "KAIZEN_WEBHOOKS_ALLOWED_NETWORKS.",
+        ),
+        (
+            "https://example.com:22/",
+            "Webhooks cannot go to this URL: port 22 is not allowed; the allowed ports are 80, "
+            "443. An operator can allow more with KAIZEN_WEBHOOKS_ALLOWED_PORTS.",
+        ),
+    ],
+)
+def test_a_refused_registration_says_why_and_which_setting_opens_it(
+    make_host: Any, url: str, message: str
+) -> None:
+    client = make_host("sqlite", KAIZEN_WEBHOOKS_ALLOW_HTTP=True).app.test_client()
+    body = {"topic": "profile_updated", "url": url, "secret": "signature_secret_0123"}
+    response = client.post("/v2/webhooks/registrations", json=body, headers=ADMIN)
+    assert response.status_code == 422
+    assert response.get_json()["error"]["message"] == message
+
+
+def test_refused_plain_http_names_the_setting_that_allows_it(make_host: Any) -> None:
+    client = make_host("sqlite").app.test_client()
+    body = {
+        "topic": "profile_updated",
+        "url": "http://h.example/",
+        "secret": "signature_secret_0123",
+    }
+    response = client.post("/v2/webhooks/registrations", json=body, headers=ADMIN)
+    assert response.get_json()["error"]["message"] == (
+        "Plain http URLs are not allowed here: use https://. An operator can allow http with "
+        "KAIZEN_WEBHOOKS_ALLOW_HTTP."
+    )
+
+
+def test_a_refusal_at_send_time_says_why_and_which_setting_opens_it() -> None:
+    def private(host: str, port: int) -> list[Any]:
+        return [ipaddress.ip_address("10.0.0.1")]
+
+    transport = Transport(max_response_bytes=1024, pool_size=1, resolver=private)
+    for url, error in (
+        ("http://127.0.0.1/", f"127.0.0.1 is a loopback address. {NETWORKS_HINT}"),
+        (
+            "http://hooks.test/",
+            f"'hooks.test' resolves to 10.0.0.1, a private network address. {NETWORKS_HINT}",
+        ),
+        (
+            "http://8.8.8.8:25/",
+            "port 25 is not allowed; the allowed ports are 80, 443. An operator can allow more "
+            "with KAIZEN_WEBHOOKS_ALLOWED_PORTS.",
+        ),
+    ):
+        result = transport.post(url, b"{}", {}, timeout=2, connect_timeout=1)
+        assert result.error == f"forbidden destination: {error}", url
+
+
+def test_the_delivery_log_records_the_refusal_and_what_opens_it(
+    make_host: Any, refusing_port: int
+) -> None:
+    """A URL stored while its network was allowed is refused when sent after it no longer is."""
+    from flask_kaizen_webhooks import get_state, store
+
+    host = make_host("sqlite", KAIZEN_WEBHOOKS_ALLOW_HTTP=True, KAIZEN_WEBHOOKS_DISPATCHER="none")
+    with host.app.app_context():
+        state = get_state()
+        store.create_registration(
+            state.database.session,
+            owner="org-1",
+            topic="profile_updated",
+            url=f"http://127.0.0.1:{refusing_port}/hook",
+            sealed_secret=state.secrets.seal("signature_secret_0123"),
+        )
+        state.database.session.commit()
+    client = host.app.test_client()
+    [result] = client.post(
+        "/v2/webhooks/test", json={"topic": "profile_updated"}, headers=ADMIN
+    ).get_json()["deliveries"]
+    expected = f"forbidden destination: 127.0.0.1 is a loopback address. {NETWORKS_HINT}"
+    assert result["error"] == expected
+    logged = client.get(f"/v2/webhooks/deliveries/{result['delivery_id']}", headers=ADMIN)
+    assert logged.get_json()["last_error"] == expected
