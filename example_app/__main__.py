@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import create_app
+from .extensions import webhooks
 
 
 def main() -> None:
@@ -16,6 +17,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     app = create_app(instance_path=args.instance_path)
+    # Deliver at once what an earlier run left pending, not with the first request.
+    webhooks.start(app)
     base = f"http://{args.host}:{args.port}{app.config['KAIZEN_WEBHOOKS_URL_PREFIX']}"
     print(
         f"Demo host app on http://{args.host}:{args.port}\n"

@@ -3,12 +3,15 @@ machine can give back at once the claims of a process there that died, instead o
 their leases to run out.
 
 A token reads ``<machine>-<pid>-<process start>-<random>`` in hex (35 characters): the machine is
-a digest of its host name, the process start is its start time in clock ticks since boot
-(Linux), which tells a process from a later one that was given the same pid.
+a digest of its host name, boot and process-id namespace, the process start is its start time in
+clock ticks since boot (Linux), which tells a process from a later one that was given the same
+pid. Where that cannot be told, a process that runs under the pid is taken to be the holder: a
+claim is only ever given back early when its holder surely ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -17,8 +20,15 @@ from dataclasses import dataclass
 
 
 def machine_tag() -> str:
-    """This machine's part of the tokens."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    """This machine's part of the tokens: its host name, its boot and the process-id namespace
+    of this process, so that containers sharing a host name (one pod) never judge each other's
+    process ids, and a machine booted again does not take its old ids for new ones."""
+    parts = [socket.gethostname(), "", ""]
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as boot:
+        parts[1] = boot.read().strip()
+    with contextlib.suppress(OSError):
+        parts[2] = os.readlink("/proc/self/ns/pid")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
 
 
 def process_start(pid: int) -> int | None:
@@ -30,10 +40,8 @@ def process_start(pid: int) -> int | None:
         if fields[0] in (b"Z", b"X"):
             return None  # it ended; nobody has collected its exit status yet
         return int(fields[19])  # field 22, counted from the state (field 3)
-    except FileNotFoundError:
-        return None
     except (OSError, IndexError, ValueError):
-        pass
+        pass  # no /proc, or one that hides other users' processes
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,8 +65,9 @@ class Holder:
         return f"{self.machine}-{self.pid:06x}-{self.started:010x}-"
 
     def runs(self) -> bool:
-        """True while this process (on this machine) runs."""
-        return process_start(self.pid) == self.started
+        """True while this process (on this machine) runs, or when that cannot be told."""
+        started = process_start(self.pid)
+        return started is not None and (started == self.started or 0 in (started, self.started))
 
     @classmethod
     def of(cls, token: str) -> Holder | None:

@@ -23,7 +23,7 @@ from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksEr
 from .logs import show_warnings
 from .models import DeliveryMode
 from .sealing import SecretBox
-from .serving import StartAt, start_at
+from .serving import StartAt, on_fork, start_at
 from .signals import topic_signal
 from .signing import encode_payload
 from .topics import Mode, Topic, TopicRegistry
@@ -69,6 +69,7 @@ class WebhooksState:
             self.dispatcher = CeleryDispatcher(app, self)
         #: When the engine starts in this process (set by ``init_app``).
         self.start_at = StartAt.FIRST_USE
+        self._forked_in = os.getpid()
 
     def _transport(self, pool_size: int) -> Transport:
         settings = self.settings
@@ -98,7 +99,11 @@ class WebhooksState:
 
     def after_fork(self) -> None:
         """In a forked child: nothing of the parent's threads, connections or locks is used
-        again; a worker forked by a pre-forking server starts its own engine."""
+        again; a worker forked by a pre-forking server starts its own engine. Once per
+        process, however many fork hooks call it."""
+        if self._forked_in == os.getpid():
+            return
+        self._forked_in = os.getpid()
         self.database.after_fork()
         for lane in (self.sync_lane, self.test_lane):
             lane.after_fork()
@@ -120,7 +125,7 @@ def _after_fork_in_child() -> None:
             logger.exception("Could not renew the webhooks engine in a forked process")
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+on_fork(_after_fork_in_child)
 
 
 class KaizenWebhooks:

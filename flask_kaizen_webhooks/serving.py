@@ -2,8 +2,9 @@
 pending by a process that stopped (or died) goes out within seconds, with no request needed;
 never on its own in tests or in CLI commands other than ``flask run``.
 
-``KAIZEN_WEBHOOKS_AUTOSTART`` decides: ``None`` (the default) tells from the process, ``True``
-always starts, ``False`` starts on first use only (a request or a delivery submitted).
+``KAIZEN_WEBHOOKS_AUTOSTART`` decides: ``None`` (the default) tells from the process (see
+:func:`start_at`), ``True`` always starts, ``False`` starts on first use only (a request or a
+delivery submitted).
 
 A server that loads the app once and then forks its workers (gunicorn with ``--preload``, uWSGI
 without ``lazy-apps``) must not start threads before the fork: each forked worker starts an
@@ -15,6 +16,7 @@ from __future__ import annotations
 import enum
 import os
 import sys
+from collections.abc import Callable
 
 from flask import Flask
 
@@ -34,31 +36,35 @@ def start_at(app: Flask, autostart: bool | None) -> StartAt:
     """When ``app``'s engine starts in this process."""
     if autostart is False:
         return StartAt.FIRST_USE
-    if autostart is None and (app.testing or "PYTEST_CURRENT_TEST" in os.environ):
-        return StartAt.FIRST_USE
-    if autostart is None and not _serving_command():
+    if autostart is None and (app.testing or "PYTEST_CURRENT_TEST" in os.environ or not _serving()):
         return StartAt.FIRST_USE
     return StartAt.FORK if _forking_master() else StartAt.NOW
 
 
-def _serving_command() -> bool:
-    """False inside a command-line tool's command other than ``flask run`` (``flask shell``,
-    ``flask db upgrade``, ``flask webhooks ...``, a Celery worker), and in the file watcher of
-    ``flask run --reload`` (its child serves); True otherwise."""
+def _serving() -> bool:
+    """True when this process serves the app: ``flask run`` (in the reloader's child, not its
+    file watcher), the reloader's child of ``app.run(debug=True)``, gunicorn, uWSGI, mod_wsgi or
+    waitress. False elsewhere: other commands (``flask shell``, ``flask db upgrade``, ``flask
+    webhooks ...``, a Celery worker), scripts, migrations, plain ``app.run()`` (which starts on
+    its first request, or call ``webhooks.start(app)`` first)."""
     import click
     from flask.cli import run_command
 
     context = click.get_current_context(silent=True)
-    if context is None:
-        return True
-    if context.command is not run_command:
-        return False
-    reload = context.params.get("reload")
-    if reload is None:
-        from flask.helpers import get_debug_flag
+    if context is not None:
+        if context.command is not run_command:
+            return False
+        reload = context.params.get("reload")
+        if reload is None:
+            from flask.helpers import get_debug_flag
 
-        reload = get_debug_flag()
-    return not reload or os.environ.get("WERKZEUG_RUN_MAIN") == "true"
+            reload = get_debug_flag()
+        return not reload or os.environ.get("WERKZEUG_RUN_MAIN") == "true"
+    return (
+        os.environ.get("WERKZEUG_RUN_MAIN") == "true"
+        or os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+        or any(name in sys.modules for name in ("uwsgi", "mod_wsgi", "waitress.server"))
+    )
 
 
 def _forking_master() -> bool:
@@ -76,3 +82,15 @@ def _forking_master() -> bool:
             frame = frame.f_back  # type: ignore[assignment]
         return True
     return False
+
+
+def on_fork(callback: Callable[[], None]) -> None:
+    """Run ``callback`` in every child this process forks (uWSGI's workers too, which it forks
+    without Python's fork hooks unless told to)."""
+    os.register_at_fork(after_in_child=callback)
+    if "uwsgi" in sys.modules:
+        try:
+            from uwsgidecorators import postfork  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        except ImportError:
+            return
+        postfork(callback)

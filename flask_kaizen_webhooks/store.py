@@ -1395,10 +1395,10 @@ def delivery_stats(session: Session, *, now: datetime) -> Stats:
 def count_call(session: Session, *, key: str, minute: int) -> int:
     """Count one call of ``key`` in ``minute`` (minutes since the epoch); the calls counted in
     that minute so far, this one included, in one atomic step however many processes count
-    at once. Counts of earlier minutes are deleted."""
-    session.execute(
+    at once. Counts of earlier minutes (anyone's) are deleted."""
+    session.execute(  # everyone's earlier minutes: owners who stopped calling leave no rows
         delete(CallCount)
-        .where(CallCount.key == key, CallCount.minute < minute)
+        .where(CallCount.minute < minute)
         .execution_options(synchronize_session=False)
     )
     dialect = session.get_bind().dialect.name

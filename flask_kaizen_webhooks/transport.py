@@ -45,8 +45,9 @@ from .http1 import Malformed, Response, read_response, send_all
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-#: Name lookups under way at once, at most (each on a thread of its own).
-MAX_LOOKUPS = 256
+#: Name lookups under way at once, at most (each on a thread of its own): far more than one
+#: owner's registrations can name.
+MAX_LOOKUPS = 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Destinations (address, port, TLS name) whose idle connections are kept, least recent dropped.
 MAX_DESTINATIONS = 256
@@ -78,12 +79,16 @@ class Lookups:
                 if len(self._under_way) >= self.limit:
                     raise OSError(f"{self.limit} name lookups are under way; try again later")
                 future = self._under_way[key] = concurrent.futures.Future()
-                threading.Thread(
-                    target=self._look_up,
-                    args=(key, future),
-                    name="kaizen-webhooks-dns",
-                    daemon=True,
-                ).start()
+                try:
+                    threading.Thread(
+                        target=self._look_up,
+                        args=(key, future),
+                        name="kaizen-webhooks-dns",
+                        daemon=True,
+                    ).start()
+                except RuntimeError as exc:  # no thread can start now: nothing left behind
+                    del self._under_way[key]
+                    raise OSError(f"no thread to look {host!r} up: {exc}") from None
         try:
             return future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
@@ -379,10 +384,11 @@ class Transport:
         return resolve_until
 
     def after_fork(self) -> None:
-        """In a forked child: the parent's connections and lookups are not its own."""
+        """In a forked child: the parent's connections, lookups and locks are not its own."""
         self._lock = threading.Lock()
         self._clear_locked()
         self._lookups = Lookups(self.resolver)
+        self.addresses = AddressBook()
         self._pid = os.getpid()
 
     def close(self) -> None:

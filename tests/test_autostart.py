@@ -41,17 +41,18 @@ def test_autostart_must_be_true_false_or_none(make_host: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("command", "starts"),
+    ("command", "environment", "starts"),
     [
-        (["-c", "import tests.restart_host"], True),  # a script, a WSGI server's worker
-        (["-m", "flask", "--app", "tests.restart_host", "webhooks", "stats"], False),
-        (["-m", "flask", "--app", "tests.restart_host", "routes"], False),
+        (["-c", "import tests.restart_host"], {}, False),  # a script: a cron job, a migration
+        (["-c", "import tests.restart_host"], {"WERKZEUG_RUN_MAIN": "true"}, True),  # reloader
+        (["-m", "flask", "--app", "tests.restart_host", "webhooks", "stats"], {}, False),
+        (["-m", "flask", "--app", "tests.restart_host", "routes"], {}, False),
     ],
 )
-def test_other_commands_never_start_the_engine(
-    tmp_path: Any, command: list[str], starts: bool
+def test_only_a_served_app_starts_its_engine(
+    tmp_path: Any, command: list[str], environment: dict[str, str], starts: bool
 ) -> None:
-    env = host_environment(KWT_DATABASE_URI=f"sqlite:///{tmp_path / 'host.sqlite3'}")
+    env = host_environment(KWT_DATABASE_URI=f"sqlite:///{tmp_path / 'host.sqlite3'}", **environment)
     done = subprocess.run(
         [sys.executable, *command], env=env, capture_output=True, text=True, timeout=60
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from flask_kaizen_webhooks import get_state
 from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.transport import Transport
 from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, FrozenClock, register
-from tests.receivers import Reply
+from tests.receivers import Reply, wait_until
 
 #: Few threads, so that a handful of hanging receivers would fill them.
 SMALL = {
@@ -99,7 +98,7 @@ def test_one_integrators_slow_names_do_not_hold_up_anothers_lookups(receiver: An
     ]
     for thread in slow:
         thread.start()
-    time.sleep(0.2)  # every slow lookup is under way
+    wait_until(lambda: len(transport._lookups._under_way) == 20)  # every slow lookup hangs
     try:
         result = post("fast.example", 2.0)
         assert result.ok, result

@@ -18,8 +18,10 @@ def test_a_freed_slot_goes_to_the_registration_with_the_fewest_in_flight() -> No
     # "slow" waits longest, but "healthy" has nothing in flight: it goes first, oldest first.
     assert slots.release("other", "h") == "healthy-1"
     assert slots.release("healthy", "h") == "healthy-2"
-    # Then "slow" (one in flight after this release) before nobody else.
-    assert slots.release("slow", "h") == "slow-3"
+    # "slow" still has an attempt in flight: the host's last slot is kept for a registration
+    # with none, and "slow" gets its turn once another slot frees.
+    assert slots.release("slow", "h") is None
+    assert slots.release("healthy", "h") == "slow-3"
 
 
 def test_ties_go_to_the_oldest_work() -> None:
@@ -29,6 +31,14 @@ def test_ties_go_to_the_oldest_work() -> None:
     assert slots.acquire("c", "h", "c-1") is None
     assert slots.release("a", "h") == "b-1"
     assert slots.release("b", "h") == "c-1"
+
+
+def test_a_hosts_last_slot_goes_to_a_registration_with_nothing_in_flight() -> None:
+    slots: InFlight[str] = InFlight(4, 4, park_per_host=64, park_total=64)
+    for n in range(3):
+        assert slots.acquire("first", "h", f"first-{n}") is True
+    assert slots.acquire("first", "h", "first-3") is None  # below its own cap, but the last
+    assert slots.acquire("newcomer", "h", "new-1") is True
 
 
 def test_a_registration_whose_attempts_time_out_holds_one_slot() -> None:
@@ -77,5 +87,5 @@ def test_registrations_that_time_out_share_half_a_host() -> None:
     assert slots.acquire("hang-b", "h", "b-1") is True
     assert slots.acquire("hang-c", "h", "c-1") is None  # half the host is theirs already
     assert slots.acquire("healthy", "h", "ok-1") is True
-    assert slots.acquire("healthy", "h", "ok-2") is True
-    assert slots.release("healthy", "h") is None  # the freed slot is not for "hang-c"
+    assert slots.acquire("healthy", "h", "ok-2") is None  # the last slot: for a newcomer
+    assert slots.release("healthy", "h") == "ok-2"  # the freed slot is not for "hang-c"

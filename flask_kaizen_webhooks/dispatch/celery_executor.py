@@ -99,6 +99,9 @@ class CeleryDispatcher:
     def after_fork(self) -> None:
         """In a forked child: a publishing thread of its own, on first use."""
         self._lock = threading.Lock()
+        self._fresh()
+
+    def _fresh(self) -> None:
         self._pid, self._outgoing, self._publisher = os.getpid(), queue.SimpleQueue(), None
 
     def submit(self, delivery_ids: list[str]) -> None:
@@ -107,7 +110,7 @@ class CeleryDispatcher:
         that ends first, costs a delay, not a delivery: the sweep sends the task later."""
         with self._lock:
             if self._pid != os.getpid():  # a forked child starts afresh
-                self._pid, self._outgoing, self._publisher = os.getpid(), queue.SimpleQueue(), None
+                self._fresh()
             for delivery_id in delivery_ids:
                 self._outgoing.put(delivery_id)
             if self._publisher is None or not self._publisher.is_alive():

@@ -5,8 +5,10 @@ else keep flowing.
 Work that finds its registration or host at the cap is parked in memory (its claim still held)
 and started when an attempt frees a slot for it, so a busy host costs no database round trip.
 A freed slot of a host goes to the parked registration with the fewest attempts in flight there
-(ties: the oldest work), and a registration whose attempts time out holds one slot at most, so
-a hanging endpoint cannot starve a healthy one on the same host.
+(ties: the oldest work), the host's last free slot only to a registration with nothing in
+flight there, and a registration whose attempts time out holds one slot at most (and all such
+registrations together half the host's), so a hanging endpoint cannot starve a healthy one on
+the same host.
 
 A registration with a full park, or a host with a full park, is *saturated*: the poller stops
 claiming its work until half of that park has drained, so a slow registration or host neither
@@ -220,10 +222,14 @@ class InFlight(Generic[T]):
             self._host_of.pop(registration_id, None)
 
     def _free(self, registration_id: str, host: str) -> bool:
-        if self._hosts[host] >= self.per_host:
+        held = self._hosts[host]
+        if held >= self.per_host:
             return False
         if registration_id not in self._timing_out:
-            return self._registrations[registration_id] < self.per_registration
+            mine = self._registrations[registration_id]
+            # A host's last slot goes only to a registration with nothing in flight: however
+            # its first attempts fare, an endpoint never holds every slot of its host.
+            return mine < self.per_registration and (mine == 0 or held < self.per_host - 1)
         # One slot each, and half the host's slots between all of them: registrations that
         # answer in time always have the other half.
         if self._registrations[registration_id] >= 1:

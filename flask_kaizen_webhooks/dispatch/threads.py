@@ -39,6 +39,9 @@ Context = tuple[store.Claimed, str, datetime]
 
 #: Seconds of lease an attempt needs beyond its own time limits, or the lease is renewed first.
 LEASE_MARGIN = 5.0
+#: Seconds between looks for claims of processes of this machine that died (the first look is
+#: at start).
+DEAD_CLAIMS_EVERY = 60.0
 #: Deliveries claimed ahead in one round (at least two per attempt at once): one short
 #: transaction loads work for many attempts.
 CLAIM_AHEAD = 64
@@ -287,8 +290,10 @@ class ThreadDispatcher:
         self, sender: Multiplexer[Context], stopping: threading.Event, wake: threading.Event
     ) -> None:
         settings = self._state.settings
-        self._release_dead_claims()
+        look_for_dead_claims = 0.0  # time.monotonic() of the next look
         while not stopping.is_set():
+            if time.monotonic() >= look_for_dead_claims and self._release_dead_claims():
+                look_for_dead_claims = time.monotonic() + DEAD_CLAIMS_EVERY
             try:
                 with self._app.app_context():
                     self._renew_waiting(stopping)
@@ -304,21 +309,24 @@ class ThreadDispatcher:
             wake.wait(settings.poll_interval)
             wake.clear()
 
-    def _release_dead_claims(self) -> None:
+    def _release_dead_claims(self) -> bool:
         """Give back the claims of processes of this machine that died (a host restarting
-        after a crash), so that their work goes out now rather than when their leases end."""
+        after a crash, a sibling worker killed), so that their work goes out now rather than
+        when their leases end; False if the database could not be asked (tried again at the
+        next poll)."""
         state = self._state
         try:
             with self._app.app_context(), state.database.writing() as session:
                 released = store.release_dead_claims(session, now=state.clock.now())
         except Exception:
             logger.exception("Could not give back the claims of processes that died")
-            return
+            return False
         if released:
             logger.warning(
                 "Gave back %d deliveries claimed by processes of this machine that died",
                 released,
             )
+        return True
 
     def _renew_waiting(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
