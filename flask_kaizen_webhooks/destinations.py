@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from .guard import IPAddress, literal_address
@@ -61,11 +62,16 @@ def canonical(address: IPAddress) -> str:
 def destination_of(url: str, book: AddressBook) -> str:
     """The key ``url``'s attempts count against: its address, when its host is an address in
     any spelling or a name connected to recently; otherwise the name."""
+    host, address = _host_of(url)
+    return address or book.address_of(host) or host
+
+
+@lru_cache(maxsize=4096)
+def _host_of(url: str) -> tuple[str, str | None]:
+    """The host of ``url``, and the address it spells if it is an address literal."""
     try:
         host = (urlsplit(url).hostname or "").lower()
     except ValueError:
-        return url
+        return url, None
     literal = literal_address(host)
-    if literal is not None:
-        return canonical(literal)
-    return book.address_of(host) or host
+    return host, None if literal is None else canonical(literal)

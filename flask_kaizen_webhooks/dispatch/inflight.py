@@ -107,6 +107,8 @@ class InFlight(Generic[T]):
     def timing_out(self, registration_id: str, timed_out: bool) -> None:
         """Note whether ``registration_id``'s last attempt timed out: while its attempts time
         out, it holds one slot at most."""
+        if timed_out == (registration_id in self._timing_out):
+            return  # the common case, read without the lock: nothing changes
         with self._lock:
             if timed_out:
                 self._timing_out.add(registration_id)
