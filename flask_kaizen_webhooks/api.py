@@ -429,13 +429,7 @@ def send_test() -> Response:
             field="registration_id",
             limit=most,
         )
-    count_call(
-        state.database,
-        state.clock,
-        kind="test",
-        owner=_owner(),
-        per_minute=state.settings.test_calls_per_minute,
-    )
+    _count_call("test", state.settings.test_calls_per_minute)
     timeout = (
         state.settings.sync_timeout if topic.mode is Mode.SYNC else state.settings.async_timeout
     )
@@ -477,15 +471,15 @@ def get_delivery(delivery_id: str) -> Response:
     return jsonify(body)
 
 
+def _count_call(kind: str, per_minute: int) -> None:
+    """Count the caller's call of ``kind``: 429 past ``per_minute`` (see :mod:`.limits`)."""
+    state = _state()
+    count_call(state.database, state.clock, kind=kind, owner=_owner(), per_minute=per_minute)
+
+
 def redeliver(delivery_id: str) -> tuple[Response, int]:
     state = _state()
-    count_call(
-        state.database,
-        state.clock,
-        kind="redeliver",
-        owner=_owner(),
-        per_minute=state.settings.redeliver_calls_per_minute,
-    )
+    _count_call("redeliver", state.settings.redeliver_calls_per_minute)
     session = state.database.session
     store.redeliver(session, owner=_owner(), delivery_id=delivery_id, now=state.clock.now())
     session.commit()

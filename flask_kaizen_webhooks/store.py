@@ -274,16 +274,21 @@ def _end_unclaimed_deliveries(session: Session, registration_id: str, *, error: 
             Delivery.status == DeliveryStatus.PENDING,
             _not_claimed(now),
         )
-        .values(
-            status=DeliveryStatus.FAILED,
-            last_error=error,
-            claim_token=None,
-            next_attempt_at=None,
-            completed_at=now,
-            updated_at=now,
-        )
+        .values(**_ended_unsent(error, now))
         .execution_options(synchronize_session=False)
     )
+
+
+def _ended_unsent(error: str, now: datetime) -> dict[str, Any]:
+    """The values that end a pending delivery that will not be sent, failed with ``error``."""
+    return {
+        "status": DeliveryStatus.FAILED,
+        "last_error": error,
+        "claim_token": None,
+        "next_attempt_at": None,
+        "completed_at": now,
+        "updated_at": now,
+    }
 
 
 def _not_claimed(now: datetime) -> Any:
@@ -1087,14 +1092,7 @@ def finish_without_attempt(
     result = session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.claim_token == token)
-        .values(
-            status=DeliveryStatus.FAILED,
-            last_error=error,
-            claim_token=None,
-            next_attempt_at=None,
-            completed_at=now,
-            updated_at=now,
-        )
+        .values(**_ended_unsent(error, now))
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
