@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from flask_kaizen_webhooks import get_state
-from flask_kaizen_webhooks.claims import Holder, new_token, this_process
+from flask_kaizen_webhooks.claims import Holder, new_token, process_start, this_process
 from flask_kaizen_webhooks.models import Delivery
 from flask_kaizen_webhooks.serving import StartAt
 from tests.conftest import DELIVERY_CONFIG, register
@@ -104,3 +104,19 @@ def test_the_claims_of_a_process_that_died_are_given_back_at_start(
     with writer.app.app_context(), state.database.independent_session() as session:
         tokens = dict(session.execute(select(Delivery.id, Delivery.claim_token)).all())
     assert (tokens[ids[1]], tokens[ids[2]]) == (elsewhere, mine)  # left to their leases
+
+
+def test_a_holder_ended_only_when_that_is_sure() -> None:
+    import os
+    import time
+
+    me = this_process()
+    assert Holder(me.machine, os.getpid(), 0).runs()  # a start time unknown: taken to run
+    assert not Holder(me.machine, os.getpid(), me.started + 1).runs()  # its pid, given again
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while process_start(exited.pid) is not None:  # ended, not collected yet: a zombie
+        assert time.monotonic() < deadline, "the child did not end"
+        time.sleep(0.05)
+    assert not Holder(me.machine, exited.pid, 0).runs()
+    exited.wait()
