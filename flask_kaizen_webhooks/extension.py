@@ -282,7 +282,8 @@ class KaizenWebhooks:
     def start(self, app: Flask | None = None) -> None:
         """Start delivering in this process now (see ``KAIZEN_WEBHOOKS_AUTOSTART`` for when it
         starts on its own)."""
-        get_state(app).dispatcher.start()
+        target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        get_state(target).start_now(target)
 
     def shutdown(self, app: Flask | None = None, timeout: float = 30.0) -> None:
         """Stop delivering for ``app`` (default: the current app) without losing anything."""

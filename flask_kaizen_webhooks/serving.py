@@ -17,6 +17,7 @@ import enum
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask
 
@@ -85,12 +86,22 @@ def _forking_master() -> bool:
 
 
 def on_fork(callback: Callable[[], None]) -> None:
-    """Run ``callback`` in every child this process forks (uWSGI's workers too, which it forks
-    without Python's fork hooks unless told to)."""
+    """Run ``callback`` in every child this process forks; under uWSGI (which forks its
+    workers without Python's fork hooks unless told to) also through its post-fork hook,
+    chained to any hook set before."""
     os.register_at_fork(after_in_child=callback)
-    if "uwsgi" in sys.modules:
-        try:
-            from uwsgidecorators import postfork  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        except ImportError:
-            return
-        postfork(callback)
+    uwsgi: Any = sys.modules.get("uwsgi")
+    if uwsgi is None:
+        return
+    decorators = sys.modules.get("uwsgidecorators")
+    if decorators is not None:  # the host uses them: join their chain rather than replace it
+        decorators.postfork(callback)
+        return
+    previous = getattr(uwsgi, "post_fork_hook", None)
+
+    def post_fork_hook() -> None:
+        if previous is not None:
+            previous()
+        callback()
+
+    uwsgi.post_fork_hook = post_fork_hook

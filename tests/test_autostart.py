@@ -120,3 +120,24 @@ def test_a_holder_ended_only_when_that_is_sure() -> None:
         time.sleep(0.05)
     assert not Holder(me.machine, exited.pid, 0).runs()
     exited.wait()
+
+
+def test_under_uwsgi_the_fork_hook_joins_the_hosts_own() -> None:
+    """uWSGI forks its workers without Python's fork hooks: ``uwsgi.post_fork_hook`` is
+    chained, the host's hook kept (uWSGI is not installed here: a stand-in module)."""
+    script = (
+        "import sys, types\n"
+        "calls = []\n"
+        "uwsgi = types.ModuleType('uwsgi')\n"
+        "uwsgi.worker_id = lambda: 0\n"
+        "uwsgi.post_fork_hook = lambda: calls.append('host')\n"
+        "sys.modules['uwsgi'] = uwsgi\n"
+        "from flask_kaizen_webhooks.serving import on_fork\n"
+        "on_fork(lambda: calls.append('extension'))\n"
+        "uwsgi.post_fork_hook()\n"
+        "print(calls)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=host_environment(), capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "['host', 'extension']", done.stderr

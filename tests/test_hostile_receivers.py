@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import DataError, InternalError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from flask_kaizen_webhooks import get_state, signals
 from flask_kaizen_webhooks.dispatch.recorder import Recorder
@@ -130,6 +131,7 @@ def test_one_record_the_database_refuses_does_not_hold_up_the_others() -> None:
             "UPDATE ...", {}, Refused("cannot execute UPDATE in a read-only transaction")
         ),
         ProgrammingError("UPDATE ...", {}, Refused('column "x" does not exist')),
+        PoolTimeout("QueuePool limit of size 5 overflow 10 reached"),
     ],
 )
 def test_records_wait_for_a_database_that_cannot_take_them_yet_and_lose_nothing(

@@ -78,7 +78,9 @@ class InFlight(Generic[T]):
         """Take a slot for ``item``: True when taken; otherwise it is parked (None) or, when
         parking is full, refused (False)."""
         with self._lock:
-            host = self._host_of.setdefault(registration_id, host)
+            known = self._host_of.setdefault(registration_id, host)
+            if known != host:
+                host = self._move(registration_id, known, host)
             if self._free(registration_id, host):
                 self._take(registration_id, host)
                 return True
@@ -115,9 +117,10 @@ class InFlight(Generic[T]):
             else:
                 self._timing_out.discard(registration_id)
 
-    def release(self, registration_id: str, host: str) -> T | None:
-        """Give a slot back; a parked item of the same host that may go now comes back with
-        the slot already taken for it."""
+    def release(self, registration_id: str, host: str) -> list[T]:
+        """Give a slot back; the parked items of the same host that may go now come back, each
+        with its slot already taken (more than one when the freed slot lets another
+        registration take a slot it was kept from)."""
         with self._lock:
             host = self._host_of.get(registration_id, host)
             self._registrations[registration_id] -= 1
@@ -133,31 +136,37 @@ class InFlight(Generic[T]):
                 if not attempts:
                     del self._host_registrations[host]
             self._forget_host(registration_id)
-            queue = self._parked.get(host)
-            if not queue:
-                return None
-            index = self._next_parked(host, queue, released_by=registration_id)
-            if index is None:
-                return None
-            waiting_registration, item = queue[index]
-            del queue[index]
-            self._parked_count -= 1
-            if len(queue) <= self.park_per_host // 2:
-                self._saturated.discard(host)
-            if not queue:
-                del self._parked[host]
-            left = self._parked_by_registration[waiting_registration] - 1
-            if left:
-                self._parked_by_registration[waiting_registration] = left
-            else:
-                del self._parked_by_registration[waiting_registration]
-            if left <= self.park_per_registration // 2:
-                self._saturated_registrations.discard(waiting_registration)
-            self._take(waiting_registration, host)
-            return item
+            started: list[T] = []
+            released_by: str | None = registration_id
+            while (queue := self._parked.get(host)) and self._hosts[host] < self.per_host:
+                index = self._next_parked(host, queue, released_by=released_by)
+                if index is None:
+                    break
+                started.append(self._unpark(host, queue, index))
+                released_by = None
+            return started
+
+    def _unpark(self, host: str, queue: deque[tuple[str, T]], index: int) -> T:
+        """Take parked item ``index`` of ``host`` out of the park, its slot taken."""
+        waiting_registration, item = queue[index]
+        del queue[index]
+        self._parked_count -= 1
+        if len(queue) <= self.park_per_host // 2:
+            self._saturated.discard(host)
+        if not queue:
+            del self._parked[host]
+        left = self._parked_by_registration[waiting_registration] - 1
+        if left:
+            self._parked_by_registration[waiting_registration] = left
+        else:
+            del self._parked_by_registration[waiting_registration]
+        if left <= self.park_per_registration // 2:
+            self._saturated_registrations.discard(waiting_registration)
+        self._take(waiting_registration, host)
+        return item
 
     def _next_parked(
-        self, host: str, queue: deque[tuple[str, T]], *, released_by: str
+        self, host: str, queue: deque[tuple[str, T]], *, released_by: str | None
     ) -> int | None:
         """The index of the parked item a freed slot of ``host`` goes to: of the registrations
         that may start an attempt, the one with the fewest in flight on ``host``, its oldest
@@ -214,6 +223,36 @@ class InFlight(Generic[T]):
             for registration_id in list(self._host_of):
                 self._forget_host(registration_id)
             return items
+
+    def _move(self, registration_id: str, old: str, new: str) -> str:
+        """Count ``registration_id``'s attempts in flight and parked work against host key
+        ``new`` rather than ``old`` (its URL's key changed: a name now counted by the address
+        it was connected to), so its attempts and its parked work keep meeting under one key
+        and one server is not given slots under two; the key it now counts against.
+
+        Not while other registrations' work is parked under ``old``: it waits for the slots
+        the attempts there free, this registration's too (it moves once that park drains)."""
+        queue = self._parked.get(old)
+        if queue and any(entry[0] != registration_id for entry in queue):
+            return old
+        self._host_of[registration_id] = new
+        count = self._host_registrations.get(old, Counter()).pop(registration_id, 0)
+        if count:
+            if not self._host_registrations[old]:
+                del self._host_registrations[old]
+            self._hosts[old] -= count
+            if not self._hosts[old]:
+                del self._hosts[old]
+            self._hosts[new] += count
+            self._host_registrations.setdefault(new, Counter())[registration_id] += count
+        if queue:  # only this registration's work: all of it moves along
+            del self._parked[old]
+            self._saturated.discard(old)
+            target = self._parked.setdefault(new, deque())
+            target.extend(queue)
+            if len(target) >= self.park_per_host:
+                self._saturated.add(new)
+        return new
 
     def _forget_host(self, registration_id: str) -> None:
         """Drop the key of a registration with nothing in flight or parked any more."""

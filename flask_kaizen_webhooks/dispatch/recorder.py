@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -143,9 +143,11 @@ class Recorder(Generic[T]):
 
 def refused(exc: BaseException) -> bool:
     """True when the database refused what was written (a value it cannot store, a broken
-    constraint), or the write could not even be made of it: the same records would be refused
-    again. Anything else (the database unreachable, busy, read-only for a failover, or a
-    schema not migrated yet) may pass later, and is tried again with nothing dropped."""
+    constraint), or the driver could not even send a value of it: the same records would be
+    refused again. Anything else (the database unreachable, busy, its pool exhausted,
+    read-only for a failover, a schema not migrated yet) may pass later, and is tried again
+    with nothing dropped."""
     if isinstance(exc, DataError | IntegrityError):
         return True
-    return not isinstance(exc, DBAPIError)  # raised before the database saw the statement
+    cause = exc.orig if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError) else exc
+    return isinstance(cause, ValueError | TypeError)  # a value the driver could not take

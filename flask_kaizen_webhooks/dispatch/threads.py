@@ -156,13 +156,13 @@ class ThreadDispatcher:
         poller.join(max(0.0, deadline - time.monotonic()))
         left: list[store.Claimed] = []
         for item, host, _started in sender.stop(max(0.0, deadline - time.monotonic())):
-            left += self._release_all(item, host)
+            left += self._release_all([item], host)
         while True:
             try:
                 item, host = self._renewals.get_nowait()
             except queue.Empty:
                 break
-            left += self._release_all(item, host)
+            left += self._release_all([item], host)
         left += self._unsent + self._in_flight.unpark_all()
         self._unsent = []
         self._give_back(left, due=self._state.clock.now())
@@ -172,22 +172,25 @@ class ThreadDispatcher:
 
     # Attempts --------------------------------------------------------------------------------
 
-    def _begin(self, item: store.Claimed | None, host: str, *, renewed: bool = False) -> None:
-        """Start the attempt of ``item``, whose slot is held (and, when it ends at once, of the
-        parked work its slot goes to); its lease is renewed first if it is running out, unless
-        it was just ``renewed``."""
+    def _begin(self, items: list[store.Claimed], host: str, *, renewed: bool = False) -> None:
+        """Start the attempts of ``items``, whose slots are held (and, when one ends at once, of
+        the parked work its slot goes to); a lease is renewed first if it is running out,
+        unless it was just ``renewed`` (then ``items`` is that one delivery)."""
         state = self._state
         sender = self._sender
-        while item is not None:
+        waiting = list(items)
+        while waiting:
+            item = waiting.pop(0)
             if self._stopping.is_set() or sender is None:
-                self._unsent += self._release_all(item, host)
+                self._unsent += self._release_all([item, *waiting], host)
                 return
             started = state.clock.now()
             spare = self._spare_lease(item, started)
             if spare < LEASE_MARGIN and not renewed:
                 self._renewals.put((item, host))  # the poller renews it, then it starts
                 self._wake.set()
-                return
+                continue
+            renewed = False
             request = request_of(state, item)
             if isinstance(request, Request):
                 job = Job(
@@ -199,9 +202,8 @@ class ThreadDispatcher:
                     start_by=time.monotonic() + spare,  # later, it goes to _late
                 )
                 sender.send(job)
-                return
-            item = self._conclude(item, host, started, request)
-            renewed = False
+                continue
+            waiting += self._conclude(item, host, started, request)
 
     def _finished(self, context: Context, result: SendResult) -> None:
         """An attempt came to ``result`` (on the sender's thread): record it, start what its
@@ -226,7 +228,7 @@ class ThreadDispatcher:
 
     def _conclude(
         self, item: store.Claimed, host: str, started: datetime, result: SendResult
-    ) -> store.Claimed | None:
+    ) -> list[store.Claimed]:
         """Queue the record of ``item``'s attempt and free its slot; the parked work the slot
         goes to comes back."""
         try:
@@ -235,14 +237,15 @@ class ThreadDispatcher:
             logger.exception("Delivery %s: unexpected error; it will be retried", item.delivery_id)
         return self._in_flight.release(item.registration_id, host)
 
-    def _release_all(self, item: store.Claimed, host: str) -> list[store.Claimed]:
-        """Free ``item``'s slot without attempting it, and the slots of the parked work it would
-        go to: all of them come back, to be given back."""
+    def _release_all(self, items: list[store.Claimed], host: str) -> list[store.Claimed]:
+        """Free the slots of ``items`` without attempting them, and the slots of the parked work
+        they would go to: all of them come back, to be given back."""
         released = []
-        following: store.Claimed | None = item
-        while following is not None:
-            released.append(following)
-            following = self._in_flight.release(following.registration_id, host)
+        following = list(items)
+        while following:
+            item = following.pop()
+            released.append(item)
+            following += self._in_flight.release(item.registration_id, host)
         return released
 
     def _spare_lease(self, item: store.Claimed, now: datetime) -> float:
@@ -269,7 +272,7 @@ class ThreadDispatcher:
             logger.exception("Delivery %s: renewing its claim failed", item.delivery_id)
             renewed = False
         if renewed:
-            self._begin(dataclasses.replace(item, lease_until=lease_until), host, renewed=True)
+            self._begin([dataclasses.replace(item, lease_until=lease_until)], host, renewed=True)
         else:
             logger.info("Delivery %s: claim expired before its attempt", item.delivery_id)
             self._begin(self._in_flight.release(item.registration_id, host), host)
@@ -347,7 +350,7 @@ class ThreadDispatcher:
             host = destination_of(item.target.url, self._state.transport.addresses)
             taken = self._in_flight.acquire(item.registration_id, host, item)
             if taken:
-                self._begin(item, host)
+                self._begin([item], host)
             elif taken is False:
                 refused.append(item)
         if refused:
