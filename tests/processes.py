@@ -29,10 +29,12 @@ def host_environment(**extra: str) -> dict[str, str]:
 class HostProcess:
     """A server process (and the ones it forks) in a session of its own."""
 
-    def __init__(self, command: list[str], env: dict[str, str], *, listening: str) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str], *, listening: str, cwd: Path = ROOT
+    ) -> None:
         self.process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

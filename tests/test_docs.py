@@ -7,11 +7,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from flask_kaizen_webhooks.cli import webhooks_cli
 from flask_kaizen_webhooks.config import DEFAULTS
 from flask_kaizen_webhooks.signing import encode_payload, sign
 from flask_kaizen_webhooks.topics import BUILTIN_TOPICS
+from tests.processes import HostProcess
 from tests.receivers import wait_until
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -213,47 +212,6 @@ def captioned(text: str, caption: str) -> str:
     return textwrap.dedent(match[1]).strip() + "\n"
 
 
-class Running:
-    """A shell command running in a process group of its own, its output collected."""
-
-    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.output = ""
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.changed:
-                self.output += line
-                self.changed.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        """The first match of ``pattern`` in the output; fails if none comes in time."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not (match := re.search(pattern, self.output)):
-                assert self.process.poll() is None, f"it ended: {self.output}"
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f"no {pattern!r} in: {self.output}"
-                self.changed.wait(min(remaining, 0.5))
-            return match
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
-
-
 def test_the_quickstart_host_runs_and_sends_its_first_webhooks(tmp_path: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
@@ -267,11 +225,18 @@ def test_the_quickstart_host_runs_and_sends_its_first_webhooks(tmp_path: Path) -
     assert start_host.endswith("flask --app host run")
     assert start_receiver.endswith("--port 6785")
     # Port 0: the system picks free ports, which the servers' startup lines tell.
-    host = Running(start_host + " --port 0", tmp_path, env)
-    receiver = Running(start_receiver.replace("--port 6785", "--port 0"), tmp_path, env)
+    running = r"Running on http://127\.0\.0\.1:(\d+)"
+    host = HostProcess(
+        ["bash", "-c", start_host + " --port 0"], env, listening=running, cwd=tmp_path
+    )
+    receiver = HostProcess(
+        ["bash", "-c", start_receiver.replace("--port 6785", "--port 0")],
+        env,
+        listening=running,
+        cwd=tmp_path,
+    )
     try:
-        running = r"Running on http://127\.0\.0\.1:(\d+)"
-        host_port, receiver_port = host.wait_for(running)[1], receiver.wait_for(running)[1]
+        host_port, receiver_port = host.port, receiver.port
         steps = (
             captioned(text, "terminal 3: the integrator")
             .replace("127.0.0.1:5000", f"127.0.0.1:{host_port}")
@@ -291,8 +256,10 @@ def test_the_quickstart_host_runs_and_sends_its_first_webhooks(tmp_path: Path) -
         [result] = tested["deliveries"]
         assert result["ok"] is True, result
         assert renamed == {"id": 1, "name": "Ann Lee"}
-        receiver.wait_for(r"profile_updated \{'auditLog'")  # the sample payload of the test
-        receiver.wait_for(r"profile_updated \{'id': 1, 'name': 'Ann Lee', 'webhook_request_id'")
+        receiver.wait_for_output(r"profile_updated \{'auditLog'")  # the sample payload of the test
+        receiver.wait_for_output(
+            r"profile_updated \{'id': 1, 'name': 'Ann Lee', 'webhook_request_id'"
+        )
 
         def listed() -> str:
             command = ["flask", "--app", "host", "webhooks", "deliveries", "--status", "succeeded"]
