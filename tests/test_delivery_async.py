@@ -187,12 +187,18 @@ def test_retry_after_on_429_is_honoured(make_host: Any, backend: str, receiver: 
     wait_until(lambda: status_of(host, delivery_id) == "succeeded")
 
 
-def test_deleted_registration_is_not_sent(host: Any, receiver: Any) -> None:
-    server = receiver()
+def queued_while_stopped(host: Any, server: Any) -> tuple[dict[str, str], str]:
+    """A registration of ``server`` and a delivery queued for it while nothing sends."""
     registration = register(host, server.url())
     with host.app.app_context():
         get_state().dispatcher.stop()
         [delivery_id] = host.webhooks.trigger("profile_updated", PROFILE)
+    return registration, delivery_id
+
+
+def test_deleted_registration_is_not_sent(host: Any, receiver: Any) -> None:
+    server = receiver()
+    registration, delivery_id = queued_while_stopped(host, server)
     client = host.app.test_client()
     url = f"/v2/webhooks/registrations/{registration['id']}?rev={registration['rev']}"
     assert client.delete(url, headers=ADMIN).status_code == 200
@@ -206,10 +212,7 @@ def test_deleted_registration_is_not_sent(host: Any, receiver: Any) -> None:
 
 def test_disabled_registration_is_not_sent(host: Any, receiver: Any) -> None:
     server = receiver()
-    registration = register(host, server.url())
-    with host.app.app_context():
-        get_state().dispatcher.stop()
-        [delivery_id] = host.webhooks.trigger("profile_updated", PROFILE)
+    registration, delivery_id = queued_while_stopped(host, server)
     disabled = host.app.test_cli_runner().invoke(args=["webhooks", "disable", registration["id"]])
     assert disabled.exit_code == 0
     with host.app.app_context():

@@ -19,6 +19,10 @@ from hypothesis import strategies as st
 from tests.conftest import ADMIN
 
 EXAMPLES = int(os.environ.get("KAIZEN_WEBHOOKS_FUZZ_EXAMPLES", "20"))
+#: How every fuzzing run here is driven.
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 #: Operations that send webhooks to wherever the fuzzer's URLs point are left out.
 SENDING = {"POST /test"}
 
@@ -39,12 +43,7 @@ def test_the_api_holds_up_to_generated_requests(make_host: Any, serve: Any) -> N
             continue
 
         @given(case=operation.as_strategy())
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
+        @FUZZ
         def fuzz(case: Any) -> None:
             # Schema-valid is not always acceptable: opaque cursors and revs, business rules on
             # URLs and secrets, and ids that do not exist get precise 4xx answers by design.
@@ -187,12 +186,7 @@ def fuzz_target(client: Any, registration: dict[str, str], target: Target) -> No
     hostile = HOSTILE_URL_TEXT if target.place in ("path", "query") else HOSTILE_TEXT
 
     @given(value=HUGE_NUMBERS if target.place == "number" else st.one_of(hostile, HUGE_DIGITS))
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @FUZZ
     def fuzz(value: str) -> None:
         response = target.send(client, registration, value)
         if value.isdigit() and not target.refuses_digits:
