@@ -441,7 +441,7 @@ def send_test() -> Response:
         targets=targets,
         mode=DeliveryMode.TEST,
         timeout=timeout,
-        lane=state.test_lane,
+        client=state.test_client,
     )
     return jsonify(deliveries=[result.to_dict() for result in results])
 

@@ -68,7 +68,7 @@ def worker() -> None:
         pass
     click.echo("Stopping: finishing the attempts in flight...")
     dispatcher.stop()
-    state.transport.close()
+    state.client.close()
     click.echo("Stopped; pending deliveries stay in the outbox.")
 
 
@@ -334,7 +334,7 @@ def send_test(topic: str, registration_id: str | None) -> None:
         targets=targets,
         mode=DeliveryMode.TEST,
         timeout=state.settings.async_timeout,
-        lane=state.test_lane,
+        client=state.test_client,
     )
     print_table(
         ["REGISTRATION", "OK", "STATUS", "MS", "ERROR"],

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 
@@ -55,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "CLAIM_LEASE": None,
     "SECRET_OVERLAP": 86400,
     "CA_BUNDLE": None,
+    "PROXY": None,
 }
 
 DISPATCHERS = ("thread", "celery", "none")
@@ -101,6 +103,7 @@ class Settings:
     claim_lease: float | None
     secret_overlap: float
     ca_bundle: str | None
+    proxy: str | None
 
     @property
     def lease_seconds(self) -> float:
@@ -178,6 +181,7 @@ class Settings:
             claim_lease=_lease(value, "CLAIM_LEASE"),
             secret_overlap=_non_negative_number(value, "SECRET_OVERLAP"),
             ca_bundle=_ca_bundle(value, "CA_BUNDLE"),
+            proxy=_proxy(value, "PROXY"),
         )
 
 
@@ -293,6 +297,23 @@ def _lease(value: Any, name: str) -> float | None:
             "or another worker could send a delivery that is still being sent",
         )
     return lease
+
+
+def _proxy(value: Any, name: str) -> str | None:
+    """An egress proxy's URL: ``http://`` or ``https://``, a host, a port."""
+    raw = value(name)
+    if raw is None:
+        return None
+    try:
+        parts = urlsplit(raw) if isinstance(raw, str) else None
+        port = parts.port if parts is not None else None
+    except ValueError:
+        parts = port = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port:
+        raise ConfigurationError(
+            PREFIX + name, f"expected a proxy URL such as 'http://proxy.internal:4750', got {raw!r}"
+        )
+    return str(raw)
 
 
 def _ca_bundle(value: Any, name: str) -> str | None:

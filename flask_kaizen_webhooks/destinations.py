@@ -1,7 +1,7 @@
 """What the per-host caps count: the address a webhook connects to, not how its URL spells it.
 
 ``127.0.0.1``, ``127.1``, ``2130706433`` and ``[::ffff:127.0.0.1]`` are one destination, and so
-are eight DNS names of one server: the transport notes the address each name was last connected
+are eight DNS names of one server: the client notes the address each name was last connected
 to (:class:`AddressBook`), and :func:`destination_of` keys a URL by it. A name not connected to
 yet counts by itself until its first connection; nothing here looks a name up, so a slow
 resolver never holds up the caller.

@@ -13,11 +13,12 @@ from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 
 from . import store
+from .client import Client
 from .clock import Clock
 from .config import Settings
 from .database import Database
 from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
-from .dispatch.sync import DeliveryResult, Lane, fan_out
+from .dispatch.sync import DeliveryResult, fan_out
 from .dispatch.threads import ThreadDispatcher
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
 from .logs import show_warnings
@@ -27,7 +28,6 @@ from .serving import StartAt, on_fork, start_at
 from .signals import topic_signal
 from .signing import encode_payload
 from .topics import Mode, Topic, TopicRegistry
-from .transport import Transport
 
 EXTENSION_KEY = "kaizen_webhooks"
 
@@ -53,13 +53,13 @@ class WebhooksState:
         )
         self.clock = Clock()
         self.rng = random.Random()
-        #: The background engine's connections (and the test endpoint's).
-        self.transport = self._transport(settings.workers + settings.sync_workers)
-        #: Synchronous topics (the host's logins) send on threads and connections of their own,
-        #: which nothing an integrator can set off (a test, a redelivery) competes for.
-        self.sync_lane = Lane("sync", settings.sync_workers, self._transport(settings.sync_workers))
+        #: The background engine's HTTP client (and a Celery worker's).
+        self.client = self._client("engine", settings.workers)
+        #: Synchronous topics (the host's logins) send on a client of their own (its thread and
+        #: connections), which nothing an integrator can set off (a test, a redelivery) delays.
+        self.sync_client = self._client("sync", settings.sync_workers)
         #: ``POST /test`` and ``flask webhooks test``.
-        self.test_lane = Lane("test", settings.sync_workers, self.transport)
+        self.test_client = self._client("test", settings.sync_workers)
         self.dispatcher: Dispatcher = NoDispatcher()
         if settings.dispatcher == "thread":
             self.dispatcher = ThreadDispatcher(app, self)
@@ -71,21 +71,28 @@ class WebhooksState:
         self.start_at = StartAt.FIRST_USE
         self._forked_in = os.getpid()
 
-    def _transport(self, pool_size: int) -> Transport:
+    def _client(self, name: str, max_active: int) -> Client:
         settings = self.settings
-        return Transport(
+        return Client(
             max_response_bytes=settings.max_response_bytes,
-            pool_size=pool_size,
+            max_active=max_active,
+            connect_timeout=settings.connect_timeout,
             policy=settings.address_policy,
             ca_bundle=settings.ca_bundle,
+            proxy=settings.proxy,
+            name=f"kaizen-webhooks-{name}",
         )
+
+    @property
+    def clients(self) -> tuple[Client, Client, Client]:
+        """Every HTTP client of this app: the engine's, the sync topics', the tests'."""
+        return self.client, self.sync_client, self.test_client
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the dispatcher and the sync threads and close connections; nothing is lost."""
         self.dispatcher.stop(timeout)
-        for lane in (self.sync_lane, self.test_lane):
-            lane.shutdown()
-            lane.transport.close()
+        for client in self.clients:
+            client.close()
 
     def start_now(self, app: Flask) -> None:
         """Start the engine, the extension's tables made first (here, not in the engine's
@@ -105,8 +112,8 @@ class WebhooksState:
             return
         self._forked_in = os.getpid()
         self.database.after_fork()
-        for lane in (self.sync_lane, self.test_lane):
-            lane.after_fork()
+        for client in self.clients:
+            client.after_fork()
         self.dispatcher.after_fork()
         if self.start_at is StartAt.FORK:
             self.start_at = StartAt.NOW
@@ -273,7 +280,7 @@ class KaizenWebhooks:
                 targets=targets,
                 mode=DeliveryMode.SYNC,
                 timeout=state.settings.sync_timeout,
-                lane=state.sync_lane,
+                client=state.sync_client,
             )
         except Exception as exc:  # a defect: the host's request goes on all the same
             logger.exception("Sending the %s webhooks failed unexpectedly", topic)

@@ -2,7 +2,7 @@
 
 Integrators' URLs are untrusted input that the host's servers will call. Only the addresses a
 host name resolves to are judged (so encoded literals such as ``2130706433`` or ``0x7f000001``
-are caught like any other spelling of 127.0.0.1), every one of them, and the transport connects
+are caught like any other spelling of 127.0.0.1), every one of them, and the client connects
 to the address that was judged. Operators open private ranges explicitly with
 ``KAIZEN_WEBHOOKS_ALLOWED_NETWORKS``.
 """

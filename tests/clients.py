@@ -1,70 +1,28 @@
-"""Both ways the library makes a POST, behind :meth:`Transport.post`'s signature, so that the
-exchange tests run through each: the blocking transport (synchronous topics, the test endpoint,
-Celery) and the dispatcher's :class:`~flask_kaizen_webhooks.multiplex.Multiplexer`.
-
-A module marked ``both_drivers`` runs every test once per driver; its clients come from
-:func:`wrap`.
-"""
+"""HTTP clients for tests: :func:`client` makes one, as the extension would (the strict address
+policy unless a test gives another); every client a test makes is stopped after it."""
 
 from __future__ import annotations
 
-import threading
+import ipaddress
 from typing import Any
 
-from flask_kaizen_webhooks.multiplex import Job, Multiplexer
-from flask_kaizen_webhooks.transport import SendResult, Transport
+from flask_kaizen_webhooks.client import Client
+from flask_kaizen_webhooks.guard import AddressPolicy
 
-#: The driver of the running test: "blocking" or "multiplexed".
-CURRENT = "blocking"
-_made: list[Multiplexed] = []
-
-
-class Multiplexed:
-    """A :class:`Multiplexer` of its own, waited on like a blocking call."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self._sender: Multiplexer[tuple[threading.Event, list[SendResult]]] = Multiplexer(
-            transport, max_active=8, connect_timeout=1.0, done=self._done
-        )
-        self._sender.start()
-
-    def post(
-        self,
-        url: str,
-        body: bytes,
-        headers: dict[str, str],
-        *,
-        timeout: float,
-        connect_timeout: float,
-    ) -> SendResult:
-        self._sender.connect_timeout = connect_timeout
-        finished: threading.Event = threading.Event()
-        box: list[SendResult] = []
-        self._sender.send(Job(url, body, headers, timeout, (finished, box)))
-        assert finished.wait(timeout + 10), "the multiplexer never answered"
-        return box[0]
-
-    def close(self) -> None:
-        assert self._sender.stop(5.0) == []
-        self.transport.close()
-
-    @staticmethod
-    def _done(context: tuple[threading.Event, list[SendResult]], result: SendResult) -> None:
-        finished, box = context
-        box.append(result)
-        finished.set()
+#: Only the test servers' address is open.
+LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+_made: list[Client] = []
 
 
-def wrap(transport: Transport) -> Any:
-    """``transport``, or a multiplexer in front of it, as the running test's driver says."""
-    if CURRENT == "blocking":
-        return transport
-    _made.append(Multiplexed(transport))
+def client(**options: Any) -> Client:
+    """A client with small limits (1 KiB answers, 8 attempts at once, 1 s to connect), stopped
+    when the test ends."""
+    settings: dict[str, Any] = {"max_response_bytes": 1024, "max_active": 8, "connect_timeout": 1.0}
+    _made.append(Client(**{**settings, **options}))
     return _made[-1]
 
 
-def close_all() -> None:
-    """Stop the multiplexers the test made."""
+def stop_all() -> None:
+    """Stop the clients the test made; none may be left with work in hand."""
     while _made:
-        _made.pop().close()
+        _made.pop().stop(1.0)

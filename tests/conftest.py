@@ -37,19 +37,11 @@ OTHER_ADMIN = {"Authorization": "Bearer other-admin-token"}
 USER = {"Authorization": "Bearer user-token"}
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.definition.get_closest_marker("both_drivers"):
-        metafunc.fixturenames.append("post_driver")
-        metafunc.parametrize("post_driver", ["blocking", "multiplexed"], indirect=True)
-
-
-@pytest.fixture
-def post_driver(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The way the test's POSTs are made (see :mod:`tests.clients`)."""
-    clients.CURRENT = request.param
-    yield request.param
-    clients.close_all()
-    clients.CURRENT = "blocking"
+@pytest.fixture(autouse=True)
+def _stop_clients() -> Iterator[None]:
+    """Every HTTP client a test made (see :mod:`tests.clients`) is stopped after it."""
+    yield
+    clients.stop_all()
 
 
 #: Storage backends: (database server, whether the extension shares the host's Flask-SQLAlchemy).

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from flask_kaizen_webhooks.client import route
 from flask_kaizen_webhooks.guard import AddressPolicy
-from flask_kaizen_webhooks.transport import Transport, route
+from tests.clients import client
 from tests.conftest import ADMIN
 
 PREFIX = "/v2/webhooks"
@@ -309,8 +310,8 @@ def test_a_stored_internationalized_url_goes_out_with_an_ascii_host(
         return [ipaddress.ip_address("127.0.0.1")]
 
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    transport = Transport(max_response_bytes=1024, pool_size=1, policy=policy, resolver=resolver)
-    result = transport.post(f"http://{name}:{port}/hook", b"{}", {}, timeout=5, connect_timeout=2)
+    transport = client(policy=policy, resolver=resolver)
+    result = transport.post(f"http://{name}:{port}/hook", b"{}", {}, timeout=5)
     assert result.ok, result
     assert looked_up == [ascii_name]
     assert server.received[0].headers["Host"] == f"{ascii_name}:{port}"

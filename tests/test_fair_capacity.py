@@ -12,7 +12,7 @@ import pytest
 
 from flask_kaizen_webhooks import get_state
 from flask_kaizen_webhooks.guard import AddressPolicy
-from flask_kaizen_webhooks.transport import Transport
+from tests.clients import client
 from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, FrozenClock, register
 from tests.receivers import Reply, wait_until
 
@@ -85,12 +85,10 @@ def test_one_integrators_slow_names_do_not_hold_up_anothers_lookups(receiver: An
         return [ipaddress.ip_address("127.0.0.1")]
 
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    transport = Transport(max_response_bytes=1024, pool_size=2, policy=policy, resolver=resolver)
+    transport = client(policy=policy, resolver=resolver)
 
     def post(name: str, timeout: float) -> Any:
-        return transport.post(
-            f"http://{name}:{port}/", b"x", {}, timeout=timeout, connect_timeout=1.0
-        )
+        return transport.post(f"http://{name}:{port}/", b"x", {}, timeout=timeout)
 
     slow = [
         threading.Thread(target=post, args=(f"slow-{n}.example", 3.0), daemon=True)
@@ -98,7 +96,7 @@ def test_one_integrators_slow_names_do_not_hold_up_anothers_lookups(receiver: An
     ]
     for thread in slow:
         thread.start()
-    wait_until(lambda: len(transport._lookups._under_way) == 20)  # every slow lookup hangs
+    wait_until(lambda: len(transport.lookups.under_way) == 20)  # every slow lookup hangs
     try:
         result = post("fast.example", 2.0)
         assert result.ok, result

@@ -12,17 +12,22 @@ from typing import Any
 import pytest
 
 from flask_kaizen_webhooks.guard import AddressPolicy, forbidden_reason, literal_address
-from flask_kaizen_webhooks.transport import Transport
+from tests.clients import client
 from tests.conftest import ADMIN
 
-# Every connect() the process makes while ``_watch.on`` is set, seen through Python's audit hooks.
-_watch = threading.local()
+# Every socket the library's threads make (libcurl gets each from OPENSOCKETFUNCTION, which
+# makes it in Python) and every Python connect(), while ``_watch.on`` is set, seen through
+# Python's audit hooks.
 _connects: list[Any] = []
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if event == "socket.connect" and getattr(_watch, "on", False):
-        _connects.append(args[1])
+    if event in ("socket.__new__", "socket.connect") and _WATCHING[0]:
+        if threading.current_thread().name.startswith("kaizen-webhooks"):
+            _connects.append((event, args[1:]))
+
+
+_WATCHING = [False]
 
 
 sys.addaudithook(_audit)
@@ -30,11 +35,11 @@ sys.addaudithook(_audit)
 
 @pytest.fixture
 def no_connections() -> Iterator[list[Any]]:
-    """Fails the test if this thread tries to connect anywhere."""
+    """Fails the test if the library opens a socket or connects anywhere."""
     _connects.clear()
-    _watch.on = True
+    _WATCHING[0] = True
     yield _connects
-    _watch.on = False
+    _WATCHING[0] = False
     assert _connects == [], f"connection attempts: {_connects}"
 
 
@@ -129,8 +134,8 @@ def test_there_are_at_least_forty_hostile_urls() -> None:
 
 @pytest.mark.parametrize("url", HOSTILE)
 def test_send_refuses_without_connecting(url: str, no_connections: list[Any]) -> None:
-    transport = Transport(max_response_bytes=1024, pool_size=1)
-    result = transport.post(url, b"x", {}, timeout=2, connect_timeout=1)
+    transport = client()
+    result = transport.post(url, b"x", {}, timeout=2)
     assert result.status_code is None and not result.ok
     assert result.error is not None and result.error.startswith("forbidden destination:")
     assert result.elapsed < 1.0
@@ -140,7 +145,7 @@ def test_encoded_loopback_never_reaches_a_listener(
     loopback_listener: tuple[int, list[Any]],
 ) -> None:
     port, _ = loopback_listener
-    transport = Transport(max_response_bytes=1024, pool_size=1)
+    transport = client()
     for host in (
         "127.0.0.1",
         "127.1",
@@ -150,7 +155,7 @@ def test_encoded_loopback_never_reaches_a_listener(
         "localhost",
         "[::ffff:127.0.0.1]",
     ):
-        result = transport.post(f"http://{host}:{port}/", b"x", {}, timeout=2, connect_timeout=1)
+        result = transport.post(f"http://{host}:{port}/", b"x", {}, timeout=2)
         assert result.error is not None and "forbidden" in result.error, (host, result)
 
 
@@ -236,24 +241,21 @@ def test_every_resolved_address_is_checked_and_only_checked_ones_are_used(
         return [ipaddress.ip_address("127.0.0.1" if len(lookups) == 1 else "10.0.0.1")]
 
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    transport = Transport(max_response_bytes=1024, pool_size=1, policy=policy, resolver=rebinding)
-    result = transport.post(
-        f"http://hooks.rebind.test:{port}/x", b"x", {}, timeout=5, connect_timeout=2
-    )
+    transport = client(policy=policy, resolver=rebinding)
+    result = transport.post(f"http://hooks.rebind.test:{port}/x", b"x", {}, timeout=5)
     assert result.ok, result
     assert lookups == ["hooks.rebind.test"]  # one lookup: the connection used its answer
     assert server.received[0].headers["Host"] == f"hooks.rebind.test:{port}"
     # An answer mixing an allowed address with a forbidden one is refused as a whole.
-    mixed = Transport(
+    mixed = client(
         max_response_bytes=1024,
-        pool_size=1,
         policy=policy,
         resolver=lambda host, port: [
             ipaddress.ip_address("127.0.0.1"),
             ipaddress.ip_address("10.0.0.1"),
         ],
     )
-    refused = mixed.post(f"http://mixed.test:{port}/", b"x", {}, timeout=5, connect_timeout=2)
+    refused = mixed.post(f"http://mixed.test:{port}/", b"x", {}, timeout=5)
     assert refused.error is not None and "10.0.0.1" in refused.error
     assert len(server.received) == 1
 
@@ -266,8 +268,8 @@ def test_proxy_settings_in_the_environment_are_ignored(
         monkeypatch.setenv(name, f"http://127.0.0.1:{proxy_port}")
     server = receiver()
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    transport = Transport(max_response_bytes=1024, pool_size=1, policy=policy)
-    assert transport.post(server.url(), b"x", {}, timeout=5, connect_timeout=2).ok
+    transport = client(policy=policy)
+    assert transport.post(server.url(), b"x", {}, timeout=5).ok
     assert len(server.received) == 1
 
 
@@ -286,14 +288,12 @@ def test_the_connection_watch_sees_real_connections(receiver: Any) -> None:
     server = receiver()
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
     _connects.clear()
-    _watch.on = True
+    _WATCHING[0] = True
     try:
-        Transport(max_response_bytes=1024, pool_size=1, policy=policy).post(
-            server.url(), b"x", {}, timeout=5, connect_timeout=2
-        )
+        client(policy=policy).post(server.url(), b"x", {}, timeout=5)
     finally:
-        _watch.on = False
-    assert any(address[0] == "127.0.0.1" for address in _connects)
+        _WATCHING[0] = False
+    assert [event for event, _args in _connects] == ["socket.__new__"]  # one socket, for the send
     _connects.clear()
 
 
@@ -378,7 +378,7 @@ def test_a_refusal_at_send_time_says_why_and_which_setting_opens_it() -> None:
     def private(host: str, port: int) -> list[Any]:
         return [ipaddress.ip_address("10.0.0.1")]
 
-    transport = Transport(max_response_bytes=1024, pool_size=1, resolver=private)
+    transport = client(resolver=private)
     for url, error in (
         ("http://127.0.0.1/", f"127.0.0.1 is a loopback address. {NETWORKS_HINT}"),
         (
@@ -391,7 +391,7 @@ def test_a_refusal_at_send_time_says_why_and_which_setting_opens_it() -> None:
             "with KAIZEN_WEBHOOKS_ALLOWED_PORTS.",
         ),
     ):
-        result = transport.post(url, b"{}", {}, timeout=2, connect_timeout=1)
+        result = transport.post(url, b"{}", {}, timeout=2)
         assert result.error == f"forbidden destination: {error}", url
 
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from flask_kaizen_webhooks.guard import AddressPolicy
 from flask_kaizen_webhooks.multiplex import Job, Multiplexer
 from flask_kaizen_webhooks.transport import SendResult, Transport
+
+from flask_kaizen_webhooks.guard import AddressPolicy
 from tests.receivers import Received, Reply, wait_until
 
 LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))

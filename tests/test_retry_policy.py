@@ -6,9 +6,9 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from flask_kaizen_webhooks.transport import SendResult, parse_retry_after
 
 from flask_kaizen_webhooks.dispatch.attempt import next_step
-from flask_kaizen_webhooks.transport import SendResult, parse_retry_after
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SCHEDULE = (5.0, 300.0, 1800.0)

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from flask_kaizen_webhooks.guard import AddressPolicy
-from flask_kaizen_webhooks.transport import Transport
-from tests.clients import wrap
+from tests.clients import client, wrap
 
 pytestmark = pytest.mark.both_drivers
 
@@ -99,9 +98,8 @@ def tls_server(tmp_path: Path) -> Iterator[Any]:
 def transport(ca: str) -> Transport:
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
     return wrap(
-        Transport(
+        client(
             max_response_bytes=1024,
-            pool_size=1,
             policy=policy,
             ca_bundle=ca,
             resolver=lambda host, port: [ipaddress.ip_address("127.0.0.1")],
@@ -111,9 +109,7 @@ def transport(ca: str) -> Transport:
 
 def test_sni_host_header_and_certificate_use_the_url_name(tls_server: Any) -> None:
     port, ca, seen = tls_server
-    result = transport(ca).post(
-        f"https://hooks.example.test:{port}/x", b"x", {}, timeout=5, connect_timeout=2
-    )
+    result = transport(ca).post(f"https://hooks.example.test:{port}/x", b"x", {}, timeout=5)
     assert result.ok, result
     assert seen["sni"] == ["hooks.example.test"]
     assert seen["hosts"] == [f"hooks.example.test:{port}"]
@@ -121,9 +117,7 @@ def test_sni_host_header_and_certificate_use_the_url_name(tls_server: Any) -> No
 
 def test_a_certificate_for_another_name_is_refused(tls_server: Any) -> None:
     port, ca, seen = tls_server
-    result = transport(ca).post(
-        f"https://other.example.test:{port}/x", b"x", {}, timeout=5, connect_timeout=2
-    )
+    result = transport(ca).post(f"https://other.example.test:{port}/x", b"x", {}, timeout=5)
     assert not result.ok and result.status_code is None
     assert "certificate" in (result.error or "").lower() or "hostname" in (result.error or "")
     assert seen["hosts"] == []  # nothing was sent over the unverified connection
@@ -134,7 +128,7 @@ def test_an_untrusted_authority_is_refused(tls_server: Any, tmp_path: Path) -> N
     (tmp_path / "other").mkdir()
     other_ca, _, _ = make_ca_and_cert(tmp_path / "other", "hooks.example.test")
     result = transport(str(other_ca)).post(
-        f"https://hooks.example.test:{port}/x", b"x", {}, timeout=5, connect_timeout=2
+        f"https://hooks.example.test:{port}/x", b"x", {}, timeout=5
     )
     assert not result.ok and "certificate" in (result.error or "").lower()
     assert seen["hosts"] == []

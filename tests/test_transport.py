@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from flask_kaizen_webhooks.guard import AddressPolicy
-from flask_kaizen_webhooks.transport import Transport
-from tests.clients import wrap
+from tests.clients import client, wrap
 from tests.receivers import Reply
 
 pytestmark = pytest.mark.both_drivers
@@ -21,13 +20,11 @@ LOOPBACK = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),
 
 
 def transport(max_response_bytes: int = 1024) -> Transport:
-    return wrap(Transport(max_response_bytes=max_response_bytes, pool_size=2, policy=LOOPBACK))
+    return wrap(client(max_response_bytes=max_response_bytes, policy=LOOPBACK))
 
 
 def post(client: Transport, url: str, timeout: float = 2.0) -> Any:
-    return client.post(
-        url, b"x", {"Content-Type": "application/jose"}, timeout=timeout, connect_timeout=1.0
-    )
+    return client.post(url, b"x", {"Content-Type": "application/jose"}, timeout=timeout)
 
 
 def test_a_huge_answer_is_read_only_up_to_the_cap(receiver: Any) -> None:
@@ -128,9 +125,7 @@ def test_a_slow_name_lookup_is_cut_at_the_time_limit(receiver: Any) -> None:
         time.sleep(5)
         return [ipaddress.ip_address("127.0.0.1")]
 
-    client = wrap(
-        Transport(max_response_bytes=1024, pool_size=2, policy=LOOPBACK, resolver=slow_resolver)
-    )
+    client = wrap(client(policy=LOOPBACK, resolver=slow_resolver))
     started = time.monotonic()
     result = post(client, f"http://hooks.example.test:{port}/", timeout=0.5)
     took = time.monotonic() - started

@@ -16,9 +16,9 @@ from blinker import NamedSignal
 from flask import Flask
 
 from .. import signals, store
+from ..client import Client, SendResult
 from ..sealing import SecretUnreadable
 from ..signing import detached, sign
-from ..transport import SendResult, Transport
 from ..version import __version__
 
 if TYPE_CHECKING:
@@ -61,45 +61,19 @@ class Request:
     headers: dict[str, str]
 
 
-def send(
-    state: WebhooksState,
-    transport: Transport,
-    *,
-    target: store.Target,
-    payload: bytes,
-    topic: str,
-    delivery_id: str,
-    attempt_number: int,
-    timeout: float,
-) -> SendResult:
-    """Sign ``payload`` (see :func:`signed_request`) and POST it with ``transport``."""
-    request = signed_request(
-        state,
-        target=target,
-        payload=payload,
-        headers=request_headers(topic, delivery_id, attempt_number),
-        delivery_id=delivery_id,
-    )
-    return post(state, request, timeout=timeout, transport=transport)
-
-
 def post(
     state: WebhooksState,
     request: Request | SendResult,
     *,
     timeout: float,
-    transport: Transport | None = None,
+    client: Client | None = None,
 ) -> SendResult:
-    """POST ``request`` with ``transport`` (default: the background engine's), blocking; a
-    request that could not be made is its own result."""
+    """POST ``request`` with ``client`` (default: the background engine's) and wait for the
+    result; a request that could not be made is its own result."""
     if isinstance(request, SendResult):
         return request
-    return (transport or state.transport).post(
-        request.url,
-        request.body,
-        request.headers,
-        timeout=timeout,
-        connect_timeout=state.settings.connect_timeout,
+    return (client or state.client).post(
+        request.url, request.body, request.headers, timeout=timeout
     )
 
 

@@ -1,69 +1,41 @@
 """Synchronous fan-out: every registration of a topic at once, under one deadline, while the
 caller waits; the outcome of each is recorded in the delivery log afterwards.
 
-Each kind of caller sends on a :class:`Lane` of its own (threads and connections), so that the
-test endpoint can never take the capacity the host's logins wait on; within a fan-out, the
-owners take turns, so that one integrator's many hooks do not queue ahead of everyone else's.
+Every request of a fan-out goes to one HTTP client at once (no thread per hook): the sync
+topics' own, so that nothing an integrator sets off (a test, a redelivery) delays the host's
+logins, or the tests' client. Within a fan-out the owners take turns, so that one integrator's
+many hooks do not queue ahead of everyone else's.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from .. import store
+from ..client import Client, SendResult
 from ..signing import encode_payload, with_request_ids
-from ..transport import SendResult, Transport
-from .attempt import announce, describe_failure, excerpt, response_json, send
+from .attempt import (
+    Request,
+    announce,
+    describe_failure,
+    excerpt,
+    request_headers,
+    response_json,
+    signed_request,
+)
 
 if TYPE_CHECKING:
     from ..extension import WebhooksState
 
 logger = logging.getLogger("flask_kaizen_webhooks")
-
-
-class Lane:
-    """The threads (started on first use) and connections one kind of synchronous sending
-    uses, apart from the others'."""
-
-    def __init__(self, name: str, workers: int, transport: Transport) -> None:
-        self.name = name
-        self.workers = workers
-        self.transport = transport
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def pool(self) -> ThreadPoolExecutor:
-        """The lane's threads."""
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    self.workers, thread_name_prefix=f"kaizen-webhooks-{self.name}"
-                )
-            return self._pool
-
-    def after_fork(self) -> None:
-        """In a forked child: the parent's threads and connections are not this process's."""
-        self._lock = threading.Lock()
-        self._pool = None
-        self.transport.after_fork()
-
-    def shutdown(self) -> None:
-        """Stop the threads, cancelling what waits (they start again on next use)."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,63 +79,52 @@ def fan_out(
     targets: Sequence[store.Target],
     mode: str,
     timeout: float,
-    lane: Lane,
+    client: Client,
 ) -> list[DeliveryResult]:
-    """POST ``document`` to every target in parallel on ``lane``; return when all answered or
+    """POST ``document`` to every target at once with ``client``; return when all answered or
     at the deadline, stragglers marked timed out. Never raises for a receiver's failure."""
     started_at = state.clock.now()
     started = time.monotonic()
-    deadline = started + timeout
     ids = [str(uuid.uuid4()) for _ in targets]
     payloads = [text.encode() for text in with_request_ids(encode_payload(document).decode(), ids)]
-    futures: dict[int, Future[SendResult]] = {}
+    sent: list[SendResult | None] = [None] * len(targets)
+    requests: list[tuple[int, Request]] = []
     for index in owners_in_turn(targets):
-        futures[index] = lane.pool.submit(
-            _send_before,
-            deadline,
+        request = signed_request(
             state,
-            lane.transport,
-            targets[index],
-            payloads[index],
-            topic,
-            ids[index],
+            target=targets[index],
+            payload=payloads[index],
+            headers=request_headers(topic, ids[index], 1),
+            delivery_id=ids[index],
         )
-    jobs = [
-        (target, ids[index], payloads[index], futures[index])
-        for index, target in enumerate(targets)
-    ]
-    wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
-
-    results = []
-    sent = []
-    for target, delivery_id, _payload, future in jobs:
-        if future.done() and not future.cancelled() and future.exception() is None:
-            result = future.result()
+        if isinstance(request, Request):
+            requests.append((index, request))
         else:
-            future.cancel()
-            result = SendResult(
-                None,
-                time.monotonic() - started,
-                b"",
-                None,
-                None,
-                f"timed out: no answer within {timeout:g} s",
-                timed_out=True,
-            )
-        sent.append(result)
-        results.append(
-            DeliveryResult(
-                delivery_id=delivery_id,
-                registration_id=target.registration_id,
-                ok=result.ok,
-                status_code=result.status_code,
-                elapsed=result.elapsed,
-                response_json=response_json(result),
-                error=describe_failure(result),
-                timed_out=result.timed_out,
-            )
+            sent[index] = request  # it could not be signed: its own result
+    remaining = max(0.0, timeout - (time.monotonic() - started))
+    answers = client.post_all(
+        [(request.url, request.body, request.headers) for _index, request in requests],
+        timeout=remaining,
+    )
+    for (index, _request), answer in zip(requests, answers, strict=True):
+        sent[index] = answer
+    outcomes = [result for result in sent if result is not None]
+    results = [
+        DeliveryResult(
+            delivery_id=delivery_id,
+            registration_id=target.registration_id,
+            ok=result.ok,
+            status_code=result.status_code,
+            elapsed=result.elapsed,
+            response_json=response_json(result),
+            error=describe_failure(result),
+            timed_out=result.timed_out,
         )
-    _record(state, topic, mode, started_at, jobs, sent)
+        for target, delivery_id, result in zip(targets, ids, outcomes, strict=True)
+    ]
+    _record(
+        state, topic, mode, started_at, list(zip(targets, ids, payloads, strict=True)), outcomes
+    )
     _announce(app, topic, results)
     return results
 
@@ -183,43 +144,19 @@ def owners_in_turn(targets: Sequence[store.Target]) -> list[int]:
     ]
 
 
-def _send_before(
-    deadline: float,
-    state: WebhooksState,
-    transport: Transport,
-    target: store.Target,
-    payload: bytes,
-    topic: str,
-    delivery_id: str,
-) -> SendResult:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return SendResult(None, 0.0, b"", None, None, "timed out before sending", timed_out=True)
-    return send(
-        state,
-        transport,
-        target=target,
-        payload=payload,
-        topic=topic,
-        delivery_id=delivery_id,
-        attempt_number=1,
-        timeout=remaining,
-    )
-
-
 def _record(
     state: WebhooksState,
     topic: str,
     mode: str,
     started_at: Any,
-    jobs: list[tuple[store.Target, str, bytes, Future[SendResult]]],
+    jobs: list[tuple[store.Target, str, bytes]],
     sent: list[SendResult],
 ) -> None:
     """Write the delivery log of a fan-out in one short transaction of its own."""
     now = state.clock.now()
     try:
         with state.database.writing() as session:
-            for (target, delivery_id, payload, _future), result in zip(jobs, sent, strict=True):
+            for (target, delivery_id, payload), result in zip(jobs, sent, strict=True):
                 store.log_finished(
                     session,
                     delivery_id=delivery_id,

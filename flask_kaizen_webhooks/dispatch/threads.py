@@ -1,7 +1,8 @@
 """The default engine, in the app process: a poller thread claims due work in batches (new
 deliveries, woken by each commit; retries; whatever an earlier process left pending) and loads
-it in the same transaction; one sender thread makes up to ``settings.workers`` attempts at once
-(see :mod:`..multiplex`); a recorder thread writes their results in batches."""
+it in the same transaction; the engine's HTTP client makes up to ``settings.workers`` attempts at
+once on its one thread (see :mod:`..client`); a recorder thread writes their results in
+batches."""
 
 from __future__ import annotations
 
@@ -21,9 +22,8 @@ from flask import Flask
 
 from .. import store
 from ..claims import new_token
+from ..client import Client, Job, SendResult
 from ..destinations import destination_of
-from ..multiplex import Job, Multiplexer
-from ..transport import SendResult
 from .attempt import Request, abandon, conclude, record, request_of
 from .inflight import InFlight
 from .recorder import Recorder
@@ -77,7 +77,7 @@ class ThreadDispatcher:
             self._record, name="kaizen-webhooks-recorder", expecting=self._in_flight.busy
         )
         self._lock = threading.Lock()
-        self._sender: Multiplexer[Context] | None = None
+        self._sender: Client | None = None
         self._poller: threading.Thread | None = None
         #: Deliveries whose lease must be renewed before their attempt (by the poller).
         self._renewals: queue.SimpleQueue[tuple[store.Claimed, str]] = queue.SimpleQueue()
@@ -109,21 +109,13 @@ class ThreadDispatcher:
             self._stopping, self._wake = stopping, wake
             self._pid = os.getpid()
             settings = self._state.settings
-            sender: Multiplexer[Context] = Multiplexer(
-                self._state.transport,
-                max_active=settings.workers,
-                connect_timeout=settings.connect_timeout,
-                done=self._finished,
-                late=self._late,
-            )
-            self._sender = sender
+            sender = self._sender = self._state.client
             self._poller = threading.Thread(
                 target=self._poll,
                 args=(sender, stopping, wake),
                 name="kaizen-webhooks-poller",
                 daemon=True,
             )
-            sender.start()
             self._poller.start()
             atexit.register(self.stop)
         logger.info("Webhook dispatcher started: up to %d attempts at once", settings.workers)
@@ -155,8 +147,10 @@ class ThreadDispatcher:
         assert poller is not None and sender is not None
         poller.join(max(0.0, deadline - time.monotonic()))
         left: list[store.Claimed] = []
-        for item, host, _started in sender.stop(max(0.0, deadline - time.monotonic())):
-            left += self._release_all([item], host)
+        for job in sender.stop(max(0.0, deadline - time.monotonic())):
+            if job.done == self._finished:  # the engine's (the client may carry others')
+                item, host, _started = job.context
+                left += self._release_all([item], host)
         while True:
             try:
                 item, host = self._renewals.get_nowait()
@@ -193,12 +187,14 @@ class ThreadDispatcher:
             renewed = False
             request = request_of(state, item)
             if isinstance(request, Request):
-                job = Job(
+                job: Job[Context] = Job(
                     request.url,
                     request.body,
                     request.headers,
                     state.settings.async_timeout,
                     (item, host, started),
+                    self._finished,
+                    late=self._late,
                     start_by=time.monotonic() + spare,  # later, it goes to _late
                 )
                 sender.send(job)
@@ -289,9 +285,7 @@ class ThreadDispatcher:
 
     # The poller ------------------------------------------------------------------------------
 
-    def _poll(
-        self, sender: Multiplexer[Context], stopping: threading.Event, wake: threading.Event
-    ) -> None:
+    def _poll(self, sender: Client, stopping: threading.Event, wake: threading.Event) -> None:
         settings = self._state.settings
         look_for_dead_claims = 0.0  # time.monotonic() of the next look
         while not stopping.is_set():
@@ -347,7 +341,7 @@ class ThreadDispatcher:
             if item.target is None:
                 self._abandon(item)
                 continue
-            host = destination_of(item.target.url, self._state.transport.addresses)
+            host = destination_of(item.target.url, self._state.client.addresses)
             taken = self._in_flight.acquire(item.registration_id, host, item)
             if taken:
                 self._begin([item], host)
