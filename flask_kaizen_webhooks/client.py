@@ -39,11 +39,13 @@ import pycurl
 
 from .destinations import AddressBook
 from .guard import (
+    ALLOW_NETWORK_HINT,
     AddressPolicy,
     ForbiddenDestination,
     IPAddress,
     Resolver,
     ascii_name,
+    is_local_name,
     literal_address,
     resolve,
 )
@@ -322,6 +324,16 @@ class Client:
             return pin[0]
         return None if where.literal is None else self.pin(where, [where.literal])
 
+    def judge_unresolved(self, where: Route) -> None:
+        """What can be judged of ``where`` without looking its host up (with a proxy, which
+        does): an address literal, a local name, the port (ForbiddenDestination)."""
+        if where.literal is not None:
+            self.pin(where, [where.literal])
+        elif is_local_name(where.host):
+            raise ForbiddenDestination(f"{where.host!r} is a local name. {ALLOW_NETWORK_HINT}")
+        else:
+            self.policy.check_port(where.port, [])
+
     def pin(self, where: Route, addresses: Sequence[IPAddress]) -> IPAddress:
         """Judge every address a lookup of ``where``'s host gave (ForbiddenDestination if one
         may not be called); the first is used for :data:`PIN_SECONDS`, so that one attempt
@@ -533,10 +545,11 @@ class _Loop:
             self._finish(job, failure(job.started, f"invalid URL: {exc}"))
             return
         transfer = _Transfer(job, where, min(job.started + job.timeout, job.end_by))
-        if self.client.proxy is not None:  # the proxy looks the name up, and judges it
-            self._add(transfer, None)
-            return
         try:
+            if self.client.proxy is not None:  # the proxy looks the name up, and judges it
+                self.client.judge_unresolved(where)
+                self._add(transfer, None)
+                return
             address = self.client.pinned(where)
         except ForbiddenDestination as exc:
             self._refuse(transfer, exc.reason)
@@ -793,7 +806,7 @@ def _error(
         return "the receiver closed the connection without answering"
     if code in (pycurl.E_FTP_WEIRD_SERVER_REPLY, pycurl.E_UNSUPPORTED_PROTOCOL, TOO_LARGE):
         return f"malformed answer: {message}"
-    if status is not None:
+    if status is not None or code in (pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE):
         return f"reading the response failed: {message}"
     if code == pycurl.E_SEND_ERROR:
         return f"sending the request failed: {message}"

@@ -279,10 +279,10 @@ def test_a_host_that_is_not_valid_idna_is_refused(client: FlaskClient, url: str)
 
 def test_a_route_to_an_internationalized_host_is_ascii() -> None:
     bucher = route("http://bücher.example/a")
-    assert (bucher.host, bucher.host_header) == ("xn--bcher-kva.example", "xn--bcher-kva.example")
+    assert (bucher.host, bucher.url) == ("xn--bcher-kva.example", "http://xn--bcher-kva.example/a")
     japanese = route("https://例え.テスト:8443/")
     assert japanese.host == "xn--r8jz45g.xn--zckzah"
-    assert japanese.host_header == "xn--r8jz45g.xn--zckzah:8443"
+    assert japanese.url == "https://xn--r8jz45g.xn--zckzah:8443/"
     assert route(f"http://{wide('127.0.0.1')}/").host == "127.0.0.1"
     with pytest.raises(ValueError, match="internationalized"):
         route("http://a\u200db.example/")

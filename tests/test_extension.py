@@ -32,6 +32,11 @@ def bare_app(tmp_path: Path, **config: Any) -> Flask:
         ("KAIZEN_WEBHOOKS_PAGE_SIZE", 500),
         ("KAIZEN_WEBHOOKS_DATABASE_URI", "not a url"),
         ("KAIZEN_WEBHOOKS_SQLITE_BUSY_TIMEOUT", -1),
+        ("KAIZEN_WEBHOOKS_PROXY", "smokescreen:4750"),
+        ("KAIZEN_WEBHOOKS_PROXY", "socks5://127.0.0.1:1080"),
+        ("KAIZEN_WEBHOOKS_PROXY", "http://proxy.internal"),  # no port
+        ("KAIZEN_WEBHOOKS_PROXY", "http://proxy.internal:99999"),
+        ("KAIZEN_WEBHOOKS_PROXY", 4750),
     ],
 )
 def test_bad_config_fails_at_init_app_naming_the_key(tmp_path: Path, key: str, value: Any) -> None:
@@ -58,6 +63,13 @@ def test_the_executor_may_be_set_by_its_former_name(
     app = bare_app(tmp_path, **config)
     KaizenWebhooks(app)
     assert get_state(app).settings.dispatcher == executor
+
+
+def test_a_proxy_url_reaches_every_client(tmp_path: Path) -> None:
+    app = bare_app(tmp_path, KAIZEN_WEBHOOKS_PROXY="http://smokescreen.internal:4750")
+    KaizenWebhooks(app)
+    state = get_state(app)
+    assert {client.proxy for client in state.clients} == {"http://smokescreen.internal:4750"}
 
 
 def test_missing_secret_key_is_a_clear_error(tmp_path: Path) -> None:

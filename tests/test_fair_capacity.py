@@ -85,7 +85,7 @@ def test_one_integrators_slow_names_do_not_hold_up_anothers_lookups(receiver: An
         return [ipaddress.ip_address("127.0.0.1")]
 
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    transport = client(policy=policy, resolver=resolver)
+    transport = client(policy=policy, resolver=resolver, max_active=32)  # as the sync client
 
     def post(name: str, timeout: float) -> Any:
         return transport.post(f"http://{name}:{port}/", b"x", {}, timeout=timeout)

@@ -77,7 +77,13 @@ def test_every_kind_of_broken_receiver(
             2,
             None,
         ),
-        "huge": (receiver(lambda r, n: Reply(body=b"x" * 3_000_000)).url(), "succeeded", 1, None),
+        "big": (receiver(lambda r, n: Reply(body=b"x" * 60_000)).url(), "succeeded", 1, None),
+        "huge": (
+            receiver(lambda r, n: Reply(body=b"x" * 3_000_000)).url(),
+            "failed",
+            2,
+            "answer too large: over 65,536 bytes",
+        ),
         "silent": (raw_server(never_answer).url(), "failed", 2, "timed out"),
         "drip": (raw_server(drip).url(), "failed", 2, "timed out"),
         "reset": (raw_server(reset).url(), "failed", 2, "Connection"),
@@ -106,7 +112,7 @@ def test_every_kind_of_broken_receiver(
             assert row.last_error is None, name
         else:
             assert error in (row.last_error or ""), (name, row.last_error)
-    assert len(final[registration_of["huge"]].response_excerpt or "") == 2048
+    assert len(final[registration_of["big"]].response_excerpt or "") == 2048
 
 
 def test_a_healthy_endpoint_gets_its_share_of_a_host_that_hangs(

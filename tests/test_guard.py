@@ -22,9 +22,9 @@ _connects: list[Any] = []
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if event in ("socket.__new__", "socket.connect") and _WATCHING[0]:
-        if threading.current_thread().name.startswith("kaizen-webhooks"):
-            _connects.append((event, args[1:]))
+    watched = event in ("socket.__new__", "socket.connect") and _WATCHING[0]
+    if watched and threading.current_thread().name.startswith("kaizen-webhooks"):
+        _connects.append((event, args[1:]))
 
 
 _WATCHING = [False]

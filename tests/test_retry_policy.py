@@ -6,8 +6,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from flask_kaizen_webhooks.transport import SendResult, parse_retry_after
 
+from flask_kaizen_webhooks.client import SendResult
 from flask_kaizen_webhooks.dispatch.attempt import next_step
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -68,15 +68,3 @@ def test_retry_after_replaces_the_delay_up_to_the_cap(status: int) -> None:
     # Other statuses' Retry-After is not a promise to honour.
     ignored = step(result(500, retry_after=42), jitter=0.0)
     assert ignored.retry_at == NOW + timedelta(seconds=5)  # type: ignore[attr-defined]
-
-
-def test_retry_after_header_forms() -> None:
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("\u00b2") is None  # a digit to str.isdigit(), not to float()
-    assert parse_retry_after("\u0661\u0662") is None  # Arabic-Indic digits: not HTTP
-    future = (datetime.now(UTC) + timedelta(seconds=100)).strftime("%a, %d %b %Y %H:%M:%S GMT")
-    seconds = parse_retry_after(future)
-    assert seconds is not None and 90 <= seconds <= 101
-    assert parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT") == 0.0

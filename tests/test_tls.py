@@ -17,10 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from flask_kaizen_webhooks.client import Client
 from flask_kaizen_webhooks.guard import AddressPolicy
-from tests.clients import client, wrap
-
-pytestmark = pytest.mark.both_drivers
+from tests.clients import client
 
 
 def _name(common_name: str) -> x509.Name:
@@ -95,15 +94,10 @@ def tls_server(tmp_path: Path) -> Iterator[Any]:
     server.server_close()
 
 
-def transport(ca: str) -> Transport:
+def transport(ca: str) -> Client:
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    return wrap(
-        client(
-            max_response_bytes=1024,
-            policy=policy,
-            ca_bundle=ca,
-            resolver=lambda host, port: [ipaddress.ip_address("127.0.0.1")],
-        )
+    return client(
+        policy=policy, ca_bundle=ca, resolver=lambda host, port: [ipaddress.ip_address("127.0.0.1")]
     )
 
 
