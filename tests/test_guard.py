@@ -420,3 +420,15 @@ def test_the_delivery_log_records_the_refusal_and_what_opens_it(
     assert result["error"] == expected
     logged = client.get(f"/v2/webhooks/deliveries/{result['delivery_id']}", headers=ADMIN)
     assert logged.get_json()["last_error"] == expected
+
+
+def test_a_socket_is_never_opened_to_a_forbidden_address_even_past_the_lookup_check(
+    loopback_listener: tuple[int, list[Any]], no_connections: list[Any]
+) -> None:
+    """The second line: were the check of a lookup's answer ever skipped, libcurl's
+    OPENSOCKETFUNCTION still judges the address it is about to open a socket to."""
+    port, _accepted = loopback_listener
+    sender = client()  # the strict policy
+    sender.pinned = lambda where: ipaddress.ip_address("127.0.0.1")  # type: ignore[method-assign]
+    result = sender.post(f"http://hooks.example.com:{port}/", b"x", {}, timeout=2)
+    assert result.error == "forbidden destination: 127.0.0.1 is a loopback address", result
