@@ -18,7 +18,6 @@ refused past ``max_response_bytes``. On top of it, what a webhook sender needs:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ipaddress
 import logging
@@ -30,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
@@ -39,24 +38,19 @@ import pycurl
 
 from .destinations import AddressBook
 from .guard import (
-    ALLOW_NETWORK_HINT,
     AddressPolicy,
     ForbiddenDestination,
     IPAddress,
     Resolver,
     ascii_name,
-    is_local_name,
     literal_address,
     resolve,
 )
+from .lookups import Pins
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 T = TypeVar("T")
-#: Name lookups under way at once, at most (each on a thread of its own).
-MAX_LOOKUPS = 1024
-#: Seconds a host's checked addresses are used before it is looked up again.
-PIN_SECONDS = 60.0
 #: Idle connections libcurl keeps, at most.
 MAX_CONNECTIONS = 256
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -124,6 +118,8 @@ def route(url: str) -> Route:
         host = str(literal)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     netloc = f"[{host}]" if ":" in host else host
+    if port == 0:
+        raise ValueError("port 0")
     if port is not None and port != DEFAULT_PORTS[scheme]:
         netloc += f":{port}"
     safe = "".join(map(chr, range(0x21, 0x7F)))
@@ -145,73 +141,14 @@ class Job(Generic[T]):
     #: Gets ``context`` instead of ``done`` when the job could not start by ``start_by``
     #: (``time.monotonic()``); without it, ``done`` gets a timed-out result.
     late: Callable[[T], None] | None = None
+    #: True: a job not finished when the client stops is handed back to :meth:`Client.stop`'s
+    #: caller; False: its ``done`` gets a failed result then (someone is waiting for it).
+    give_back: bool = True
     start_by: float = float("inf")
     #: The ``time.monotonic()`` the attempt ends by, however late it started.
     end_by: float = float("inf")
     #: When it started (``time.monotonic()``), set by the client.
     started: float = 0.0
-
-
-class Lookups:
-    """Name lookups, each on a thread of its own, so that one integrator's slow names never
-    hold up the lookups of anyone else's. A name already being looked up is not looked up a
-    second time: its callers share the answer. At most ``limit`` names are looked up at once;
-    past that a lookup fails at once rather than queueing behind lookups that hang."""
-
-    def __init__(self, resolver: Resolver, *, limit: int = MAX_LOOKUPS) -> None:
-        self.resolver = resolver
-        self.limit = limit
-        self._lock = threading.Lock()
-        self.under_way: dict[tuple[str, int], concurrent.futures.Future[Sequence[IPAddress]]] = {}
-
-    def look_up(self, host: str, port: int) -> concurrent.futures.Future[Sequence[IPAddress]]:
-        """The addresses of ``host``, to come."""
-        key = (host.lower(), port)
-        with self._lock:
-            future = self.under_way.get(key)
-            if future is None:
-                future = concurrent.futures.Future()
-                if len(self.under_way) >= self.limit:
-                    future.set_exception(OSError(f"{self.limit} name lookups are under way"))
-                    return future
-                self.under_way[key] = future
-                try:
-                    threading.Thread(
-                        target=self._run,
-                        args=(key, future),
-                        name="kaizen-webhooks-dns",
-                        daemon=True,
-                    ).start()
-                except RuntimeError as exc:  # no thread can start now: nothing left behind
-                    del self.under_way[key]
-                    future.set_exception(OSError(f"no thread to look {host!r} up: {exc}"))
-            return future
-
-    def _run(
-        self, key: tuple[str, int], future: concurrent.futures.Future[Sequence[IPAddress]]
-    ) -> None:
-        try:
-            future.set_result(self.resolver(*key))
-        except BaseException as exc:  # handed to every caller waiting for this name
-            future.set_exception(exc)
-        finally:
-            with self._lock:
-                if self.under_way.get(key) is future:
-                    del self.under_way[key]
-
-
-@dataclass(eq=False, slots=True)
-class _Transfer:
-    """A job under way: looking its host up, then with libcurl."""
-
-    job: Job[Any]
-    route: Route
-    ends: float
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
-    too_large: bool = False
-    #: Why the guard refused the address libcurl was about to open a socket to.
-    refused: str | None = None
 
 
 class Client:
@@ -238,21 +175,25 @@ class Client:
         self.ca_bundle = ca_bundle
         self.proxy = proxy
         self.name = name
+        self._loop: _Loop | None = None
         self.after_fork()
 
     def after_fork(self) -> None:
         """Start afresh (in a forked child: the parent's thread, connections and lookups are not
-        this process's; its libcurl handles are left alone, never closed here, so that nothing
-        is written to the parent's connections)."""
-        if getattr(self, "_loop", None) is not None:
+        this process's; its libcurl handles are kept, never cleaned up here, so that nothing is
+        written to the parent's connections)."""
+        if self._loop is not None:
             _ABANDONED.append(self._loop)
         self._lock = threading.Lock()
-        self._loop: _Loop | None = None
+        self._loop = None
         self._pid = os.getpid()
-        self.lookups = Lookups(self.resolver)
-        #: The address each host name was last connected to (what per-host caps count).
-        self.addresses = AddressBook()
-        self._pins: dict[tuple[str, int], tuple[IPAddress, float]] = {}
+        #: Hosts' checked addresses, and the address each name was last connected to.
+        self.pins = Pins(self.policy, self.resolver)
+
+    @property
+    def addresses(self) -> AddressBook:
+        """The address each host name was last connected to (what per-host caps count)."""
+        return self.pins.addresses
 
     @property
     def load(self) -> int:
@@ -265,13 +206,21 @@ class Client:
         with self._lock:
             if self._pid != os.getpid():
                 self.after_fork()
-            if self._loop is None or not self._loop.taking:
-                self._loop = _Loop(self)
-        self._loop.take(jobs)
+            if self._loop is None or not self._loop.take(jobs):
+                try:
+                    self._loop = _Loop(self)
+                except Exception as exc:  # no thread, socket or handle to be had now
+                    logger.exception("Webhook client: could not start")
+                    self._loop = None
+                    for job in jobs:
+                        _call_done(job, failure(time.monotonic(), f"internal error: {exc!r}"))
+                    return
+                self._loop.take(jobs)
 
     def post(self, url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> SendResult:
-        """POST ``body`` to ``url`` and wait for the result (within about ``timeout`` seconds)."""
-        return self.post_all([(url, body, headers)], timeout=timeout)[0]
+        """POST ``body`` to ``url`` and wait for the result: ``timeout`` seconds from when the
+        attempt starts (it may wait for a free slot first)."""
+        return self._wait([Job(url, body, headers, timeout, 0, _noop, give_back=False)], None)[0]
 
     def post_all(
         self, requests: Sequence[tuple[str, bytes, dict[str, str]]], *, timeout: float
@@ -279,137 +228,177 @@ class Client:
         """POST every ``(url, body, headers)`` of ``requests`` at once, and return their results
         in order when all are in, or at the deadline ``timeout`` seconds from now (those still
         under way then time out)."""
+        deadline = time.monotonic() + timeout
+        jobs = [
+            Job(url, body, headers, timeout, 0, _noop, start_by=deadline, end_by=deadline)
+            for url, body, headers in requests
+        ]
+        for job in jobs:
+            job.give_back = False
+        return self._wait(jobs, deadline)
+
+    def _wait(self, jobs: list[Job[Any]], deadline: float | None) -> list[SendResult]:
+        """Send ``jobs`` and wait for their results (until ``deadline``, if there is one)."""
         started = time.monotonic()
-        deadline = started + timeout
-        results: list[SendResult | None] = [None] * len(requests)
-        all_in = threading.Event()
-        left = [len(requests)]
+        results: list[SendResult | None] = [None] * len(jobs)
+        lock, all_in, left = threading.Lock(), threading.Event(), [len(jobs)]
 
         def done(index: int, result: SendResult) -> None:
-            results[index] = result
-            left[0] -= 1  # on the client's one thread
-            if not left[0]:
-                all_in.set()
+            with lock:
+                if results[index] is None:
+                    results[index] = result
+                    left[0] -= 1
+                    if not left[0]:
+                        all_in.set()
 
-        self.send(
-            *(
-                Job(url, body, headers, timeout, index, done, start_by=deadline, end_by=deadline)
-                for index, (url, body, headers) in enumerate(requests)
-            )
-        )
-        if requests:
-            all_in.wait(max(0.0, deadline - time.monotonic()) + (GRACE if timeout > 0 else 0))
-        late = failure(started, f"timed out: no answer within {timeout:g} s", timed_out=True)
-        return [result or late for result in results]
+        for index, job in enumerate(jobs):
+            job.context, job.done = index, done
+        if jobs:
+            self.send(*jobs)
+        if deadline is not None:
+            all_in.wait(max(0.0, deadline - time.monotonic()) + GRACE)
+        else:
+            loop = self._loop
+            while not all_in.wait(1.0):
+                if loop is None or loop.ended:  # a stop hands the results over just after
+                    all_in.wait(GRACE)
+                    break
+        waited = time.monotonic() - started
+        late = failure(started, f"timed out: no answer within {waited:.3g} s", timed_out=True)
+        with lock:
+            return [result or late for result in results]
 
     def stop(self, timeout: float) -> list[Job[Any]]:
         """Start nothing new, let the attempts under way finish for up to ``timeout`` seconds,
-        then close every connection; the jobs not finished come back (their ``done`` is not
-        called). The client starts again on its next use."""
+        then close every connection. The jobs not finished that are to be given back come back
+        (their ``done`` is not called); the others' ``done`` gets a failed result. The client
+        starts again on its next use."""
         with self._lock:
             loop, self._loop = self._loop, None
-        return [] if loop is None else loop.stop(timeout)
+        left = [] if loop is None else loop.stop(timeout)
+        stopped = failure(time.monotonic(), "cancelled: the client stopped")
+        for job in left:
+            if not job.give_back:
+                _call_done(job, stopped)
+        return [job for job in left if job.give_back]
 
     def close(self) -> None:
         """Close every connection (the client starts again on its next use)."""
         self.stop(0.0)
-
-    # The address guard ----------------------------------------------------------------------
-
-    def pinned(self, where: Route) -> IPAddress | None:
-        """The checked address ``where``'s host goes to, if it was judged recently; an address
-        literal is judged here and now (ForbiddenDestination if it may not be called)."""
-        pin = self._pins.get((where.host, where.port))
-        if pin is not None and pin[1] > time.monotonic():
-            return pin[0]
-        return None if where.literal is None else self.pin(where, [where.literal])
-
-    def judge_unresolved(self, where: Route) -> None:
-        """What can be judged of ``where`` without looking its host up (with a proxy, which
-        does): an address literal, a local name, the port (ForbiddenDestination)."""
-        if where.literal is not None:
-            self.pin(where, [where.literal])
-        elif is_local_name(where.host):
-            raise ForbiddenDestination(f"{where.host!r} is a local name. {ALLOW_NETWORK_HINT}")
-        else:
-            self.policy.check_port(where.port, [])
-
-    def pin(self, where: Route, addresses: Sequence[IPAddress]) -> IPAddress:
-        """Judge every address a lookup of ``where``'s host gave (ForbiddenDestination if one
-        may not be called); the first is used for :data:`PIN_SECONDS`, so that one attempt
-        makes at most one connection."""
-        checked = self.policy.checked_addresses(where.host, where.port, lambda _h, _p: addresses)
-        if len(self._pins) >= MAX_CONNECTIONS * 16:
-            self._pins.clear()
-        self._pins[(where.host, where.port)] = (checked[0], time.monotonic() + PIN_SECONDS)
-        self.addresses.note(where.host, checked[0])
-        return checked[0]
 
 
 #: libcurl handles of a parent process, in a forked child: kept, never cleaned up there.
 _ABANDONED: list[Any] = []
 
 
+def _noop(_context: Any, _result: SendResult) -> None:
+    """A placeholder ``done``."""
+
+
+def _call_done(job: Job[Any], result: SendResult) -> None:
+    try:
+        job.done(job.context, result)
+    except Exception:
+        logger.exception("Webhook client: handling a result failed")
+
+
+@dataclass(eq=False, slots=True)
+class _Transfer:
+    """A job under way: its host being looked up, then with libcurl."""
+
+    job: Job[Any]
+    route: Route
+    ends: float
+    #: Why the guard refused the address libcurl was about to open a socket to.
+    refused: str | None = None
+
+
+class _Sink:
+    """The answer of the transfer a handle carries, up to the cap (one per handle)."""
+
+    __slots__ = ("cap", "chunks", "size", "too_large", "transfer")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.reset(None)
+
+    def reset(self, transfer: _Transfer | None) -> None:
+        self.transfer = transfer
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+
+    def write(self, data: bytes) -> int | None:
+        self.size += len(data)
+        if self.size > self.cap:
+            self.too_large = True
+            return 0  # fewer bytes than given: libcurl ends the transfer
+        self.chunks.append(data)
+        return None
+
+
 class _Loop:
-    """One run of a client's thread: a ``CurlMulti`` driven by ``socket_action`` over an epoll
-    selector, plus a socket that wakes it when jobs arrive. Everything here but :meth:`take`,
-    :meth:`stop` and :attr:`load` runs on that thread."""
+    """One run of a client's thread: a ``CurlMulti`` driven by ``socket_action`` on ``epoll``
+    (or ``poll``), and a socket that wakes it when jobs arrive. Everything here but
+    :meth:`take`, :meth:`stop` and :attr:`load` runs on that thread."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self.taking = True
+        self.ended = False
+        self._lock = threading.Lock()  # taking, and the set of jobs
         self._inbox: queue.SimpleQueue[Job[Any] | tuple[_Transfer, Any]] = queue.SimpleQueue()
         self._jobs: set[Job[Any]] = set()  # every job taken and not finished
         self._waiting: deque[Job[Any]] = deque()
         self._looking_up: set[_Transfer] = set()
         self._active = 0  # started: looking up or with libcurl
-        self._idle_handles: list[pycurl.Curl] = []
-        self._transfers: dict[pycurl.Curl, _Transfer] = {}  # each handle's, while it is in use
-        self._poller = _Poller()
+        self._idle: list[tuple[pycurl.Curl, _Sink]] = []
+        self._sinks: dict[pycurl.Curl, _Sink] = {}  # each handle in use, and its answer
         self._watched: dict[int, int] = {}  # each socket libcurl watches, and for which events
-        self._wake_in, self._wake_out = socket.socketpair()
-        self._wake_in.setblocking(False)
-        self._wake_out.setblocking(False)
-        self._poller.register(self._wake_in.fileno(), select.POLLIN)
-        self._signalled = False
-        self._timer: float | None = None  # when libcurl wants its timeout action
-        self._multi = pycurl.CurlMulti()
-        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
-        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
-        self._multi.setopt(pycurl.M_MAXCONNECTS, MAX_CONNECTIONS)
         self._stop_by: float | None = None
-        self._thread = threading.Thread(target=self._run, name=client.name, daemon=True)
-        self._thread.start()
+        self._poller = _Poller()
+        self._wake_in, self._wake_out = socket.socketpair()
+        try:
+            for end in (self._wake_in, self._wake_out):
+                end.setblocking(False)
+            self._poller.register(self._wake_in.fileno(), select.POLLIN)
+            self._multi = pycurl.CurlMulti()
+            self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+            self._multi.setopt(pycurl.M_MAXCONNECTS, MAX_CONNECTIONS)
+            self._thread = threading.Thread(target=self._run, name=client.name, daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._close()
+            raise
 
     @property
     def load(self) -> int:
         return len(self._jobs) + self._inbox.qsize()
 
-    def take(self, jobs: Sequence[Job[Any]]) -> None:
-        if threading.current_thread() is self._thread:  # from a ``done``: no need to wake
+    def take(self, jobs: Sequence[Job[Any]]) -> bool:
+        """Take ``jobs`` (from any thread); False once the loop is stopping."""
+        with self._lock:
+            if not self.taking:
+                return False
             self._jobs.update(jobs)
+        if threading.current_thread() is self._thread:  # from a ``done``: no need to wake
             self._waiting.extend(jobs)
-            return
+            return True
         for job in jobs:
             self._inbox.put(job)
         self._signal()
+        return True
 
     def stop(self, timeout: float) -> list[Job[Any]]:
-        self.taking = False
+        with self._lock:
+            self.taking = False
         self._stop_by = time.monotonic() + timeout
         self._signal()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout + GRACE)
-        left = _copy(self._jobs)  # the thread may not have ended
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, Job):
-                left.add(item)
-        self._jobs.clear()
-        return list(left)
+        with self._lock:  # what is handed back is finished here no more
+            left, self._jobs = list(self._jobs), set()
+        return left
 
     # The loop -------------------------------------------------------------------------------
 
@@ -428,6 +417,7 @@ class _Loop:
 
     def _turn(self) -> None:
         wake = self._wake_in.fileno()
+        multi = self._multi
         for fd, mask in self._poller.poll(self._wait()):
             if fd == wake:
                 self._drain_wake()
@@ -437,7 +427,7 @@ class _Loop:
             )
             if mask & (select.POLLERR | select.POLLHUP):
                 flags |= pycurl.CSELECT_ERR
-            self._multi.socket_action(fd, flags)
+            multi.socket_action(fd, flags)
         self._take_inbox()
         now = time.monotonic()
         for transfer in [t for t in self._looking_up if t.ends <= now]:
@@ -445,9 +435,8 @@ class _Loop:
             host = transfer.route.host
             self._end(transfer, f"timed out: resolving {host!r} did not finish in time", True)
         self._start_waiting()
-        if self._timer is not None and self._timer <= time.monotonic():
-            self._timer = None
-            self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+        if multi.timeout() == 0:  # libcurl's own timers (deadlines, new transfers) are due
+            multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
         self._collect()
 
     def _wait(self) -> float | None:
@@ -455,24 +444,21 @@ class _Loop:
         if self._waiting and self._active < self.client.max_active and self.taking:
             return 0.0
         times = [t.ends for t in self._looking_up]
-        if self._timer is not None:
-            times.append(self._timer)
+        curl = self._multi.timeout()
+        if curl >= 0:
+            times.append(time.monotonic() + curl / 1000)
         if self._stop_by is not None:
             times.append(self._stop_by)
         return None if not times else max(0.0, min(times) - time.monotonic())
 
     def _signal(self) -> None:
-        if not self._signalled:
-            self._signalled = True
-            with contextlib.suppress(OSError):  # full, or closed: the loop is awake or gone
-                self._wake_out.send(b"\0")
+        with contextlib.suppress(OSError):  # full, or closed: the loop is awake, or gone
+            self._wake_out.send(b"\0")
 
     def _drain_wake(self) -> None:
-        # Drained first, then cleared: a flag still set means a byte is on its way.
         with contextlib.suppress(OSError):
             while self._wake_in.recv(4096):
                 pass
-        self._signalled = False
 
     def _on_socket(self, what: int, fd: int, _multi: Any, _data: Any) -> None:
         """libcurl says which events of ``fd`` to wait for (or to forget it)."""
@@ -495,10 +481,7 @@ class _Loop:
                     self._poller.modify(fd, events)
             watched[fd] = events
         except (ValueError, OSError):
-            logger.debug("Webhook client: socket %d could not be watched", fd, exc_info=True)
-
-    def _on_timer(self, milliseconds: int) -> None:
-        self._timer = None if milliseconds < 0 else time.monotonic() + milliseconds / 1000
+            logger.exception("Webhook client: socket %d could not be watched", fd)
 
     def _take_inbox(self) -> None:
         while True:
@@ -507,7 +490,6 @@ class _Loop:
             except queue.Empty:
                 return
             if isinstance(item, Job):
-                self._jobs.add(item)
                 self._waiting.append(item)
             else:
                 self._resolved(*item)
@@ -519,38 +501,37 @@ class _Loop:
             job = self._waiting.popleft()
             now = time.monotonic()
             if now >= min(job.start_by, job.end_by):
-                self._late(job)
+                if self._forget(job):
+                    if job.late is None:
+                        _call_done(job, failure(now, "timed out before sending", timed_out=True))
+                    else:
+                        try:
+                            job.late(job.context)
+                        except Exception:
+                            logger.exception("Webhook client: handing back a late job failed")
                 continue
             self._active += 1
             job.started = now  # the deadline counts from here
-            self._begin(job)
+            transfer = _Transfer(job, _NO_ROUTE, min(now + job.timeout, job.end_by))
+            try:
+                self._begin(transfer)
+            except Exception as exc:  # a defect: this attempt fails, the others carry on
+                logger.exception("Webhook to %s: unexpected error", job.url)
+                self._end(transfer, f"internal error: {type(exc).__name__}")
 
-    def _late(self, job: Job[Any]) -> None:
-        self._jobs.discard(job)
+    def _begin(self, transfer: _Transfer) -> None:
         try:
-            if job.late is not None:
-                job.late(job.context)
-            else:
-                job.done(
-                    job.context,
-                    failure(time.monotonic(), "timed out before sending", timed_out=True),
-                )
-        except Exception:
-            logger.exception("Webhook client: handing back a late job failed")
-
-    def _begin(self, job: Job[Any]) -> None:
-        try:
-            where = route(job.url)
+            transfer.route = where = route(transfer.job.url)
         except ValueError as exc:
-            self._finish(job, failure(job.started, f"invalid URL: {exc}"))
+            self._end(transfer, f"invalid URL: {exc}")
             return
-        transfer = _Transfer(job, where, min(job.started + job.timeout, job.end_by))
+        pins = self.client.pins
         try:
             if self.client.proxy is not None:  # the proxy looks the name up, and judges it
-                self.client.judge_unresolved(where)
+                pins.judge_unresolved(where.host, where.port, where.literal)
                 self._add(transfer, None)
                 return
-            address = self.client.pinned(where)
+            address = pins.pinned(where.host, where.port, where.literal)
         except ForbiddenDestination as exc:
             self._refuse(transfer, exc.reason)
             return
@@ -558,7 +539,7 @@ class _Loop:
             self._add(transfer, address)
             return
         self._looking_up.add(transfer)
-        future = self.client.lookups.look_up(where.host, where.port)
+        future = pins.lookups.look_up(where.host, where.port)
         future.add_done_callback(partial(self._looked_up, transfer))
 
     def _looked_up(self, transfer: _Transfer, future: Any) -> None:
@@ -570,15 +551,17 @@ class _Loop:
         if transfer not in self._looking_up:
             return  # timed out already
         self._looking_up.discard(transfer)
+        where = transfer.route
         try:
-            address = self.client.pin(transfer.route, future.result())
+            address = self.client.pins.pin(where.host, where.port, future.result())
+            self._add(transfer, address)
         except ForbiddenDestination as exc:
             self._refuse(transfer, exc.reason)
-            return
+        except OSError as exc:
+            self._refuse(transfer, f"cannot resolve {where.host!r}: {exc}")
         except Exception as exc:
-            self._refuse(transfer, f"cannot resolve {transfer.route.host!r}: {exc}")
-            return
-        self._add(transfer, address)
+            logger.exception("Webhook to %s: unexpected error", where.host)
+            self._end(transfer, f"internal error: {type(exc).__name__}")
 
     def _refuse(self, transfer: _Transfer, reason: str) -> None:
         logger.warning("Webhook to %s refused before connecting: %s", transfer.route.host, reason)
@@ -596,36 +579,44 @@ class _Loop:
         except ValueError as exc:
             self._end(transfer, f"invalid request: {exc}")
             return
-        handle = self._idle_handles.pop() if self._idle_handles else self._new_handle()
-        self._transfers[handle] = transfer
-        handle.setopt(pycurl.URL, where.url)
-        handle.setopt(pycurl.HTTPHEADER, lines)
-        handle.setopt(pycurl.POSTFIELDS, job.body)
-        handle.setopt(pycurl.WRITEFUNCTION, partial(_write, transfer, self.client))
-        handle.setopt(pycurl.TIMEOUT_MS, max(1, int(remaining * 1000)))
-        handle.setopt(
-            pycurl.CONNECTTIMEOUT_MS,
-            max(1, int(min(remaining, self.client.connect_timeout) * 1000)),
-        )
-        if address is None or where.literal is not None:
-            handle.setopt(pycurl.RESOLVE, [])
-        else:  # "+": the entry leaves libcurl's cache like any other, when it is old
-            shown = f"[{address}]" if address.version == 6 else str(address)
-            handle.setopt(pycurl.RESOLVE, [f"+{where.host}:{where.port}:{shown}"])
-        self._multi.add_handle(handle)
+        handle, sink = self._idle.pop() if self._idle else self._new_handle()
+        try:
+            handle.setopt(pycurl.URL, where.url)
+            handle.setopt(pycurl.HTTPHEADER, lines)
+            handle.setopt(pycurl.POSTFIELDS, job.body)
+            handle.setopt(pycurl.TIMEOUT_MS, max(1, int(remaining * 1000)))
+            connect = min(remaining, self.client.connect_timeout)
+            handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(connect * 1000)))
+            if address is None or where.literal is not None:
+                handle.setopt(pycurl.RESOLVE, [])
+            else:  # "+": the entry leaves libcurl's cache like any other, when it is old
+                shown = f"[{address}]" if address.version == 6 else str(address)
+                handle.setopt(pycurl.RESOLVE, [f"+{where.host}:{where.port}:{shown}"])
+            sink.reset(transfer)
+            self._sinks[handle] = sink
+            self._multi.add_handle(handle)
+        except Exception:
+            self._sinks.pop(handle, None)
+            handle.close()
+            raise
 
-    def _new_handle(self) -> pycurl.Curl:
+    def _new_handle(self) -> tuple[pycurl.Curl, _Sink]:
         client = self.client
-        handle = pycurl.Curl()
-        handle.setopt(pycurl.NOSIGNAL, 1)
-        handle.setopt(pycurl.POST, 1)
-        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        handle.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        handle.setopt(pycurl.FOLLOWLOCATION, 0)
-        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        handle.setopt(pycurl.HTTP_CONTENT_DECODING, 0)
-        handle.setopt(pycurl.PATH_AS_IS, 1)
-        handle.setopt(pycurl.MAXFILESIZE_LARGE, client.max_response_bytes)
+        handle, sink = pycurl.Curl(), _Sink(client.max_response_bytes)
+        for option, value in (
+            (pycurl.NOSIGNAL, 1),
+            (pycurl.POST, 1),
+            (pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),
+            (pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),
+            (pycurl.FOLLOWLOCATION, 0),
+            (pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1),
+            (pycurl.HTTP_CONTENT_DECODING, 0),
+            (pycurl.PATH_AS_IS, 1),
+            (pycurl.MAXFILESIZE_LARGE, client.max_response_bytes),
+            (pycurl.WRITEFUNCTION, sink.write),
+            (pycurl.OPENSOCKETFUNCTION, partial(_open_socket, client, sink)),
+        ):
+            handle.setopt(option, value)
         if client.proxy is not None:
             handle.setopt(pycurl.PROXY, client.proxy)
             handle.setopt(pycurl.HTTPPROXYTUNNEL, 1)
@@ -634,10 +625,7 @@ class _Loop:
             handle.setopt(pycurl.NOPROXY, "*")
         if client.ca_bundle is not None:
             handle.setopt(pycurl.CAINFO, client.ca_bundle)
-        handle.setopt(
-            pycurl.OPENSOCKETFUNCTION, partial(_open_socket, client, self._transfers, handle)
-        )
-        return handle
+        return handle, sink
 
     def _collect(self) -> None:
         """Finish every transfer libcurl has done with."""
@@ -651,36 +639,54 @@ class _Loop:
                 return
 
     def _done(self, handle: pycurl.Curl, code: int, message: str) -> None:
-        transfer = self._transfers.pop(handle)
+        sink = self._sinks.pop(handle)
+        transfer = sink.transfer
+        assert transfer is not None
         try:
-            result = _result(transfer, handle, code, message, self.client.max_response_bytes)
+            result = _result(transfer, sink, handle, code, message)
         except Exception as exc:
             logger.exception("Webhook to %s: unexpected error", transfer.route.host)
             result = failure(transfer.job.started, f"internal error: {type(exc).__name__}")
-        self._multi.remove_handle(handle)
-        self._idle_handles.append(handle)
+        sink.reset(None)
+        try:
+            self._multi.remove_handle(handle)
+            self._idle.append((handle, sink))
+        except pycurl.error:
+            logger.exception("Webhook client: a handle could not be removed")
         self._finish(transfer.job, result)
 
     def _end(self, transfer: _Transfer, error: str, timed_out: bool = False) -> None:
         self._finish(transfer.job, failure(transfer.job.started, error, timed_out=timed_out))
 
+    def _forget(self, job: Job[Any]) -> bool:
+        """Drop ``job`` from the jobs in hand; False if it was handed back at a stop."""
+        with self._lock:
+            if job not in self._jobs:
+                return False
+            self._jobs.discard(job)
+            return True
+
     def _finish(self, job: Job[Any], result: SendResult) -> None:
         self._active -= 1
-        self._jobs.discard(job)
-        try:
-            job.done(job.context, result)
-        except Exception:
-            logger.exception("Webhook client: handling a result failed")
+        if self._forget(job):
+            _call_done(job, result)
 
     def _close(self) -> None:
-        self.taking = False
-        for handle in list(self._idle_handles):
+        self.ended = True
+        with self._lock:
+            self.taking = False
+        for handle, _sink in self._idle:
             handle.close()
-        with contextlib.suppress(pycurl.error):
-            self._multi.close()
+        if hasattr(self, "_multi"):
+            with contextlib.suppress(pycurl.error):
+                self._multi.close()
         self._poller.close()
         self._wake_in.close()
         self._wake_out.close()
+
+
+#: The route of a transfer whose URL is not parsed yet.
+_NO_ROUTE = Route("", 0, "", None)
 
 
 class _Poller:
@@ -704,41 +710,21 @@ class _Poller:
             self._epoll.close()
 
 
-def _copy(jobs: set[Job[Any]]) -> set[Job[Any]]:
-    """A copy of ``jobs``, which another thread may be changing."""
-    while True:
-        with contextlib.suppress(RuntimeError):
-            return set(jobs)
-
-
-def _header_lines(headers: dict[str, str]) -> list[str]:
+def _header_lines(headers: dict[str, str]) -> list[bytes]:
     """The request's header lines (libcurl's own ``Expect`` and ``Accept`` left out);
     ValueError for one that would break the request's framing."""
-    lines = ["Expect:", "Accept:"]
+    lines = [b"Expect:", b"Accept:"]
     for name, value in headers.items():
         if "\n" in value or "\r" in value or ":" in name or "\n" in name or "\r" in name:
             raise ValueError(f"header {name!r} holds a line break or a colon")
-        lines.append(f"{name}: {value}")
+        try:
+            lines.append(f"{name}: {value}".encode("latin-1"))
+        except UnicodeEncodeError:
+            raise ValueError(f"header {name!r} holds a character HTTP cannot carry") from None
     return lines
 
 
-def _write(transfer: _Transfer, client: Client, data: bytes) -> int | None:
-    """Keep the answer's bytes, up to the cap; past it the transfer is aborted."""
-    transfer.size += len(data)
-    if transfer.size > client.max_response_bytes:
-        transfer.too_large = True
-        return 0  # fewer bytes than given: libcurl ends the transfer
-    transfer.chunks.append(data)
-    return None
-
-
-def _open_socket(
-    client: Client,
-    transfers: dict[pycurl.Curl, _Transfer],
-    handle: pycurl.Curl,
-    _purpose: int,
-    address: Any,
-) -> Any:
+def _open_socket(client: Client, sink: _Sink, _purpose: int, address: Any) -> Any:
     """Called by libcurl for every socket it opens: the address is judged first, and a
     forbidden one gets no socket (the proxy's is the operator's choice)."""
     family, socktype, protocol, sockaddr = address
@@ -747,9 +733,8 @@ def _open_socket(
             where = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
             refusal = client.policy.refusal(where)
             if refusal is not None:
-                transfer = transfers.get(handle)
-                if transfer is not None:
-                    transfer.refused = f"{where} is {refusal}"
+                if sink.transfer is not None:
+                    sink.transfer.refused = f"{where} is {refusal}"
                 return pycurl.SOCKET_BAD
         return socket.socket(family, socktype, protocol)
     except Exception:
@@ -758,27 +743,44 @@ def _open_socket(
 
 
 def _result(
-    transfer: _Transfer, handle: pycurl.Curl, code: int, message: str, cap: int
+    transfer: _Transfer, sink: _Sink, handle: pycurl.Curl, code: int, message: str
 ) -> SendResult:
     """The result of a transfer libcurl ended with ``code`` (0: an answer) and ``message``."""
-    job = transfer.job
     status = handle.getinfo(pycurl.RESPONSE_CODE) or None
     error: str | None = None
-    timed_out = code == pycurl.E_OPERATION_TIMEDOUT
-    if transfer.too_large or code == pycurl.E_FILESIZE_EXCEEDED:
-        error = f"answer too large: over {cap:,} bytes"
+    if sink.too_large or code == pycurl.E_FILESIZE_EXCEEDED:
+        error = f"answer too large: over {sink.cap:,} bytes"
     elif code:
         error = _error(transfer, handle, code, message, status)
-    retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status else 0
+    content_type = retry_after = None
+    if status is not None:
+        raw = handle.getinfo_raw(pycurl.CONTENT_TYPE)
+        content_type = raw.decode("latin-1") if raw else None
+        retry_after = float(handle.getinfo(pycurl.RETRY_AFTER)) or None
     return SendResult(
         status_code=status,
-        elapsed=time.monotonic() - job.started,
-        body=b"".join(transfer.chunks),
-        content_type=handle.getinfo(pycurl.CONTENT_TYPE) if status else None,
-        retry_after=float(retry_after) if retry_after else None,
+        elapsed=time.monotonic() - transfer.job.started,
+        body=b"".join(sink.chunks),
+        content_type=content_type,
+        retry_after=retry_after,
         error=error,
-        timed_out=timed_out,
+        timed_out=code == pycurl.E_OPERATION_TIMEDOUT,
     )
+
+
+#: What each libcurl error becomes in the delivery log: its prefix.
+PREFIXES = {
+    pycurl.E_COULDNT_CONNECT: "connection failed",
+    pycurl.E_PEER_FAILED_VERIFICATION: "TLS certificate not accepted",
+    pycurl.E_SSL_CACERT_BADFILE: "TLS certificate not accepted",
+    pycurl.E_SSL_CONNECT_ERROR: "TLS handshake failed",
+    pycurl.E_FTP_WEIRD_SERVER_REPLY: "malformed answer",  # CURLE_WEIRD_SERVER_REPLY
+    pycurl.E_UNSUPPORTED_PROTOCOL: "malformed answer",  # an answer that is not HTTP/1.x
+    TOO_LARGE: "malformed answer",
+    pycurl.E_RECV_ERROR: "reading the response failed",
+    pycurl.E_PARTIAL_FILE: "reading the response failed",
+    pycurl.E_SEND_ERROR: "sending the request failed",
+}
 
 
 def _error(
@@ -788,26 +790,16 @@ def _error(
     message = message or DESCRIPTIONS.get(code, f"libcurl error {code}")
     if transfer.refused is not None:
         return f"forbidden destination: {transfer.refused}"
+    if code == pycurl.E_GOT_NOTHING:
+        return "the receiver closed the connection without answering"
     if code == pycurl.E_OPERATION_TIMEDOUT:
         if status is not None:
             return "timed out reading the response"
-        if not handle.getinfo(pycurl.CONNECT_TIME):
+        sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0  # on a new or a reused connection
+        if not sent and not handle.getinfo(pycurl.CONNECT_TIME):
             return f"timed out: connecting did not finish ({message})"
-        if transfer.route.url.startswith("https:") and not handle.getinfo(pycurl.APPCONNECT_TIME):
+        if not sent and transfer.route.url.startswith("https:"):
             return "timed out: the TLS handshake did not finish"
         return f"timed out: no complete answer within {transfer.job.timeout:g} s"
-    if code == pycurl.E_COULDNT_CONNECT:
-        return f"connection failed: {message}"
-    if code in (pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE):
-        return f"TLS certificate not accepted: {message}"
-    if code == pycurl.E_SSL_CONNECT_ERROR:
-        return f"TLS handshake failed: {message}"
-    if code == pycurl.E_GOT_NOTHING:
-        return "the receiver closed the connection without answering"
-    if code in (pycurl.E_FTP_WEIRD_SERVER_REPLY, pycurl.E_UNSUPPORTED_PROTOCOL, TOO_LARGE):
-        return f"malformed answer: {message}"
-    if status is not None or code in (pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE):
-        return f"reading the response failed: {message}"
-    if code == pycurl.E_SEND_ERROR:
-        return f"sending the request failed: {message}"
-    return f"{message} (libcurl error {code})"
+    prefix = PREFIXES.get(code, "reading the response failed" if status is not None else None)
+    return f"{prefix}: {message}" if prefix else f"{message} (libcurl error {code})"

@@ -153,6 +153,8 @@ def check_url(url: str, *, allow_http: bool, policy: AddressPolicy) -> str:
         raise _invalid_url("The URL must not contain user information (user:password@).")
     if not parts.hostname:
         raise _invalid_url("The URL has no host name.")
+    if parts.port == 0:
+        raise _invalid_url("The URL's port must be between 1 and 65535.")
     if "%" in parts.hostname:
         raise _invalid_url("The host must not carry a zone (%) or percent-encoding.")
     if scheme == "http" and not allow_http:

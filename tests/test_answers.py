@@ -284,6 +284,8 @@ def test_request_targets_are_sent_safely(scripted: Any) -> None:
     assert route("http://0x7f000001:8080/x").url == "http://127.0.0.1:8080/x"
     with pytest.raises(ValueError):
         route("ftp://h.test/x")
+    with pytest.raises(ValueError, match="port 0"):
+        route("http://h.test:0/x")  # never pinned to a port the guard did not judge
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
     server = scripted(ok, ok)
     sender = client()

@@ -375,6 +375,7 @@ def test_unknown_topic_lists_valid_topics(client: FlaskClient) -> None:
         "https://user:pass@hooks.example.com/x",
         "https://user@hooks.example.com/x",
         "https://hooks.example.com:99999/x",
+        "https://hooks.example.com:0/x",
         "https://hooks.example.com/with space",
         "https://hooks.example.com/\nnewline",
         "https://h.example.com/" + "a" * 2030,

@@ -19,7 +19,7 @@ import pytest
 from flask_kaizen_webhooks.client import Client, Job, SendResult
 from flask_kaizen_webhooks.guard import AddressPolicy
 from tests.clients import LOOPBACK, client
-from tests.receivers import Received, Reply, wait_until
+from tests.receivers import RawServer, Received, Reply, wait_until
 
 
 class Results:
@@ -427,3 +427,89 @@ def test_through_a_proxy_what_needs_no_lookup_is_still_judged_here() -> None:
     assert all((error or "").startswith("forbidden destination:") for error in refused.values())
     assert "private network" in (refused["http://10.0.0.1/x"] or "")
     assert "port 22 is not allowed" in (refused["http://hooks.example:22/x"] or "")
+
+
+def test_a_receiver_stalling_on_a_reused_connection_is_a_timeout_of_the_answer() -> None:
+    def first_then_stall(connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            connection.recv(65536)  # the second request, never answered
+            time.sleep(3)
+
+    server = RawServer(first_then_stall)
+    try:
+        sender = client(policy=LOOPBACK)
+        assert post(sender, server.url()).ok
+        result = post(sender, server.url(), timeout=0.5)
+    finally:
+        server.close()
+    assert result.timed_out and result.error == "timed out: no complete answer within 0.5 s"
+    assert server.connections == 1
+
+
+def test_a_header_http_cannot_carry_is_refused_and_the_client_goes_on(receiver: Any) -> None:
+    server = receiver()
+    sender = client(policy=LOOPBACK, max_active=1)
+    refused = sender.post(server.url(), b"{}", {"X-Name": "Zoë 🙂"}, timeout=2)
+    assert refused.error is not None and refused.error.startswith("invalid request:"), refused
+    assert sender.post(server.url(), b"{}", {"X-Name": "Zoë"}, timeout=2).ok  # latin-1 is fine
+    assert server.received[0].headers["X-Name"] == "Zoë"
+    assert sender.load == 0
+
+
+def test_an_answer_with_a_content_type_that_is_not_utf8_is_still_an_answer() -> None:
+    def odd_type(connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.recv(65536)
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/\xe9\r\nContent-Length: 2\r\n\r\nok"
+            )
+
+    server = RawServer(odd_type)
+    try:
+        result = post(client(policy=LOOPBACK), server.url())
+    finally:
+        server.close()
+    assert (result.ok, result.body, result.content_type) == (True, b"ok", "text/\xe9")
+
+
+def test_stopping_fails_what_callers_wait_for_at_once_and_hands_back_only_the_rest(
+    receiver: Any,
+) -> None:
+    gate = threading.Event()
+    server = receiver(lambda request, n: Reply(wait=gate))
+    sender = client(policy=LOOPBACK)
+    waited: list[SendResult] = []
+    caller = threading.Thread(target=lambda: waited.append(post(sender, server.url(), 30.0)))
+    caller.start()
+    results = Results()
+    sender.send(job(server.url(), "engine", results, timeout=30.0))
+    server.wait_for(2)
+    started = time.monotonic()
+    left = sender.stop(0.2)
+    caller.join(5)
+    gate.set()
+    assert [j.context for j in left] == ["engine"] and results.by_context == {}
+    assert waited[0].error == "cancelled: the client stopped"
+    assert time.monotonic() - started < 3
+
+
+def test_a_job_handed_back_at_a_stop_is_never_finished_as_well(receiver: Any) -> None:
+    server = receiver()
+    results = Results()
+    slow = threading.Event()
+
+    def done(context: Any, result: SendResult) -> None:
+        if context == 0:
+            slow.wait(2)  # holds the client's thread past the stop's wait
+        results.done(context, result)
+
+    sender = client(policy=LOOPBACK, max_active=1)
+    sender.send(*(Job(server.url(), b"{}", {}, 5.0, n, done) for n in range(4)))
+    wait_until(lambda: len(server.received) >= 1)
+    left = sender.stop(0.0)
+    slow.set()
+    time.sleep(0.5)
+    handed_back = {j.context for j in left}
+    assert handed_back and not handed_back & set(results.by_context)

@@ -96,7 +96,7 @@ def test_one_integrators_slow_names_do_not_hold_up_anothers_lookups(receiver: An
     ]
     for thread in slow:
         thread.start()
-    wait_until(lambda: len(transport.lookups.under_way) == 20)  # every slow lookup hangs
+    wait_until(lambda: len(transport.pins.lookups.under_way) == 20)  # every slow lookup hangs
     try:
         result = post("fast.example", 2.0)
         assert result.ok, result

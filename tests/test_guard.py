@@ -429,6 +429,6 @@ def test_a_socket_is_never_opened_to_a_forbidden_address_even_past_the_lookup_ch
     OPENSOCKETFUNCTION still judges the address it is about to open a socket to."""
     port, _accepted = loopback_listener
     sender = client()  # the strict policy
-    sender.pinned = lambda where: ipaddress.ip_address("127.0.0.1")  # type: ignore[method-assign]
+    sender.pins.pinned = lambda *where: ipaddress.ip_address("127.0.0.1")  # type: ignore[method-assign]
     result = sender.post(f"http://hooks.example.com:{port}/", b"x", {}, timeout=2)
     assert result.error == "forbidden destination: 127.0.0.1 is a loopback address", result

@@ -295,8 +295,11 @@ class ThreadDispatcher:
                 with self._app.app_context():
                     self._renew_waiting(stopping)
                     backlog = self._in_flight.backlog()
-                    room = self._ahead - sender.load - backlog.waiting
-                    if room > 0:
+                    load = sender.load
+                    room = self._ahead - load - backlog.waiting
+                    # While attempts are under way, a round waits until it can claim a good
+                    # part of a round: a claim is a transaction, whatever it holds.
+                    if room > 0 and (room >= self._ahead // 4 or not load):
                         claimed = self._claim_due(room, backlog.skip_registrations)
                         self._dispatch(claimed)
                         if len(claimed) == room:
