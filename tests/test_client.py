@@ -9,6 +9,8 @@ import ipaddress
 import resource
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -513,3 +515,24 @@ def test_a_job_handed_back_at_a_stop_is_never_finished_as_well(receiver: Any) ->
     time.sleep(0.5)
     handed_back = {j.context for j in left}
     assert handed_back and not handed_back & set(results.by_context)
+
+
+def test_a_client_that_cannot_start_answers_with_a_failure_not_an_exception() -> None:
+    """Out of file descriptors (a real limit, in a child process): no socket for the client's
+    wake-up, and the caller gets a failed result."""
+    code = (
+        "import resource, socket\n"
+        "from flask_kaizen_webhooks.client import Client\n"
+        "sender = Client(max_response_bytes=1024, max_active=1, connect_timeout=1)\n"
+        "hold = []\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+        "try:\n"
+        "    while True:\n"
+        "        hold.append(socket.socket())\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print(sender.post('http://8.8.8.8/', b'x', {}, timeout=1).error)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("internal error: OSError"), run.stdout
