@@ -6,7 +6,7 @@ import logging
 import os
 import random
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from flask import Flask, current_app
@@ -18,7 +18,8 @@ from .clock import Clock
 from .config import Settings
 from .database import Database
 from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
-from .dispatch.sync import DeliveryResult, fan_out
+from .dispatch.recorder import Recorder
+from .dispatch.sync import DeliveryResult, FanOutLog, fan_out, write_logs
 from .dispatch.threads import ThreadDispatcher
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
 from .logs import show_warnings
@@ -60,6 +61,8 @@ class WebhooksState:
         self.sync_client = self._client("sync", settings.sync_workers)
         #: ``POST /test`` and ``flask webhooks test``.
         self.test_client = self._client("test", settings.sync_workers)
+        self._app_ref = weakref.ref(app)
+        self.sync_log = self._sync_log()
         self.dispatcher: Dispatcher = NoDispatcher()
         if settings.dispatcher == "thread":
             self.dispatcher = ThreadDispatcher(app, self)
@@ -83,6 +86,16 @@ class WebhooksState:
             name=f"kaizen-webhooks-{name}",
         )
 
+    def _sync_log(self) -> Recorder[FanOutLog]:
+        """The thread that writes the delivery logs of synchronous fan-outs and tests."""
+
+        def write(logs: Sequence[FanOutLog]) -> None:
+            app = self._app_ref()
+            if app is not None:
+                write_logs(app, self, logs)
+
+        return Recorder(write, name="kaizen-webhooks-sync-log")
+
     @property
     def clients(self) -> tuple[Client, Client, Client]:
         """Every HTTP client of this app: the engine's, the sync topics', the tests'."""
@@ -93,6 +106,7 @@ class WebhooksState:
         self.dispatcher.stop(timeout)
         for client in self.clients:
             client.close()
+        self.sync_log.stop(timeout)
 
     def start_now(self, app: Flask) -> None:
         """Start the engine, the extension's tables made first (here, not in the engine's
@@ -114,6 +128,7 @@ class WebhooksState:
         self.database.after_fork()
         for client in self.clients:
             client.after_fork()
+        self.sync_log = self._sync_log()
         self.dispatcher.after_fork()
         if self.start_at is StartAt.FORK:
             self.start_at = StartAt.NOW

@@ -80,6 +80,8 @@ _OUTBOX_INSERT = Prepared(
     ),
 )
 
+_INSERT_DELIVERIES = insert(DELIVERIES)
+_INSERT_ATTEMPTS = insert(ATTEMPTS)
 _EVENT_INSERT = Prepared(
     insert(EVENTS), column_keys=("id", "topic", "document", "recipients", "created_at")
 )
@@ -385,6 +387,16 @@ _ACTIVE_RECIPIENTS = Prepared(
 )
 
 
+_ACTIVE_TARGETS = Prepared(
+    select(*TARGET_COLUMNS)
+    .where(
+        Registration.topic == bindparam("topic"),
+        Registration.state == RegistrationState.ACTIVE,
+    )
+    .order_by(Registration.created_at)
+)
+
+
 def active_recipients(connection: Connection, *, topic: str) -> list[tuple[str, str]]:
     """The id and owner of every active registration of ``topic``, oldest first: what an
     event's outbox rows need, read on the host's request path."""
@@ -403,6 +415,9 @@ def active_targets(
 ) -> list[Target]:
     """The active registrations of ``topic``, optionally one owner's; or the one registration
     ``registration_id`` of ``topic``, active or not (for tests of a disabled endpoint)."""
+    if owner is None and registration_id is None:  # a synchronous topic's: on the host's path
+        rows = _ACTIVE_TARGETS.rows(session.connection(), {"topic": topic})
+        return [_target(*row) for row in rows]
     query = select(*TARGET_COLUMNS).where(Registration.topic == topic)
     if owner is not None:
         query = query.where(Registration.owner == owner)
@@ -560,53 +575,71 @@ def time_ordered_ids(count: int) -> list[str]:
     return ids
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A delivery made at once (synchronous or a test), with its single attempt."""
+
+    delivery_id: str
+    target: Target
+    payload: str
+    succeeded: bool
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    elapsed: float
+
+
 def log_finished(
     session: Session,
+    finished: Sequence[Finished],
     *,
-    delivery_id: str,
-    target: Target,
     topic: str,
     mode: str,
-    payload: str,
-    succeeded: bool,
-    status_code: int | None,
-    error: str | None,
-    response_excerpt: str | None,
-    elapsed: float,
     started_at: datetime,
     now: datetime,
 ) -> None:
-    """Record a delivery made at once (synchronous or a test) with its single attempt."""
-    session.add(
-        Delivery(
-            id=delivery_id,
-            registration_id=target.registration_id,
-            owner=target.owner,
-            topic=topic,
-            mode=mode,
-            payload=payload,
-            status=DeliveryStatus.SUCCEEDED if succeeded else DeliveryStatus.FAILED,
-            attempts=1,
-            retry_index=0,
-            next_attempt_at=None,
-            last_status_code=status_code,
-            last_error=error,
-            response_excerpt=response_excerpt,
-            created_at=started_at,
-            updated_at=now,
-            completed_at=now,
-        )
+    """Record deliveries made at once, each with its single attempt, in two statements."""
+    if not finished:
+        return
+    connection = session.connection()
+    connection.execute(
+        _INSERT_DELIVERIES,
+        [
+            {
+                "id": entry.delivery_id,
+                "registration_id": entry.target.registration_id,
+                "owner": entry.target.owner,
+                "topic": topic,
+                "mode": mode,
+                "payload": entry.payload,
+                "status": DeliveryStatus.SUCCEEDED if entry.succeeded else DeliveryStatus.FAILED,
+                "attempts": 1,
+                "retry_index": 0,
+                "next_attempt_at": None,
+                "last_status_code": entry.status_code,
+                "last_error": entry.error,
+                "response_excerpt": entry.response_excerpt,
+                "created_at": started_at,
+                "updated_at": now,
+                "completed_at": now,
+            }
+            for entry in finished
+        ],
     )
-    session.add(
-        Attempt(
-            delivery_id=delivery_id,
-            number=1,
-            started_at=started_at,
-            elapsed=elapsed,
-            status_code=status_code,
-            error=error,
-            response_excerpt=response_excerpt,
-        )
+    connection.execute(
+        _INSERT_ATTEMPTS,
+        [
+            {
+                "delivery_id": entry.delivery_id,
+                "number": 1,
+                "started_at": started_at,
+                "elapsed": entry.elapsed,
+                "status_code": entry.status_code,
+                "error": entry.error,
+                "response_excerpt": entry.response_excerpt,
+            }
+            for entry in finished
+        ],
     )
 
 
@@ -834,7 +867,6 @@ _HELD = (
     .where(DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)))
     .with_for_update()
 )
-_INSERT_ATTEMPTS = insert(ATTEMPTS)
 _HEALTHY = (
     update(REGISTRATIONS)
     .where(

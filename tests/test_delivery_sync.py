@@ -16,7 +16,7 @@ from flask_kaizen_webhooks.dispatch.sync import DeliveryResult
 from flask_kaizen_webhooks.models import Attempt, Delivery
 from flask_kaizen_webhooks.version import __version__
 from tests.conftest import DELIVERY_CONFIG, register
-from tests.receivers import Reply
+from tests.receivers import Reply, wait_until
 
 SECRET = "signature_secret_0123"
 LOGIN = {"user_id": "u-1", "sso": {"email": "ann@example.com", "first_name": "Ann"}}
@@ -111,10 +111,20 @@ def test_every_call_is_recorded_in_the_delivery_log(host: Any, receiver: Any) ->
     register(host, bad.url(), topic="user_logged_in")
     with host.app.app_context():
         results = host.webhooks.trigger("user_logged_in", LOGIN)
-        session = get_state().database.independent_session()
-        rows = {row.id: row for row in session.scalars(select(Delivery))}
-        attempts = {row.delivery_id: row for row in session.scalars(select(Attempt))}
-        session.close()
+        state = get_state()
+
+        def logged() -> tuple[dict[str, Delivery], dict[str, Attempt]]:
+            with state.database.independent_session() as session:
+                return (
+                    {row.id: row for row in session.scalars(select(Delivery))},
+                    {row.delivery_id: row for row in session.scalars(select(Attempt))},
+                )
+
+        def complete() -> tuple[dict[str, Delivery], dict[str, Attempt]] | None:
+            found = logged()
+            return found if len(found[0]) == len(found[1]) == 2 else None
+
+        rows, attempts = wait_until(complete)  # written on the log's thread, moments after
     assert set(rows) == {result.delivery_id for result in results} == set(attempts)
     for result in results:
         row = rows[result.delivery_id]
@@ -184,3 +194,13 @@ def test_payload_size_is_limited(make_host: Any) -> None:
         with pytest.raises(WebhooksError, match="MAX_PAYLOAD_BYTES"):
             host.webhooks.trigger("profile_updated", {"bio": "x" * 200})
         assert host.webhooks.trigger("profile_updated", {"bio": "short"}) == []
+
+
+def test_a_shutdown_writes_the_delivery_log_still_queued(host: Any, receiver: Any) -> None:
+    register(host, receiver().url(), topic="user_logged_in")
+    with host.app.app_context():
+        [result] = host.webhooks.trigger("user_logged_in", LOGIN)
+        host.webhooks.shutdown(host.app)
+        with get_state().database.independent_session() as session:
+            logged = session.get(Delivery, result.delivery_id)
+    assert logged is not None and logged.status == "succeeded"
