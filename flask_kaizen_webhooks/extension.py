@@ -94,7 +94,9 @@ class WebhooksState:
             if app is not None:
                 write_logs(app, self, logs)
 
-        return Recorder(write, name="kaizen-webhooks-sync-log")
+        return Recorder(
+            write, name="kaizen-webhooks-sync-log", lost="those calls are missing from the log"
+        )
 
     @property
     def clients(self) -> tuple[Client, Client, Client]:

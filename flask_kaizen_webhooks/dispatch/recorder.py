@@ -46,8 +46,10 @@ class Recorder(Generic[T]):
         *,
         name: str,
         expecting: Callable[[], bool] = lambda: False,
+        lost: str = "their deliveries are sent again once their claims expire",
     ) -> None:
         self._write = write
+        self._lost = lost
         self._expecting = expecting
         self._name = name
         self._queue: queue.SimpleQueue[T | None] = queue.SimpleQueue()
@@ -124,7 +126,7 @@ class Recorder(Generic[T]):
                 bad = refused(exc)
                 if bad and len(batch) > 1:
                     logger.exception(
-                        "Recording %d attempts failed; recording them one by one", len(batch)
+                        "Recording %d records failed; recording them one by one", len(batch)
                     )
                     for record in batch:
                         self._write_until_done([record])
@@ -132,12 +134,10 @@ class Recorder(Generic[T]):
                 tries += 1
                 if self._stopping or (bad and tries >= RECORD_TRIES):
                     logger.exception(
-                        "Could not record %d attempts; dropped (their deliveries are sent "
-                        "again once their claims expire)",
-                        len(batch),
+                        "Could not record %d records; dropped (%s)", len(batch), self._lost
                     )
                     return
-                logger.exception("Recording %d attempts failed; trying again", len(batch))
+                logger.exception("Recording %d records failed; trying again", len(batch))
                 time.sleep(RETRY_DELAY)
 
 
