@@ -201,21 +201,26 @@ class Client:
         loop = self._loop
         return 0 if loop is None else loop.load
 
-    def send(self, *jobs: Job[Any]) -> None:
-        """Make the POSTs of ``jobs`` (from any thread); each result goes to its ``done``."""
+    def send(self, *jobs: Job[Any]) -> _Loop | None:
+        """Make the POSTs of ``jobs`` (from any thread); each result goes to its ``done``. The
+        loop that took them comes back (None if none could start: their ``done`` has had a
+        failed result)."""
+        error: Exception | None = None
         with self._lock:
             if self._pid != os.getpid():
                 self.after_fork()
             if self._loop is None or not self._loop.take(jobs):
                 try:
                     self._loop = _Loop(self)
+                    self._loop.take(jobs)
                 except Exception as exc:  # no thread, socket or handle to be had now
                     logger.exception("Webhook client: could not start")
-                    self._loop = None
-                    for job in jobs:
-                        _call_done(job, failure(time.monotonic(), f"internal error: {exc!r}"))
-                    return
-                self._loop.take(jobs)
+                    self._loop, error = None, exc
+            loop = self._loop
+        if error is not None:  # outside the lock: a ``done`` may send again
+            for job in jobs:
+                _call_done(job, failure(time.monotonic(), f"internal error: {error!r}"))
+        return loop
 
     def post(self, url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> SendResult:
         """POST ``body`` to ``url`` and wait for the result: ``timeout`` seconds from when the
@@ -253,12 +258,10 @@ class Client:
 
         for index, job in enumerate(jobs):
             job.context, job.done = index, done
-        if jobs:
-            self.send(*jobs)
+        loop = self.send(*jobs) if jobs else None
         if deadline is not None:
             all_in.wait(max(0.0, deadline - time.monotonic()) + GRACE)
         else:
-            loop = self._loop
             while not all_in.wait(1.0):
                 if loop is None or loop.ended:  # a stop hands the results over just after
                     all_in.wait(GRACE)
@@ -373,7 +376,7 @@ class _Loop:
 
     @property
     def load(self) -> int:
-        return len(self._jobs) + self._inbox.qsize()
+        return len(self._jobs)
 
     def take(self, jobs: Sequence[Job[Any]]) -> bool:
         """Take ``jobs`` (from any thread); False once the loop is stopping."""

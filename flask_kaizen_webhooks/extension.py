@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import random
@@ -31,6 +32,8 @@ from .signing import encode_payload
 from .topics import Mode, Topic, TopicRegistry
 
 EXTENSION_KEY = "kaizen_webhooks"
+#: Attempts a Celery worker process's client makes at once, at most.
+CELERY_AT_ONCE = 1024
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -54,8 +57,10 @@ class WebhooksState:
         )
         self.clock = Clock()
         self.rng = random.Random()
-        #: The background engine's HTTP client (and a Celery worker's).
-        self.client = self._client("engine", settings.workers)
+        #: The background engine's HTTP client; in a Celery worker, its tasks' (each task's
+        #: thread waits for its own attempt: as many at once as the worker runs tasks).
+        celery = settings.dispatcher == "celery"
+        self.client = self._client("engine", CELERY_AT_ONCE if celery else settings.workers)
         #: Synchronous topics (the host's logins) send on a client of their own (its thread and
         #: connections), which nothing an integrator can set off (a test, a redelivery) delays.
         self.sync_client = self._client("sync", settings.sync_workers)
@@ -91,8 +96,10 @@ class WebhooksState:
 
         def write(logs: Sequence[FanOutLog]) -> None:
             app = self._app_ref()
-            if app is not None:
-                write_logs(app, self, logs)
+            if app is None:
+                logger.warning("%d delivery logs not written: their app is gone", len(logs))
+                return
+            write_logs(app, self, logs)
 
         return Recorder(
             write, name="kaizen-webhooks-sync-log", lost="those calls are missing from the log"
@@ -150,6 +157,19 @@ def _after_fork_in_child() -> None:
 
 
 on_fork(_after_fork_in_child)
+
+#: Seconds the process's exit waits for the delivery logs still queued to be written.
+EXIT_LOG_TIMEOUT = 5.0
+
+
+@atexit.register
+def _write_logs_at_exit() -> None:
+    """At exit, the delivery logs of synchronous calls still queued are written."""
+    for state in list(_STATES):
+        try:
+            state.sync_log.stop(EXIT_LOG_TIMEOUT)
+        except Exception:
+            logger.exception("Could not write the delivery logs still queued")
 
 
 class KaizenWebhooks:

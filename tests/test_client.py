@@ -532,7 +532,47 @@ def test_a_client_that_cannot_start_answers_with_a_failure_not_an_exception() ->
         "except OSError:\n"
         "    pass\n"
         "print(sender.post('http://8.8.8.8/', b'x', {}, timeout=1).error)\n"
+        "from flask_kaizen_webhooks.client import Job\n"
+        "seen = []\n"
+        "def again(context, result):\n"  # a result handler that sends again, as the engine's
+        "    seen.append(result.error)\n"
+        "    if context == 0:\n"
+        "        sender.send(Job('http://8.8.8.8/', b'x', {}, 1, 1, again))\n"
+        "sender.send(Job('http://8.8.8.8/', b'x', {}, 1, 0, again))\n"
+        "print(len(seen))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("internal error: OSError"), run.stdout
+    assert run.stdout.splitlines()[1] == "2"  # and a handler sending again does not hang
+
+
+def test_a_caller_waiting_through_a_stop_gets_the_answer_that_came_in_time(
+    receiver: Any,
+) -> None:
+    server = receiver(lambda request, n: Reply(delay=1.5))
+    sender = client(policy=LOOPBACK)
+    waited: list[SendResult] = []
+    caller = threading.Thread(target=lambda: waited.append(post(sender, server.url(), 10.0)))
+    caller.start()
+    server.wait_for(1)
+    sender.stop(5.0)  # lets the attempt under way finish
+    caller.join(10)
+    assert waited and waited[0].ok, waited
+
+
+def test_load_counts_each_job_once(receiver: Any) -> None:
+    server = receiver()
+    results = Results()
+    busy = threading.Event()
+
+    def slow_done(context: Any, result: SendResult) -> None:
+        busy.set()
+        time.sleep(0.5)  # the client's thread is busy here while more jobs arrive
+
+    sender = client(policy=LOOPBACK)
+    sender.send(Job(server.url(), b"{}", {}, 5.0, "first", slow_done))
+    assert busy.wait(5)
+    sender.send(*(job(server.url(), n, results) for n in range(5)))
+    assert sender.load == 5
+    results.wait_for(5)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import jose.jws
@@ -16,6 +20,7 @@ from flask_kaizen_webhooks.dispatch.sync import DeliveryResult
 from flask_kaizen_webhooks.models import Attempt, Delivery
 from flask_kaizen_webhooks.version import __version__
 from tests.conftest import DELIVERY_CONFIG, register
+from tests.processes import ROOT, host_environment
 from tests.receivers import Reply, wait_until
 
 SECRET = "signature_secret_0123"
@@ -204,3 +209,47 @@ def test_a_shutdown_writes_the_delivery_log_still_queued(host: Any, receiver: An
         with get_state().database.independent_session() as session:
             logged = session.get(Delivery, result.delivery_id)
     assert logged is not None and logged.status == "succeeded"
+
+
+def test_a_process_that_exits_right_after_a_login_still_writes_its_delivery_log(
+    tmp_path: Path, receiver: Any
+) -> None:
+    """A real process: it sends a synchronous topic and exits at once, without a shutdown."""
+    server = receiver()
+    database = tmp_path / "exit.db"
+    code = f"""
+from flask import Flask
+from flask_kaizen_webhooks import KaizenWebhooks, get_state, store
+app = Flask("exiting")
+app.config.update(
+    SECRET_KEY="exit-secret-key", KAIZEN_WEBHOOKS_DATABASE_URI="sqlite:///{database}",
+    KAIZEN_WEBHOOKS_ALLOW_HTTP=True, KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
+    KAIZEN_WEBHOOKS_AUTOSTART=False,
+)
+webhooks = KaizenWebhooks(app)
+with app.app_context():
+    state = get_state()
+    with state.database.writing() as session:
+        store.create_registration(
+            session, owner="o", topic="user_logged_in", url={server.url()!r},
+            sealed_secret=state.secrets.seal("signature_secret_0123"),
+        )
+    [result] = webhooks.trigger("user_logged_in", {{"user_id": "u-1"}})
+    print(result.delivery_id, result.ok)
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=host_environment(),
+    )
+    assert run.returncode == 0, run.stderr
+    delivery_id, ok = run.stdout.split()
+    assert ok == "True"
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT status FROM kaizen_webhook_deliveries WHERE id = ?", (delivery_id,)
+        ).fetchall()
+    assert rows == [("succeeded",)]

@@ -72,6 +72,19 @@ def test_a_proxy_url_reaches_every_client(tmp_path: Path) -> None:
     assert {client.proxy for client in state.clients} == {"http://smokescreen.internal:4750"}
 
 
+def test_a_celery_workers_client_makes_as_many_attempts_at_once_as_it_runs_tasks(
+    tmp_path: Path,
+) -> None:
+    from celery import Celery
+
+    app = bare_app(tmp_path, KAIZEN_WEBHOOKS_EXECUTOR="celery", KAIZEN_WEBHOOKS_WORKERS=2)
+    app.extensions["celery"] = Celery("t", broker="memory://")
+    KaizenWebhooks(app)
+    state = get_state(app)
+    assert state.client.max_active >= 1024  # each task's thread waits for its own attempt
+    assert state.sync_client.max_active == state.settings.sync_workers
+
+
 def test_missing_secret_key_is_a_clear_error(tmp_path: Path) -> None:
     app = Flask("nokey", instance_path=str(tmp_path))
     with pytest.raises(ConfigurationError, match="SECRET_KEY"):

@@ -63,6 +63,11 @@ class Recorder(Generic[T]):
             self._start()
         self._queue.put(record)
 
+    @property
+    def queued(self) -> int:
+        """Records waiting to be written (a hint)."""
+        return self._queue.qsize()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Write what is queued (trying for up to ``timeout`` seconds), then end the thread."""
         with self._lock:

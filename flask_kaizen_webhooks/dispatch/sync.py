@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
+#: Delivery logs of synchronous calls waiting to be written, at most; past it (the database away
+#: for long) a call's log is dropped, with an error logged, rather than memory growing.
+MAX_QUEUED_LOGS = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
@@ -206,6 +210,10 @@ def _record(
     try:
         if mode == DeliveryMode.TEST:  # its caller may look its deliveries up at once
             write_logs(app, state, [log])
+        elif state.sync_log.queued >= MAX_QUEUED_LOGS:  # the database has been away long
+            logger.error(
+                "The delivery log of a %s call is dropped: %d wait", topic, MAX_QUEUED_LOGS
+            )
         else:
             state.sync_log.put(log)
     except Exception:

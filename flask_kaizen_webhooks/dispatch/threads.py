@@ -42,6 +42,8 @@ LEASE_MARGIN = 5.0
 #: Seconds between looks for claims of processes of this machine that died (the first look is
 #: at start).
 DEAD_CLAIMS_EVERY = 60.0
+#: Seconds a small claim round waits while attempts are under way, for it to grow.
+CLAIM_GATHER = 0.01
 #: Deliveries claimed ahead in one round (at least two per attempt at once): one short
 #: transaction loads work for many attempts.
 CLAIM_AHEAD = 64
@@ -295,11 +297,14 @@ class ThreadDispatcher:
                 with self._app.app_context():
                     self._renew_waiting(stopping)
                     backlog = self._in_flight.backlog()
-                    load = sender.load
-                    room = self._ahead - load - backlog.waiting
-                    # While attempts are under way, a round waits until it can claim a good
-                    # part of a round: a claim is a transaction, whatever it holds.
-                    if room > 0 and (room >= self._ahead // 4 or not load):
+                    room = self._ahead - sender.load - backlog.waiting
+                    if 0 < room < self._ahead // 4 and sender.load:
+                        # Attempts are under way: a moment for more work to come due and more
+                        # slots to free, so that the claim (a transaction) carries more.
+                        stopping.wait(CLAIM_GATHER)
+                        backlog = self._in_flight.backlog()
+                        room = self._ahead - sender.load - backlog.waiting
+                    if room > 0:
                         claimed = self._claim_due(room, backlog.skip_registrations)
                         self._dispatch(claimed)
                         if len(claimed) == room:
