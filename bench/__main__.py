@@ -290,45 +290,19 @@ def enqueue_latency(url: str, samples: int) -> tuple[float, float]:
     return statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
 
 
-def sync_fanout(url: str) -> float:
-    """Five registrations whose receivers take 200 ms each: wall time / 200 ms."""
+def sync_walls(urls: list[str], samples: int) -> list[float]:
+    """Seconds each of ``samples`` calls of a synchronous topic registered at ``urls`` took (after
+    one call to warm up)."""
     app, webhooks = host_app(f"sqlite:///{tempfile.mkdtemp()}/s.db")
     with app.app_context():
         state = get_state()
         session = state.database.session
-        for n in range(5):
+        for hook in urls:
             store.create_registration(
                 session,
                 owner="bench",
                 topic="user_logged_in",
-                url=f"{url}/slow{n}?delay=0.2",
-                sealed_secret=state.secrets.seal(SECRET),
-            )
-        session.commit()
-        webhooks.trigger("user_logged_in", {"warm": True})
-        walls = []
-        for _ in range(5):
-            started = time.perf_counter()
-            results = webhooks.trigger("user_logged_in", {"user_id": "u"})
-            walls.append(time.perf_counter() - started)
-            assert all(r.ok for r in results), results  # type: ignore[union-attr]
-    webhooks.shutdown(app)
-    return statistics.median(walls) / 0.2
-
-
-def sync_overhead(url: str, samples: int) -> float:
-    """Milliseconds a synchronous topic with five receivers that answer at once takes the host
-    (median): signing, sending, reading the answers and recording the delivery log."""
-    app, webhooks = host_app(f"sqlite:///{tempfile.mkdtemp()}/o.db")
-    with app.app_context():
-        state = get_state()
-        session = state.database.session
-        for n in range(5):
-            store.create_registration(
-                session,
-                owner="bench",
-                topic="user_logged_in",
-                url=f"{url}/fast{n}",
+                url=hook,
                 sealed_secret=state.secrets.seal(SECRET),
             )
         session.commit()
@@ -340,7 +314,18 @@ def sync_overhead(url: str, samples: int) -> float:
             walls.append(time.perf_counter() - started)
             assert all(r.ok for r in results), results  # type: ignore[union-attr]
     webhooks.shutdown(app)
-    return statistics.median(walls) * 1000
+    return walls
+
+
+def sync_fanout(url: str) -> float:
+    """Five registrations whose receivers take 200 ms each: wall time / 200 ms."""
+    return statistics.median(sync_walls([f"{url}/slow{n}?delay=0.2" for n in range(5)], 5)) / 0.2
+
+
+def sync_overhead(url: str, samples: int) -> float:
+    """Milliseconds a synchronous topic with five receivers that answer at once takes the host
+    (median): signing, sending, reading the answers, handing the delivery log over."""
+    return statistics.median(sync_walls([f"{url}/fast{n}" for n in range(5)], samples)) * 1000
 
 
 def pending_rss(count: int) -> float:

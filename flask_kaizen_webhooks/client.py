@@ -235,11 +235,19 @@ class Client:
         under way then time out)."""
         deadline = time.monotonic() + timeout
         jobs = [
-            Job(url, body, headers, timeout, 0, _noop, start_by=deadline, end_by=deadline)
+            Job(
+                url,
+                body,
+                headers,
+                timeout,
+                0,
+                _noop,
+                give_back=False,
+                start_by=deadline,
+                end_by=deadline,
+            )
             for url, body, headers in requests
         ]
-        for job in jobs:
-            job.give_back = False
         return self._wait(jobs, deadline)
 
     def _wait(self, jobs: list[Job[Any]], deadline: float | None) -> list[SendResult]:
@@ -515,19 +523,19 @@ class _Loop:
                 continue
             self._active += 1
             job.started = now  # the deadline counts from here
-            transfer = _Transfer(job, _NO_ROUTE, min(now + job.timeout, job.end_by))
             try:
-                self._begin(transfer)
+                self._begin(job, min(now + job.timeout, job.end_by))
             except Exception as exc:  # a defect: this attempt fails, the others carry on
                 logger.exception("Webhook to %s: unexpected error", job.url)
-                self._end(transfer, f"internal error: {type(exc).__name__}")
+                self._finish(job, failure(now, f"internal error: {type(exc).__name__}"))
 
-    def _begin(self, transfer: _Transfer) -> None:
+    def _begin(self, job: Job[Any], ends: float) -> None:
         try:
-            transfer.route = where = route(transfer.job.url)
+            where = route(job.url)
         except ValueError as exc:
-            self._end(transfer, f"invalid URL: {exc}")
+            self._finish(job, failure(job.started, f"invalid URL: {exc}"))
             return
+        transfer = _Transfer(job, where, ends)
         pins = self.client.pins
         try:
             if self.client.proxy is not None:  # the proxy looks the name up, and judges it
@@ -541,8 +549,8 @@ class _Loop:
         if address is not None:
             self._add(transfer, address)
             return
-        self._looking_up.add(transfer)
         future = pins.lookups.look_up(where.host, where.port)
+        self._looking_up.add(transfer)
         future.add_done_callback(partial(self._looked_up, transfer))
 
     def _looked_up(self, transfer: _Transfer, future: Any) -> None:
@@ -686,10 +694,6 @@ class _Loop:
         self._poller.close()
         self._wake_in.close()
         self._wake_out.close()
-
-
-#: The route of a transfer whose URL is not parsed yet.
-_NO_ROUTE = Route("", 0, "", None)
 
 
 class _Poller:
