@@ -26,9 +26,10 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import func, select
 
-from flask_kaizen_webhooks import KaizenWebhooks, get_state, signals, store
-from flask_kaizen_webhooks.models import Delivery, DeliveryStatus
+from flask_kaizen_webhooks import KaizenWebhooks, get_state, signals
 from flask_kaizen_webhooks.signing import encode_payload, sign
+from flask_kaizen_webhooks.storage import registrations
+from flask_kaizen_webhooks.storage.tables import Delivery, DeliveryStatus
 
 SECRET = "benchmark_secret_0123"
 PAYLOAD = {
@@ -159,7 +160,7 @@ def add_registrations(app: Flask, url: str, count: int, topic: str) -> None:
         state = get_state()
         session = state.database.session
         for n in range(count):
-            store.create_registration(
+            registrations.create_registration(
                 session,
                 owner="bench",
                 topic=topic,
@@ -298,7 +299,7 @@ def sync_walls(urls: list[str], samples: int) -> list[float]:
         state = get_state()
         session = state.database.session
         for hook in urls:
-            store.create_registration(
+            registrations.create_registration(
                 session,
                 owner="bench",
                 topic="user_logged_in",

@@ -3,7 +3,7 @@
 import logging
 
 from . import signals
-from .dispatch.sync import DeliveryResult
+from .delivery.sync import DeliveryResult
 from .errors import (
     ApiError,
     ConfigurationError,
@@ -15,7 +15,8 @@ from .errors import (
     ValidationError,
     WebhooksError,
 )
-from .extension import KaizenWebhooks, WebhooksState, get_state
+from .extension import KaizenWebhooks
+from .state import WebhooksState, get_state
 from .topics import Mode, Topic
 from .version import __version__
 

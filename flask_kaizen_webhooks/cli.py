@@ -6,20 +6,20 @@ import re
 import signal
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import FrameType
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import store
-from .claims import Holder, this_process
-from .dispatch.sync import fan_out
-from .dispatch.threads import ThreadDispatcher
-from .errors import NotFound
-from .extension import WebhooksState, get_state
-from .models import Delivery, DeliveryMode, DeliveryStatus, RegistrationState, isoformat
+from .clock import as_utc, isoformat
+from .delivery.engine import ThreadExecutor
+from .errors import NotFound, unknown_topic_message
+from .state import get_state
+from .storage import admin, claims, outbox, registrations
+from .storage.holders import Holder, this_process
+from .storage.tables import Delivery, DeliveryStatus, RegistrationState
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -50,10 +50,10 @@ def worker() -> None:
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
-    dispatcher = (
-        state.dispatcher
-        if isinstance(state.dispatcher, ThreadDispatcher)
-        else ThreadDispatcher(app, state)
+    executor = (
+        state.executor
+        if isinstance(state.executor, ThreadExecutor)
+        else ThreadExecutor(app, state.context, state.client)
     )
     stop = threading.Event()
 
@@ -62,12 +62,12 @@ def worker() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    dispatcher.start()
+    executor.start()
     click.echo(f"Sending webhooks, up to {state.settings.workers} at once; Ctrl-C to stop.")
     while not stop.wait(0.5):
         pass
     click.echo("Stopping: finishing the attempts in flight...")
-    dispatcher.stop()
+    executor.stop()
     state.client.close()
     click.echo("Stopped; pending deliveries stay in the outbox.")
 
@@ -93,7 +93,7 @@ def parse_moment(value: str | None, now: datetime) -> datetime | None:
         raise click.BadParameter(
             f"{value!r} is neither an ISO time nor a duration like 30m, 2h or 7d."
         ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return as_utc(moment)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -108,12 +108,12 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 @webhooks_cli.command("list")
 @click.option("--topic", help="Only this topic.")
 @click.option("--owner", help="Only this owner's registrations.")
-@click.option("--state", type=click.Choice([RegistrationState.ACTIVE, RegistrationState.DISABLED]))
+@click.option("--state", type=click.Choice([state.value for state in RegistrationState]))
 def list_registrations(topic: str | None, owner: str | None, state: str | None) -> None:
     """List registrations of every owner (never their secrets)."""
     with get_state().database.independent_session() as session:
-        rows = store.find_registrations(session, topic=topic, owner=owner, state=state)
-        retrying = store.retrying_counts(session, topic=topic, owner=owner, state=state)
+        rows = admin.find_registrations(session, topic=topic, owner=owner, state=state)
+        retrying = admin.retrying_counts(session, topic=topic, owner=owner, state=state)
     print_table(
         ["ID", "OWNER", "TOPIC", "STATE", "URL", "RETRYING", "FAILED FOR GOOD IN A ROW", "CREATED"],
         [
@@ -136,7 +136,7 @@ def list_registrations(topic: str | None, owner: str | None, state: str | None) 
 @webhooks_cli.command("deliveries")
 @click.option(
     "--status",
-    type=click.Choice([DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]),
+    type=click.Choice([status.value for status in DeliveryStatus]),
 )
 @click.option("--registration", "registration_id", help="Only this registration's.")
 @click.option("--since", help="Created since: an ISO time, or a duration back like 2h or 7d.")
@@ -147,7 +147,7 @@ def list_deliveries(
     """List deliveries, newest first."""
     state = get_state()
     with state.database.independent_session() as session:
-        rows = store.find_deliveries(
+        rows = admin.find_deliveries(
             session,
             status=status,
             registration_id=registration_id,
@@ -182,7 +182,7 @@ def claim_of(delivery: Delivery, now: datetime) -> str:
     """Who holds ``delivery``'s claim and until when, for a pending delivery being sent."""
     if delivery.status != DeliveryStatus.PENDING or not delivery.claim_token:
         return ""
-    until = store.as_utc(delivery.next_attempt_at) if delivery.next_attempt_at else None
+    until = as_utc(delivery.next_attempt_at) if delivery.next_attempt_at else None
     holder = Holder.of(delivery.claim_token)
     by = "" if holder is None else f" by process {holder.pid}"
     if holder is not None and holder.machine != this_process().machine:
@@ -197,7 +197,7 @@ def stats() -> None:
     """Deliveries per topic and status (tests apart), and the age of the oldest pending one."""
     state = get_state()
     with state.database.independent_session() as session:
-        found = store.delivery_stats(session, now=state.clock.now())
+        found = admin.delivery_stats(session, now=state.clock.now())
     statuses = [DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]
     topics = sorted({topic for topic, _ in found.counts})
     print_table(
@@ -252,7 +252,7 @@ def redeliver(
                 raise click.ClickException(f"No delivery with id {delivery_id}.")
             chosen: Sequence[Delivery] = [found]
         else:
-            chosen = store.find_deliveries(
+            chosen = admin.find_deliveries(
                 session,
                 status=DeliveryStatus.FAILED,
                 registration_id=registration_id,
@@ -260,8 +260,8 @@ def redeliver(
                 until=parse_moment(until, now),
                 limit=None,
             )
-        requeued = store.queue_again(session, [delivery.id for delivery in chosen], now=now)
-    # The running dispatchers (web processes or workers) pick them up at their next poll.
+        requeued = claims.queue_again(session, [delivery.id for delivery in chosen], now=now)
+    # The running executors (web processes or workers) pick them up at their next poll.
     click.echo(f"Queued {counted(len(requeued.queued), 'delivery', 'deliveries')} again.")
     for left, one, many in (
         (requeued.in_flight, "an attempt of it is under way", "an attempt of each is under way"),
@@ -284,7 +284,7 @@ def _set_state(registration_id: str, new_state: str) -> None:
     state = get_state()
     with state.database.writing() as session:
         try:
-            registration = store.set_registration_state(
+            registration = registrations.set_registration_state(
                 session,
                 registration_id,
                 state=new_state,
@@ -317,25 +317,15 @@ def disable(registration_id: str) -> None:
 def send_test(topic: str, registration_id: str | None) -> None:
     """Send TOPIC's sample payload to its registrations now and show the answers."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    state: WebhooksState = get_state(app)
-    found = state.extension.topics.get(topic)
+    state = get_state(app)
+    found = state.topics.get(topic)
     if found is None:
-        valid = ", ".join(state.extension.topics.names())
-        raise click.ClickException(f"Unknown topic {topic!r}; valid topics are: {valid}.")
+        raise click.ClickException(unknown_topic_message(topic, state.topics.names()))
     with state.database.independent_session() as session:
-        targets = store.active_targets(session, topic=topic, registration_id=registration_id)
+        targets = outbox.active_targets(session, topic=topic, registration_id=registration_id)
     if not targets:
         raise click.ClickException(f"No registration of {topic!r} to send to.")
-    results = fan_out(
-        app,
-        state,
-        topic=topic,
-        document=dict(found.sample_payload),
-        targets=targets,
-        mode=DeliveryMode.TEST,
-        timeout=state.settings.async_timeout,
-        client=state.test_client,
-    )
+    results = state.send_test(app, found, targets)
     print_table(
         ["REGISTRATION", "OK", "STATUS", "MS", "ERROR"],
         [
@@ -362,7 +352,7 @@ def purge(older_than: float | None) -> None:
     days = state.settings.retention_days if older_than is None else older_than
     before = state.clock.now() - timedelta(days=days)
     with state.database.writing() as session:
-        deliveries, attempts = store.purge_completed(session, before=before)
+        deliveries, attempts = admin.purge_completed(session, before=before)
     click.echo(
         f"Deleted {counted(deliveries, 'delivery', 'deliveries')} and "
         f"{counted(attempts, 'attempt')} finished before {isoformat(before)}."
@@ -377,5 +367,5 @@ def rotate_keys() -> None:
     """
     state = get_state()
     with state.database.writing() as session:
-        count = store.reseal_secrets(session, state.secrets.reseal)
+        count = registrations.reseal_secrets(session, state.secrets.reseal)
     click.echo(f"Re-encrypted the secrets of {counted(count, 'registration')}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -59,7 +60,19 @@ DEFAULTS: dict[str, Any] = {
     "PROXY": None,
 }
 
-DISPATCHERS = ("thread", "celery", "none")
+
+class Executor(enum.StrEnum):
+    """What sends asynchronous deliveries (``KAIZEN_WEBHOOKS_EXECUTOR``)."""
+
+    #: Background threads in the app process.
+    THREAD = "thread"
+    #: Tasks on the host's Celery workers.
+    CELERY = "celery"
+    #: Nothing in the app process: ``flask webhooks worker`` sends the outbox.
+    NONE = "none"
+
+
+EXECUTORS = tuple(Executor)
 
 DEFAULT_SQLITE_FILENAME = "kaizen_webhooks.sqlite3"
 
@@ -78,7 +91,7 @@ class Settings:
     sync_timeout: float
     connect_timeout: float
     async_timeout: float
-    dispatcher: str
+    executor: Executor
     autostart: bool | None
     celery_sweep_interval: float
     workers: int
@@ -104,6 +117,7 @@ class Settings:
     secret_overlap: float
     ca_bundle: str | None
     proxy: str | None
+    secret_keys: Any
 
     @property
     def lease_seconds(self) -> float:
@@ -153,7 +167,7 @@ class Settings:
             sync_timeout=_positive_number(value, "SYNC_TIMEOUT"),
             connect_timeout=_positive_number(value, "CONNECT_TIMEOUT"),
             async_timeout=_positive_number(value, "ASYNC_TIMEOUT"),
-            dispatcher=_executor(value),
+            executor=_executor(value),
             autostart=_optional_bool(value, "AUTOSTART"),
             celery_sweep_interval=_positive_number(value, "CELERY_SWEEP_INTERVAL"),
             workers=_positive_int(value, "WORKERS"),
@@ -182,14 +196,15 @@ class Settings:
             secret_overlap=_non_negative_number(value, "SECRET_OVERLAP"),
             ca_bundle=_ca_bundle(value, "CA_BUNDLE"),
             proxy=_proxy(value, "PROXY"),
+            secret_keys=value("SECRET_KEYS"),
         )
 
 
-def _executor(value: Any) -> str:
+def _executor(value: Any) -> Executor:
     """``EXECUTOR`` (``thread``, ``celery`` or ``none``), or its former name ``DISPATCHER``."""
     if value("EXECUTOR") is None:
-        return _choice(value, "DISPATCHER", DISPATCHERS)
-    executor = _choice(value, "EXECUTOR", DISPATCHERS)
+        return Executor(_choice(value, "DISPATCHER", EXECUTORS))
+    executor = Executor(_choice(value, "EXECUTOR", EXECUTORS))
     if value("DISPATCHER") not in (DEFAULTS["DISPATCHER"], executor):
         raise ConfigurationError(
             PREFIX + "EXECUTOR", "set either EXECUTOR or its former name DISPATCHER, not both"

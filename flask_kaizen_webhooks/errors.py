@@ -1,8 +1,8 @@
-"""Exceptions raised by the extension.
+"""Every exception the extension raises.
 
-:class:`WebhooksError` is the root. API errors carry everything the JSON error body needs
-(``{"error": {"code", "message", "field", ...}}``) and subclass werkzeug's HTTP exceptions, so a
-host that catches them generically still gets the right status code.
+:class:`WebhooksError` is the root of them all. API errors carry everything the JSON error body
+needs (``{"error": {"code", "message", "field", ...}}``) and subclass werkzeug's HTTP exceptions,
+so a host that catches them generically still gets the right status code.
 """
 
 from __future__ import annotations
@@ -25,13 +25,54 @@ class ConfigurationError(WebhooksError, ValueError):
         self.key = key
 
 
+def unknown_topic_message(topic: str, valid: Sequence[str]) -> str:
+    """What every caller is told of a topic name that no one registered."""
+    return f"Unknown topic {topic!r}; valid topics are: {', '.join(valid)}."
+
+
 class UnknownTopic(WebhooksError, LookupError):
     """A topic name that no one registered."""
 
     def __init__(self, topic: str, valid: list[str]) -> None:
-        super().__init__(f"Unknown topic {topic!r}; valid topics are: {', '.join(valid)}.")
+        super().__init__(unknown_topic_message(topic, valid))
         self.topic = topic
         self.valid_topics = valid
+
+
+class ForbiddenDestination(WebhooksError):
+    """The destination may not be called; ``reason`` says why (never with a secret)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SecretUnreadable(WebhooksError):
+    """A stored secret cannot be opened with any configured key."""
+
+
+class VerificationError(WebhooksError):
+    """A webhook body could not be trusted; :attr:`code` says why."""
+
+    code = "invalid_webhook"
+
+
+class MalformedWebhook(VerificationError):
+    """The body is not a compact JWS of a JSON object."""
+
+    code = "malformed"
+
+
+class InvalidSignature(VerificationError):
+    """The signature does not match the secret (or the algorithm is not HS256)."""
+
+    code = "bad_signature"
+
+
+class ExpiredWebhook(VerificationError):
+    """The ``iat`` in the JWS header is missing, too old or too far in the future."""
+
+    code = "expired"
 
 
 class DeliveryFailed(WebhooksError):
@@ -80,6 +121,33 @@ class ValidationError(ApiError):
 
     def __init__(self, error_code: str, message: str, *, field: str | None, **extra: Any) -> None:
         super().__init__(422, error_code, message, field=field, **extra)
+
+
+class RegistrationLimitReached(ApiError):
+    """The owner has as many registrations as allowed (422)."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            422,
+            "registration_limit",
+            f"You have {count} registrations, the most allowed; delete one first.",
+            limit=limit,
+        )
+
+
+class RateLimited(ApiError):
+    """Too many calls of one kind this minute (429, with ``Retry-After``)."""
+
+    def __init__(self, kind: str, per_minute: int, retry_after: int) -> None:
+        super().__init__(
+            429,
+            "rate_limited",
+            f"You made more than {per_minute} {kind} calls this minute; "
+            f"try again in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+            limit=per_minute,
+            retry_after=retry_after,
+        )
 
 
 class NotFound(ApiError):

@@ -1,175 +1,34 @@
-"""The Flask extension object: set-up, per-app state and the host's callbacks."""
+"""The Flask extension object: set-up, the host's callbacks, topics and sending."""
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import random
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 
-from . import store
-from .client import Client
-from .clock import Clock
+from .cli import webhooks_cli
 from .config import Settings
-from .database import Database
-from .dispatch.base import Dispatcher, NoDispatcher, hand_over_after_commit
-from .dispatch.recorder import Recorder
-from .dispatch.sync import DeliveryResult, FanOutLog, fan_out, write_logs
-from .dispatch.threads import ThreadDispatcher
-from .errors import ConfigurationError, DeliveryFailed, UnknownTopic, WebhooksError
+from .delivery.publish import checked_payload, enqueue
+from .delivery.sync import DeliveryResult
+from .errors import ConfigurationError, DeliveryFailed, UnknownTopic
 from .logs import show_warnings
-from .models import DeliveryMode
-from .sealing import SecretBox
-from .serving import StartAt, on_fork, start_at
+from .recording import SentWebhook
+from .serving import StartAt, start_at
 from .signals import topic_signal
-from .signing import encode_payload
+from .state import EXTENSION_KEY, HostCallbacks, WebhooksState, get_state, keep
+from .storage import outbox
+from .storage.database import Database
 from .topics import Mode, Topic, TopicRegistry
-
-EXTENSION_KEY = "kaizen_webhooks"
-#: Attempts a Celery worker process's client makes at once, at most.
-CELERY_AT_ONCE = 1024
+from .web.api import blueprint
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-UserLoader = Callable[[], Any]
-PermissionChecker = Callable[[Any], bool]
-OwnerKey = Callable[[Any], Any]
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class WebhooksState:
-    """Everything the extension keeps for one app, in ``app.extensions["kaizen_webhooks"]``."""
-
-    def __init__(
-        self, app: Flask, extension: KaizenWebhooks, settings: Settings, database: Database
-    ) -> None:
-        self.extension = extension
-        self.settings = settings
-        self.database = database
-        self.secrets = SecretBox.from_config(
-            app.config.get("KAIZEN_WEBHOOKS_SECRET_KEYS"), app.secret_key
-        )
-        self.clock = Clock()
-        self.rng = random.Random()
-        #: The background engine's HTTP client; in a Celery worker, its tasks' (each task's
-        #: thread waits for its own attempt: as many at once as the worker runs tasks).
-        celery = settings.dispatcher == "celery"
-        self.client = self._client("engine", CELERY_AT_ONCE if celery else settings.workers)
-        #: Synchronous topics (the host's logins) send on a client of their own (its thread and
-        #: connections), which nothing an integrator can set off (a test, a redelivery) delays.
-        self.sync_client = self._client("sync", settings.sync_workers)
-        #: ``POST /test`` and ``flask webhooks test``.
-        self.test_client = self._client("test", settings.sync_workers)
-        self._app_ref = weakref.ref(app)
-        self.sync_log = self._sync_log()
-        self.dispatcher: Dispatcher = NoDispatcher()
-        if settings.dispatcher == "thread":
-            self.dispatcher = ThreadDispatcher(app, self)
-        elif settings.dispatcher == "celery":
-            from .dispatch.celery_executor import CeleryDispatcher
-
-            self.dispatcher = CeleryDispatcher(app, self)
-        #: When the engine starts in this process (set by ``init_app``).
-        self.start_at = StartAt.FIRST_USE
-        self._forked_in = os.getpid()
-
-    def _client(self, name: str, max_active: int) -> Client:
-        settings = self.settings
-        return Client(
-            max_response_bytes=settings.max_response_bytes,
-            max_active=max_active,
-            connect_timeout=settings.connect_timeout,
-            policy=settings.address_policy,
-            ca_bundle=settings.ca_bundle,
-            proxy=settings.proxy,
-            name=f"kaizen-webhooks-{name}",
-        )
-
-    def _sync_log(self) -> Recorder[FanOutLog]:
-        """The thread that writes the delivery logs of synchronous fan-outs and tests."""
-
-        def write(logs: Sequence[FanOutLog]) -> None:
-            app = self._app_ref()
-            if app is None:
-                logger.warning("%d delivery logs not written: their app is gone", len(logs))
-                return
-            write_logs(app, self, logs)
-
-        return Recorder(
-            write, name="kaizen-webhooks-sync-log", lost="those calls are missing from the log"
-        )
-
-    @property
-    def clients(self) -> tuple[Client, Client, Client]:
-        """Every HTTP client of this app: the engine's, the sync topics', the tests'."""
-        return self.client, self.sync_client, self.test_client
-
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop the dispatcher and the sync threads and close connections; nothing is lost."""
-        self.dispatcher.stop(timeout)
-        for client in self.clients:
-            client.close()
-        self.sync_log.stop(timeout)
-
-    def start_now(self, app: Flask) -> None:
-        """Start the engine, the extension's tables made first (here, not in the engine's
-        threads, where their creation would race the host's own ``db.create_all()``)."""
-        try:
-            with app.app_context():
-                self.database.create_tables()
-        except Exception:  # the database may not be reachable (or set up) yet
-            logger.warning("The webhooks tables could not be made yet", exc_info=True)
-        self.dispatcher.start()
-
-    def after_fork(self) -> None:
-        """In a forked child: nothing of the parent's threads, connections or locks is used
-        again; a worker forked by a pre-forking server starts its own engine. Once per
-        process, however many fork hooks call it."""
-        if self._forked_in == os.getpid():
-            return
-        self._forked_in = os.getpid()
-        self.database.after_fork()
-        for client in self.clients:
-            client.after_fork()
-        self.sync_log = self._sync_log()
-        self.dispatcher.after_fork()
-        if self.start_at is StartAt.FORK:
-            self.start_at = StartAt.NOW
-            self.dispatcher.start()
-
-
-#: The state of every app set up in this process, for what a fork must renew.
-_STATES: weakref.WeakSet[WebhooksState] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for state in list(_STATES):
-        try:
-            state.after_fork()
-        except Exception:
-            logger.exception("Could not renew the webhooks engine in a forked process")
-
-
-on_fork(_after_fork_in_child)
-
-#: Seconds the process's exit waits for the delivery logs still queued to be written.
-EXIT_LOG_TIMEOUT = 5.0
-
-
-@atexit.register
-def _write_logs_at_exit() -> None:
-    """At exit, the delivery logs of synchronous calls still queued are written."""
-    for state in list(_STATES):
-        try:
-            state.sync_log.stop(EXIT_LOG_TIMEOUT)
-        except Exception:
-            logger.exception("Could not write the delivery logs still queued")
 
 
 class KaizenWebhooks:
@@ -187,9 +46,7 @@ class KaizenWebhooks:
     def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None) -> None:
         self.db = db
         self.topics = TopicRegistry()
-        self.user_loader_callback: UserLoader | None = None
-        self.permission_checker_callback: PermissionChecker | None = None
-        self.owner_key_callback: OwnerKey | None = None
+        self.callbacks = HostCallbacks()
         self._receivers: dict[str, Callable[..., Any]] = {}
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
@@ -212,21 +69,18 @@ class KaizenWebhooks:
                 "SECRET_KEY", "the app needs a SECRET_KEY to sign pagination cursors."
             )
         database = Database(app, settings, db if db is not None else self.db)
-        state = WebhooksState(app, self, settings, database)
+        state = WebhooksState(app, settings, database, topics=self.topics, callbacks=self.callbacks)
         app.extensions[EXTENSION_KEY] = state
         self._apps.add(app)
         for topic in self.topics:
             self._connect(topic.name, app)
-        from .api import blueprint
-        from .cli import webhooks_cli
-
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(webhooks_cli)
         # Pending work (retries, or what a previous process left) resumes as soon as this
         # process serves the app (see :mod:`.serving`), or else with the first request.
-        app.before_request(state.dispatcher.autostart)
+        app.before_request(state.executor.autostart)
         state.start_at = start_at(app, settings.autostart)
-        _STATES.add(state)
+        keep(state)
         if state.start_at is StartAt.NOW:
             state.start_now(app)
 
@@ -234,12 +88,12 @@ class KaizenWebhooks:
 
     def user_loader(self, callback: F) -> F:
         """Decorate the function returning the API user of the current request, or None (401)."""
-        self.user_loader_callback = callback
+        self.callbacks.user_loader = callback
         return callback
 
     def permission_checker(self, callback: F) -> F:
         """Decorate the function saying whether a user may manage web hooks (False: 403)."""
-        self.permission_checker_callback = callback
+        self.callbacks.permission_checker = callback
         return callback
 
     def owner_key(self, callback: F) -> F:
@@ -248,23 +102,12 @@ class KaizenWebhooks:
         By default the key is the user's ``id`` attribute, or the user value itself when the
         loader returns a plain id (a string or an integer).
         """
-        self.owner_key_callback = callback
+        self.callbacks.owner_key = callback
         return callback
 
     def owner_of(self, user: Any) -> str:
         """The owner key of ``user`` as stored with their registrations."""
-        if self.owner_key_callback is not None:
-            key = self.owner_key_callback(user)
-        elif isinstance(user, str | int) and not isinstance(user, bool):
-            key = user
-        else:
-            key = getattr(user, "id", None)
-        if key is None or key == "":
-            raise WebhooksError(
-                f"Cannot tell the owner of user {type(user).__name__}: give it an 'id' "
-                "attribute or decorate a function with @webhooks.owner_key."
-            )
-        return str(key)
+        return self.callbacks.owner_of(user)
 
     # Sending -----------------------------------------------------------------------------------
 
@@ -291,37 +134,50 @@ class KaizenWebhooks:
         found = self.topics.get(topic)
         if found is None:
             raise UnknownTopic(topic, self.topics.names())
-        document, encoded = _checked_payload(payload, state.settings.max_payload_bytes)
-        if found.mode is Mode.SYNC:
-            results = self._send_now(target_app, state, topic, document)
-            if raise_on_error and not all(result.ok for result in results):
-                raise DeliveryFailed(topic, results)
-            return results
-        return enqueue(state, topic, encoded)
+        document, encoded = checked_payload(payload, state.settings.max_payload_bytes)
+        if state.recordings:
+            return state.recordings.capture(state.database, found, document)
+        if found.mode is Mode.ASYNC:
+            return enqueue(state.context, state.executor, topic, encoded)
+        results = self._send_now(target_app, state, topic, document)
+        if raise_on_error and not all(result.ok for result in results):
+            raise DeliveryFailed(topic, results)
+        return results
 
     def _send_now(
-        self, app: Flask, state: WebhooksState, topic: str, document: Mapping[str, Any]
+        self, app: Flask, state: WebhooksState, topic: str, document: dict[str, Any]
     ) -> list[DeliveryResult]:
         try:
             with state.database.independent_session() as session:
-                targets = store.active_targets(session, topic=topic)
+                targets = outbox.active_targets(session, topic=topic)
         except Exception:
             logger.exception("Could not read the registrations of %s; nothing was sent", topic)
             return []
         try:
-            return fan_out(
-                app,
-                state,
-                topic=topic,
-                document=document,
-                targets=targets,
-                mode=DeliveryMode.SYNC,
-                timeout=state.settings.sync_timeout,
-                client=state.sync_client,
-            )
+            return state.send_now(app, topic, document, targets)
         except Exception as exc:  # a defect: the host's request goes on all the same
             logger.exception("Sending the %s webhooks failed unexpectedly", topic)
             return [DeliveryResult.failed(target, f"internal error: {exc!r}") for target in targets]
+
+    @contextmanager
+    def recording(self, app: Flask | None = None) -> Iterator[list[SentWebhook]]:
+        """Capture what would be sent instead of sending it, for the host's own tests::
+
+            with webhooks.recording() as sent:
+                client.post("/profile", json={...})
+            assert [webhook.topic for webhook in sent] == ["profile_updated"]
+
+        Inside the block every webhook of ``app`` (default: the current app), fired by a signal
+        or by :meth:`trigger`, is recorded as a
+        :class:`~flask_kaizen_webhooks.recording.SentWebhook` (its topic, registration, owner,
+        URL and payload), one per active registration, and nothing
+        goes over the network or into the outbox. A synchronous topic's call gets a successful
+        result per registration with no answer; an asynchronous one the ids its deliveries
+        would have.
+        """
+        target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        with get_state(target).recordings.open() as sent:
+            yield sent
 
     def start(self, app: Flask | None = None) -> None:
         """Start delivering in this process now (see ``KAIZEN_WEBHOOKS_AUTOSTART`` for when it
@@ -366,72 +222,3 @@ class KaizenWebhooks:
     def state(app: Flask | None = None) -> WebhooksState:
         """The extension's state for ``app`` (default: the current app)."""
         return get_state(app)
-
-
-def enqueue(state: WebhooksState, topic: str, document_json: str) -> list[str]:
-    """Write the outbox rows of an event (its JSON, checked) for every active registration of
-    ``topic``; hand them to the dispatcher once they are committed. The ids of the deliveries
-    come back.
-
-    Inside a transaction of the host's session the event is written as one row, which commits
-    or rolls back with the host's change, and the dispatcher fans it out into deliveries after
-    the commit; otherwise (and always with the embedded database) the deliveries are written
-    and committed here.
-    """
-    database = state.database
-    session = database.session
-    owned = database.embedded or not session.in_transaction()
-    connection = session.connection()
-    recipients = store.active_recipients(connection, topic=topic)
-    now = state.clock.now()
-    if owned:
-        ids = store.add_deliveries(
-            connection,
-            recipients=recipients,
-            topic=topic,
-            mode=DeliveryMode.ASYNC,
-            document_json=document_json,
-            now=now,
-        )
-        session.commit()
-        state.dispatcher.submit(ids)
-        return ids
-    ids = store.add_event(
-        connection, recipients=recipients, topic=topic, document_json=document_json, now=now
-    )
-    if ids:
-        hand_over_after_commit(session, state.dispatcher, ids)
-    return ids
-
-
-def _checked_payload(payload: Mapping[str, Any], max_bytes: int) -> tuple[dict[str, Any], str]:
-    """The payload as a document and as its JSON, or a :class:`WebhooksError` saying why not."""
-    if not isinstance(payload, Mapping):
-        raise WebhooksError(f"The payload must be a mapping (a JSON object), not {type(payload)}.")
-    if "webhook_request_id" in payload:
-        raise WebhooksError(
-            "The payload must not contain 'webhook_request_id'; it is set per delivery."
-        )
-    document = dict(payload)
-    try:
-        encoded = encode_payload(document)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise WebhooksError(f"The payload cannot be sent as JSON: {exc}") from None
-    if len(encoded) > max_bytes:
-        raise WebhooksError(
-            f"The payload is {len(encoded)} bytes of JSON, over KAIZEN_WEBHOOKS_MAX_PAYLOAD_BYTES "
-            f"({max_bytes}); send a smaller document (receivers can fetch the rest)."
-        )
-    return document, encoded.decode()
-
-
-def get_state(app: Flask | None = None) -> WebhooksState:
-    """The :class:`WebhooksState` of ``app`` or of the current app."""
-    target = app if app is not None else current_app
-    try:
-        state: WebhooksState = target.extensions[EXTENSION_KEY]
-    except KeyError:
-        raise RuntimeError(
-            "flask-kaizen-webhooks is not set up for this app; call KaizenWebhooks(app) first."
-        ) from None
-    return state

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import idna
 
+from .errors import ForbiddenDestination
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -68,14 +70,6 @@ ALLOW_PORT_HINT = "An operator can allow more with KAIZEN_WEBHOOKS_ALLOWED_PORTS
 
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
-
-
-class ForbiddenDestination(Exception):
-    """The destination may not be called; ``reason`` says why (never with a secret)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 Resolver = Callable[[str, int], Sequence[IPAddress]]

@@ -21,7 +21,12 @@ from flask import jsonify, request
 from jose import jws
 from jose.exceptions import JOSEError, JWSError
 
-from .errors import WebhooksError
+from .errors import (
+    ExpiredWebhook,
+    InvalidSignature,
+    MalformedWebhook,
+    VerificationError,
+)
 from .signing import ALGORITHM
 
 #: Seconds a receiver accepts an ``iat`` from the future, for clocks that disagree a little.
@@ -29,29 +34,14 @@ CLOCK_SKEW = 60
 
 R = TypeVar("R")
 
-
-class VerificationError(WebhooksError):
-    """A webhook body could not be trusted; :attr:`code` says why."""
-
-    code = "invalid_webhook"
-
-
-class MalformedWebhook(VerificationError):
-    """The body is not a compact JWS of a JSON object."""
-
-    code = "malformed"
-
-
-class InvalidSignature(VerificationError):
-    """The signature does not match the secret (or the algorithm is not HS256)."""
-
-    code = "bad_signature"
-
-
-class ExpiredWebhook(VerificationError):
-    """The ``iat`` in the JWS header is missing, too old or too far in the future."""
-
-    code = "expired"
+__all__ = [
+    "ExpiredWebhook",
+    "InvalidSignature",
+    "MalformedWebhook",
+    "VerificationError",
+    "verify",
+    "webhook_view",
+]
 
 
 def verify(

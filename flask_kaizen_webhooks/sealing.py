@@ -14,17 +14,13 @@ from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from .errors import ConfigurationError, WebhooksError
+from .errors import ConfigurationError, SecretUnreadable
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 KEY_SETTING = "KAIZEN_WEBHOOKS_SECRET_KEYS"
 #: Opened secrets kept in memory, by their sealed text, so that attempts do not decrypt again.
 OPENED_CACHE = 1024
-
-
-class SecretUnreadable(WebhooksError):
-    """A stored secret cannot be opened with any configured key."""
 
 
 class SecretBox:

@@ -22,7 +22,7 @@ from typing import Any
 from flask import Flask
 
 
-class StartAt(enum.Enum):
+class StartAt(enum.StrEnum):
     """When the engine of a new app starts."""
 
     #: At once (the process serves the app).

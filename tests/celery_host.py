@@ -17,6 +17,11 @@ from tests.conftest import DELIVERY_CONFIG, install_demo_auth
 
 def create_app() -> Flask:
     """The host app, configured from ``KWT_*`` environment variables."""
+    return create_host()[0]
+
+
+def create_host() -> tuple[Flask, KaizenWebhooks]:
+    """The host app and its extension."""
     app = Flask("celery_host")
     app.config.update(
         SECRET_KEY="test-secret-key",
@@ -33,8 +38,9 @@ def create_app() -> Flask:
     )
     app.config.update(json.loads(os.environ.get("KWT_CONFIG", "{}")))
     celery_init_app(app)
-    install_demo_auth(KaizenWebhooks(app))
-    return app
+    webhooks = KaizenWebhooks(app)
+    install_demo_auth(webhooks)
+    return app, webhooks
 
 
 if "KWT_DATABASE_URI" in os.environ:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from flask_kaizen_webhooks.client import Client
+from flask_kaizen_webhooks.delivery.client import Client
 from flask_kaizen_webhooks.guard import AddressPolicy
 
 #: Only the test servers' address is open.

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from flask_kaizen_webhooks import KaizenWebhooks, get_state
 from flask_kaizen_webhooks.clock import Clock
-from flask_kaizen_webhooks.models import metadata
+from flask_kaizen_webhooks.storage.tables import metadata
 from tests import clients
 
 REQUIRE_SERVICES = os.environ.get("KAIZEN_WEBHOOKS_REQUIRE_SERVICES") == "1"

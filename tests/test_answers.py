@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from flask_kaizen_webhooks.client import Client, SendResult, route
+from flask_kaizen_webhooks.delivery.client import Client, SendResult, route
 from tests.clients import LOOPBACK
 from tests.clients import client as new_client
 from tests.receivers import RawServer, wait_until

@@ -165,8 +165,11 @@ def test_secrets_are_never_logged(
         assert secret not in record.getMessage() and secret[::-1] not in record.getMessage()
     assert secret not in run.output
     with host.app.app_context():
-        from flask_kaizen_webhooks import get_state, store
+        from flask_kaizen_webhooks import get_state
+        from flask_kaizen_webhooks.storage import registrations
 
         session = get_state().database.session
-        stored = store.get_registration(session, owner="org-1", registration_id=registration["id"])
+        stored = registrations.get_registration(
+            session, owner="org-1", registration_id=registration["id"]
+        )
         assert secret not in repr(stored) and secret[::-1] not in repr(stored)

@@ -11,8 +11,9 @@ import jose.jws
 import pytest
 from sqlalchemy import select
 
-from flask_kaizen_webhooks import get_state, store
-from flask_kaizen_webhooks.models import Delivery
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.storage import claims
+from flask_kaizen_webhooks.storage.tables import Delivery
 from flask_kaizen_webhooks.topics import BUILTIN_TOPICS
 from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, USER, register
 from tests.receivers import Reply, wait_until
@@ -242,7 +243,7 @@ def test_deleting_a_registration_ends_its_pending_deliveries_not_being_sent(
         state = get_state()
         now = state.clock.now()
         with state.database.writing() as session:  # a worker is sending this one
-            claimed = store.claim_one(
+            claimed = claims.claim_one(
                 session,
                 delivery_id=being_sent,
                 now=now,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from flask_kaizen_webhooks.client import route
+from flask_kaizen_webhooks.delivery.client import route
 from flask_kaizen_webhooks.guard import AddressPolicy
 from tests.clients import client
 from tests.conftest import ADMIN

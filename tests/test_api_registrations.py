@@ -174,7 +174,7 @@ def test_update_with_missing_or_stale_rev_is_409_naming_current(
 
 
 def test_update_may_omit_secret_to_keep_it(host: Any, client: FlaskClient) -> None:
-    from flask_kaizen_webhooks import store
+    from flask_kaizen_webhooks.storage import registrations
 
     created = create(client).get_json()
     url = f"{PREFIX}/registrations/{created['id']}"
@@ -189,7 +189,9 @@ def test_update_may_omit_secret_to_keep_it(host: Any, client: FlaskClient) -> No
         from flask_kaizen_webhooks import get_state
 
         session = get_state().database.session
-        stored = store.get_registration(session, owner="org-1", registration_id=created["id"])
+        stored = registrations.get_registration(
+            session, owner="org-1", registration_id=created["id"]
+        )
         assert stored.secret != new_secret  # sealed at rest
         assert get_state().secrets.open(stored.secret) == new_secret
 

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from flask_kaizen_webhooks import get_state
-from flask_kaizen_webhooks.claims import Holder, new_token, process_start, this_process
-from flask_kaizen_webhooks.models import Delivery
 from flask_kaizen_webhooks.serving import StartAt
+from flask_kaizen_webhooks.storage.holders import Holder, new_token, process_start, this_process
+from flask_kaizen_webhooks.storage.tables import Delivery
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.processes import host_environment
 
@@ -23,14 +23,14 @@ def test_tests_start_the_engine_on_first_use_only(make_host: Any) -> None:
     host = make_host("sqlite")
     state = get_state(host.app)
     assert state.start_at is StartAt.FIRST_USE
-    assert not state.dispatcher.running  # type: ignore[attr-defined]
+    assert not state.executor.running  # type: ignore[attr-defined]
 
 
 def test_autostart_true_starts_at_once(make_host: Any) -> None:
     host = make_host("sqlite", KAIZEN_WEBHOOKS_AUTOSTART=True)
     state = get_state(host.app)
     assert state.start_at is StartAt.NOW
-    assert state.dispatcher.running  # type: ignore[attr-defined]
+    assert state.executor.running  # type: ignore[attr-defined]
 
 
 def test_autostart_must_be_true_false_or_none(make_host: Any) -> None:

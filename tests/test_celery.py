@@ -21,8 +21,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from flask_kaizen_webhooks import get_state, store
-from flask_kaizen_webhooks.models import Delivery
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.storage import outbox
+from flask_kaizen_webhooks.storage.tables import Delivery
 from tests.conftest import ADMIN, Host, register, service_unavailable
 from tests.receivers import Reply, wait_until
 
@@ -45,7 +46,7 @@ def celery_env(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[d
         service_unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
     from sqlalchemy import create_engine
 
-    from flask_kaizen_webhooks.models import metadata
+    from flask_kaizen_webhooks.storage.tables import metadata
 
     engine = create_engine(postgres_url)
     metadata.drop_all(engine)
@@ -108,10 +109,10 @@ def start_worker(
 @pytest.fixture
 def web(celery_env: dict[str, str]) -> Iterator[Host]:
     """The host's web side: it writes the outbox and hands ids to Celery."""
-    from tests.celery_host import create_app
+    from tests.celery_host import create_host
 
-    app: Flask = create_app()
-    host = Host(app, app.extensions["kaizen_webhooks"].extension, None)
+    app, webhooks = create_host()
+    host = Host(app, webhooks, None)
     yield host
     with app.app_context():
         get_state(app).shutdown(timeout=5)
@@ -285,9 +286,9 @@ def committed_events(host: Host, count: int) -> list[str]:
         with state.database.writing() as session:
             connection = session.connection()
             for n in range(count):
-                ids += store.add_event(
+                ids += outbox.add_event(
                     connection,
-                    recipients=store.active_recipients(connection, topic="profile_updated"),
+                    recipients=outbox.active_recipients(connection, topic="profile_updated"),
                     topic="profile_updated",
                     document_json=json.dumps({"n": n}),
                     now=state.clock.now(),
@@ -302,7 +303,7 @@ def test_events_are_fanned_out_by_the_tasks_or_else_by_the_sweep(
     register(web, server.url())
     handed = committed_events(web, 3)
     with web.app.app_context():
-        get_state().dispatcher.submit(handed)  # as after the host's commit
+        get_state().executor.submit(handed)  # as after the host's commit
     lost = committed_events(web, 2)  # their tasks never reach the broker
     start_worker(concurrency=2, beat=True, config=RECOVERY)
     wait_for_successes(web, 5)
@@ -331,7 +332,7 @@ def test_a_broker_down_at_commit_time_delays_but_loses_nothing(
     receiver: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tests.celery_host import create_app
+    from tests.celery_host import create_host
 
     unreachable = {
         "broker_url": "redis://127.0.0.1:1/0",  # nothing listens there
@@ -339,8 +340,8 @@ def test_a_broker_down_at_commit_time_delays_but_loses_nothing(
         "broker_connection_max_retries": 1,
     }
     monkeypatch.setenv("KWT_CONFIG", json.dumps({"CELERY": unreachable}))
-    app = create_app()
-    web = Host(app, app.extensions["kaizen_webhooks"].extension, None)
+    app, webhooks = create_host()
+    web = Host(app, webhooks, None)
     try:
         server = receiver()
         register(web, server.url())

@@ -62,7 +62,7 @@ def test_worker_process_sends_the_outbox_and_stops_on_sigterm(
         from sqlalchemy import select
 
         from flask_kaizen_webhooks import get_state
-        from flask_kaizen_webhooks.models import Delivery
+        from flask_kaizen_webhooks.storage.tables import Delivery
 
         def all_succeeded() -> bool:
             with get_state().database.independent_session() as session:
@@ -316,8 +316,8 @@ def test_the_views_say_which_deliveries_are_claimed_by_whom_and_until_when(
     from datetime import timedelta
 
     from flask_kaizen_webhooks import get_state
-    from flask_kaizen_webhooks.claims import new_token
-    from flask_kaizen_webhooks.models import Delivery
+    from flask_kaizen_webhooks.storage.holders import new_token
+    from flask_kaizen_webhooks.storage.tables import Delivery
 
     host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(host, receiver().url())

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from flask_kaizen_webhooks.client import Client, Job, SendResult
+from flask_kaizen_webhooks.delivery.client import Client, Job, SendResult
 from flask_kaizen_webhooks.guard import AddressPolicy
 from tests.clients import LOOPBACK, client
 from tests.receivers import RawServer, Received, Reply, wait_until
@@ -522,7 +522,7 @@ def test_a_client_that_cannot_start_answers_with_a_failure_not_an_exception() ->
     wake-up, and the caller gets a failed result."""
     code = (
         "import resource, socket\n"
-        "from flask_kaizen_webhooks.client import Client\n"
+        "from flask_kaizen_webhooks.delivery.client import Client\n"
         "sender = Client(max_response_bytes=1024, max_active=1, connect_timeout=1)\n"
         "hold = []\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
@@ -532,7 +532,7 @@ def test_a_client_that_cannot_start_answers_with_a_failure_not_an_exception() ->
         "except OSError:\n"
         "    pass\n"
         "print(sender.post('http://8.8.8.8/', b'x', {}, timeout=1).error)\n"
-        "from flask_kaizen_webhooks.client import Job\n"
+        "from flask_kaizen_webhooks.delivery.client import Job\n"
         "seen = []\n"
         "def again(context, result):\n"  # a result handler that sends again, as the engine's
         "    seen.append(result.error)\n"

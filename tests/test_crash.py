@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from flask_kaizen_webhooks import get_state
-from flask_kaizen_webhooks.models import Delivery
+from flask_kaizen_webhooks.storage.tables import Delivery
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.receivers import Reply, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from flask_kaizen_webhooks import get_state, signals
-from flask_kaizen_webhooks.models import Attempt, Delivery
+from flask_kaizen_webhooks.storage.tables import Attempt, Delivery
 from tests.conftest import ADMIN, DELIVERY_CONFIG, register
 from tests.receivers import Reply, wait_until
 
@@ -191,7 +191,7 @@ def queued_while_stopped(host: Any, server: Any) -> tuple[dict[str, str], str]:
     """A registration of ``server`` and a delivery queued for it while nothing sends."""
     registration = register(host, server.url())
     with host.app.app_context():
-        get_state().dispatcher.stop()
+        get_state().executor.stop()
         [delivery_id] = host.webhooks.trigger("profile_updated", PROFILE)
     return registration, delivery_id
 
@@ -206,7 +206,7 @@ def test_deleted_registration_is_not_sent(host: Any, receiver: Any) -> None:
     assert status_of(host, delivery_id) == "failed"
     assert deliveries(host)[delivery_id].last_error == "the registration was deleted"
     with host.app.app_context():
-        get_state().dispatcher.start()
+        get_state().executor.start()
     assert server.received == []
 
 
@@ -216,7 +216,7 @@ def test_disabled_registration_is_not_sent(host: Any, receiver: Any) -> None:
     disabled = host.app.test_cli_runner().invoke(args=["webhooks", "disable", registration["id"]])
     assert disabled.exit_code == 0
     with host.app.app_context():
-        get_state().dispatcher.start()
+        get_state().executor.start()
     wait_until(lambda: status_of(host, delivery_id) == "failed")
     assert server.received == []
     assert "deleted or disabled" in (deliveries(host)[delivery_id].last_error or "")
@@ -281,7 +281,7 @@ def test_an_expired_claim_is_taken_over(host: Any, receiver: Any) -> None:
     register(host, server.url())
     with host.app.app_context():
         state = get_state()
-        state.dispatcher.stop()
+        state.executor.stop()
         [delivery_id] = host.webhooks.trigger("profile_updated", PROFILE)
         # A worker of a process that died holds it, with a lease that runs out in a moment.
         lease_ends = state.clock.now() + timedelta(seconds=2)
@@ -291,7 +291,7 @@ def test_an_expired_claim_is_taken_over(host: Any, receiver: Any) -> None:
                 .where(Delivery.id == delivery_id)
                 .values(claim_token="dead-worker", next_attempt_at=lease_ends)
             )
-        state.dispatcher.start()
+        state.executor.start()
     [request] = server.wait_for(1)
     assert request.at >= lease_ends.timestamp() - 0.01  # not before the lease ran out
     wait_until(lambda: status_of(host, delivery_id) == "succeeded")
@@ -343,7 +343,7 @@ def test_iat_is_refreshed_on_every_attempt(host: Any, receiver: Any) -> None:
 def test_an_unexpected_error_while_sending_is_recorded_and_retried(
     host: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flask_kaizen_webhooks.dispatch import attempt
+    from flask_kaizen_webhooks.delivery import requests as attempt
 
     server = receiver()
     register(host, server.url())

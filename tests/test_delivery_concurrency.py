@@ -12,7 +12,7 @@ import jose.jws
 from sqlalchemy import event, func, select
 
 from flask_kaizen_webhooks import get_state
-from flask_kaizen_webhooks.models import Attempt, Delivery
+from flask_kaizen_webhooks.storage.tables import Attempt, Delivery
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.receivers import RawServer, Reply, drip, wait_until
 
@@ -76,7 +76,7 @@ def test_clean_shutdown_stops_taking_work_and_loses_none(
     server.wait_for(2)  # both workers are busy with a slow receiver
     stopper = threading.Thread(target=host.webhooks.shutdown, args=(host.app, 30))
     stopper.start()
-    dispatcher = host.app.extensions["kaizen_webhooks"].dispatcher
+    dispatcher = host.app.extensions["kaizen_webhooks"].executor
     wait_until(dispatcher._stopping.is_set)  # it takes no more work...
     gate.set()  # ...the attempts in flight finish...
     stopper.join(30)
@@ -139,7 +139,7 @@ def test_a_full_memory_queue_overflows_to_the_outbox(make_host: Any, receiver: A
     ids = enqueue(host, 1)
     server.wait_for(1)  # the only attempt at once is busy; memory holds two ids at most
     ids += enqueue(host, 30)
-    dispatcher = host.app.extensions["kaizen_webhooks"].dispatcher
+    dispatcher = host.app.extensions["kaizen_webhooks"].executor
     assert dispatcher._sender.load <= 2 and dispatcher._in_flight.parked <= 2
     gate.set()
     wait_until(lambda: counts(host) == {"succeeded": 31})
@@ -215,7 +215,7 @@ def test_a_hanging_registration_parks_its_backlog_without_churning_the_outbox(
     give_backs: list[str] = []
 
     def count_give_backs(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # store.release_claims: claim_token = NULL where the id and the token match.
+        # claims.release_claims: claim_token = NULL where the id and the token match.
         if statement.startswith("UPDATE kaizen_webhook_deliveries") and statement.endswith(
             "AND kaizen_webhook_deliveries.claim_token = ?"
         ):
@@ -245,7 +245,7 @@ def test_a_hanging_registration_parks_its_backlog_without_churning_the_outbox(
 def test_an_attempt_that_raises_frees_its_slot_for_the_work_parked_behind_it(
     make_host: Any, receiver: Any, monkeypatch: Any
 ) -> None:
-    import flask_kaizen_webhooks.dispatch.threads as threads
+    import flask_kaizen_webhooks.delivery.engine as threads
 
     real_conclude = threads.conclude
     raised: list[str] = []

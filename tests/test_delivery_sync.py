@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from flask_kaizen_webhooks import DeliveryFailed, get_state, signals
-from flask_kaizen_webhooks.dispatch.sync import DeliveryResult
-from flask_kaizen_webhooks.models import Attempt, Delivery
+from flask_kaizen_webhooks.delivery.sync import DeliveryResult
+from flask_kaizen_webhooks.storage.tables import Attempt, Delivery
 from flask_kaizen_webhooks.version import __version__
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.processes import ROOT, host_environment
@@ -219,7 +219,8 @@ def test_a_process_that_exits_right_after_a_login_still_writes_its_delivery_log(
     database = tmp_path / "exit.db"
     code = f"""
 from flask import Flask
-from flask_kaizen_webhooks import KaizenWebhooks, get_state, store
+from flask_kaizen_webhooks import KaizenWebhooks, get_state
+from flask_kaizen_webhooks.storage import registrations
 app = Flask("exiting")
 app.config.update(
     SECRET_KEY="exit-secret-key", KAIZEN_WEBHOOKS_DATABASE_URI="sqlite:///{database}",
@@ -230,7 +231,7 @@ webhooks = KaizenWebhooks(app)
 with app.app_context():
     state = get_state()
     with state.database.writing() as session:
-        store.create_registration(
+        registrations.create_registration(
             session, owner="o", topic="user_logged_in", url={server.url()!r},
             sealed_secret=state.secrets.seal("signature_secret_0123"),
         )

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from flask_kaizen_webhooks import get_state
-from flask_kaizen_webhooks.destinations import AddressBook, destination_of
-from flask_kaizen_webhooks.models import Delivery
+from flask_kaizen_webhooks.delivery.destinations import AddressBook, destination_of
+from flask_kaizen_webhooks.storage.tables import Delivery
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.receivers import RawServer, Reply, drip, wait_until
 
@@ -181,7 +181,7 @@ def test_the_per_host_cap_counts_the_address_not_its_spellings(
         register(host, f"http://{spelling}:{port}/hook")
     with host.app.app_context():
         assert len(host.webhooks.trigger("profile_updated", {"n": 1})) == 8
-    in_flight = get_state(host.app).dispatcher._in_flight  # type: ignore[attr-defined]
+    in_flight = get_state(host.app).executor._in_flight  # type: ignore[attr-defined]
     hanging.wait_for(2)
     wait_until(lambda: in_flight.parked == 6)  # the other six wait for the one server's slots
     assert len(hanging.received) == 2

@@ -218,7 +218,7 @@ def test_allowed_ports_open_a_port_for_host_names(make_host: Any) -> None:
 
 
 def test_at_send_time_any_port_is_open_inside_allowed_networks() -> None:
-    from flask_kaizen_webhooks.guard import ForbiddenDestination
+    from flask_kaizen_webhooks.errors import ForbiddenDestination
 
     policy = AddressPolicy(allowed_networks=(ipaddress.ip_network("10.20.0.0/16"),))
     inside = [ipaddress.ip_address("10.20.1.2")]
@@ -399,12 +399,13 @@ def test_the_delivery_log_records_the_refusal_and_what_opens_it(
     make_host: Any, refusing_port: int
 ) -> None:
     """A URL stored while its network was allowed is refused when sent after it no longer is."""
-    from flask_kaizen_webhooks import get_state, store
+    from flask_kaizen_webhooks import get_state
+    from flask_kaizen_webhooks.storage import registrations
 
     host = make_host("sqlite", KAIZEN_WEBHOOKS_ALLOW_HTTP=True, KAIZEN_WEBHOOKS_DISPATCHER="none")
     with host.app.app_context():
         state = get_state()
-        store.create_registration(
+        registrations.create_registration(
             state.database.session,
             owner="org-1",
             topic="profile_updated",

@@ -12,8 +12,8 @@ from sqlalchemy.exc import DataError, InternalError, OperationalError, Programmi
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from flask_kaizen_webhooks import get_state, signals
-from flask_kaizen_webhooks.dispatch.recorder import Recorder
-from flask_kaizen_webhooks.models import Attempt, Delivery
+from flask_kaizen_webhooks.delivery.recorder import Recorder
+from flask_kaizen_webhooks.storage.tables import Attempt, Delivery
 from tests.conftest import ADMIN, DELIVERY_CONFIG, register
 from tests.receivers import Reply, wait_until
 
@@ -158,7 +158,8 @@ def test_records_wait_for_a_database_that_cannot_take_them_yet_and_lose_nothing(
 def test_a_defect_in_a_fan_out_fails_every_hook_and_never_raises(
     make_host: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flask_kaizen_webhooks import DeliveryFailed, extension
+    from flask_kaizen_webhooks import DeliveryFailed
+    from flask_kaizen_webhooks import state as extension
 
     host = make_host("sqlite", **DELIVERY_CONFIG)
     register(host, receiver().url(), topic="user_logged_in")

@@ -8,7 +8,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flask_kaizen_webhooks.dispatch.inflight import InFlight
+from flask_kaizen_webhooks.delivery.inflight import InFlight
 
 
 def test_a_freed_slot_goes_to_the_registration_with_the_fewest_in_flight() -> None:

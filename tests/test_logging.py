@@ -16,7 +16,8 @@ APP = """
 import logging
 {setup}
 from flask import Flask
-from flask_kaizen_webhooks import KaizenWebhooks, get_state, store
+from flask_kaizen_webhooks import KaizenWebhooks, get_state
+from flask_kaizen_webhooks.storage import registrations
 
 app = Flask("stock", instance_path={instance!r})
 app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_DATABASE_URI={database!r},
@@ -24,7 +25,7 @@ app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_DATABASE_URI={database!r},
 webhooks = KaizenWebhooks(app)
 with app.app_context():
     state = get_state()
-    store.create_registration(state.database.session, owner="o", topic="user_logged_in",
+    registrations.create_registration(state.database.session, owner="o", topic="user_logged_in",
                               url="https://127.0.0.1/hook",
                               sealed_secret=state.secrets.seal("signature_secret_0123"))
     state.database.session.commit()

@@ -13,8 +13,9 @@ import jose.jws
 import pytest
 from sqlalchemy import func, select, text
 
-from flask_kaizen_webhooks import get_state, store
-from flask_kaizen_webhooks.models import Delivery, Event
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.storage import claims, outbox
+from flask_kaizen_webhooks.storage.tables import Delivery, Event
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.receivers import wait_until
 
@@ -42,7 +43,7 @@ def test_an_event_in_the_host_transaction_is_one_row_fanned_out_after_the_commit
     assert (count(host, Event), count(host, Delivery)) == (1, 0)  # no dispatcher here
 
     with host.app.app_context(), get_state().database.writing() as session:
-        assert sorted(store.fan_out(session)) == sorted(ids)
+        assert sorted(outbox.expand_events(session)) == sorted(ids)
     with host.app.app_context(), get_state().database.independent_session() as session:
         made = {d.id: d for d in session.scalars(select(Delivery))}
         assert session.scalar(select(func.count()).select_from(Event)) == 0
@@ -56,7 +57,7 @@ def test_an_event_in_the_host_transaction_is_one_row_fanned_out_after_the_commit
         )
         assert json.loads(delivery.payload) == {**PROFILE, "webhook_request_id": delivery_id}
     with host.app.app_context(), get_state().database.writing() as session:
-        assert store.fan_out(session) == []  # nothing twice
+        assert outbox.expand_events(session) == []  # nothing twice
 
 
 @pytest.mark.parametrize("server", ["sqlite", "postgres"])
@@ -101,9 +102,9 @@ def test_two_transactions_fanning_out_at_once_never_make_a_delivery_twice(make_h
             host.db.session.commit()
         database = get_state().database
         with database.independent_session() as first, database.independent_session() as second:
-            taken = store.fan_out(first, limit=3)  # holds its three events
+            taken = outbox.expand_events(first, limit=3)  # holds its three events
             second.execute(text("SET LOCAL lock_timeout = '5s'"))  # fails, should it wait
-            skipped = store.fan_out(second)  # takes only the two others
+            skipped = outbox.expand_events(second)  # takes only the two others
             first.commit()
             second.commit()
     assert (len(taken), len(skipped)) == (3, 2) and not set(taken) & set(skipped)
@@ -138,12 +139,12 @@ def test_a_task_finds_its_delivery_while_a_sibling_task_fans_its_event_out(
         found: dict[str, Any] = {}
         with database.independent_session() as one, database.independent_session() as other:
             # One task fans the event out and holds it, not committed yet...
-            found["first"] = store.claim_one(
+            found["first"] = claims.claim_one(
                 one, delivery_id=first, token="t1", fan_out_first=True, **lease
             )
 
             def sibling() -> None:
-                found["second"] = store.claim_one(
+                found["second"] = claims.claim_one(
                     other, delivery_id=second, token="t2", fan_out_first=True, **lease
                 )
                 other.commit()

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flask_kaizen_webhooks.client import SendResult
-from flask_kaizen_webhooks.dispatch.attempt import next_step
+from flask_kaizen_webhooks.delivery.client import SendResult
+from flask_kaizen_webhooks.delivery.outcomes import next_step
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SCHEDULE = (5.0, 300.0, 1800.0)

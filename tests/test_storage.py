@@ -13,8 +13,9 @@ from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState
 
-from flask_kaizen_webhooks import RevConflict, get_state, store
-from flask_kaizen_webhooks.models import Registration
+from flask_kaizen_webhooks import RevConflict, clock, get_state
+from flask_kaizen_webhooks.storage import outbox, registrations
+from flask_kaizen_webhooks.storage.tables import Registration
 from tests.conftest import ADMIN, Host
 
 SECRET = "signature_secret_0123456789"
@@ -24,7 +25,7 @@ def add(host: Host, owner: str = "org-1", url: str = "https://h.example.com/a") 
     """Store a registration; return its id and rev."""
     with host.app.app_context():
         session = get_state().database.session
-        registration = store.create_registration(
+        registration = registrations.create_registration(
             session, owner=owner, topic="profile_updated", url=url, sealed_secret=SECRET
         )
         session.commit()
@@ -76,7 +77,7 @@ def test_with_host_db_writes_join_the_host_session(make_host: Any, server: str) 
         host.db.create_all()
         assert get_state().database.session is host.db.session()
         session = host.db.session
-        store.create_registration(
+        registrations.create_registration(
             session,
             owner="o",
             topic="profile_updated",
@@ -85,7 +86,7 @@ def test_with_host_db_writes_join_the_host_session(make_host: Any, server: str) 
         )
         session.rollback()  # the host's transaction rolls back: nothing of ours remains
         assert session.scalar(select(Registration.id)) is None
-        kept = store.create_registration(
+        kept = registrations.create_registration(
             session,
             owner="o",
             topic="profile_updated",
@@ -108,7 +109,7 @@ def test_racing_update_loses_at_the_write_not_only_at_the_check(host: Host) -> N
 
     def update(rev: str, url: str) -> Registration:
         session = get_state().database.session
-        result = store.update_registration(
+        result = registrations.update_registration(
             session,
             owner="org-1",
             registration_id=created_id,
@@ -135,7 +136,7 @@ def test_racing_update_loses_at_the_write_not_only_at_the_check(host: Host) -> N
         session.rollback()
         assert raised.value.current_rev == winner["rev"]
         event.remove(session, "do_orm_execute", run_a_first)
-        stored = store.get_registration(session, owner="org-1", registration_id=created_id)
+        stored = registrations.get_registration(session, owner="org-1", registration_id=created_id)
         assert stored.url == "https://h.example.com/a-won"
         assert stored.rev == winner["rev"]
 
@@ -191,8 +192,8 @@ def test_prepared_statements_match_sqlalchemy_on_every_backend(host: Host) -> No
 
     from sqlalchemy import bindparam, insert
 
-    from flask_kaizen_webhooks.models import Delivery
-    from flask_kaizen_webhooks.prepared import Prepared
+    from flask_kaizen_webhooks.storage.prepared import Prepared
+    from flask_kaizen_webhooks.storage.tables import Delivery
 
     table = Delivery.__table__
     moment = datetime(2026, 11, 29, 7, 1, 2, 345678, tzinfo=UTC)
@@ -241,7 +242,7 @@ def test_prepared_statements_match_sqlalchemy_on_every_backend(host: Host) -> No
         ]
         stored = session.scalars(select(Delivery).order_by(Delivery.id)).all()
     assert fast == usual and [row[0] for row in fast] == ["d-0", "d-1", "d-2"]
-    assert {store.as_utc(row[1]) for row in fast} == {moment}
+    assert {clock.as_utc(row[1]) for row in fast} == {moment}
     assert [(d.status, d.attempts, d.retry_index) for d in stored] == [("pending", 0, 0)] * 3
 
 
@@ -249,9 +250,9 @@ def test_time_ordered_ids_are_uuid7_unique_and_ordered_by_time() -> None:
     import time
     import uuid
 
-    first = store.time_ordered_ids(500)
+    first = outbox.time_ordered_ids(500)
     time.sleep(0.002)
-    later = store.time_ordered_ids(3)
+    later = outbox.time_ordered_ids(3)
     assert len(set(first + later)) == 503
     for text_id in first + later:
         parsed = uuid.UUID(text_id)
@@ -263,7 +264,7 @@ def test_time_ordered_ids_are_uuid7_unique_and_ordered_by_time() -> None:
 def test_a_prepared_insert_of_a_single_column_on_a_positional_driver() -> None:
     from sqlalchemy import Column, Integer, MetaData, Table, insert
 
-    from flask_kaizen_webhooks.prepared import Prepared
+    from flask_kaizen_webhooks.storage.prepared import Prepared
 
     table = Table("single", MetaData(), Column("x", Integer))
     engine = create_engine("sqlite://")  # qmark: positional parameters

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from flask_kaizen_webhooks.client import Client
+from flask_kaizen_webhooks.delivery.client import Client
 from flask_kaizen_webhooks.guard import AddressPolicy
 from tests.clients import client
 

@@ -19,8 +19,8 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from .config import Settings
-from .models import metadata
+from ..config import Settings
+from .tables import metadata
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 

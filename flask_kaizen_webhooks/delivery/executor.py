@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 PENDING_KEY = "kaizen_webhooks_pending"
 
 
-class Dispatcher(Protocol):
+class Executor(Protocol):
     """A background engine that sends committed deliveries."""
 
     def start(self) -> None:
@@ -29,7 +29,7 @@ class Dispatcher(Protocol):
         """In a forked child: forget the parent's threads (nothing runs until started)."""
 
 
-class NoDispatcher:
+class NoExecutor:
     """No delivery in this process: another one (``flask webhooks worker``) sends the outbox."""
 
     def start(self) -> None:
@@ -48,23 +48,23 @@ class NoDispatcher:
         return None
 
 
-def hand_over_after_commit(session: Session, dispatcher: Dispatcher, ids: list[str]) -> None:
-    """Give ``ids`` to ``dispatcher`` when ``session`` commits; forget them if it rolls back.
+def hand_over_after_commit(session: Session, executor: Executor, ids: list[str]) -> None:
+    """Give ``ids`` to ``executor`` when ``session`` commits; forget them if it rolls back.
 
     No SQL runs in these hooks (SQLAlchemy forbids it after commit): they only pass ids on.
     """
-    pending: list[tuple[Dispatcher, list[str]]] | None = session.info.get(PENDING_KEY)
+    pending: list[tuple[Executor, list[str]]] | None = session.info.get(PENDING_KEY)
     if pending is None:
         pending = session.info[PENDING_KEY] = []
         if not event.contains(session, "after_commit", _after_commit):
             event.listen(session, "after_commit", _after_commit)
             event.listen(session, "after_rollback", _after_rollback)
-    pending.append((dispatcher, ids))
+    pending.append((executor, ids))
 
 
 def _after_commit(session: Session) -> None:
-    for dispatcher, ids in session.info.pop(PENDING_KEY, None) or ():
-        dispatcher.submit(ids)
+    for executor, ids in session.info.pop(PENDING_KEY, None) or ():
+        executor.submit(ids)
 
 
 def _after_rollback(session: Session) -> None:

@@ -1,14 +1,15 @@
 """The extension's tables, on a metadata of their own so they fit any host database.
 
-Hosts that manage their schema with migrations add :data:`metadata` to their targets (see
-``docs/storage.rst``); everyone else gets the tables created on first use.
+The schema is kept up to date by the extension's own migrations (see :mod:`.migrations` and
+``docs/storage.rst``).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
-from datetime import UTC, datetime
-from typing import overload
+from datetime import datetime
+from typing import Final
 
 from sqlalchemy import (
     BigInteger,
@@ -23,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ..clock import isoformat, utcnow
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -35,18 +38,13 @@ NAMING_CONVENTION = {
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
-
-
 class Base(DeclarativeBase):
     """Declarative base of the extension's models."""
 
     metadata = metadata
 
 
-class RegistrationState:
+class RegistrationState(enum.StrEnum):
     """Values of :attr:`Registration.state`."""
 
     ACTIVE = "active"
@@ -108,7 +106,7 @@ class Registration(Base):
         }
 
 
-class DeliveryStatus:
+class DeliveryStatus(enum.StrEnum):
     """Values of :attr:`Delivery.status`."""
 
     PENDING = "pending"
@@ -116,12 +114,9 @@ class DeliveryStatus:
     FAILED = "failed"
 
 
-class DeliveryMode:
-    """Values of :attr:`Delivery.mode`: how the delivery was made."""
-
-    SYNC = "sync"
-    ASYNC = "async"
-    TEST = "test"
+#: :attr:`Delivery.mode` of a test webhook; other deliveries have their topic's
+#: :class:`~flask_kaizen_webhooks.Mode`.
+TEST_MODE: Final = "test"
 
 
 class Delivery(Base):
@@ -246,16 +241,3 @@ class CallCount(Base):
 def url_digest(url: str) -> str:
     """A fixed-size key for ``url``, so the uniqueness constraint fits every database."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
-
-
-@overload
-def isoformat(moment: datetime) -> str: ...
-@overload
-def isoformat(moment: None) -> None: ...
-def isoformat(moment: datetime | None) -> str | None:
-    """``moment`` as ISO 8601 in UTC with a ``Z``; SQLite hands back naive UTC datetimes."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat().replace("+00:00", "Z")

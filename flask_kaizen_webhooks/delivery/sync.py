@@ -16,26 +16,20 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask
 
-from .. import store
-from ..client import Client, SendResult
-from ..models import DeliveryMode
 from ..signing import encode_payload, with_request_ids
-from .attempt import (
-    Request,
-    announce,
-    describe_failure,
-    excerpt,
-    request_headers,
-    response_json,
-    signed_request,
-)
-
-if TYPE_CHECKING:
-    from ..extension import WebhooksState
+from ..storage import delivery_log
+from ..storage.rows import Finished, Target
+from ..storage.tables import TEST_MODE
+from .attempt import announce
+from .client import Client, SendResult
+from .context import DeliveryContext
+from .outcomes import describe_failure, excerpt, response_json
+from .recorder import Recorder
+from .requests import Request, request_headers, signed_request
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -58,7 +52,7 @@ class DeliveryResult:
     timed_out: bool
 
     @classmethod
-    def failed(cls, target: store.Target, error: str) -> DeliveryResult:
+    def failed(cls, target: Target, error: str) -> DeliveryResult:
         """The result of a delivery to ``target`` that could not be made at all."""
         return cls(str(uuid.uuid4()), target.registration_id, False, None, 0.0, None, error, False)
 
@@ -78,18 +72,22 @@ class DeliveryResult:
 
 def fan_out(
     app: Flask,
-    state: WebhooksState,
+    context: DeliveryContext,
     *,
     topic: str,
     document: Mapping[str, Any],
-    targets: Sequence[store.Target],
+    targets: Sequence[Target],
     mode: str,
     timeout: float,
     client: Client,
+    log: Recorder[FanOutLog],
 ) -> list[DeliveryResult]:
     """POST ``document`` to every target at once with ``client``; return when all answered or
-    at the deadline, stragglers marked timed out. Never raises for a receiver's failure."""
-    started_at = state.clock.now()
+    at the deadline, stragglers marked timed out. Never raises for a receiver's failure.
+
+    The delivery log is written by ``log``'s thread, or at once for a test (``mode``
+    ``"test"``), whose caller may look its deliveries up straight away."""
+    started_at = context.clock.now()
     started = time.monotonic()
     ids = [str(uuid.uuid4()) for _ in targets]
     payloads = [text.encode() for text in with_request_ids(encode_payload(document).decode(), ids)]
@@ -97,7 +95,7 @@ def fan_out(
     requests: list[tuple[int, Request]] = []
     for index in owners_in_turn(targets):
         request = signed_request(
-            state,
+            context,
             target=targets[index],
             payload=payloads[index],
             headers=request_headers(topic, ids[index], 1),
@@ -130,7 +128,8 @@ def fan_out(
     ]
     _record(
         app,
-        state,
+        context,
+        log,
         topic,
         mode,
         started_at,
@@ -141,7 +140,7 @@ def fan_out(
     return results
 
 
-def owners_in_turn(targets: Sequence[store.Target]) -> list[int]:
+def owners_in_turn(targets: Sequence[Target]) -> list[int]:
     """The indexes of ``targets``, the owners taking turns: each owner's first, then each
     owner's second, and so on (owners in order of their first target)."""
     by_owner: dict[str, list[int]] = defaultdict(list)
@@ -163,15 +162,15 @@ class FanOutLog:
     topic: str
     mode: str
     started_at: datetime
-    finished: list[store.Finished]
+    finished: list[Finished]
 
 
-def write_logs(app: Flask, state: WebhooksState, logs: Sequence[FanOutLog]) -> None:
+def write_logs(app: Flask, context: DeliveryContext, logs: Sequence[FanOutLog]) -> None:
     """Write the delivery logs of fan-outs in one short transaction (on the log's thread)."""
-    now = state.clock.now()
-    with app.app_context(), state.database.writing() as session:
+    now = context.clock.now()
+    with app.app_context(), context.database.writing() as session:
         for log in logs:
-            store.log_finished(
+            delivery_log.log_finished(
                 session,
                 log.finished,
                 topic=log.topic,
@@ -183,18 +182,19 @@ def write_logs(app: Flask, state: WebhooksState, logs: Sequence[FanOutLog]) -> N
 
 def _record(
     app: Flask,
-    state: WebhooksState,
+    context: DeliveryContext,
+    sync_log: Recorder[FanOutLog],
     topic: str,
     mode: str,
     started_at: datetime,
-    jobs: list[tuple[store.Target, str, bytes]],
+    jobs: list[tuple[Target, str, bytes]],
     sent: list[SendResult],
 ) -> None:
     """Write the delivery log of a fan-out: a test's at once, a synchronous topic's on the
     log's thread, moments after the caller has its results (never on the host's request
     path)."""
     finished = [
-        store.Finished(
+        Finished(
             delivery_id=delivery_id,
             target=target,
             payload=payload.decode(),
@@ -208,14 +208,14 @@ def _record(
     ]
     log = FanOutLog(topic, mode, started_at, finished)
     try:
-        if mode == DeliveryMode.TEST:  # its caller may look its deliveries up at once
-            write_logs(app, state, [log])
-        elif state.sync_log.queued >= MAX_QUEUED_LOGS:  # the database has been away long
+        if mode == TEST_MODE:
+            write_logs(app, context, [log])
+        elif sync_log.queued >= MAX_QUEUED_LOGS:  # the database has been away long
             logger.error(
                 "The delivery log of a %s call is dropped: %d wait", topic, MAX_QUEUED_LOGS
             )
         else:
-            state.sync_log.put(log)
+            sync_log.put(log)
     except Exception:
         logger.exception("Could not record the delivery log of a %s fan-out", topic)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..version import __version__
 from .validation import MAX_SECRET_LENGTH, MAX_URL_LENGTH, MIN_SECRET_LENGTH
-from .version import __version__
 
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}

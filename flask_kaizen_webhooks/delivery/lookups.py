@@ -13,15 +13,15 @@ import threading
 import time
 from collections.abc import Sequence
 
-from .destinations import AddressBook
-from .guard import (
+from ..errors import ForbiddenDestination
+from ..guard import (
     ALLOW_NETWORK_HINT,
     AddressPolicy,
-    ForbiddenDestination,
     IPAddress,
     Resolver,
     is_local_name,
 )
+from .destinations import AddressBook
 
 #: Name lookups under way at once, at most (each on a thread of its own).
 MAX_LOOKUPS = 1024

@@ -16,26 +16,25 @@ import time
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from .. import store
-from ..claims import new_token
-from ..client import Client, Job, SendResult
-from ..destinations import destination_of
-from .attempt import Request, abandon, conclude, record, request_of
+from ..storage import claims, outbox
+from ..storage.holders import new_token
+from ..storage.rows import AttemptRecord, Claimed
+from .attempt import abandon, conclude, record
+from .client import Client, Job, SendResult
+from .context import DeliveryContext
+from .destinations import destination_of
 from .inflight import InFlight
 from .recorder import Recorder
-
-if TYPE_CHECKING:
-    from ..extension import WebhooksState
+from .requests import Request, request_of
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 #: What comes back with an attempt's result: the delivery, its destination (whose slot it
 #: holds, see :func:`..destinations.destination_of`) and when the attempt started.
-Context = tuple[store.Claimed, str, datetime]
+Context = tuple[Claimed, str, datetime]
 
 #: Seconds of lease an attempt needs beyond its own time limits, or the lease is renewed first.
 LEASE_MARGIN = 5.0
@@ -49,7 +48,7 @@ CLAIM_GATHER = 0.01
 CLAIM_AHEAD = 64
 
 
-class ThreadDispatcher:
+class ThreadExecutor:
     """Delivers asynchronous webhooks from the outbox, up to ``settings.workers`` at once.
 
     The database is the source of truth: memory only holds claimed work about to be sent (at
@@ -57,10 +56,11 @@ class ThreadDispatcher:
     attempts about to be recorded. Attempts are recorded in batches by one thread.
     """
 
-    def __init__(self, app: Flask, state: WebhooksState) -> None:
+    def __init__(self, app: Flask, context: DeliveryContext, client: Client) -> None:
         self._app = app
-        self._state = state
-        settings = state.settings
+        self._context = context
+        self._client = client
+        settings = context.settings
         self._ahead = min(max(2 * settings.workers, CLAIM_AHEAD), settings.max_queue)
         self._closed = False  # stopped on purpose: only an explicit start() resumes
         self.after_fork()
@@ -68,23 +68,23 @@ class ThreadDispatcher:
     def after_fork(self) -> None:
         """Forget the threads and everything in memory (in a forked child: the parent's, whose
         locks may have been held at the fork); nothing runs until :meth:`start`."""
-        settings = self._state.settings
-        self._in_flight: InFlight[store.Claimed] = InFlight(
+        settings = self._context.settings
+        self._in_flight: InFlight[Claimed] = InFlight(
             settings.max_in_flight_per_registration,
             settings.max_in_flight_per_host,
             park_per_host=self._ahead,
             park_total=settings.max_queue,
         )
-        self._recorder: Recorder[store.AttemptRecord] = Recorder(
+        self._recorder: Recorder[AttemptRecord] = Recorder(
             self._record, name="kaizen-webhooks-recorder", expecting=self._in_flight.busy
         )
         self._lock = threading.Lock()
         self._sender: Client | None = None
         self._poller: threading.Thread | None = None
         #: Deliveries whose lease must be renewed before their attempt (by the poller).
-        self._renewals: queue.SimpleQueue[tuple[store.Claimed, str]] = queue.SimpleQueue()
+        self._renewals: queue.SimpleQueue[tuple[Claimed, str]] = queue.SimpleQueue()
         #: Deliveries whose slot came free while stopping: to be given back.
-        self._unsent: list[store.Claimed] = []
+        self._unsent: list[Claimed] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._pid: int | None = None
@@ -110,8 +110,8 @@ class ThreadDispatcher:
             stopping, wake = threading.Event(), threading.Event()
             self._stopping, self._wake = stopping, wake
             self._pid = os.getpid()
-            settings = self._state.settings
-            sender = self._sender = self._state.client
+            settings = self._context.settings
+            sender = self._sender = self._client
             self._poller = threading.Thread(
                 target=self._poll,
                 args=(sender, stopping, wake),
@@ -148,7 +148,7 @@ class ThreadDispatcher:
         deadline = time.monotonic() + timeout
         assert poller is not None and sender is not None
         poller.join(max(0.0, deadline - time.monotonic()))
-        left: list[store.Claimed] = []
+        left: list[Claimed] = []
         for job in sender.stop(max(0.0, deadline - time.monotonic())):
             if job.done == self._finished:  # the engine's (the client may carry others')
                 item, host, _started = job.context
@@ -161,18 +161,18 @@ class ThreadDispatcher:
             left += self._release_all([item], host)
         left += self._unsent + self._in_flight.unpark_all()
         self._unsent = []
-        self._give_back(left, due=self._state.clock.now())
+        self._give_back(left, due=self._context.clock.now())
         self._recorder.stop(max(1.0, deadline - time.monotonic()))
         atexit.unregister(self.stop)
         logger.info("Webhook dispatcher stopped")
 
     # Attempts --------------------------------------------------------------------------------
 
-    def _begin(self, items: list[store.Claimed], host: str, *, renewed: bool = False) -> None:
+    def _begin(self, items: list[Claimed], host: str, *, renewed: bool = False) -> None:
         """Start the attempts of ``items``, whose slots are held (and, when one ends at once, of
         the parked work its slot goes to); a lease is renewed first if it is running out,
         unless it was just ``renewed`` (then ``items`` is that one delivery)."""
-        state = self._state
+        context = self._context
         sender = self._sender
         waiting = list(items)
         while waiting:
@@ -180,20 +180,20 @@ class ThreadDispatcher:
             if self._stopping.is_set() or sender is None:
                 self._unsent += self._release_all([item, *waiting], host)
                 return
-            started = state.clock.now()
+            started = context.clock.now()
             spare = self._spare_lease(item, started)
             if spare < LEASE_MARGIN and not renewed:
                 self._renewals.put((item, host))  # the poller renews it, then it starts
                 self._wake.set()
                 continue
             renewed = False
-            request = request_of(state, item)
+            request = request_of(context, item)
             if isinstance(request, Request):
                 job: Job[Context] = Job(
                     request.url,
                     request.body,
                     request.headers,
-                    state.settings.async_timeout,
+                    context.settings.async_timeout,
                     (item, host, started),
                     self._finished,
                     late=self._late,
@@ -225,17 +225,17 @@ class ThreadDispatcher:
         self._wake.set()
 
     def _conclude(
-        self, item: store.Claimed, host: str, started: datetime, result: SendResult
-    ) -> list[store.Claimed]:
+        self, item: Claimed, host: str, started: datetime, result: SendResult
+    ) -> list[Claimed]:
         """Queue the record of ``item``'s attempt and free its slot; the parked work the slot
         goes to comes back."""
         try:
-            self._recorder.put(conclude(self._state, item, started, result))
+            self._recorder.put(conclude(self._context, item, started, result))
         except Exception:
             logger.exception("Delivery %s: unexpected error; it will be retried", item.delivery_id)
         return self._in_flight.release(item.registration_id, host)
 
-    def _release_all(self, items: list[store.Claimed], host: str) -> list[store.Claimed]:
+    def _release_all(self, items: list[Claimed], host: str) -> list[Claimed]:
         """Free the slots of ``items`` without attempting them, and the slots of the parked work
         they would go to: all of them come back, to be given back."""
         released = []
@@ -246,24 +246,24 @@ class ThreadDispatcher:
             following += self._in_flight.release(item.registration_id, host)
         return released
 
-    def _spare_lease(self, item: store.Claimed, now: datetime) -> float:
+    def _spare_lease(self, item: Claimed, now: datetime) -> float:
         """Seconds ``item``'s lease runs beyond the longest attempt, from ``now``: the attempt
         must start within them, or another process could take the delivery over while it is
         being sent."""
-        settings = self._state.settings
+        settings = self._context.settings
         return (item.lease_until - now).total_seconds() - (
             settings.async_timeout + settings.connect_timeout
         )
 
-    def _renew(self, item: store.Claimed, host: str) -> None:
+    def _renew(self, item: Claimed, host: str) -> None:
         """Renew the lease of work that waited long in memory, so that no other process takes it
         over while its attempt runs, then start it; or drop it if another process already
         has."""
-        state = self._state
-        lease_until = state.clock.now() + timedelta(seconds=state.settings.lease_seconds)
+        context = self._context
+        lease_until = context.clock.now() + timedelta(seconds=context.settings.lease_seconds)
         try:
-            with state.database.writing() as session:
-                renewed = store.extend_claim(
+            with context.database.writing() as session:
+                renewed = claims.extend_claim(
                     session, delivery_id=item.delivery_id, token=item.token, lease_until=lease_until
                 )
         except Exception:
@@ -275,20 +275,20 @@ class ThreadDispatcher:
             logger.info("Delivery %s: claim expired before its attempt", item.delivery_id)
             self._begin(self._in_flight.release(item.registration_id, host), host)
 
-    def _abandon(self, item: store.Claimed) -> None:
+    def _abandon(self, item: Claimed) -> None:
         try:
-            abandon(self._app, self._state, item)
+            abandon(self._app, self._context, item)
         except Exception:
             logger.exception("Delivery %s: unexpected error; it will be retried", item.delivery_id)
 
-    def _record(self, records: Sequence[store.AttemptRecord]) -> None:
+    def _record(self, records: Sequence[AttemptRecord]) -> None:
         with self._app.app_context():
-            record(self._app, self._state, records)
+            record(self._app, self._context, records)
 
     # The poller ------------------------------------------------------------------------------
 
     def _poll(self, sender: Client, stopping: threading.Event, wake: threading.Event) -> None:
-        settings = self._state.settings
+        settings = self._context.settings
         look_for_dead_claims = 0.0  # time.monotonic() of the next look
         while not stopping.is_set():
             if time.monotonic() >= look_for_dead_claims and self._release_dead_claims():
@@ -319,10 +319,10 @@ class ThreadDispatcher:
         after a crash, a sibling worker killed), so that their work goes out now rather than
         when their leases end; False if the database could not be asked (tried again at the
         next poll)."""
-        state = self._state
+        context = self._context
         try:
-            with self._app.app_context(), state.database.writing() as session:
-                released = store.release_dead_claims(session, now=state.clock.now())
+            with self._app.app_context(), context.database.writing() as session:
+                released = claims.release_dead_claims(session, now=context.clock.now())
         except Exception:
             logger.exception("Could not give back the claims of processes that died")
             return False
@@ -341,7 +341,7 @@ class ThreadDispatcher:
                 return
             self._renew(item, host)
 
-    def _dispatch(self, claimed: list[store.Claimed]) -> None:
+    def _dispatch(self, claimed: list[Claimed]) -> None:
         """Start what may start now (its slot taken), park what must wait for a busy
         registration or host, and give back what does not fit in memory."""
         refused = []
@@ -349,7 +349,7 @@ class ThreadDispatcher:
             if item.target is None:
                 self._abandon(item)
                 continue
-            host = destination_of(item.target.url, self._state.client.addresses)
+            host = destination_of(item.target.url, self._client.addresses)
             taken = self._in_flight.acquire(item.registration_id, host, item)
             if taken:
                 self._begin([item], host)
@@ -357,18 +357,18 @@ class ThreadDispatcher:
                 refused.append(item)
         if refused:
             # Too much is already waiting for this host: back to the outbox for a while.
-            state = self._state
-            later = state.clock.now() + timedelta(seconds=state.settings.poll_interval)
+            context = self._context
+            later = context.clock.now() + timedelta(seconds=context.settings.poll_interval)
             self._give_back(refused, due=later)
 
-    def _claim_due(self, limit: int, skip_registrations: AbstractSet[str]) -> list[store.Claimed]:
-        state = self._state
-        now = state.clock.now()
+    def _claim_due(self, limit: int, skip_registrations: AbstractSet[str]) -> list[Claimed]:
+        context = self._context
+        now = context.clock.now()
         token = new_token()
-        lease_until = now + timedelta(seconds=state.settings.lease_seconds)
-        with state.database.writing() as session:
-            store.fan_out(session)  # events committed in the host's transactions
-            return store.claim_due(
+        lease_until = now + timedelta(seconds=context.settings.lease_seconds)
+        with context.database.writing() as session:
+            outbox.expand_events(session)  # events committed in the host's transactions
+            return claims.claim_due(
                 session,
                 now=now,
                 lease_until=lease_until,
@@ -377,13 +377,13 @@ class ThreadDispatcher:
                 skip_registrations=skip_registrations,
             )
 
-    def _give_back(self, items: list[store.Claimed], *, due: datetime) -> None:
+    def _give_back(self, items: list[Claimed], *, due: datetime) -> None:
         """Release the claims of ``items`` unattempted, due at ``due``."""
         if not items:
             return
         try:
-            with self._app.app_context(), self._state.database.writing() as session:
-                store.release_claims(
+            with self._app.app_context(), self._context.database.writing() as session:
+                claims.release_claims(
                     session, [(item.delivery_id, item.token) for item in items], due=due
                 )
         except Exception:

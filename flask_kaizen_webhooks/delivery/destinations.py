@@ -15,7 +15,7 @@ from collections import OrderedDict
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from .guard import IPAddress, literal_address
+from ..guard import IPAddress, literal_address
 
 #: Names whose address is remembered, least recently used dropped first.
 MAX_NAMES = 4096

@@ -17,17 +17,16 @@ import os
 import queue
 import threading
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask
 
-from .. import store
-from ..claims import new_token
 from ..errors import ConfigurationError
+from ..storage import claims, outbox
+from ..storage.holders import new_token
 from .attempt import abandon, attempt, record
-
-if TYPE_CHECKING:
-    from ..extension import WebhooksState
+from .client import Client
+from .context import DeliveryContext
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -50,12 +49,13 @@ def celery_app_of(app: Flask) -> Any:
     return celery_app
 
 
-class CeleryDispatcher:
+class CeleryExecutor:
     """Hands committed deliveries to Celery; the host's Celery workers send them."""
 
-    def __init__(self, app: Flask, state: WebhooksState) -> None:
+    def __init__(self, app: Flask, context: DeliveryContext, client: Client) -> None:
         self._app = app
-        self._state = state
+        self._context = context
+        self._client = client
         self._lock = threading.Lock()
         self._outgoing: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._publisher: threading.Thread | None = None
@@ -74,7 +74,7 @@ class CeleryDispatcher:
             **(celery_app.conf.beat_schedule or {}),
             "flask-kaizen-webhooks-sweep": {
                 "task": SWEEP,
-                "schedule": state.settings.celery_sweep_interval,
+                "schedule": context.settings.celery_sweep_interval,
             },
         }
 
@@ -139,11 +139,11 @@ class CeleryDispatcher:
     def _deliver(self, delivery_id: str) -> None:
         """Claim ``delivery_id``, attempt it and record the attempt; schedule the retry."""
         with self._app.app_context():
-            state = self._state
-            now = state.clock.now()
-            lease_until = now + timedelta(seconds=state.settings.lease_seconds)
-            with state.database.writing() as session:
-                claimed = store.claim_one(
+            context = self._context
+            now = context.clock.now()
+            lease_until = now + timedelta(seconds=context.settings.lease_seconds)
+            with context.database.writing() as session:
+                claimed = claims.claim_one(
                     session,
                     delivery_id=delivery_id,
                     now=now,
@@ -154,10 +154,10 @@ class CeleryDispatcher:
             if claimed is None:
                 return  # sent already, not due yet, or another worker's
             if claimed.target is None:
-                abandon(self._app, state, claimed)
+                abandon(self._app, context, claimed)
                 return
-            done = attempt(state, claimed)
-            record(self._app, state, [done])
+            done = attempt(context, self._client, claimed)
+            record(self._app, context, [done])
             if done.kind == "retry" and done.retry_at is not None:
                 self.deliver.apply_async((delivery_id,), eta=done.retry_at)
 
@@ -165,11 +165,13 @@ class CeleryDispatcher:
         """Fan out the events whose tasks were lost, and send a task again for every delivery
         overdue by more than the sweep interval."""
         with self._app.app_context():
-            state = self._state
-            due_before = state.clock.now() - timedelta(seconds=state.settings.celery_sweep_interval)
-            with state.database.writing() as session:
-                fanned = store.fan_out(session, limit=SWEEP_LIMIT)
-                overdue = store.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
+            context = self._context
+            due_before = context.clock.now() - timedelta(
+                seconds=context.settings.celery_sweep_interval
+            )
+            with context.database.writing() as session:
+                fanned = outbox.expand_events(session, limit=SWEEP_LIMIT)
+                overdue = claims.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
             ids = list(dict.fromkeys(fanned + overdue))
             if ids:
                 logger.warning("Sweep: %d overdue deliveries sent to Celery again", len(ids))

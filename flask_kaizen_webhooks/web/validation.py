@@ -11,17 +11,17 @@ from urllib.parse import SplitResult, urlsplit
 
 from jose.exceptions import JOSEError
 
-from .errors import ValidationError
-from .guard import (
+from ..errors import ForbiddenDestination, ValidationError, unknown_topic_message
+from ..guard import (
     ALLOW_NETWORK_HINT,
     AddressPolicy,
-    ForbiddenDestination,
     ascii_name,
     is_local_name,
     literal_address,
 )
-from .signing import sign, verify_with
-from .topics import TopicRegistry
+from ..signing import sign, verify_with
+from ..storage.tables import RegistrationState
+from ..topics import TopicRegistry
 
 MAX_URL_LENGTH = 2048
 MIN_SECRET_LENGTH = 16
@@ -32,7 +32,7 @@ UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev", "state"})
 TEST_FIELDS = frozenset({"topic", "registration_id"})
 ROTATION_FIELDS = frozenset({"secret", "rev", "overlap_seconds"})
 MAX_OVERLAP_SECONDS = 30 * 86400
-STATES = ("active", "disabled")
+STATES = tuple(state.value for state in RegistrationState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,7 @@ def check_topic(topic: str, topics: TopicRegistry) -> str:
         valid = topics.names()
         raise ValidationError(
             "unknown_topic",
-            f"Unknown topic {topic!r}; valid topics are: {', '.join(valid)}.",
+            unknown_topic_message(topic, valid),
             field="topic",
             valid_topics=valid,
         )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-from . import store
-from .clock import Clock
-from .database import Database
-from .errors import ApiError
+from ..clock import Clock
+from ..errors import RateLimited
+from ..storage import admin
+from ..storage.database import Database
 
 
 def count_call(database: Database, clock: Clock, *, kind: str, owner: str, per_minute: int) -> None:
@@ -20,15 +20,7 @@ def count_call(database: Database, clock: Clock, *, kind: str, owner: str, per_m
     now = clock.time()
     minute = int(now // 60)
     with database.writing() as session:
-        count = store.count_call(session, key=f"{kind}:{owner}", minute=minute)
+        count = admin.count_call(session, key=f"{kind}:{owner}", minute=minute)
     if count > per_minute:
         retry_after = max(1, math.ceil((minute + 1) * 60 - now))
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"You made more than {per_minute} {kind} calls this minute; "
-            f"try again in {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
-            limit=per_minute,
-            retry_after=retry_after,
-        )
+        raise RateLimited(kind, per_minute, retry_after)

@@ -1,0 +1,67 @@
+"""Publishing an asynchronous event: its payload checked, its outbox rows written on the host's
+request path, and their ids handed to the executor once committed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import WebhooksError
+from ..signing import encode_payload
+from ..storage import outbox
+from .context import DeliveryContext
+from .executor import Executor, hand_over_after_commit
+
+
+def checked_payload(payload: Mapping[str, Any], max_bytes: int) -> tuple[dict[str, Any], str]:
+    """The payload as a document and as its JSON, or a :class:`WebhooksError` saying why not."""
+    if not isinstance(payload, Mapping):
+        raise WebhooksError(f"The payload must be a mapping (a JSON object), not {type(payload)}.")
+    if "webhook_request_id" in payload:
+        raise WebhooksError(
+            "The payload must not contain 'webhook_request_id'; it is set per delivery."
+        )
+    document = dict(payload)
+    try:
+        encoded = encode_payload(document)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise WebhooksError(f"The payload cannot be sent as JSON: {exc}") from None
+    if len(encoded) > max_bytes:
+        raise WebhooksError(
+            f"The payload is {len(encoded)} bytes of JSON, over KAIZEN_WEBHOOKS_MAX_PAYLOAD_BYTES "
+            f"({max_bytes}); send a smaller document (receivers can fetch the rest)."
+        )
+    return document, encoded.decode()
+
+
+def enqueue(
+    context: DeliveryContext, executor: Executor, topic: str, document_json: str
+) -> list[str]:
+    """Write the outbox rows of an event (its JSON, checked) for every active registration of
+    ``topic``; hand them to ``executor`` once they are committed. The ids of the deliveries
+    come back.
+
+    Inside a transaction of the host's session the event is written as one row, which commits
+    or rolls back with the host's change, and the executor fans it out into deliveries after
+    the commit; otherwise (and always with the embedded database) the deliveries are written
+    and committed here.
+    """
+    database = context.database
+    session = database.session
+    owned = database.embedded or not session.in_transaction()
+    connection = session.connection()
+    recipients = outbox.active_recipients(connection, topic=topic)
+    now = context.clock.now()
+    if owned:
+        ids = outbox.add_deliveries(
+            connection, recipients=recipients, topic=topic, document_json=document_json, now=now
+        )
+        session.commit()
+        executor.submit(ids)
+        return ids
+    ids = outbox.add_event(
+        connection, recipients=recipients, topic=topic, document_json=document_json, now=now
+    )
+    if ids:
+        hand_over_after_commit(session, executor, ids)
+    return ids

@@ -1,1 +1,0 @@
-"""The delivery engines: the inline synchronous fan-out and the background dispatchers."""

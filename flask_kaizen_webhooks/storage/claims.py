@@ -1,0 +1,328 @@
+"""The delivery queue: claiming due deliveries with a lease, renewing and giving back claims,
+ending what cannot be sent, and queuing deliveries again."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy.orm import Session
+
+from ..errors import DeliveryInFlight, RegistrationDeleted, RegistrationDisabled
+from .holders import Holder, this_process
+from .outbox import expand_events
+from .reads import get_delivery
+from .rows import (
+    DELIVERIES,
+    TARGET_COLUMNS,
+    Claimed,
+    Target,
+    ended_unsent,
+    not_claimed,
+    target_from_row,
+)
+from .tables import Delivery, DeliveryStatus, Registration, RegistrationState
+
+
+def _due_statement(*, skipping: bool) -> Any:
+    """The ids of up to ``b_limit`` due deliveries, oldest due first, locked (skipping rows
+    other claimers hold), leaving those of registrations ``b_skip`` alone when ``skipping``."""
+    columns = DELIVERIES.c
+    due = select(columns.id).where(
+        columns.status == DeliveryStatus.PENDING, columns.next_attempt_at <= bindparam("b_now")
+    )
+    if skipping:
+        due = due.where(columns.registration_id.not_in(bindparam("b_skip", expanding=True)))
+    return (
+        due.order_by(columns.next_attempt_at)
+        .limit(bindparam("b_limit"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+# Built once: claiming runs for every few deliveries. Two statements rather than one
+# ``UPDATE ... WHERE id IN (SELECT ...)``, which PostgreSQL may plan as a scan of every
+# pending row; here the update finds its rows by primary key.
+_DUE = {skipping: _due_statement(skipping=skipping) for skipping in (False, True)}
+
+
+_TAKE = (
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(claim_token=bindparam("b_token"), next_attempt_at=bindparam("b_lease_until"))
+    .returning(
+        DELIVERIES.c.id,
+        DELIVERIES.c.topic,
+        DELIVERIES.c.payload,
+        DELIVERIES.c.attempts,
+        DELIVERIES.c.retry_index,
+        DELIVERIES.c.registration_id,
+    )
+)
+
+
+_TARGETS_OF = select(*TARGET_COLUMNS, Registration.state).where(
+    Registration.id.in_(bindparam("b_ids", expanding=True))
+)
+
+
+def claim_due(
+    session: Session,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    token: str,
+    limit: int,
+    skip_registrations: Collection[str] = (),
+) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries, oldest due first, leaving those of
+    ``skip_registrations`` alone, and load them with their registrations; no two claimers get
+    the same row.
+
+    PostgreSQL skips rows other claimers hold (``FOR UPDATE SKIP LOCKED``); SQLite runs one
+    writer at a time, which makes the same statement exclusive there.
+    """
+    connection = session.connection()
+    params: dict[str, Any] = {"b_now": now, "b_limit": limit}
+    if skip_registrations:
+        params["b_skip"] = sorted(skip_registrations)
+    ids = list(connection.execute(_DUE[bool(skip_registrations)], params).scalars())
+    return _take(connection, ids, token=token, lease_until=lease_until)
+
+
+_DUE_ONE = (
+    select(DELIVERIES.c.id)
+    .where(
+        DELIVERIES.c.id == bindparam("b_id"),
+        DELIVERIES.c.status == DeliveryStatus.PENDING,
+        DELIVERIES.c.next_attempt_at <= bindparam("b_now"),
+    )
+    .with_for_update(skip_locked=True)
+)
+
+
+def claim_one(
+    session: Session,
+    *,
+    delivery_id: str,
+    now: datetime,
+    lease_until: datetime,
+    token: str,
+    fan_out_first: bool = False,
+) -> Claimed | None:
+    """Claim delivery ``delivery_id`` if it is due and nobody holds it, and load it with its
+    registration; None otherwise (sent already, not due yet, or another worker's).
+
+    With ``fan_out_first``, a delivery not found may be part of an event not fanned out yet:
+    the waiting events are fanned out, waiting for those another transaction is fanning out
+    (the events of one commit are often claimed at once, each by its own task), and it is
+    looked for again."""
+    connection = session.connection()
+    for look in range(2 if fan_out_first else 1):
+        if look:
+            expand_events(session, wait=True)
+        ids = list(connection.execute(_DUE_ONE, {"b_id": delivery_id, "b_now": now}).scalars())
+        claimed = _take(connection, ids, token=token, lease_until=lease_until)
+        if claimed:
+            return claimed[0]
+    return None
+
+
+def overdue(session: Session, *, due_before: datetime, limit: int) -> list[str]:
+    """Pending deliveries due before ``due_before`` (their claims run out by then, if any),
+    oldest first: work whose task or worker went missing."""
+    query = (
+        select(DELIVERIES.c.id)
+        .where(
+            DELIVERIES.c.status == DeliveryStatus.PENDING,
+            DELIVERIES.c.next_attempt_at <= due_before,
+        )
+        .order_by(DELIVERIES.c.next_attempt_at)
+        .limit(limit)
+    )
+    return list(session.execute(query).scalars())
+
+
+def _take(
+    connection: Connection, ids: list[str], *, token: str, lease_until: datetime
+) -> list[Claimed]:
+    """Claim the (locked, due) deliveries ``ids`` with ``token`` until ``lease_until``; them,
+    loaded with their registrations."""
+    if not ids:
+        return []
+    rows = connection.execute(
+        _TAKE, {"b_ids": ids, "b_token": token, "b_lease_until": lease_until}
+    ).all()
+    targets: dict[str, Target | None] = {}
+    registration_ids = sorted({row.registration_id for row in rows})
+    row: Any
+    for row in connection.execute(_TARGETS_OF, {"b_ids": registration_ids}):
+        *target, state = row  # TARGET_COLUMNS, then the registration's state
+        targets[row[0]] = target_from_row(*target) if state == RegistrationState.ACTIVE else None
+    return [
+        Claimed(
+            delivery_id,
+            token,
+            topic,
+            payload,
+            attempts,
+            retry_index,
+            registration_id,
+            targets.get(registration_id),
+            lease_until,
+        )
+        for delivery_id, topic, payload, attempts, retry_index, registration_id in rows
+    ]
+
+
+def release_claims(session: Session, claims: Sequence[tuple[str, str]], *, due: datetime) -> None:
+    """Give claimed deliveries (id, token) back unattempted, due at ``due``."""
+    if not claims:
+        return
+    session.execute(
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.id == bindparam("b_id"), DELIVERIES.c.claim_token == bindparam("b_token")
+        )
+        .values(claim_token=None, next_attempt_at=due),
+        [{"b_id": delivery_id, "b_token": token} for delivery_id, token in claims],
+    )
+
+
+def extend_claim(session: Session, *, delivery_id: str, token: str, lease_until: datetime) -> bool:
+    """Renew this worker's lease on a delivery as its attempt starts; False if it was lost."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.claim_token == token,
+            Delivery.status == DeliveryStatus.PENDING,
+        )
+        .values(next_attempt_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def finish_without_attempt(
+    session: Session, *, delivery_id: str, token: str, error: str, now: datetime
+) -> bool:
+    """Fail a claimed delivery that cannot be sent; False if the claim was lost."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.claim_token == token)
+        .values(**ended_unsent(error, now))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def release_dead_claims(session: Session, *, now: datetime) -> int:
+    """Give back, due now, the claims held by processes of this machine that no longer run
+    (see :mod:`.claims`); how many deliveries."""
+    me = this_process()
+    tokens = session.scalars(
+        select(Delivery.claim_token)
+        .where(
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at > now,
+            Delivery.claim_token.like(f"{me.machine}-%"),
+        )
+        .distinct()
+    ).all()
+    runs: dict[Holder, bool] = {me: True}
+    dead = []
+    for token in tokens:
+        holder = Holder.of(token or "")
+        if holder is None:
+            continue
+        if holder not in runs:
+            runs[holder] = holder.runs()
+        if not runs[holder]:
+            dead.append(token)
+    if not dead:
+        return 0
+    released = session.execute(
+        update(Delivery)
+        .where(Delivery.claim_token.in_(dead), Delivery.status == DeliveryStatus.PENDING)
+        .values(claim_token=None, next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(released.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """What :func:`queue_again` did with each delivery it was given."""
+
+    queued: list[str]
+    #: Left alone: an attempt of each is under way.
+    in_flight: list[str]
+    #: Left alone: their registration was deleted, or is disabled.
+    registration_deleted: list[str]
+    registration_disabled: list[str]
+
+
+def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime) -> Requeued:
+    """Queue deliveries again now with a fresh retry schedule, if their registration is active.
+
+    A delivery with an attempt under way (claimed, its lease running) is left alone: queuing it
+    would let a second worker send it in parallel. So is one whose registration was deleted or
+    is disabled: it would only fail again unsent.
+    """
+    if not delivery_ids:
+        return Requeued([], [], [], [])
+    active = select(Registration.id).where(Registration.state == RegistrationState.ACTIVE)
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(delivery_ids),
+            Delivery.registration_id.in_(active),
+            not_claimed(now),
+        )
+        .values(
+            status=DeliveryStatus.PENDING,
+            retry_index=0,
+            next_attempt_at=now,
+            claim_token=None,
+            completed_at=None,
+            updated_at=now,
+        )
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    queued = list(result.scalars())
+    left = sorted(set(delivery_ids) - set(queued))
+    states: dict[str, str | None] = {}
+    if left:
+        rows = session.execute(
+            select(Delivery.id, Registration.state)
+            .outerjoin(Registration, Registration.id == Delivery.registration_id)
+            .where(Delivery.id.in_(left))
+        )
+        states = {delivery_id: state for delivery_id, state in rows}
+    return Requeued(
+        queued,
+        in_flight=[i for i in left if states.get(i) == RegistrationState.ACTIVE],
+        registration_deleted=[i for i in left if states.get(i) is None],
+        registration_disabled=[
+            i for i in left if states.get(i) not in (None, RegistrationState.ACTIVE)
+        ],
+    )
+
+
+def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> None:
+    """Queue the owner's delivery again, now, with a fresh retry schedule and the same id;
+    :class:`RegistrationDeleted` or :class:`RegistrationDisabled` when its registration is not
+    active, :class:`DeliveryInFlight` while an attempt of it is under way."""
+    get_delivery(session, owner=owner, delivery_id=delivery_id)
+    requeued = queue_again(session, [delivery_id], now=now)
+    if requeued.registration_deleted:
+        raise RegistrationDeleted()
+    if requeued.registration_disabled:
+        raise RegistrationDisabled()
+    if requeued.in_flight:
+        raise DeliveryInFlight()

@@ -1,0 +1,227 @@
+"""The outbox: the registrations an event goes to, its rows written on the host's request path
+(one per delivery, or one for the event inside the host's transaction), and the events fanned
+out into deliveries once committed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy.orm import Session
+
+from ..signing import with_request_ids
+from ..topics import Mode
+from .prepared import Prepared
+from .rows import DELIVERIES, EVENTS, TARGET_COLUMNS, Target, target_from_row
+from .tables import DeliveryStatus, Registration, RegistrationState
+
+_OUTBOX_INSERT = Prepared(
+    insert(DELIVERIES),
+    column_keys=(
+        "id",
+        "registration_id",
+        "owner",
+        "topic",
+        "mode",
+        "payload",
+        "status",
+        "attempts",
+        "retry_index",
+        "next_attempt_at",
+        "created_at",
+        "updated_at",
+    ),
+)
+
+
+_EVENT_INSERT = Prepared(
+    insert(EVENTS), column_keys=("id", "topic", "document", "recipients", "created_at")
+)
+
+
+#: The most events one fan-out turns into deliveries.
+EXPAND_BATCH = 200
+
+
+_ACTIVE_RECIPIENTS = Prepared(
+    select(Registration.id, Registration.owner)
+    .where(
+        Registration.topic == bindparam("topic"),
+        Registration.state == RegistrationState.ACTIVE,
+    )
+    .order_by(Registration.created_at)
+)
+
+
+_ACTIVE_TARGETS = Prepared(
+    select(*TARGET_COLUMNS)
+    .where(
+        Registration.topic == bindparam("topic"),
+        Registration.state == RegistrationState.ACTIVE,
+    )
+    .order_by(Registration.created_at)
+)
+
+
+def active_recipients(connection: Connection, *, topic: str) -> list[tuple[str, str]]:
+    """The id and owner of every active registration of ``topic``, oldest first: what an
+    event's outbox rows need, read on the host's request path."""
+    return [
+        (registration_id, owner)
+        for registration_id, owner in _ACTIVE_RECIPIENTS.rows(connection, {"topic": topic})
+    ]
+
+
+def active_targets(
+    session: Session,
+    *,
+    topic: str,
+    owner: str | None = None,
+    registration_id: str | None = None,
+) -> list[Target]:
+    """The active registrations of ``topic``, optionally one owner's; or the one registration
+    ``registration_id`` of ``topic``, active or not (for tests of a disabled endpoint)."""
+    if owner is None and registration_id is None:  # a synchronous topic's: on the host's path
+        rows = _ACTIVE_TARGETS.rows(session.connection(), {"topic": topic})
+        return [target_from_row(*row) for row in rows]
+    query = select(*TARGET_COLUMNS).where(Registration.topic == topic)
+    if owner is not None:
+        query = query.where(Registration.owner == owner)
+    if registration_id is not None:
+        query = query.where(Registration.id == registration_id)
+    else:
+        query = query.where(Registration.state == RegistrationState.ACTIVE)
+    return [
+        target_from_row(*row) for row in session.execute(query.order_by(Registration.created_at))
+    ]
+
+
+def add_deliveries(
+    connection: Connection,
+    *,
+    recipients: Sequence[tuple[str, str]],
+    topic: str,
+    document_json: str,
+    now: datetime,
+) -> list[str]:
+    """Write outbox rows of one event (its JSON), one per recipient (registration id and
+    owner), each with its own ``webhook_request_id``, due now; their ids. One executemany on
+    ``connection`` (the session's, so they commit or roll back with its transaction)."""
+    if not recipients:
+        return []
+    ids = time_ordered_ids(len(recipients))
+    _insert_deliveries(
+        connection,
+        [(delivery_id, *recipient) for delivery_id, recipient in zip(ids, recipients, strict=True)],
+        topic=topic,
+        document_json=document_json,
+        now=now,
+    )
+    return ids
+
+
+def add_event(
+    connection: Connection,
+    *,
+    recipients: Sequence[tuple[str, str]],
+    topic: str,
+    document_json: str,
+    now: datetime,
+) -> list[str]:
+    """Write one outbox row for an asynchronous event and all its recipients (registration id
+    and owner), to be fanned out into deliveries by :func:`expand_events` once committed; the
+    ids the deliveries will have. Nothing is written when there are no recipients."""
+    if not recipients:
+        return []
+    event_id, *ids = time_ordered_ids(len(recipients) + 1)
+    listed = [
+        [delivery_id, *recipient] for delivery_id, recipient in zip(ids, recipients, strict=True)
+    ]
+    _EVENT_INSERT.insert_many(
+        connection,
+        {"topic": topic, "document": document_json, "created_at": now},
+        ("id", "recipients"),
+        [(event_id, json.dumps(listed, separators=(",", ":")))],
+    )
+    return ids
+
+
+def expand_events(session: Session, *, limit: int = EXPAND_BATCH, wait: bool = False) -> list[str]:
+    """Turn the oldest committed events (up to ``limit``) into their deliveries, due from the
+    moment each event was fired, and delete them, in ``session``'s transaction; the ids of the
+    deliveries written. Events another transaction is fanning out are skipped, or, with
+    ``wait``, waited for (they are gone once it commits)."""
+    connection = session.connection()
+    events = connection.execute(
+        select(
+            EVENTS.c.id, EVENTS.c.topic, EVENTS.c.document, EVENTS.c.recipients, EVENTS.c.created_at
+        )
+        .order_by(EVENTS.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=not wait)
+    ).all()
+    written: list[str] = []
+    for event in events:
+        recipients = [tuple(recipient) for recipient in json.loads(event.recipients)]
+        _insert_deliveries(
+            connection,
+            recipients,
+            topic=event.topic,
+            document_json=event.document,
+            now=event.created_at,
+        )
+        written += [delivery_id for delivery_id, _, _ in recipients]
+    if events:
+        connection.execute(delete(EVENTS).where(EVENTS.c.id.in_([event.id for event in events])))
+    return written
+
+
+def _insert_deliveries(
+    connection: Connection,
+    recipients: Sequence[tuple[str, str, str]],
+    *,
+    topic: str,
+    document_json: str,
+    now: datetime,
+) -> None:
+    """One executemany of pending deliveries: ``recipients`` are (delivery id, registration
+    id, owner); each payload is the event's JSON with its ``webhook_request_id``."""
+    shared = {
+        "topic": topic,
+        "mode": Mode.ASYNC,
+        "status": DeliveryStatus.PENDING,
+        "attempts": 0,
+        "retry_index": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    ids = [delivery_id for delivery_id, _, _ in recipients]
+    rows = [
+        (delivery_id, registration_id, owner, payload)
+        for (delivery_id, registration_id, owner), payload in zip(
+            recipients, with_request_ids(document_json, ids), strict=True
+        )
+    ]
+    _OUTBOX_INSERT.insert_many(
+        connection, shared, ("id", "registration_id", "owner", "payload"), rows
+    )
+
+
+def time_ordered_ids(count: int) -> list[str]:
+    """``count`` new UUIDs (version 7, RFC 9562: a millisecond timestamp, then 74 random
+    bits), so that new rows land together at the end of the primary key's index rather than
+    all over it."""
+    stamp = f"{time.time_ns() // 1_000_000:012x}"
+    head = f"{stamp[:8]}-{stamp[8:]}-7"
+    noise = os.urandom(10 * count).hex()
+    ids = []
+    for start in range(0, 20 * count, 20):
+        bits = noise[start : start + 20]
+        variant = "89ab"[int(bits[3], 16) & 3]
+        ids.append(f"{head}{bits[:3]}-{variant}{bits[4:7]}-{bits[7:19]}")
+    return ids

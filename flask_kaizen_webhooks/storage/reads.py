@@ -1,0 +1,76 @@
+"""What the API shows an owner: their registrations and deliveries, page by page, and a
+delivery's attempts; another owner's are as missing as ones that never existed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from ..errors import NotFound
+from .rows import PagePosition
+from .tables import Attempt, Delivery, Registration
+
+
+def list_registrations(
+    session: Session,
+    *,
+    owner: str,
+    topic: str | None,
+    after: PagePosition | None,
+    limit: int,
+) -> Sequence[Registration]:
+    """Up to ``limit`` of the owner's registrations, oldest first, after ``after``."""
+    query = select(Registration).where(Registration.owner == owner)
+    if topic is not None:
+        query = query.where(Registration.topic == topic)
+    if after is not None:
+        query = query.where(
+            or_(
+                Registration.created_at > after.created_at,
+                and_(Registration.created_at == after.created_at, Registration.id > after.id),
+            )
+        )
+    query = query.order_by(Registration.created_at, Registration.id).limit(limit)
+    return session.scalars(query).all()
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    owner: str,
+    registration_id: str,
+    before: PagePosition | None,
+    limit: int,
+) -> Sequence[Delivery]:
+    """Up to ``limit`` deliveries of one registration, newest first, older than ``before``."""
+    query = select(Delivery).where(
+        Delivery.owner == owner, Delivery.registration_id == registration_id
+    )
+    if before is not None:
+        query = query.where(
+            or_(
+                Delivery.created_at < before.created_at,
+                and_(Delivery.created_at == before.created_at, Delivery.id < before.id),
+            )
+        )
+    query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit)
+    return session.scalars(query).all()
+
+
+def get_delivery(session: Session, *, owner: str, delivery_id: str) -> Delivery:
+    """The owner's delivery, or :class:`NotFound`."""
+    delivery = session.scalars(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.owner == owner)
+    ).one_or_none()
+    if delivery is None:
+        raise NotFound("No such delivery.")
+    return delivery
+
+
+def attempts_of(session: Session, delivery_id: str) -> Sequence[Attempt]:
+    """Every attempt of a delivery, first first."""
+    return session.scalars(
+        select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(Attempt.number)
+    ).all()

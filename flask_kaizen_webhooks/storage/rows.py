@@ -1,0 +1,168 @@
+"""The tables' handles and the row types the queries share, detached from any session, with
+the query fragments more than one of them needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, or_
+
+from ..clock import as_utc
+from .tables import Attempt, Delivery, DeliveryStatus, Event, Registration, metadata
+
+DELIVERIES = metadata.tables[Delivery.__tablename__]
+
+
+EVENTS = metadata.tables[Event.__tablename__]
+
+
+ATTEMPTS = metadata.tables[Attempt.__tablename__]
+
+
+REGISTRATIONS = metadata.tables[Registration.__tablename__]
+
+
+INSERT_ATTEMPTS = insert(ATTEMPTS)
+
+
+@dataclass(frozen=True, slots=True)
+class PagePosition:
+    """Where a page of registrations or deliveries ends: the sort key of its last item."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a delivery needs of its registration, detached from any session."""
+
+    registration_id: str
+    owner: str
+    url: str
+    #: The secret as stored (sealed); opened only to sign.
+    sealed_secret: str
+    secret_version: int = 1
+    #: During a rotation's overlap, the previous secret (sealed) and when it stops signing.
+    previous_sealed_secret: str | None = None
+    previous_secret_until: datetime | None = None
+
+    @classmethod
+    def of(cls, registration: Registration) -> Target:
+        """The target of ``registration``."""
+        return cls(
+            registration.id,
+            registration.owner,
+            registration.url,
+            registration.secret,
+            registration.secret_version,
+            registration.previous_secret,
+            None
+            if registration.previous_secret_until is None
+            else as_utc(registration.previous_secret_until),
+        )
+
+
+TARGET_COLUMNS = (
+    Registration.id,
+    Registration.owner,
+    Registration.url,
+    Registration.secret,
+    Registration.secret_version,
+    Registration.previous_secret,
+    Registration.previous_secret_until,
+)
+
+
+def target_from_row(
+    registration_id: str,
+    owner: str,
+    url: str,
+    sealed_secret: str,
+    secret_version: int,
+    previous_sealed_secret: str | None,
+    previous_secret_until: datetime | None,
+) -> Target:
+    """A :class:`Target` from a row of :data:`TARGET_COLUMNS`."""
+    until = None if previous_secret_until is None else as_utc(previous_secret_until)
+    return Target(
+        registration_id, owner, url, sealed_secret, secret_version, previous_sealed_secret, until
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A delivery made at once (synchronous or a test), with its single attempt."""
+
+    delivery_id: str
+    target: Target
+    payload: str
+    succeeded: bool
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claimed delivery with what its attempt needs; ``target`` is None when its registration
+    was deleted or disabled meanwhile."""
+
+    delivery_id: str
+    token: str
+    topic: str
+    payload: str
+    attempts: int
+    retry_index: int
+    registration_id: str
+    target: Target | None
+    #: When the claim's lease runs out, unless renewed.
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt of a claimed delivery and what follows it, ready to be written.
+
+    ``kind`` is ``succeeded``, ``retry`` (again at ``retry_at``), ``failed`` or ``gone``.
+    """
+
+    delivery_id: str
+    token: str
+    registration_id: str
+    topic: str
+    number: int
+    retry_index: int
+    started_at: datetime
+    finished_at: datetime
+    elapsed: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    kind: str
+    retry_at: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        """True when the delivery ends with this attempt."""
+        return self.kind != "retry"
+
+
+def ended_unsent(error: str, now: datetime) -> dict[str, Any]:
+    """The values that end a pending delivery that will not be sent, failed with ``error``."""
+    return {
+        "status": DeliveryStatus.FAILED,
+        "last_error": error,
+        "claim_token": None,
+        "next_attempt_at": None,
+        "completed_at": now,
+        "updated_at": now,
+    }
+
+
+def not_claimed(now: datetime) -> Any:
+    """Deliveries no worker holds: never claimed, or their claim's lease has run out."""
+    return or_(Delivery.claim_token.is_(None), Delivery.next_attempt_at <= now)

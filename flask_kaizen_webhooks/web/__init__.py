@@ -1,0 +1,1 @@
+"""The integrators' JSON API: the blueprint, input checks and the OpenAPI description."""
