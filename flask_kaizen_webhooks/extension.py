@@ -52,14 +52,12 @@ class WebhooksState:
         self.extension = extension
         self.settings = settings
         self.database = database
-        self.secrets = SecretBox.from_config(
-            app.config.get("KAIZEN_WEBHOOKS_SECRET_KEYS"), app.secret_key
-        )
+        self.secrets = SecretBox.from_config(settings.secret_keys, app.secret_key)
         self.clock = Clock()
         self.rng = random.Random()
         #: The background engine's HTTP client; in a Celery worker, its tasks' (each task's
         #: thread waits for its own attempt: as many at once as the worker runs tasks).
-        celery = settings.dispatcher == "celery"
+        celery = settings.executor == "celery"
         self.client = self._client("engine", CELERY_AT_ONCE if celery else settings.workers)
         #: Synchronous topics (the host's logins) send on a client of their own (its thread and
         #: connections), which nothing an integrator can set off (a test, a redelivery) delays.
@@ -69,9 +67,9 @@ class WebhooksState:
         self._app_ref = weakref.ref(app)
         self.sync_log = self._sync_log()
         self.dispatcher: Dispatcher = NoDispatcher()
-        if settings.dispatcher == "thread":
+        if settings.executor == "thread":
             self.dispatcher = ThreadDispatcher(app, self)
-        elif settings.dispatcher == "celery":
+        elif settings.executor == "celery":
             from .dispatch.celery_executor import CeleryDispatcher
 
             self.dispatcher = CeleryDispatcher(app, self)

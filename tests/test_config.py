@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 
 import pytest
+from cryptography.fernet import Fernet
 from flask import Flask
 
-from flask_kaizen_webhooks import ConfigurationError, KaizenWebhooks
+from flask_kaizen_webhooks import ConfigurationError, KaizenWebhooks, get_state
+from flask_kaizen_webhooks.config import (
+    DECLARATION,
+    DECLARATIONS,
+    DEFAULTS,
+    FORMER_NAMES,
+    Settings,
+)
+from flask_kaizen_webhooks.guard import AddressPolicy
 
 FERNET_HINT = (
     "make one with python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'"
@@ -110,3 +122,60 @@ def test_a_secret_key_that_is_no_fernet_key_is_refused(tmp_path: Path, key: obje
     assert raised.value.key == "KAIZEN_WEBHOOKS_SECRET_KEYS"
     pattern = r"KAIZEN_WEBHOOKS_SECRET_KEYS: not a Fernet key \(.+\); " + re.escape(FERNET_HINT)
     assert re.fullmatch(pattern, str(raised.value))
+
+
+def test_every_setting_is_declared_with_a_default_a_parser_and_a_one_line_docstring() -> None:
+    keys = [item.name.upper() for item in fields(Settings)]
+    assert all(DECLARATION in item.metadata for item in fields(Settings))
+    assert not set(FORMER_NAMES) & set(keys)
+    assert list(DECLARATIONS) == keys + list(FORMER_NAMES)
+    for name, declaration in DECLARATIONS.items():
+        assert re.fullmatch(r"[A-Z][A-Z_]*[A-Z]", name), name
+        assert callable(declaration.parse), name
+        assert declaration.doc.strip() and "\n" not in declaration.doc, name
+    assert {name: declaration.default for name, declaration in DECLARATIONS.items()} == DEFAULTS
+
+
+def runtime_type(hint: Any) -> Any:
+    """What ``isinstance`` can check of a type hint: ``tuple`` for ``tuple[int, ...]``."""
+    if isinstance(hint, UnionType):
+        return tuple(runtime_type(arg) for arg in get_args(hint))
+    return get_origin(hint) or hint
+
+
+def test_an_app_that_sets_nothing_gets_each_declared_default(tmp_path: Path) -> None:
+    app = app_with(tmp_path)
+    settings = Settings.from_app(app)
+    for name, default in DEFAULTS.items():
+        assert app.config[f"KAIZEN_WEBHOOKS_{name}"] == default, name  # written back
+    meaning_of_none = {
+        "database_uri": f"sqlite:///{tmp_path / 'instance' / 'kaizen_webhooks.sqlite3'}",
+        "executor": "thread",
+    }
+    hints = get_type_hints(Settings)
+    for item in fields(Settings):
+        value = getattr(settings, item.name)
+        assert value == meaning_of_none.get(item.name, DEFAULTS[item.name.upper()]), item.name
+        assert isinstance(value, runtime_type(hints[item.name])), item.name
+    assert settings.address_policy == AddressPolicy()
+    assert settings.lease_seconds == 2 * (15 + 2) + 30
+
+
+def test_allowed_networks_and_ports_make_the_address_policy(tmp_path: Path) -> None:
+    app = app_with(tmp_path, ALLOWED_NETWORKS=["10.20.0.0/16"], ALLOWED_PORTS=[8443])
+    assert Settings.from_app(app).address_policy == AddressPolicy(
+        allowed_networks=(ipaddress.ip_network("10.20.0.0/16"),),
+        allowed_ports=frozenset({80, 443, 8443}),
+    )
+
+
+def test_the_secret_keys_come_from_the_settings(tmp_path: Path) -> None:
+    new, old = Fernet.generate_key(), Fernet.generate_key().decode()
+    app = app_with(tmp_path, SECRET_KEYS=[new, old], EXECUTOR="none")
+    KaizenWebhooks(app)
+    state = get_state(app)
+    assert state.settings.secret_keys == (new, old.encode())
+    sealed = state.secrets.seal("a secret")
+    assert Fernet(new).decrypt(sealed.encode()) == b"a secret"
+    assert state.secrets.open(Fernet(old).encrypt(b"older").decode()) == "older"
+    state.database.dispose()

@@ -62,7 +62,7 @@ def test_the_executor_may_be_set_by_its_former_name(
 ) -> None:
     app = bare_app(tmp_path, **config)
     KaizenWebhooks(app)
-    assert get_state(app).settings.dispatcher == executor
+    assert get_state(app).settings.executor == executor
 
 
 def test_a_proxy_url_reaches_every_client(tmp_path: Path) -> None:
