@@ -1,64 +1,31 @@
-"""Typed settings built once per app from the ``KAIZEN_WEBHOOKS_*`` configuration keys."""
+"""Typed settings built once per app from the ``KAIZEN_WEBHOOKS_*`` configuration keys.
+
+Each setting is declared once, as a field of :class:`Settings` made by :func:`setting` (its key
+is the field's name in capitals): default, parser, meaning. :data:`DEFAULTS` comes from there.
+"""
 
 from __future__ import annotations
 
 import enum
 import ipaddress
 import os
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 from flask import Flask
 
 from .errors import ConfigurationError
 from .guard import AddressPolicy, IPNetwork
+from .sealing import fernet_keys
 
 PREFIX = "KAIZEN_WEBHOOKS_"
+DEFAULT_SQLITE_FILENAME = "kaizen_webhooks.sqlite3"
+#: Where a field of :class:`Settings` keeps its declaration, in its metadata.
+DECLARATION = "kaizen_webhooks_setting"
 
-#: Every configuration key with its default value. ``None`` for DATABASE_URI means "an SQLite
-#: file in the app's instance folder".
-DEFAULTS: dict[str, Any] = {
-    "DATABASE_URI": None,
-    "URL_PREFIX": "/v2/webhooks",
-    "ALLOW_HTTP": False,
-    "MAX_BODY_BYTES": 64 * 1024,
-    "PAGE_SIZE": 50,
-    "MAX_PAGE_SIZE": 200,
-    "SQLITE_BUSY_TIMEOUT": 30.0,
-    "SYNC_TIMEOUT": 5.0,
-    "CONNECT_TIMEOUT": 2.0,
-    "ASYNC_TIMEOUT": 15.0,
-    "EXECUTOR": None,
-    "AUTOSTART": None,
-    "DISPATCHER": "thread",
-    "CELERY_SWEEP_INTERVAL": 60.0,
-    "WORKERS": 8,
-    "SYNC_WORKERS": 32,
-    "POLL_INTERVAL": 1.0,
-    "RETRY_SCHEDULE": (5, 300, 1800, 7200, 18000, 36000, 36000),
-    "RETRY_JITTER": 0.2,
-    "MAX_RETRY_AFTER": 86400,
-    "MAX_RESPONSE_BYTES": 64 * 1024,
-    "DISABLE_AFTER_FAILURES": 5,
-    "DISABLE_AFTER_SECONDS": 86400,
-    "RETENTION_DAYS": 30,
-    "ALLOWED_NETWORKS": (),
-    "ALLOWED_PORTS": (),
-    "SECRET_KEYS": (),
-    "MAX_IN_FLIGHT_PER_REGISTRATION": 2,
-    "MAX_IN_FLIGHT_PER_HOST": 4,
-    "MAX_QUEUE": 10_000,
-    "MAX_PAYLOAD_BYTES": 256 * 1024,
-    "MAX_REGISTRATIONS_PER_OWNER": 100,
-    "TEST_MAX_TARGETS": 10,
-    "TEST_CALLS_PER_MINUTE": 10,
-    "REDELIVER_CALLS_PER_MINUTE": 60,
-    "CLAIM_LEASE": None,
-    "SECRET_OVERLAP": 86400,
-    "CA_BUNDLE": None,
-    "PROXY": None,
-}
+T = TypeVar("T")
 
 
 class Executor(enum.StrEnum):
@@ -72,199 +39,143 @@ class Executor(enum.StrEnum):
     NONE = "none"
 
 
-EXECUTORS = tuple(Executor)
-
-DEFAULT_SQLITE_FILENAME = "kaizen_webhooks.sqlite3"
+EXECUTORS = tuple(executor.value for executor in Executor)
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """The extension's settings for one app; see ``docs/configuration.rst``."""
+class Given:
+    """An app's configuration as given: ``given["PAGE_SIZE"]`` is ``KAIZEN_WEBHOOKS_PAGE_SIZE``."""
 
-    database_uri: str
-    url_prefix: str
-    allow_http: bool
-    max_body_bytes: int
-    page_size: int
-    max_page_size: int
-    sqlite_busy_timeout: float
-    sync_timeout: float
-    connect_timeout: float
-    async_timeout: float
-    executor: Executor
-    autostart: bool | None
-    celery_sweep_interval: float
-    workers: int
-    sync_workers: int
-    poll_interval: float
-    retry_schedule: tuple[float, ...]
-    retry_jitter: float
-    max_retry_after: float
-    max_response_bytes: int
-    disable_after_failures: int
-    disable_after_seconds: float
-    retention_days: float
-    address_policy: AddressPolicy
-    max_in_flight_per_registration: int
-    max_in_flight_per_host: int
-    max_queue: int
-    max_payload_bytes: int
-    max_registrations_per_owner: int
-    test_max_targets: int
-    test_calls_per_minute: int
-    redeliver_calls_per_minute: int
-    claim_lease: float | None
-    secret_overlap: float
-    ca_bundle: str | None
-    proxy: str | None
-    secret_keys: Any
+    app: Flask
 
-    @property
-    def lease_seconds(self) -> float:
-        """How long a claimed delivery stays claimed: longer than any attempt can take."""
-        if self.claim_lease is not None:
-            return self.claim_lease
-        return 2 * (self.async_timeout + self.connect_timeout) + 30
-
-    @classmethod
-    def from_app(cls, app: Flask) -> Settings:
-        """Read and validate the settings; raise :class:`ConfigurationError` on bad values."""
-        for name, default in DEFAULTS.items():
-            app.config.setdefault(PREFIX + name, default)
-
-        def value(name: str) -> Any:
-            return app.config[PREFIX + name]
-
-        database_uri = value("DATABASE_URI")
-        if database_uri is None:
-            database_uri = "sqlite:///" + os.path.join(app.instance_path, DEFAULT_SQLITE_FILENAME)
-        elif not isinstance(database_uri, str) or "://" not in database_uri:
-            raise ConfigurationError(
-                PREFIX + "DATABASE_URI", f"expected an SQLAlchemy URL, got {database_uri!r}"
-            )
-
-        url_prefix = value("URL_PREFIX")
-        if not isinstance(url_prefix, str) or not url_prefix.startswith("/"):
-            raise ConfigurationError(
-                PREFIX + "URL_PREFIX", f"expected a path starting with '/', got {url_prefix!r}"
-            )
-
-        page_size = _positive_int(value, "PAGE_SIZE")
-        max_page_size = _positive_int(value, "MAX_PAGE_SIZE")
-        if page_size > max_page_size:
-            raise ConfigurationError(
-                PREFIX + "PAGE_SIZE", f"must not exceed MAX_PAGE_SIZE ({max_page_size})"
-            )
-
-        return cls(
-            database_uri=database_uri,
-            url_prefix=url_prefix.rstrip("/"),
-            allow_http=_bool(value, "ALLOW_HTTP"),
-            max_body_bytes=_positive_int(value, "MAX_BODY_BYTES"),
-            page_size=page_size,
-            max_page_size=max_page_size,
-            sqlite_busy_timeout=_positive_number(value, "SQLITE_BUSY_TIMEOUT"),
-            sync_timeout=_positive_number(value, "SYNC_TIMEOUT"),
-            connect_timeout=_positive_number(value, "CONNECT_TIMEOUT"),
-            async_timeout=_positive_number(value, "ASYNC_TIMEOUT"),
-            executor=_executor(value),
-            autostart=_optional_bool(value, "AUTOSTART"),
-            celery_sweep_interval=_positive_number(value, "CELERY_SWEEP_INTERVAL"),
-            workers=_positive_int(value, "WORKERS"),
-            sync_workers=_positive_int(value, "SYNC_WORKERS"),
-            poll_interval=_positive_number(value, "POLL_INTERVAL"),
-            retry_schedule=_schedule(value, "RETRY_SCHEDULE"),
-            retry_jitter=_fraction(value, "RETRY_JITTER"),
-            max_retry_after=_positive_number(value, "MAX_RETRY_AFTER"),
-            max_response_bytes=_positive_int(value, "MAX_RESPONSE_BYTES"),
-            disable_after_failures=_positive_int(value, "DISABLE_AFTER_FAILURES"),
-            disable_after_seconds=_non_negative_number(value, "DISABLE_AFTER_SECONDS"),
-            retention_days=_positive_number(value, "RETENTION_DAYS"),
-            address_policy=AddressPolicy(
-                allowed_networks=_networks(value, "ALLOWED_NETWORKS"),
-                allowed_ports=frozenset({80, 443, *_ports(value, "ALLOWED_PORTS")}),
-            ),
-            max_in_flight_per_registration=_positive_int(value, "MAX_IN_FLIGHT_PER_REGISTRATION"),
-            max_in_flight_per_host=_positive_int(value, "MAX_IN_FLIGHT_PER_HOST"),
-            max_queue=_positive_int(value, "MAX_QUEUE"),
-            max_payload_bytes=_positive_int(value, "MAX_PAYLOAD_BYTES"),
-            max_registrations_per_owner=_positive_int(value, "MAX_REGISTRATIONS_PER_OWNER"),
-            test_max_targets=_positive_int(value, "TEST_MAX_TARGETS"),
-            test_calls_per_minute=_positive_int(value, "TEST_CALLS_PER_MINUTE"),
-            redeliver_calls_per_minute=_positive_int(value, "REDELIVER_CALLS_PER_MINUTE"),
-            claim_lease=_lease(value, "CLAIM_LEASE"),
-            secret_overlap=_non_negative_number(value, "SECRET_OVERLAP"),
-            ca_bundle=_ca_bundle(value, "CA_BUNDLE"),
-            proxy=_proxy(value, "PROXY"),
-            secret_keys=value("SECRET_KEYS"),
-        )
+    def __getitem__(self, name: str) -> Any:
+        """The value of ``KAIZEN_WEBHOOKS_<name>``."""
+        return self.app.config[PREFIX + name]
 
 
-def _executor(value: Any) -> Executor:
-    """``EXECUTOR`` (``thread``, ``celery`` or ``none``), or its former name ``DISPATCHER``."""
-    if value("EXECUTOR") is None:
-        return Executor(_choice(value, "DISPATCHER", EXECUTORS))
-    executor = Executor(_choice(value, "EXECUTOR", EXECUTORS))
-    if value("DISPATCHER") not in (DEFAULTS["DISPATCHER"], executor):
-        raise ConfigurationError(
-            PREFIX + "EXECUTOR", "set either EXECUTOR or its former name DISPATCHER, not both"
-        )
-    return executor
+@dataclass(frozen=True, slots=True)
+class Setting(Generic[T]):
+    """One setting's declaration: its default, its parser and what it means."""
+
+    default: object
+    #: Reads the setting named (without the prefix) and checks it; raises ConfigurationError.
+    parse: Callable[[Given, str], T]
+    doc: str
 
 
-def _bool(value: Any, name: str) -> bool:
-    raw = value(name)
+def setting(default: object, parse: Callable[[Given, str], T], doc: str) -> T:
+    """A field of :class:`Settings`, read from the key named as the field in capitals."""
+    return cast(T, field(metadata={DECLARATION: Setting(default, parse, doc)}))
+
+
+def _database_uri(given: Given, name: str) -> str:
+    """An SQLAlchemy URL; None means an SQLite file in the app's instance folder."""
+    raw = given[name]
+    if raw is None:
+        return "sqlite:///" + os.path.join(given.app.instance_path, DEFAULT_SQLITE_FILENAME)
+    if not isinstance(raw, str) or "://" not in raw:
+        raise ConfigurationError(PREFIX + name, f"expected an SQLAlchemy URL, got {raw!r}")
+    return raw
+
+
+def _url_prefix(given: Given, name: str) -> str:
+    """A path starting with ``/``, without a trailing one."""
+    raw = given[name]
+    if not isinstance(raw, str) or not raw.startswith("/"):
+        raise ConfigurationError(PREFIX + name, f"expected a path starting with '/', got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _bool(given: Given, name: str) -> bool:
+    """True or False."""
+    raw = given[name]
     if not isinstance(raw, bool):
         raise ConfigurationError(PREFIX + name, f"expected True or False, got {raw!r}")
     return raw
 
 
-def _optional_bool(value: Any, name: str) -> bool | None:
-    raw = value(name)
+def _optional_bool(given: Given, name: str) -> bool | None:
+    """True, False or None."""
+    raw = given[name]
     if raw is not None and not isinstance(raw, bool):
         raise ConfigurationError(PREFIX + name, f"expected True, False or None, got {raw!r}")
     return raw
 
 
-def _positive_int(value: Any, name: str) -> int:
-    raw = value(name)
+def _positive_int(given: Given, name: str) -> int:
+    """An integer above 0 (not a bool)."""
+    raw = given[name]
     if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
         raise ConfigurationError(PREFIX + name, f"expected a positive integer, got {raw!r}")
     return raw
 
 
-def _positive_number(value: Any, name: str) -> float:
-    raw = value(name)
+def _page_size(given: Given, name: str) -> int:
+    """A positive integer no larger than ``MAX_PAGE_SIZE``."""
+    size, largest = _positive_int(given, name), _positive_int(given, "MAX_PAGE_SIZE")
+    if size > largest:
+        raise ConfigurationError(PREFIX + name, f"must not exceed MAX_PAGE_SIZE ({largest})")
+    return size
+
+
+def _positive_number(given: Given, name: str) -> float:
+    """A number above 0."""
+    raw = given[name]
     if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
         raise ConfigurationError(PREFIX + name, f"expected a positive number, got {raw!r}")
     return float(raw)
 
 
-def _non_negative_number(value: Any, name: str) -> float:
-    raw = value(name)
+def _non_negative_number(given: Given, name: str) -> float:
+    """A number from 0 up."""
+    raw = given[name]
     if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
         raise ConfigurationError(PREFIX + name, f"expected a number >= 0, got {raw!r}")
     return float(raw)
 
 
-def _fraction(value: Any, name: str) -> float:
-    raw = _non_negative_number(value, name)
+def _fraction(given: Given, name: str) -> float:
+    """A number from 0 to below 1."""
+    raw = _non_negative_number(given, name)
     if raw >= 1:
         raise ConfigurationError(PREFIX + name, f"expected a fraction from 0 to below 1, got {raw}")
     return raw
 
 
-def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    raw = value(name)
-    if raw not in choices:
+def _executor_name(given: Given, name: str) -> Executor:
+    """An :class:`Executor`, by its name."""
+    raw = given[name]
+    if raw not in EXECUTORS:
         raise ConfigurationError(
-            PREFIX + name, f"expected one of {', '.join(choices)}; got {raw!r}"
+            PREFIX + name, f"expected one of {', '.join(EXECUTORS)}; got {raw!r}"
         )
-    return str(raw)
+    return Executor(raw)
 
 
-def _schedule(value: Any, name: str) -> tuple[float, ...]:
-    raw = value(name)
+def _executor(given: Given, name: str) -> Executor:
+    """An :class:`Executor`; while None, what its former name ``DISPATCHER`` says."""
+    former = FORMER_NAMES["DISPATCHER"]
+    if given[name] is None:
+        return former.parse(given, "DISPATCHER")
+    executor = _executor_name(given, name)
+    if given["DISPATCHER"] not in (former.default, executor):
+        raise ConfigurationError(
+            PREFIX + name, "set either EXECUTOR or its former name DISPATCHER, not both"
+        )
+    return executor
+
+
+#: Former names still read, by the setting that took their place; they have no field.
+FORMER_NAMES: dict[str, Setting[Executor]] = {
+    "DISPATCHER": Setting(
+        "thread", _executor_name, "EXECUTOR's former name, read only while EXECUTOR is None."
+    ),
+}
+
+
+def _schedule(given: Given, name: str) -> tuple[float, ...]:
+    """A list of delays in seconds, each from 0 up."""
+    raw = given[name]
     if isinstance(raw, str) or not isinstance(raw, list | tuple):
         raise ConfigurationError(
             PREFIX + name, f"expected a list of delays in seconds, got {raw!r}"
@@ -277,8 +188,9 @@ def _schedule(value: Any, name: str) -> tuple[float, ...]:
     return tuple(delays)
 
 
-def _networks(value: Any, name: str) -> tuple[IPNetwork, ...]:
-    raw = value(name)
+def _networks(given: Given, name: str) -> tuple[IPNetwork, ...]:
+    """A list of CIDR networks."""
+    raw = given[name]
     if isinstance(raw, str) or not isinstance(raw, list | tuple):
         raise ConfigurationError(PREFIX + name, f"expected a list of CIDR networks, got {raw!r}")
     networks = []
@@ -290,8 +202,9 @@ def _networks(value: Any, name: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _ports(value: Any, name: str) -> tuple[int, ...]:
-    raw = value(name)
+def _ports(given: Given, name: str) -> tuple[int, ...]:
+    """A list of port numbers."""
+    raw = given[name]
     if isinstance(raw, str) or not isinstance(raw, list | tuple):
         raise ConfigurationError(PREFIX + name, f"expected a list of port numbers, got {raw!r}")
     for port in raw:
@@ -300,11 +213,17 @@ def _ports(value: Any, name: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _lease(value: Any, name: str) -> float | None:
-    if value(name) is None:
+def _secret_keys(given: Given, name: str) -> tuple[bytes, ...]:
+    """Fernet keys, newest first, as :func:`.sealing.fernet_keys` checks them."""
+    return fernet_keys(given[name])
+
+
+def _lease(given: Given, name: str) -> float | None:
+    """None, or a positive number of seconds longer than the longest attempt."""
+    if given[name] is None:
         return None
-    lease = _positive_number(value, name)
-    longest = _positive_number(value, "ASYNC_TIMEOUT") + _positive_number(value, "CONNECT_TIMEOUT")
+    lease = _positive_number(given, name)
+    longest = _positive_number(given, "ASYNC_TIMEOUT") + _positive_number(given, "CONNECT_TIMEOUT")
     if lease <= longest:
         raise ConfigurationError(
             PREFIX + name,
@@ -314,9 +233,19 @@ def _lease(value: Any, name: str) -> float | None:
     return lease
 
 
-def _proxy(value: Any, name: str) -> str | None:
+def _ca_bundle(given: Given, name: str) -> str | None:
+    """None, or the path of a file."""
+    raw = given[name]
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not os.path.isfile(raw):
+        raise ConfigurationError(PREFIX + name, f"expected the path of a PEM file, got {raw!r}")
+    return raw
+
+
+def _proxy(given: Given, name: str) -> str | None:
     """An egress proxy's URL: ``http://`` or ``https://``, a host, a port."""
-    raw = value(name)
+    raw = given[name]
     if raw is None:
         return None
     try:
@@ -331,10 +260,109 @@ def _proxy(value: Any, name: str) -> str | None:
     return str(raw)
 
 
-def _ca_bundle(value: Any, name: str) -> str | None:
-    raw = value(name)
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or not os.path.isfile(raw):
-        raise ConfigurationError(PREFIX + name, f"expected the path of a PEM file, got {raw!r}")
-    return raw
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The extension's settings for one app; see ``docs/configuration.rst``."""
+
+    database_uri: str = setting(
+        None, _database_uri, "The embedded database's URL; None: SQLite in the instance folder."
+    )
+    url_prefix: str = setting("/v2/webhooks", _url_prefix, "Where the API is mounted.")
+    allow_http: bool = setting(False, _bool, "Accept plain http:// URLs at registration.")
+    max_body_bytes: int = setting(64 * 1024, _positive_int, "The largest request body read.")
+    page_size: int = setting(50, _page_size, "Items per page when the caller gives no limit.")
+    max_page_size: int = setting(200, _positive_int, "The largest limit a caller may ask for.")
+    sqlite_busy_timeout: float = setting(
+        30.0, _positive_number, "Seconds a writer waits for a locked embedded SQLite database."
+    )
+    sync_timeout: float = setting(5.0, _positive_number, "Seconds a synchronous fan-out waits.")
+    connect_timeout: float = setting(2.0, _positive_number, "Seconds to wait for a connection.")
+    async_timeout: float = setting(15.0, _positive_number, "Seconds one async attempt may take.")
+    executor: Executor = setting(
+        None, _executor, "What sends async deliveries: thread, celery or none; None: DISPATCHER's."
+    )
+    autostart: bool | None = setting(
+        None, _optional_bool, "Start the engine with init_app, on first use, or (None) when served."
+    )
+    celery_sweep_interval: float = setting(60.0, _positive_number, "Seconds between Celery sweeps.")
+    workers: int = setting(8, _positive_int, "Asynchronous attempts one process makes at once.")
+    sync_workers: int = setting(32, _positive_int, "Sync webhooks one process sends at once.")
+    poll_interval: float = setting(1.0, _positive_number, "Seconds between polls for due work.")
+    retry_schedule: tuple[float, ...] = setting(
+        (5, 300, 1800, 7200, 18000, 36000, 36000), _schedule, "The delays (s) between attempts."
+    )
+    retry_jitter: float = setting(0.2, _fraction, "The fraction each delay is spread either way.")
+    max_retry_after: float = setting(86400, _positive_number, "The longest Retry-After obeyed (s).")
+    max_response_bytes: int = setting(64 * 1024, _positive_int, "The largest receiver answer read.")
+    disable_after_failures: int = setting(
+        5, _positive_int, "Deliveries failed for good in a row that disable a registration."
+    )
+    disable_after_seconds: float = setting(
+        86400, _non_negative_number, "Seconds since the first of those failures before disabling."
+    )
+    retention_days: float = setting(30, _positive_number, "Days finished deliveries are kept.")
+    allowed_networks: tuple[IPNetwork, ...] = setting(
+        (), _networks, "CIDR networks webhooks may reach although they are not public."
+    )
+    allowed_ports: tuple[int, ...] = setting((), _ports, "Ports allowed besides 80 and 443.")
+    secret_keys: tuple[bytes, ...] = setting(
+        (), _secret_keys, "Fernet keys for secrets at rest, newest first; none: from SECRET_KEY."
+    )
+    max_in_flight_per_registration: int = setting(
+        2, _positive_int, "Attempts under way at once to one registration, in one process."
+    )
+    max_in_flight_per_host: int = setting(4, _positive_int, "Attempts at once to one host.")
+    max_queue: int = setting(10_000, _positive_int, "Delivery ids a process keeps in memory.")
+    max_payload_bytes: int = setting(256 * 1024, _positive_int, "The largest payload, as JSON.")
+    max_registrations_per_owner: int = setting(
+        100, _positive_int, "How many registrations one owner may have."
+    )
+    test_max_targets: int = setting(10, _positive_int, "Most registrations a POST /test sends to.")
+    test_calls_per_minute: int = setting(10, _positive_int, "Owner's POST /test calls per minute.")
+    redeliver_calls_per_minute: int = setting(
+        60, _positive_int, "Redelivery calls one owner may make per minute."
+    )
+    claim_lease: float | None = setting(None, _lease, "Seconds a claim lasts (see lease_seconds).")
+    secret_overlap: float = setting(
+        86400, _non_negative_number, "Seconds webhooks stay signed with the previous secret too."
+    )
+    ca_bundle: str | None = setting(None, _ca_bundle, "Trusted CAs' PEM file; None: the system's.")
+    proxy: str | None = setting(None, _proxy, "Egress proxy for every webhook; None: none.")
+
+    @property
+    def address_policy(self) -> AddressPolicy:
+        """Which addresses and ports webhooks may reach: ALLOWED_NETWORKS and ALLOWED_PORTS."""
+        ports = frozenset({80, 443, *self.allowed_ports})
+        return AddressPolicy(allowed_networks=self.allowed_networks, allowed_ports=ports)
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed delivery stays claimed: longer than any attempt can take."""
+        if self.claim_lease is not None:
+            return self.claim_lease
+        return 2 * (self.async_timeout + self.connect_timeout) + 30
+
+    @classmethod
+    def from_app(cls, app: Flask) -> Settings:
+        """Read and validate the settings, after writing the defaults of unset keys back into
+        ``app.config``; raise :class:`ConfigurationError` on bad values."""
+        for name, default in DEFAULTS.items():
+            app.config.setdefault(PREFIX + name, default)
+        given = Given(app)
+        return cls(
+            **{
+                item.name: item.metadata[DECLARATION].parse(given, item.name.upper())
+                for item in fields(cls)
+            }
+        )
+
+
+#: Every setting's declaration by its key without the prefix: the fields, then former names.
+DECLARATIONS: dict[str, Setting[Any]] = {
+    **{item.name.upper(): item.metadata[DECLARATION] for item in fields(Settings)},
+    **FORMER_NAMES,
+}
+
+#: Every key with its default. ``None`` for DATABASE_URI means "an SQLite file in the app's
+#: instance folder".
+DEFAULTS: dict[str, Any] = {name: declaration.default for name, declaration in DECLARATIONS.items()}

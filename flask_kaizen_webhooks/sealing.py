@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+from collections.abc import Sequence
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -23,31 +24,46 @@ KEY_SETTING = "KAIZEN_WEBHOOKS_SECRET_KEYS"
 OPENED_CACHE = 1024
 
 
+def fernet_keys(configured: object) -> tuple[bytes, ...]:
+    """The keys of ``KAIZEN_WEBHOOKS_SECRET_KEYS``, checked: Fernet keys, newest first; none if
+    it is unset (or empty)."""
+    if not configured:
+        return ()
+    if isinstance(configured, str | bytes) or not isinstance(configured, list | tuple):
+        raise ConfigurationError(KEY_SETTING, "expected a list of Fernet keys, newest first")
+    keys = tuple(key.encode() if isinstance(key, str) else key for key in configured)
+    for key in keys:
+        _fernet(key)
+    return keys
+
+
+def _fernet(key: bytes) -> Fernet:
+    """A Fernet for ``key``; :class:`ConfigurationError` if it is not a Fernet key."""
+    try:
+        return Fernet(key)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            KEY_SETTING,
+            f"not a Fernet key ({exc}); make one with "
+            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'",
+        ) from None
+
+
 class SecretBox:
     """Seals and opens secrets with a list of Fernet keys, newest first."""
 
-    def __init__(self, keys: list[bytes]) -> None:
+    def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ConfigurationError(KEY_SETTING, "at least one key is needed")
-        try:
-            self._fernet = MultiFernet([Fernet(key) for key in keys])
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                KEY_SETTING,
-                f"not a Fernet key ({exc}); make one with "
-                "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'",
-            ) from None
+        self._fernet = MultiFernet([_fernet(key) for key in keys])
         self._open = lru_cache(maxsize=OPENED_CACHE)(self._decrypt)
 
     @classmethod
     def from_config(cls, configured: object, secret_key: str | bytes | None) -> SecretBox:
         """The box for an app: its configured keys, or one derived from ``SECRET_KEY``."""
-        if configured:
-            if isinstance(configured, str | bytes) or not isinstance(configured, list | tuple):
-                raise ConfigurationError(
-                    KEY_SETTING, "expected a list of Fernet keys, newest first"
-                )
-            return cls([key.encode() if isinstance(key, str) else key for key in configured])
+        keys = fernet_keys(configured)
+        if keys:
+            return cls(keys)
         if not secret_key:
             raise ConfigurationError(
                 KEY_SETTING, "set it (or at least the app's SECRET_KEY) to encrypt secrets at rest"
