@@ -12,6 +12,9 @@ EXTRAS_test := test,postgres,celery,docs
 EXTRAS_lint := lint,postgres,celery
 EXTRAS_docs := docs
 EXTRAS_bench := postgres,celery
+# Packages an install needs besides the package's extras: the benchmark's baseline posts with
+# requests, as a host writing webhooks by hand would.
+PACKAGES_bench := requests
 
 .PHONY: demo reset test lint docs fuzz bench bench-quick clean
 
@@ -21,6 +24,7 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.$(if $(EXTRAS_$*),[$(EXTRAS_$*)])'
+	$(if $(PACKAGES_$*),$(BIN)/python -m pip install --quiet $(PACKAGES_$*))
 	touch $@
 
 demo: $(VENV)/.installed-package

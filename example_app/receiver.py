@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
 
-import requests
 from flask import Flask, request
 
 from flask_kaizen_webhooks.receiver import webhook_view
@@ -48,9 +49,19 @@ def fill_in_profile(callback_url: str, token: str, payload: dict[str, Any]) -> A
     headers = {"Authorization": f"Bearer {token}"}
     url = f"{callback_url.rstrip('/')}/v2/profiles/{user_id}"
     update = {"userFields": [{"name": "department", "value": "Cardiology"}]}
-    response = requests.put(url, json=update, headers=headers, timeout=3)
-    print(f"Filled in profile {user_id}: HTTP {response.status_code}", flush=True)
-    return response.json() if response.ok else None
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(update).encode(),
+        headers={**headers, "Content-Type": "application/json"},
+        method="PUT",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            print(f"Filled in profile {user_id}: HTTP {response.status}", flush=True)
+            return json.load(response)
+    except urllib.error.HTTPError as error:
+        print(f"Filled in profile {user_id}: HTTP {error.code}", flush=True)
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:

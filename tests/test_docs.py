@@ -212,6 +212,23 @@ def captioned(text: str, caption: str) -> str:
     return textwrap.dedent(match[1]).strip() + "\n"
 
 
+def test_the_quickstarts_own_test_passes_with_the_recorder(tmp_path: Path) -> None:
+    text = (DOCS / "quickstart.rst").read_text()
+    for name in ("host.py", "test_host.py"):
+        (tmp_path / name).write_text(captioned(text, name))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLASK_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_host.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+
+
 def test_the_quickstart_host_runs_and_sends_its_first_webhooks(tmp_path: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
