@@ -19,7 +19,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import click
 from flask import Flask
+from flask.cli import run_command
+from flask.helpers import get_debug_flag
 
 
 class StartAt(enum.StrEnum):
@@ -48,17 +51,12 @@ def _serving() -> bool:
     waitress. False elsewhere: other commands (``flask shell``, ``flask db upgrade``, ``flask
     webhooks ...``, a Celery worker), scripts, migrations, plain ``app.run()`` (which starts on
     its first request, or call ``webhooks.start(app)`` first)."""
-    import click
-    from flask.cli import run_command
-
     context = click.get_current_context(silent=True)
     if context is not None:
         if context.command is not run_command:
             return False
         reload = context.params.get("reload")
         if reload is None:
-            from flask.helpers import get_debug_flag
-
             reload = get_debug_flag()
         return not reload or os.environ.get("WERKZEUG_RUN_MAIN") == "true"
     return (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -158,3 +159,15 @@ def test_a_task_finds_its_delivery_while_a_sibling_task_fans_its_event_out(
             looking.join(10)
     assert found["first"] is not None and found["first"].delivery_id == first
     assert found["second"] is not None and found["second"].delivery_id == second
+
+
+def test_time_ordered_ids_are_uuid7_unique_and_ordered_by_time() -> None:
+    first = outbox.time_ordered_ids(500)
+    time.sleep(0.002)
+    later = outbox.time_ordered_ids(3)
+    assert len(set(first + later)) == 503
+    for text_id in first + later:
+        parsed = uuid.UUID(text_id)
+        assert str(parsed) == text_id
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert max(first) < min(later)  # a later millisecond sorts after

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, event, inspect, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import ORMExecuteState
 
-from flask_kaizen_webhooks import RevConflict, clock, get_state
-from flask_kaizen_webhooks.storage import outbox, registrations
+from flask_kaizen_webhooks import RevConflict, get_state
+from flask_kaizen_webhooks.storage import registrations
 from flask_kaizen_webhooks.storage.tables import Registration
 from tests.conftest import ADMIN, Host
 
@@ -184,94 +183,3 @@ def test_concurrent_updates_over_http_exactly_one_wins(host: Host, serve: Any) -
         for response in responses:
             if response.status_code == 409:
                 assert response.json()["error"]["current_rev"] == won["rev"]
-
-
-def test_prepared_statements_match_sqlalchemy_on_every_backend(host: Host) -> None:
-    """The request path's driver-level statements write and read what SQLAlchemy would."""
-    from datetime import UTC, datetime
-
-    from sqlalchemy import bindparam, insert
-
-    from flask_kaizen_webhooks.storage.prepared import Prepared
-    from flask_kaizen_webhooks.storage.tables import Delivery
-
-    table = Delivery.__table__
-    moment = datetime(2026, 11, 29, 7, 1, 2, 345678, tzinfo=UTC)
-    keys = ("id", "registration_id", "owner", "payload")
-    shared = {"topic": "profile_updated", "mode": "async", "status": "pending", "attempts": 0}
-    shared |= {"retry_index": 0, "updated_at": moment}
-    write = Prepared(insert(table), column_keys=(*keys, *shared, "created_at"))
-    read = Prepared(
-        select(table.c.id, table.c.created_at, table.c.attempts)
-        .where(table.c.topic == bindparam("topic"), table.c.mode == "async")
-        .order_by(table.c.id)
-    )
-    add(host)
-    with host.app.app_context():
-        session = get_state().database.session
-        connection = session.connection()
-        with pytest.raises(ValueError, match="needs values for"):
-            Prepared(insert(table), column_keys=keys).compiled(connection.dialect)
-        rows = [(f"d-{n}", "r-1", "org-1", "{}") for n in range(3)]
-        write.insert_many(connection, {**shared, "created_at": moment}, keys, rows[:2])
-        # Something watching the engine's statements (tracing, say) sees them.
-        seen: list[str] = []
-
-        def watch(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            seen.append(statement)
-
-        event.listen(session.get_bind(), "before_cursor_execute", watch)
-        try:
-            write.insert_many(connection, {**shared, "created_at": moment}, keys, rows[2:])
-        finally:
-            event.remove(session.get_bind(), "before_cursor_execute", watch)
-        assert len(seen) == 1 and seen[0].startswith("INSERT INTO kaizen_webhook_deliveries")
-        session.commit()
-        # A driver error is SQLAlchemy's exception, as from any other statement.
-        with pytest.raises(IntegrityError):
-            write.insert_many(session.connection(), {**shared, "created_at": moment}, keys, rows)
-        session.rollback()
-        fast = [tuple(row) for row in read.rows(session.connection(), {"topic": "profile_updated"})]
-        usual = [
-            tuple(row)
-            for row in session.execute(
-                select(table.c.id, table.c.created_at, table.c.attempts)
-                .where(table.c.topic == "profile_updated")
-                .order_by(table.c.id)
-            )
-        ]
-        stored = session.scalars(select(Delivery).order_by(Delivery.id)).all()
-    assert fast == usual and [row[0] for row in fast] == ["d-0", "d-1", "d-2"]
-    assert {clock.as_utc(row[1]) for row in fast} == {moment}
-    assert [(d.status, d.attempts, d.retry_index) for d in stored] == [("pending", 0, 0)] * 3
-
-
-def test_time_ordered_ids_are_uuid7_unique_and_ordered_by_time() -> None:
-    import time
-    import uuid
-
-    first = outbox.time_ordered_ids(500)
-    time.sleep(0.002)
-    later = outbox.time_ordered_ids(3)
-    assert len(set(first + later)) == 503
-    for text_id in first + later:
-        parsed = uuid.UUID(text_id)
-        assert str(parsed) == text_id
-        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
-    assert max(first) < min(later)  # a later millisecond sorts after
-
-
-def test_a_prepared_insert_of_a_single_column_on_a_positional_driver() -> None:
-    from sqlalchemy import Column, Integer, MetaData, Table, insert
-
-    from flask_kaizen_webhooks.storage.prepared import Prepared
-
-    table = Table("single", MetaData(), Column("x", Integer))
-    engine = create_engine("sqlite://")  # qmark: positional parameters
-    table.metadata.create_all(engine)
-    with engine.begin() as connection:
-        Prepared(insert(table), column_keys=("x",)).insert_many(
-            connection, {}, ("x",), [(1,), (2,)]
-        )
-        assert sorted(connection.execute(select(table.c.x)).scalars()) == [1, 2]
-    engine.dispose()
