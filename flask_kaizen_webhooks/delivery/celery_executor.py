@@ -78,7 +78,7 @@ class CeleryExecutor:
             },
         }
 
-    # The Dispatcher protocol: the web process only hands ids over.
+    # The Executor protocol: the web process only hands ids over.
 
     def start(self) -> None:
         return None

@@ -180,7 +180,7 @@ class Delivery(Base):
 class Event(Base):
     """An asynchronous event fired inside the host's transaction: one outbox row for all its
     recipients, so that the host's request writes one row however many registrations there are.
-    The dispatcher fans it out into one :class:`Delivery` per recipient once it is committed,
+    The engine fans it out into one :class:`Delivery` per recipient once it is committed,
     and deletes it in the same transaction."""
 
     __tablename__ = "kaizen_webhook_events"
