@@ -325,7 +325,8 @@ def send_test(topic: str, registration_id: str | None) -> None:
         targets = outbox.active_targets(session, topic=topic, registration_id=registration_id)
     if not targets:
         raise click.ClickException(f"No registration of {topic!r} to send to.")
-    results = state.send_test(app, found, targets)
+    # An operator waits as long as any attempt may take, whatever the topic.
+    results = state.send_test(app, found, targets, timeout=state.settings.async_timeout)
     print_table(
         ["REGISTRATION", "OK", "STATUS", "MS", "ERROR"],
         [

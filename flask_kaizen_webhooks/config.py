@@ -28,7 +28,7 @@ DECLARATION = "kaizen_webhooks_setting"
 T = TypeVar("T")
 
 
-class Executor(enum.StrEnum):
+class ExecutorKind(enum.StrEnum):
     """What sends asynchronous deliveries (``KAIZEN_WEBHOOKS_EXECUTOR``)."""
 
     #: Background threads in the app process.
@@ -39,7 +39,7 @@ class Executor(enum.StrEnum):
     NONE = "none"
 
 
-EXECUTORS = tuple(executor.value for executor in Executor)
+EXECUTORS = tuple(executor.value for executor in ExecutorKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,18 +142,18 @@ def _fraction(given: Given, name: str) -> float:
     return raw
 
 
-def _executor_name(given: Given, name: str) -> Executor:
-    """An :class:`Executor`, by its name."""
+def _executor_name(given: Given, name: str) -> ExecutorKind:
+    """An :class:`ExecutorKind`, by its name."""
     raw = given[name]
     if raw not in EXECUTORS:
         raise ConfigurationError(
             PREFIX + name, f"expected one of {', '.join(EXECUTORS)}; got {raw!r}"
         )
-    return Executor(raw)
+    return ExecutorKind(raw)
 
 
-def _executor(given: Given, name: str) -> Executor:
-    """An :class:`Executor`; while None, what its former name ``DISPATCHER`` says."""
+def _executor(given: Given, name: str) -> ExecutorKind:
+    """An :class:`ExecutorKind`; while None, what its former name ``DISPATCHER`` says."""
     former = FORMER_NAMES["DISPATCHER"]
     if given[name] is None:
         return former.parse(given, "DISPATCHER")
@@ -166,7 +166,7 @@ def _executor(given: Given, name: str) -> Executor:
 
 
 #: Former names still read, by the setting that took their place; they have no field.
-FORMER_NAMES: dict[str, Setting[Executor]] = {
+FORMER_NAMES: dict[str, Setting[ExecutorKind]] = {
     "DISPATCHER": Setting(
         "thread", _executor_name, "EXECUTOR's former name, read only while EXECUTOR is None."
     ),
@@ -278,7 +278,7 @@ class Settings:
     sync_timeout: float = setting(5.0, _positive_number, "Seconds a synchronous fan-out waits.")
     connect_timeout: float = setting(2.0, _positive_number, "Seconds to wait for a connection.")
     async_timeout: float = setting(15.0, _positive_number, "Seconds one async attempt may take.")
-    executor: Executor = setting(
+    executor: ExecutorKind = setting(
         None, _executor, "What sends async deliveries: thread, celery or none; None: DISPATCHER's."
     )
     autostart: bool | None = setting(

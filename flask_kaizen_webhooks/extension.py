@@ -20,7 +20,16 @@ from .logs import show_warnings
 from .recording import SentWebhook
 from .serving import StartAt, start_at
 from .signals import topic_signal
-from .state import EXTENSION_KEY, HostCallbacks, WebhooksState, get_state, keep
+from .state import (
+    EXTENSION_KEY,
+    HostCallbacks,
+    OwnerKey,
+    PermissionChecker,
+    UserLoader,
+    WebhooksState,
+    get_state,
+    keep,
+)
 from .storage import outbox
 from .storage.database import Database
 from .topics import Mode, Topic, TopicRegistry
@@ -86,6 +95,33 @@ class KaizenWebhooks:
 
     # Host callbacks ----------------------------------------------------------------------------
 
+    @property
+    def user_loader_callback(self) -> UserLoader | None:
+        """The function set with :meth:`user_loader`."""
+        return self.callbacks.user_loader
+
+    @user_loader_callback.setter
+    def user_loader_callback(self, callback: UserLoader | None) -> None:
+        self.callbacks.user_loader = callback
+
+    @property
+    def permission_checker_callback(self) -> PermissionChecker | None:
+        """The function set with :meth:`permission_checker`."""
+        return self.callbacks.permission_checker
+
+    @permission_checker_callback.setter
+    def permission_checker_callback(self, callback: PermissionChecker | None) -> None:
+        self.callbacks.permission_checker = callback
+
+    @property
+    def owner_key_callback(self) -> OwnerKey | None:
+        """The function set with :meth:`owner_key`."""
+        return self.callbacks.owner_key
+
+    @owner_key_callback.setter
+    def owner_key_callback(self, callback: OwnerKey | None) -> None:
+        self.callbacks.owner_key = callback
+
     def user_loader(self, callback: F) -> F:
         """Decorate the function returning the API user of the current request, or None (401)."""
         self.callbacks.user_loader = callback
@@ -135,8 +171,9 @@ class KaizenWebhooks:
         if found is None:
             raise UnknownTopic(topic, self.topics.names())
         document, encoded = checked_payload(payload, state.settings.max_payload_bytes)
-        if state.recordings:
-            return state.recordings.capture(state.database, found, document)
+        recordings = state.recordings.listening()
+        if recordings:
+            return state.recordings.capture(recordings, state.database, found, encoded)
         if found.mode is Mode.ASYNC:
             return enqueue(state.context, state.executor, topic, encoded)
         results = self._send_now(target_app, state, topic, document)

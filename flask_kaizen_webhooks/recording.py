@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from .delivery.sync import DeliveryResult
+from .signing import with_request_ids
 from .storage import outbox
 from .storage.database import Database
+from .storage.rows import Target
 from .topics import Mode, Topic
 
 
@@ -23,7 +26,7 @@ class SentWebhook:
     registration_id: str
     owner: str
     url: str
-    #: The JSON document the receiver would get, ``webhook_request_id`` included.
+    #: The JSON document the receiver would get (decoded), ``webhook_request_id`` included.
     payload: dict[str, Any]
 
     @property
@@ -33,14 +36,12 @@ class SentWebhook:
 
 
 class Recordings:
-    """The recordings open for one app; while one is, the app sends nothing."""
+    """The recordings open for one app. While one is open, every webhook the app fires, from
+    any thread, is recorded in each open recording instead of being sent."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: list[list[SentWebhook]] = []
-
-    def __bool__(self) -> bool:
-        return bool(self._open)
 
     @contextmanager
     def open(self) -> Iterator[list[SentWebhook]]:
@@ -54,26 +55,32 @@ class Recordings:
             with self._lock:
                 self._open.remove(sent)
 
+    def listening(self) -> list[list[SentWebhook]]:
+        """The recordings open now (none: send as usual)."""
+        with self._lock:
+            return list(self._open)
+
     def capture(
-        self, database: Database, topic: Topic, document: dict[str, Any]
+        self,
+        into: Sequence[list[SentWebhook]],
+        database: Database,
+        topic: Topic,
+        document_json: str,
     ) -> list[DeliveryResult] | list[str]:
-        """Record ``document`` as sent to every active registration of ``topic``; what
+        """Record the event (its JSON, checked) in each recording of ``into``, as sent to
+        every active registration of ``topic``, read as sending would read them; what
         :meth:`~flask_kaizen_webhooks.KaizenWebhooks.trigger` returns for it."""
-        with database.independent_session() as session:
-            targets = outbox.active_targets(session, topic=topic.name)
+        targets = _targets(database, topic)
         ids = outbox.time_ordered_ids(len(targets))
+        payloads = with_request_ids(document_json, ids)
         webhooks = [
             SentWebhook(
-                topic.name,
-                target.registration_id,
-                target.owner,
-                target.url,
-                {**document, "webhook_request_id": delivery_id},
+                topic.name, target.registration_id, target.owner, target.url, json.loads(payload)
             )
-            for target, delivery_id in zip(targets, ids, strict=True)
+            for target, payload in zip(targets, payloads, strict=True)
         ]
         with self._lock:
-            for sent in self._open:
+            for sent in into:
                 sent.extend(webhooks)
         if topic.mode is Mode.ASYNC:
             return ids
@@ -81,3 +88,19 @@ class Recordings:
             DeliveryResult(delivery_id, target.registration_id, True, None, 0.0, None, None, False)
             for target, delivery_id in zip(targets, ids, strict=True)
         ]
+
+
+def _targets(database: Database, topic: Topic) -> list[Target]:
+    """The topic's active registrations: an asynchronous topic's on the host's own session
+    (in its transaction, as its outbox rows would be written), a synchronous one's on a
+    session of their own, as a fan-out reads them."""
+    if topic.mode is Mode.ASYNC:
+        session = database.session
+        owned = database.embedded or not session.in_transaction()
+        try:
+            return outbox.active_targets(session, topic=topic.name)
+        finally:
+            if owned:  # the read began the transaction: it ends here, as sending's commit would
+                session.rollback()
+    with database.independent_session() as session:
+        return outbox.active_targets(session, topic=topic.name)

@@ -15,13 +15,12 @@ from typing import Any
 from flask import Flask, current_app
 
 from .clock import Clock
-from .config import Executor, Settings
+from .config import ExecutorKind, Settings
 from .delivery.celery_executor import CeleryExecutor
 from .delivery.client import Client
 from .delivery.context import DeliveryContext
 from .delivery.engine import ThreadExecutor
-from .delivery.executor import Executor as ExecutorProtocol
-from .delivery.executor import NoExecutor
+from .delivery.executor import Executor, NoExecutor
 from .delivery.recorder import Recorder
 from .delivery.sync import DeliveryResult, FanOutLog, fan_out, write_logs
 from .errors import WebhooksError
@@ -89,7 +88,7 @@ class WebhooksState:
         self.context = DeliveryContext(settings, database, secrets, Clock(), random.Random())
         #: The background engine's HTTP client; in a Celery worker, its tasks' (each task's
         #: thread waits for its own attempt: as many at once as the worker runs tasks).
-        celery = settings.executor is Executor.CELERY
+        celery = settings.executor == ExecutorKind.CELERY
         self.client = self._client("engine", CELERY_AT_ONCE if celery else settings.workers)
         #: Synchronous topics (the host's logins) send on a client of their own (its thread and
         #: connections), which nothing an integrator can set off (a test, a redelivery) delays.
@@ -143,11 +142,11 @@ class WebhooksState:
             name=f"kaizen-webhooks-{name}",
         )
 
-    def _executor(self, app: Flask) -> ExecutorProtocol:
+    def _executor(self, app: Flask) -> Executor:
         executor = self.settings.executor
-        if executor is Executor.THREAD:
+        if executor == ExecutorKind.THREAD:
             return ThreadExecutor(app, self.context, self.client)
-        if executor is Executor.CELERY:
+        if executor == ExecutorKind.CELERY:
             return CeleryExecutor(app, self.context, self.client)
         return NoExecutor()
 
@@ -182,11 +181,20 @@ class WebhooksState:
         )
 
     def send_test(
-        self, app: Flask, topic: Topic, targets: Sequence[Target]
+        self,
+        app: Flask,
+        topic: Topic,
+        targets: Sequence[Target],
+        *,
+        timeout: float | None = None,
     ) -> list[DeliveryResult]:
-        """Send ``topic``'s sample payload to ``targets`` now, on the tests' client, under the
-        topic's own time limit; the answers come back and are logged at once."""
+        """Send ``topic``'s sample payload to ``targets`` now, on the tests' client, within
+        ``timeout`` seconds (default: the topic's own time limit); the answers come back and
+        are logged at once."""
         settings = self.settings
+        if timeout is None:
+            synchronous = topic.mode is Mode.SYNC
+            timeout = settings.sync_timeout if synchronous else settings.async_timeout
         return fan_out(
             app,
             self.context,
@@ -194,7 +202,7 @@ class WebhooksState:
             document=dict(topic.sample_payload),
             targets=targets,
             mode=TEST_MODE,
-            timeout=settings.sync_timeout if topic.mode is Mode.SYNC else settings.async_timeout,
+            timeout=timeout,
             client=self.test_client,
             log=self.sync_log,
         )

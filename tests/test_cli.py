@@ -340,3 +340,21 @@ def test_the_views_say_which_deliveries_are_claimed_by_whom_and_until_when(
     assert (
         "being sent (claimed): 1 delivery, the last claim held until" in run(host, "stats").output
     )
+
+
+def test_the_test_command_waits_as_long_as_any_attempt_for_a_synchronous_topic(
+    make_host: Any, receiver: Any
+) -> None:
+    """An operator's test of a login hook waits ASYNC_TIMEOUT, not the login's deadline."""
+    host = make_host(
+        **{
+            **DELIVERY_CONFIG,
+            "KAIZEN_WEBHOOKS_SYNC_TIMEOUT": 0.3,
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 5,
+        }
+    )
+    server = receiver(lambda received, n: Reply(delay=0.8))
+    register(host, server.url(), topic="user_logged_in")
+    tested = run(host, "test", "user_logged_in")
+    assert tested.exit_code == 0, tested.output
+    assert "yes" in tested.output and "timed out" not in tested.output

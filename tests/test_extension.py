@@ -162,3 +162,16 @@ def test_bad_topics_are_refused(tmp_path: Path, name: str, mode: str) -> None:
     webhooks = KaizenWebhooks()
     with pytest.raises((WebhooksError, ValueError)):
         webhooks.add_topic(name, mode, "description")
+
+
+def test_the_extensions_callbacks_are_readable_and_settable_by_their_former_names(
+    host: Any,
+) -> None:
+    def loader() -> None:
+        return None
+
+    host.webhooks.user_loader(loader)
+    assert host.webhooks.user_loader_callback is loader
+    host.webhooks.permission_checker_callback = None
+    response = host.app.test_client().get("/v2/webhooks/topics")
+    assert response.status_code == 403 and response.get_json()["error"]["code"] == "not_configured"

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from flask_kaizen_webhooks import WebhooksError, get_state, signals
 from flask_kaizen_webhooks.recording import SentWebhook
+from flask_kaizen_webhooks.storage import registrations
 from flask_kaizen_webhooks.storage.tables import Delivery, Event
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.receivers import wait_until
@@ -91,3 +92,37 @@ def test_a_recording_holds_for_its_own_app_only(make_host: Any, receiver: Any) -
         live.webhooks.trigger("profile_updated", PROFILE)
     assert sent == []
     wait_until(lambda: len(server.received) == 1)
+
+
+def test_the_payload_recorded_is_the_json_the_receiver_would_get(host: Any) -> None:
+    register(host, "http://127.0.0.1:9/hook")
+    document = {"tags": ("a", "b"), "nested": {"n": 1}, 7: "seven"}
+    with host.app.app_context(), host.webhooks.recording() as sent:
+        host.webhooks.trigger("profile_updated", document)
+    document["nested"]["n"] = 2  # type: ignore[index]
+    [webhook] = sent
+    assert webhook.payload == {
+        "tags": ["a", "b"],
+        "nested": {"n": 1},
+        "7": "seven",
+        "webhook_request_id": webhook.delivery_id,
+    }
+
+
+def test_a_registration_in_the_hosts_open_transaction_is_recorded_as_it_would_be_sent(
+    make_host: Any,
+) -> None:
+    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG)
+    with host.app.app_context():
+        session = get_state().database.session  # the host's, with the tables made
+        registrations.create_registration(
+            session,
+            owner="org-1",
+            topic="profile_updated",
+            url="http://127.0.0.1:9/hook",
+            sealed_secret=get_state().secrets.seal("signature_secret_0123"),
+        )  # flushed, not committed: the host's transaction is open
+        with host.webhooks.recording() as sent:
+            ids = host.webhooks.trigger("profile_updated", PROFILE)
+        assert len(ids) == 1 and [webhook.delivery_id for webhook in sent] == ids
+        session.rollback()

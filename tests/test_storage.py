@@ -183,3 +183,10 @@ def test_concurrent_updates_over_http_exactly_one_wins(host: Host, serve: Any) -
         for response in responses:
             if response.status_code == 409:
                 assert response.json()["error"]["current_rev"] == won["rev"]
+
+
+def test_hosts_migration_scripts_still_find_the_tables_where_they_were() -> None:
+    from flask_kaizen_webhooks.models import metadata
+    from flask_kaizen_webhooks.storage import tables
+
+    assert metadata is tables.metadata and "kaizen_webhook_deliveries" in metadata.tables

@@ -13,7 +13,7 @@ from flask import Flask
 
 from .. import signals
 from ..storage import claims, results
-from ..storage.rows import AttemptRecord, Claimed
+from ..storage.rows import AttemptRecord, Claimed, Outcome
 from .client import Client, SendResult
 from .context import DeliveryContext
 from .outcomes import describe_failure, excerpt, next_step
@@ -86,7 +86,7 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
             logger.warning(
                 "Delivery %s: claim lost before its result was recorded", record.delivery_id
             )
-        elif record.kind == "retry":
+        elif record.kind is Outcome.RETRY:
             logger.info(
                 "Delivery %s attempt %d failed (%s); retry at %s",
                 record.delivery_id,
@@ -95,7 +95,7 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
                 record.retry_at,
             )
         else:
-            if record.kind != "succeeded":
+            if record.kind is not Outcome.SUCCEEDED:
                 logger.warning(
                     "Delivery %s failed for good after %d attempts: %s",
                     record.delivery_id,
@@ -107,7 +107,7 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
                 delivery_id=record.delivery_id,
                 registration_id=record.registration_id,
                 topic=record.topic,
-                succeeded=record.kind == "succeeded",
+                succeeded=record.kind is Outcome.SUCCEEDED,
                 status_code=record.status_code,
                 error=record.error,
                 attempts=record.number,

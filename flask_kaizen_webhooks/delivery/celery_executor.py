@@ -21,9 +21,11 @@ from typing import Any
 
 from flask import Flask
 
+from ..config import PREFIX
 from ..errors import ConfigurationError
 from ..storage import claims, outbox
 from ..storage.holders import new_token
+from ..storage.rows import Outcome
 from .attempt import abandon, attempt, record
 from .client import Client
 from .context import DeliveryContext
@@ -42,7 +44,7 @@ def celery_app_of(app: Flask) -> Any:
     celery_app = app.extensions.get("celery")
     if celery_app is None:
         raise ConfigurationError(
-            "KAIZEN_WEBHOOKS_EXECUTOR",
+            PREFIX + "EXECUTOR",
             '"celery" needs the app\'s Celery app in app.extensions["celery"] (Flask\'s '
             "celery_init_app pattern) before KaizenWebhooks(app) is set up",
         )
@@ -158,7 +160,7 @@ class CeleryExecutor:
                 return
             done = attempt(context, self._client, claimed)
             record(self._app, context, [done])
-            if done.kind == "retry" and done.retry_at is not None:
+            if done.kind is Outcome.RETRY and done.retry_at is not None:
                 self.deliver.apply_async((delivery_id,), eta=done.retry_at)
 
     def _sweep(self) -> int:

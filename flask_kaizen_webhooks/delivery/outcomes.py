@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..storage.rows import Outcome
 from .client import SendResult
 
 EXCERPT_CHARS = 2048
@@ -20,9 +21,9 @@ MAX_JSON_DEPTH = 32
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """What follows an attempt: ``succeeded``, ``retry`` at ``retry_at``, ``failed`` or ``gone``."""
+    """What follows an attempt, and when the next one is due for a retry."""
 
-    kind: str
+    kind: Outcome
     retry_at: datetime | None = None
 
 
@@ -109,12 +110,12 @@ def next_step(
     """Success, a retry later (backoff with jitter, or the receiver's ``Retry-After`` on
     429/503), failure for good once the schedule is used up, or ``gone`` on 410."""
     if result.ok:
-        return Step("succeeded")
+        return Step(Outcome.SUCCEEDED)
     if result.status_code == 410:
-        return Step("gone")
+        return Step(Outcome.GONE)
     if retry_index >= len(schedule):
-        return Step("failed")
+        return Step(Outcome.FAILED)
     delay = schedule[retry_index] * (1 + rng.uniform(-jitter, jitter))
     if result.status_code in (429, 503) and result.retry_after is not None:
         delay = min(result.retry_after, max_retry_after)
-    return Step("retry", retry_at=now + timedelta(seconds=delay))
+    return Step(Outcome.RETRY, retry_at=now + timedelta(seconds=delay))

@@ -222,7 +222,7 @@ def finish_without_attempt(
 
 def release_dead_claims(session: Session, *, now: datetime) -> int:
     """Give back, due now, the claims held by processes of this machine that no longer run
-    (see :mod:`.claims`); how many deliveries."""
+    (see :mod:`.holders`); how many deliveries."""
     me = this_process()
     tokens = session.scalars(
         select(Delivery.claim_token)

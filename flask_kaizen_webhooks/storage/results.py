@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from ..clock import as_utc
 from .registrations import FAILURES_CLEARED, change_state, disable_if_active
-from .rows import DELIVERIES, INSERT_ATTEMPTS, REGISTRATIONS, AttemptRecord
+from .rows import DELIVERIES, INSERT_ATTEMPTS, REGISTRATIONS, AttemptRecord, Outcome
 from .tables import DeliveryStatus, Registration, RegistrationState
 
 
@@ -111,10 +111,10 @@ def record_attempts(
 
 
 def _delivery_values(record: AttemptRecord) -> dict[str, Any]:
-    retry = record.kind == "retry"
+    retry = record.kind is Outcome.RETRY
     if retry:
         status = DeliveryStatus.PENDING
-    elif record.kind == "succeeded":
+    elif record.kind is Outcome.SUCCEEDED:
         status = DeliveryStatus.SUCCEEDED
     else:
         status = DeliveryStatus.FAILED
@@ -141,14 +141,16 @@ def _registration_health(
 ) -> dict[str, str]:
     """Apply ended deliveries to their registrations; the ones disabled, with why."""
     disabled: dict[str, str] = {}
-    healthy = {record.registration_id for record in finals if record.kind == "succeeded"}
-    unhealthy = {record.registration_id for record in finals if record.kind != "succeeded"}
+    healthy = {record.registration_id for record in finals if record.kind is Outcome.SUCCEEDED}
+    unhealthy = {
+        record.registration_id for record in finals if record.kind is not Outcome.SUCCEEDED
+    }
     if healthy - unhealthy:  # the common case: one statement for every registration doing well
         session.connection().execute(_HEALTHY, {"b_ids": sorted(healthy - unhealthy)})
     for record in finals:  # in order, for registrations with a failure among them
         if record.registration_id not in unhealthy or record.registration_id in disabled:
             continue
-        if record.kind == "gone":
+        if record.kind is Outcome.GONE:
             reason = "the receiver answered 410 Gone"
             if disable_if_active(
                 session, record.registration_id, reason=reason, now=record.finished_at
@@ -158,7 +160,7 @@ def _registration_health(
         reason_or_none = note_delivery_outcome(
             session,
             registration_id=record.registration_id,
-            succeeded=record.kind == "succeeded",
+            succeeded=record.kind is Outcome.SUCCEEDED,
             now=record.finished_at,
             disable_after_failures=disable_after_failures,
             disable_after=disable_after,
@@ -179,6 +181,7 @@ def note_delivery_outcome(
 ) -> str | None:
     """Track a registration's run of failed deliveries; the reason if this one disables it."""
     if succeeded:
+        session.flush()  # an earlier record's count, changed on the object, is written first
         session.connection().execute(_HEALTHY, {"b_ids": [registration_id]})
         return None
     registration = session.get(Registration, registration_id, with_for_update=True)

@@ -3,6 +3,7 @@ the query fragments more than one of them needs."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,18 @@ REGISTRATIONS = metadata.tables[Registration.__tablename__]
 INSERT_ATTEMPTS = insert(ATTEMPTS)
 
 
+class Outcome(enum.StrEnum):
+    """What follows an attempt."""
+
+    SUCCEEDED = "succeeded"
+    #: Tried again later.
+    RETRY = "retry"
+    #: Failed for good: the retry schedule is used up.
+    FAILED = "failed"
+    #: The receiver answered 410: its registration is disabled.
+    GONE = "gone"
+
+
 @dataclass(frozen=True, slots=True)
 class PagePosition:
     """Where a page of registrations or deliveries ends: the sort key of its last item."""
@@ -48,21 +61,6 @@ class Target:
     #: During a rotation's overlap, the previous secret (sealed) and when it stops signing.
     previous_sealed_secret: str | None = None
     previous_secret_until: datetime | None = None
-
-    @classmethod
-    def of(cls, registration: Registration) -> Target:
-        """The target of ``registration``."""
-        return cls(
-            registration.id,
-            registration.owner,
-            registration.url,
-            registration.secret,
-            registration.secret_version,
-            registration.previous_secret,
-            None
-            if registration.previous_secret_until is None
-            else as_utc(registration.previous_secret_until),
-        )
 
 
 TARGET_COLUMNS = (
@@ -125,10 +123,7 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """One attempt of a claimed delivery and what follows it, ready to be written.
-
-    ``kind`` is ``succeeded``, ``retry`` (again at ``retry_at``), ``failed`` or ``gone``.
-    """
+    """One attempt of a claimed delivery and what follows it, ready to be written."""
 
     delivery_id: str
     token: str
@@ -142,13 +137,14 @@ class AttemptRecord:
     status_code: int | None
     error: str | None
     response_excerpt: str | None
-    kind: str
+    kind: Outcome
+    #: When the next attempt is due, for a retry.
     retry_at: datetime | None = None
 
     @property
     def final(self) -> bool:
         """True when the delivery ends with this attempt."""
-        return self.kind != "retry"
+        return self.kind is not Outcome.RETRY
 
 
 def ended_unsent(error: str, now: datetime) -> dict[str, Any]:
