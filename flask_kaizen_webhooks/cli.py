@@ -13,6 +13,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .cli_db import db_cli
 from .clock import as_utc, isoformat
 from .delivery.engine import ThreadExecutor
 from .errors import NotFound, unknown_topic_message
@@ -25,12 +26,14 @@ DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 webhooks_cli = AppGroup("webhooks", help="Manage flask-kaizen-webhooks.")
+webhooks_cli.add_command(db_cli)
 
 
 @webhooks_cli.command("init-db")
 @click.option("--drop", is_flag=True, help="Drop the extension's tables first (loses all data).")
 def init_db(drop: bool) -> None:
-    """Create the extension's tables in its database."""
+    """Make the extension's tables ready in its database: the embedded database is brought to
+    the newest revision; the host's gets the tables it lacks (see `db upgrade`)."""
     database = get_state().database
     if drop:
         database.drop_tables()

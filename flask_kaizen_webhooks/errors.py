@@ -17,6 +17,11 @@ class WebhooksError(Exception):
     """Base class of every exception raised by flask-kaizen-webhooks."""
 
 
+class SchemaError(WebhooksError):
+    """The extension's tables cannot be brought to the revision asked for: a revision that does
+    not exist, or tables that match no revision."""
+
+
 class ConfigurationError(WebhooksError, ValueError):
     """A ``KAIZEN_WEBHOOKS_*`` setting is missing or invalid; raised by ``init_app``."""
 

@@ -18,8 +18,9 @@ from sqlalchemy.engine import make_url
 
 from flask_kaizen_webhooks import KaizenWebhooks, get_state
 from flask_kaizen_webhooks.clock import Clock
-from flask_kaizen_webhooks.storage.tables import metadata
+from flask_kaizen_webhooks.storage import migrations
 from tests import clients
+from tests.migrating import empty
 
 REQUIRE_SERVICES = os.environ.get("KAIZEN_WEBHOOKS_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get(
@@ -83,6 +84,19 @@ def postgres_url() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database without any table, on each server in turn: a new SQLite file, or
+    the session's PostgreSQL database emptied of what the migration tests make."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    empty(url)
+    yield url
+    empty(url)
+
+
 @dataclass
 class Host:
     """A host app built for one test, with its extension and (maybe) its own ``db``."""
@@ -123,7 +137,7 @@ def make_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
             url = request.getfixturevalue("postgres_url")
             if not keep_tables:
                 engine = create_engine(url)
-                metadata.drop_all(engine)
+                migrations.drop_all(engine)
                 engine.dispose()
         else:
             url = f"sqlite:///{tmp_path / f'app{len(built)}.sqlite3'}"

@@ -46,10 +46,10 @@ def celery_env(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[d
         service_unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
     from sqlalchemy import create_engine
 
-    from flask_kaizen_webhooks.storage.tables import metadata
+    from flask_kaizen_webhooks.storage import migrations
 
     engine = create_engine(postgres_url)
-    metadata.drop_all(engine)
+    migrations.drop_all(engine)
     engine.dispose()
     env = {
         "KWT_DATABASE_URI": postgres_url,

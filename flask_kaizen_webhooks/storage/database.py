@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from ..config import Settings
+from . import migrations
 from .tables import metadata
 
 logger = logging.getLogger("flask_kaizen_webhooks")
@@ -31,7 +32,7 @@ class Database:
     With a host ``db``, the tables join the host's metadata and every write goes through the
     host's session, so it commits or rolls back with the host's own changes. Without one, the
     extension keeps its own engine (SQLite by default, WAL and a busy timeout on) and a session per
-    app context.
+    app context, and keeps that database's schema up to date with its own migrations.
     """
 
     def __init__(self, app: Flask, settings: Settings, host_db: SQLAlchemy | None) -> None:
@@ -93,8 +94,8 @@ class Database:
 
     @property
     def session(self) -> Session:
-        """The session of the current app context, with the tables created on first use."""
-        self.create_tables(checkfirst=True)
+        """The session of the current app context, with the tables made ready on first use."""
+        self.create_tables()
         if self._sessions is not None:
             return self._sessions()
         assert self.host_db is not None
@@ -114,22 +115,29 @@ class Database:
 
     def independent_session(self) -> Session:
         """A session of its own, apart from the request's: for background work and logs."""
-        self.create_tables(checkfirst=True)
+        self.create_tables()
         return Session(bind=self.engine, expire_on_commit=False)
 
-    def create_tables(self, *, checkfirst: bool = True) -> None:
-        """Create the extension's tables that do not exist yet (idempotent)."""
+    def create_tables(self) -> None:
+        """Make the extension's tables ready, once per process: an embedded database is brought
+        to the newest revision of the extension's migrations (one query when it is there
+        already); a host's gets the tables it lacks, as ``db.create_all()`` would (its schema is
+        the host's to migrate: see ``flask webhooks db upgrade``)."""
         if self._tables_ready:
             return
         with self._tables_lock:
             if not self._tables_ready:
-                metadata.create_all(self.engine, checkfirst=checkfirst)
+                if self.embedded:
+                    migrations.bring_to_head(self.engine)
+                else:
+                    metadata.create_all(self.engine, checkfirst=True)
                 self._tables_ready = True
 
     def drop_tables(self) -> None:
-        """Drop the extension's tables (used by tests and ``init-db --drop``)."""
+        """Drop the extension's tables and its version table (used by tests and
+        ``init-db --drop``)."""
         with self._tables_lock:
-            metadata.drop_all(self.engine)
+            migrations.drop_all(self.engine)
             self._tables_ready = False
 
     def dispose(self) -> None:
