@@ -30,8 +30,8 @@ def _echo_step(before: str | None, after: str | None, doc: str) -> None:
 def _report(where: str, before: Found, after: Found) -> None:
     if before.unversioned:
         click.echo(
-            f"Found the webhooks tables without a revision (made by create_all): "
-            f"stamped them {before.matching()}, the revision they match."
+            "Found the webhooks tables without a revision (made by create_all): each revision "
+            "made only the tables they lacked."
         )
     if after.revision == before.revision:
         click.echo(f"The webhooks tables in {where} are at {after.describe()}: nothing to do.")
@@ -46,9 +46,10 @@ def _report(where: str, before: Found, after: Found) -> None:
 def upgrade(revision: str) -> None:
     """Upgrade the extension's tables to REVISION (default: head, the newest).
 
-    Tables made without migrations (by an earlier release or by db.create_all()) are first
-    stamped with the revision they match. The embedded database is also upgraded on its own, at
-    its first use; the host's database (KaizenWebhooks(app, db=db)) only by this command.
+    Tables made without migrations (by an earlier release or by db.create_all()) go through
+    every revision, each making only the tables they lack. The embedded database is also
+    upgraded on its own, at its first use; the host's database (KaizenWebhooks(app, db=db))
+    only by this command.
     """
     where = _where()
     try:

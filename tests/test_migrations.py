@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from flask_kaizen_webhooks.storage import migrations
 from flask_kaizen_webhooks.storage.migrations import HEAD, REVISIONS, VERSION_TABLE, steps
 from flask_kaizen_webhooks.storage.tables import metadata
+from tests.conftest import REQUIRE_SERVICES
 from tests.migrating import HOST_VERSION, add_host_alembic, differences, host_alembic_version
 from tests.schemas import before_call_counts
 
@@ -65,6 +67,8 @@ def test_the_previous_schema_kept_for_the_tests_is_the_one_in_history(
         text=True,
     )
     if shown.returncode != 0:
+        if REQUIRE_SERVICES:  # CI runs on a clone with its history
+            pytest.fail(f"the repository's history is not here: {shown.stderr}")
         pytest.skip("the repository's history is not here")
     models = types.ModuleType("models_before_call_counts")
     monkeypatch.setitem(sys.modules, models.__name__, models)  # for its annotations
@@ -100,7 +104,7 @@ def test_upgrading_from_nothing_gives_exactly_the_tables_and_back(engine: Engine
     assert migrations.current(engine).revision == HEAD
 
 
-def test_a_new_database_is_made_at_once_and_checked_with_one_query(engine: Engine) -> None:
+def test_a_new_database_is_made_at_once_and_checked_with_two_queries(engine: Engine) -> None:
     migrations.bring_to_head(engine)
     assert differences(engine, metadata) == []
     assert version_table(engine) == [("version_num", "VARCHAR(32)", False)]
@@ -108,7 +112,8 @@ def test_a_new_database_is_made_at_once_and_checked_with_one_query(engine: Engin
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     migrations.bring_to_head(engine)
-    assert len(statements) == 1 and VERSION_TABLE in statements[0]
+    # The revision, then the table names (one query on either backend): no lock, no Alembic.
+    assert len(statements) == 2 and VERSION_TABLE in statements[0]
     # Alembic takes over the version table made without it.
     migrations.downgrade(engine, "0001")
     migrations.bring_to_head(engine)
@@ -131,19 +136,18 @@ def test_an_up_to_date_database_is_checked_without_loading_alembic(engine: Engin
     assert checked.stdout.strip() == "[]", checked.stderr
 
 
-def test_tables_made_by_create_all_are_stamped_with_the_revision_they_match(
-    engine: Engine,
-) -> None:
+def test_tables_made_by_create_all_are_brought_to_head(engine: Engine) -> None:
     before_call_counts.metadata.create_all(engine)
-    assert migrations.current(engine).describe() == "tables without a revision, matching 0001"
+    assert migrations.current(engine).describe() == "tables without a revision"
     migrations.bring_to_head(engine)
     assert differences(engine, metadata) == []
     assert migrations.current(engine).revision == HEAD
-    # This release's create_all (a host's db.create_all()) matches head.
+    # This release's create_all (a host's db.create_all()) is head already.
     migrations.drop_all(engine)
     metadata.create_all(engine)
     before, after = migrations.upgrade(engine)
-    assert (before.matching(), after.revision) == (HEAD, HEAD)
+    assert (before.unversioned, after.up_to_date) == (True, True)
+    assert differences(engine, metadata) == []
 
 
 def test_a_table_that_db_create_all_made_ahead_of_its_revision_is_kept(engine: Engine) -> None:
@@ -153,13 +157,45 @@ def test_a_table_that_db_create_all_made_ahead_of_its_revision_is_kept(engine: E
     assert differences(engine, metadata) == []
 
 
-def test_tables_that_match_no_revision_or_a_newer_revision_are_refused_plainly(
+@pytest.mark.parametrize(
+    "made",
+    [
+        # An install from before the events table (its columns are 0001's).
+        ["kaizen_webhook_registrations", "kaizen_webhook_deliveries", "kaizen_webhook_attempts"],
+        # A create_all cut short (SQLite makes no DDL transactional): call counts among them.
+        ["kaizen_webhook_attempts", "kaizen_webhook_call_counts"],
+    ],
+)
+def test_tables_without_a_revision_get_the_tables_they_lack(
+    engine: Engine, made: list[str]
+) -> None:
+    earlier = before_call_counts.metadata.tables
+    for name in made:
+        (earlier[name] if name in earlier else metadata.tables[name]).create(engine)
+    migrations.bring_to_head(engine)
+    assert differences(engine, metadata) == []
+    assert migrations.current(engine).up_to_date
+
+
+def test_tables_dropped_without_their_revision_are_made_again(engine: Engine) -> None:
+    migrations.bring_to_head(engine)
+    metadata.drop_all(engine)  # a host's teardown, say: the version table stays at head
+    assert not migrations.is_at_head(engine)
+    assert migrations.current(engine).describe().startswith(f"{HEAD} (head), without kaizen_")
+    migrations.bring_to_head(engine)
+    assert differences(engine, metadata) == []
+    metadata.tables["kaizen_webhook_events"].drop(engine)
+    assert "without kaizen_webhook_events" in migrations.current(engine).describe()
+    _before, after = migrations.upgrade(engine)
+    assert after.up_to_date and differences(engine, metadata) == []
+    metadata.tables["kaizen_webhook_call_counts"].drop(engine)
+    migrations.downgrade(engine, "base")  # from head, its tables made again first
+    assert migrations.current(engine).describe() == "no tables"
+
+
+def test_a_newer_revision_is_left_alone_with_a_warning_and_refused_plainly(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    before_call_counts.registrations.create(engine)
-    with pytest.raises(migrations.SchemaError, match="without kaizen_webhook_attempts"):
-        migrations.bring_to_head(engine)
-    migrations.drop_all(engine)
     migrations.upgrade(engine)
     with engine.begin() as connection:
         connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0099'"))
@@ -238,3 +274,84 @@ def test_processes_starting_at_once_upgrade_the_database_once(
 
 def host_tables_apart(obj: Any, name: str | None, type_: str, *_: Any) -> bool:
     return type_ != "table" or name not in ("alembic_version", "host_users")
+
+
+def test_the_sqlite_lock_holds_under_sqlalchemys_own_transaction_recipe(tmp_path: Path) -> None:
+    """A host's engine that sends its own BEGIN (SQLAlchemy's recipe for pysqlite)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'recipe.sqlite3'}")
+    event.listen(
+        engine, "connect", lambda driver, _record: setattr(driver, "isolation_level", None)
+    )
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
+    before_call_counts.metadata.create_all(engine)
+    migrations.upgrade(engine)
+    assert migrations.current(engine).up_to_date and differences(engine, metadata) == []
+    migrations.drop_all(engine)
+    assert migrations.current(engine).describe() == "no tables"
+    engine.dispose()
+
+
+def test_two_databases_migrated_at_once_in_one_process_do_not_meet(tmp_path: Path) -> None:
+    """Alembic's run lives in module globals: two apps' databases take turns."""
+    engines = [create_engine(f"sqlite:///{tmp_path / f'{name}.sqlite3'}") for name in "ab"]
+    for engine in engines:
+        before_call_counts.metadata.create_all(engine)
+
+    def slow_inspection(_conn: Any, _cursor: Any, statement: str, *args: Any) -> None:
+        if "kaizen_webhook_call_counts" in statement and "table_info" in statement:
+            time.sleep(0.5)  # the first run is under way when the second starts
+
+    event.listen(engines[0], "before_cursor_execute", slow_inspection)
+    errors: list[BaseException] = []
+
+    def migrate(engine: Engine) -> None:
+        try:
+            migrations.bring_to_head(engine)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=migrate, args=(engine,)) for engine in engines]
+    threads[0].start()
+    time.sleep(0.2)
+    threads[1].start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert all(migrations.current(engine).up_to_date for engine in engines)
+    for engine in engines:
+        engine.dispose()
+
+
+def test_hosts_processes_making_the_tables_at_once_do_not_collide(
+    empty_database: str, engine: Engine
+) -> None:
+    """With a host ``db``, first use makes the missing tables one process at a time."""
+    start = time.time() + 2.0
+    code = (
+        "import sys, time\n"
+        "from flask import Flask\n"
+        "from flask_sqlalchemy import SQLAlchemy\n"
+        "from flask_kaizen_webhooks import KaizenWebhooks, get_state\n"
+        "app = Flask('host')\n"
+        "app.config.update(SECRET_KEY='k', SQLALCHEMY_DATABASE_URI=sys.argv[1],\n"
+        "                  SQLALCHEMY_ENGINE_OPTIONS=eval(sys.argv[3]))\n"
+        "db = SQLAlchemy(app)\n"
+        "KaizenWebhooks(app, db=db)\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "with app.app_context():\n"
+        "    get_state(app).database.create_tables()\n"
+    )
+    options = "{'connect_args': {'timeout': 30}}" if empty_database.startswith("sqlite") else "{}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, empty_database, str(start), options],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    for process in processes:
+        _, errors = process.communicate(timeout=60)
+        assert process.returncode == 0, errors
+    assert set(metadata.tables) <= set(inspect(engine).get_table_names())

@@ -120,7 +120,7 @@ class Database:
 
     def create_tables(self) -> None:
         """Make the extension's tables ready, once per process: an embedded database is brought
-        to the newest revision of the extension's migrations (one query when it is there
+        to the newest revision of the extension's migrations (two quick queries when it is there
         already); a host's gets the tables it lacks, as ``db.create_all()`` would (its schema is
         the host's to migrate: see ``flask webhooks db upgrade``)."""
         if self._tables_ready:
@@ -129,8 +129,9 @@ class Database:
             if not self._tables_ready:
                 if self.embedded:
                     migrations.bring_to_head(self.engine)
-                else:
-                    metadata.create_all(self.engine, checkfirst=True)
+                else:  # one process at a time, as the migrations run
+                    with migrations.locked(self.engine) as connection:
+                        metadata.create_all(connection, checkfirst=True)
                 self._tables_ready = True
 
     def drop_tables(self) -> None:

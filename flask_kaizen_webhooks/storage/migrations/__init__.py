@@ -8,8 +8,10 @@ Flask-Migrate leaves the extension's tables alone with :func:`include_object` an
 
 A change to :mod:`..tables` needs a revision: a new ``versions/rNNNN_*.py`` whose
 ``down_revision`` is the previous head, with ``upgrade()`` and ``downgrade()`` that work on
-SQLite (``op.batch_alter_table`` to alter a table) and PostgreSQL; its id appended to
-:data:`~.names.REVISIONS`, and a line in :data:`~.apply.MARKERS` telling its tables apart.
+SQLite (``op.batch_alter_table`` to alter a table) and PostgreSQL, its id appended to
+:data:`~.names.REVISIONS`. Tables without a revision go through every revision, so each makes
+only what is missing: a table it creates may exist already, and a column it adds or changes may
+be so already (a host's ``db.create_all()`` of a later release makes head's tables).
 ``tests/test_migrations.py`` checks that upgrading from nothing gives exactly the metadata.
 """
 
@@ -21,6 +23,7 @@ from .apply import (
     downgrade,
     drop_all,
     is_at_head,
+    locked,
     upgrade,
 )
 from .names import HEAD, REVISIONS, VERSION_TABLE, include_name, include_object, is_extension_table
@@ -39,5 +42,6 @@ __all__ = [
     "include_object",
     "is_at_head",
     "is_extension_table",
+    "locked",
     "upgrade",
 ]

@@ -3,8 +3,9 @@ PostgreSQL advisory lock, SQLite's write lock), whatever state it is found in.
 
 A database is found in one of three states: without any of the extension's tables (new), with
 the tables but no revision (made by ``create_all`` before the extension had migrations, or by a
-host's ``db.create_all()``: stamped with the revision its tables match, then upgraded), or at a
-revision. The revision is read without loading Alembic; it is loaded only to change a schema.
+host's ``db.create_all()``: it goes through every revision, each making only the tables that
+are missing), or at a revision (upgraded from there, and at head any table that went missing is
+made again). The revision is read without loading Alembic; it is loaded only to change a schema.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, func, inspect, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from ...errors import SchemaError
 from ..tables import metadata
 from .names import HEAD, REVISIONS, VERSION, VERSION_TABLE
 
@@ -30,26 +30,8 @@ logger = logging.getLogger("flask_kaizen_webhooks")
 #: The key of the PostgreSQL advisory lock held while the schema changes ("kaizenwh").
 ADVISORY_LOCK = 0x6B61697A656E7768
 
-#: The tables each revision made, newest first: a database with the extension's tables but no
-#: revision is at the newest revision whose tables are all there. A revision that adds a table
-#: adds a line here; one that only changes columns says how to tell its tables apart.
-MARKERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("0002", frozenset({"kaizen_webhook_call_counts"})),
-    (
-        "0001",
-        frozenset(
-            {
-                "kaizen_webhook_registrations",
-                "kaizen_webhook_deliveries",
-                "kaizen_webhook_events",
-                "kaizen_webhook_attempts",
-            }
-        ),
-    ),
-)
-
-#: Every table any revision made.
-KNOWN_TABLES = frozenset(metadata.tables).union(*(tables for _, tables in MARKERS))
+#: The tables of head, which every up-to-date database has.
+TABLES = frozenset(metadata.tables)
 
 
 @dataclass(frozen=True)
@@ -63,7 +45,8 @@ class Found:
 
     @property
     def unversioned(self) -> bool:
-        """True for tables made without migrations."""
+        """True for tables made without migrations (by a release from before them, or by a
+        host's ``db.create_all()``)."""
         return self.revision is None and bool(self.tables)
 
     @property
@@ -71,26 +54,24 @@ class Found:
         """False for a revision this release does not have (a newer release's)."""
         return self.revision is None or self.revision in REVISIONS
 
-    def matching(self) -> str:
-        """The revision that tables made without migrations match."""
-        for revision, tables in MARKERS:
-            if tables <= self.tables:
-                return revision
-        missing = sorted(MARKERS[-1][1] - self.tables)
-        raise SchemaError(
-            f"The webhooks tables {', '.join(sorted(self.tables))} were found without "
-            f"{', '.join(missing)} and without a revision in {VERSION_TABLE}: they match no "
-            "revision of the extension's migrations. Drop them (flask webhooks init-db --drop "
-            "loses their data) or make them match a release's."
-        )
+    @property
+    def missing(self) -> frozenset[str]:
+        """Head's tables the database lacks."""
+        return TABLES - self.tables
+
+    @property
+    def up_to_date(self) -> bool:
+        """At head, with every table of head."""
+        return self.revision == HEAD and not self.missing
 
     def describe(self) -> str:
         """The state in words."""
-        if self.revision is not None:
-            return self.revision + (" (head)" if self.revision == HEAD else "")
-        if self.tables:
-            return f"tables without a revision, matching {self.matching()}"
-        return "no tables"
+        if self.revision is None:
+            return "tables without a revision" if self.tables else "no tables"
+        state = self.revision + (" (head)" if self.revision == HEAD else "")
+        if self.revision == HEAD and self.missing:
+            state += f", without {', '.join(sorted(self.missing))}"
+        return state
 
 
 def read_revision(connection: Connection) -> str | None:
@@ -103,7 +84,7 @@ def find(connection: Connection) -> Found:
     """What ``connection``'s database holds of the extension's schema."""
     names = set(inspect(connection).get_table_names())
     revision = read_revision(connection) if VERSION_TABLE in names else None
-    return Found(revision, frozenset(names & KNOWN_TABLES))
+    return Found(revision, frozenset(names & TABLES))
 
 
 def current(engine: Engine) -> Found:
@@ -113,11 +94,13 @@ def current(engine: Engine) -> Found:
 
 
 def is_at_head(engine: Engine) -> bool:
-    """True when the version table says head: the one query a process makes on an up-to-date
-    database."""
+    """True when the version table says head and every table is there: what a process asks
+    once of an up-to-date database (two quick queries, no lock, no Alembic)."""
     try:
         with engine.connect() as connection:
-            return read_revision(connection) == HEAD
+            if read_revision(connection) != HEAD:
+                return False
+            return set(inspect(connection).get_table_names()) >= TABLES
     except (OperationalError, ProgrammingError):  # no version table (yet)
         return False
 
@@ -129,22 +112,38 @@ def locked(engine: Engine) -> Iterator[Connection]:
     start (``BEGIN IMMEDIATE``). Committed on leaving, rolled back on an exception."""
     backend = engine.dialect.name
     if backend == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        # The driver would begin a transaction only before DML: here it is begun by hand.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                # SQLite may have rolled back already (after some errors): then there is none.
-                if getattr(connection.connection.driver_connection, "in_transaction", True):
-                    connection.exec_driver_sql("ROLLBACK")
-                raise
-            connection.exec_driver_sql("COMMIT")
+        with _sqlite_write_lock(engine) as connection:
+            yield connection
         return
     with engine.begin() as connection:
         if backend == "postgresql":
             connection.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK)))
         yield connection
+
+
+@contextmanager
+def _sqlite_write_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection holding SQLite's write lock from the start, committed on leaving.
+
+    SQLAlchemy begins first (a host's engine may send its own ``BEGIN`` then, as SQLAlchemy's
+    recipe for pysqlite does): in a transaction so begun, a write takes the lock; otherwise
+    ``BEGIN IMMEDIATE`` does. The driver's own commit and rollback end either kind.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("SELECT 1")
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        if driver.in_transaction:
+            version = connection.exec_driver_sql("PRAGMA user_version").scalar()
+            connection.exec_driver_sql(f"PRAGMA user_version = {int(version or 0)}")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            driver.rollback()
+            raise
+        driver.commit()
 
 
 def bring_to_head(engine: Engine) -> None:
@@ -154,7 +153,7 @@ def bring_to_head(engine: Engine) -> None:
         return
     with locked(engine) as connection:
         found = find(connection)
-        if found.revision == HEAD:
+        if found.up_to_date:
             return
         if not found.known:
             logger.warning(
@@ -187,14 +186,15 @@ def upgrade(
 
 
 def downgrade(engine: Engine, revision: str, on_step: OnStep | None = None) -> tuple[Found, Found]:
-    """Run the downgrades to ``revision`` (``base``: no tables): the schema before and after."""
+    """Run the downgrades to ``revision`` (``base``: no tables), from head first when the
+    tables have no revision or lack some of theirs: the schema before and after."""
     # Imported here, not at the top: Alembic is loaded only when a schema changes (start-up).
     from . import steps
 
     with locked(engine) as connection:
         before = find(connection)
-        if before.unversioned:
-            steps.stamp(connection, before.matching())
+        if before.unversioned or (before.revision == HEAD and before.missing):
+            _upgrade(connection, before, "head")
         steps.downgrade(connection, revision, on_step)
         return before, find(connection)
 
@@ -205,9 +205,10 @@ def _upgrade(
     # Imported here, not at the top: Alembic is loaded only when a schema changes (start-up).
     from . import steps
 
-    if found.unversioned:
-        steps.stamp(connection, found.matching())
+    # Tables without a revision go through every revision, each making only what is missing.
     steps.upgrade(connection, revision, on_step)
+    if revision in ("head", HEAD):  # head's tables that went missing are made again
+        metadata.create_all(connection, checkfirst=True)
 
 
 def drop_all(engine: Engine) -> None:

@@ -8,6 +8,7 @@ not pay.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +19,16 @@ from alembic.runtime.migration import MigrationInfo
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from ...errors import SchemaError
 
 #: The folder of ``env.py`` and ``versions/``.
 SCRIPTS = Path(__file__).resolve().parent
+
+#: Alembic keeps the migration it runs in module globals (``alembic.context``, ``alembic.op``):
+#: one run at a time in a process, whatever the databases.
+_ONE_AT_A_TIME = threading.Lock()
 
 #: Called with each revision applied: (from, to, what it does).
 OnStep = Callable[[str | None, str | None, str], None]
@@ -65,11 +71,18 @@ def revisions() -> list[str]:
 
 @contextmanager
 def _said_plainly() -> Iterator[None]:
-    """Alembic's refusals (an unknown revision, say) as :class:`SchemaError`."""
+    """One run at a time; Alembic's refusals (an unknown revision, say) and a schema that is
+    not what its revision says as :class:`SchemaError`."""
     try:
-        yield
+        with _ONE_AT_A_TIME:
+            yield
     except CommandError as error:
         raise SchemaError(str(error)) from error
+    except DBAPIError as error:
+        raise SchemaError(
+            "The webhooks tables are not what their revision says, so the migration stopped "
+            f"(nothing was changed): {error.orig}"
+        ) from error
 
 
 def stamp(connection: Connection, revision: str) -> None:
