@@ -13,7 +13,7 @@ from ..clock import isoformat
 from ..errors import ApiError, ValidationError
 from ..storage import claims, outbox, reads, registrations
 from ..storage.tables import DeliveryStatus, Registration
-from .blueprint import blueprint, current_owner, current_state, route
+from .blueprint import Handler, blueprint, current_owner, current_state, route_operations
 from .inputs import (
     decode_cursor,
     json_body,
@@ -24,7 +24,7 @@ from .inputs import (
     with_etag,
 )
 from .limits import count_call
-from .openapi import build_openapi
+from .openapi import OPERATIONS, build_openapi
 from .validation import (
     MAX_OVERLAP_SECONDS,
     RegistrationInput,
@@ -241,18 +241,21 @@ def openapi_document() -> Response:
     )
 
 
-route("/registrations", "registrations", GET=list_registrations, POST=create_registration)
-route(
-    "/registrations/<registration_id>",
-    "registration",
-    GET=get_registration,
-    PUT=update_registration,
-    DELETE=delete_registration,
-)
-route("/registrations/<registration_id>/rotate-secret", "rotate_secret", POST=rotate_secret)
-route("/topics", "topics", GET=list_topics)
-route("/openapi.json", "openapi", GET=openapi_document)
-route("/test", "test", POST=send_test)
-route("/registrations/<registration_id>/deliveries", "deliveries", GET=list_deliveries)
-route("/deliveries/<delivery_id>", "delivery", GET=get_delivery)
-route("/deliveries/<delivery_id>/redeliver", "redeliver", POST=redeliver)
+#: The handler of each operation of the API, by its ``operationId``: the routes, their methods
+#: and their description are declared once, in :data:`.openapi.OPERATIONS`.
+HANDLERS: dict[str, Handler] = {
+    "listRegistrations": list_registrations,
+    "createRegistration": create_registration,
+    "getRegistration": get_registration,
+    "updateRegistration": update_registration,
+    "deleteRegistration": delete_registration,
+    "rotateSecret": rotate_secret,
+    "listDeliveries": list_deliveries,
+    "getDelivery": get_delivery,
+    "redeliver": redeliver,
+    "listTopics": list_topics,
+    "sendTest": send_test,
+    "openapi": openapi_document,
+}
+
+route_operations(OPERATIONS, HANDLERS)

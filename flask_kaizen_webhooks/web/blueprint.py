@@ -5,7 +5,7 @@ route does not take."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import ApiError
 from ..state import WebhooksState, get_state
+from .openapi import Operation
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -41,6 +42,27 @@ def route(rule: str, endpoint: str, **handlers: Handler) -> None:
         return handler(**kwargs)
 
     blueprint.add_url_rule(rule, endpoint, dispatch, methods=ROUTED_METHODS)
+
+
+def route_operations(operations: Iterable[Operation], handlers: Mapping[str, Handler]) -> None:
+    """Route every declared operation to its handler (by ``operationId``), one rule per path:
+    ``/registrations/{registration_id}`` becomes the rule ``/registrations/<registration_id>``
+    and the endpoint ``registration``."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for operation in operations:
+        methods = by_path.setdefault(operation.path, {})
+        methods[operation.method.upper()] = handlers[operation.operation_id]
+    for path, methods in by_path.items():
+        rule = path.replace("{", "<").replace("}", ">")
+        route(rule, endpoint_of(path), **methods)
+
+
+def endpoint_of(path: str) -> str:
+    """A path's endpoint: its last part, an id named by what it identifies (``url_for`` names)."""
+    last = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+    if last.startswith("{"):
+        last = last.strip("{}").removesuffix("_id")
+    return last.replace("-", "_")
 
 
 @blueprint.errorhandler(ApiError)
