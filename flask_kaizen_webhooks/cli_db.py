@@ -3,13 +3,16 @@ the host's (with the extension's version table, never the host's ``alembic_versi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 from flask.cli import AppGroup
+from sqlalchemy import Engine
 
 from .errors import SchemaError
 from .state import get_state
 from .storage import migrations
-from .storage.migrations import HEAD, VERSION_TABLE, Found
+from .storage.migrations import HEAD, VERSION_TABLE, Found, OnStep
 
 db_cli = AppGroup(
     "db",
@@ -41,6 +44,19 @@ def _report(where: str, before: Found, after: Found) -> None:
         )
 
 
+Migrate = Callable[[Engine, str, OnStep], tuple[Found, Found]]
+
+
+def _migrate(migrate: Migrate, revision: str) -> None:
+    """Run ``migrate`` to ``revision``, saying each step and where it ended."""
+    where = _where()
+    try:
+        before, after = migrate(get_state().database.engine, revision, _echo_step)
+    except SchemaError as error:
+        raise click.ClickException(str(error)) from None
+    _report(where, before, after)
+
+
 @db_cli.command("upgrade")
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
@@ -51,12 +67,7 @@ def upgrade(revision: str) -> None:
     upgraded on its own, at its first use; the host's database (KaizenWebhooks(app, db=db))
     only by this command.
     """
-    where = _where()
-    try:
-        before, after = migrations.upgrade(get_state().database.engine, revision, _echo_step)
-    except SchemaError as error:
-        raise click.ClickException(str(error)) from None
-    _report(where, before, after)
+    _migrate(migrations.upgrade, revision)
 
 
 @db_cli.command("downgrade")
@@ -64,12 +75,7 @@ def upgrade(revision: str) -> None:
 def downgrade(revision: str) -> None:
     """Downgrade the extension's tables to REVISION: an older one, before installing an older
     release, or base (none of the tables: their data is lost)."""
-    where = _where()
-    try:
-        before, after = migrations.downgrade(get_state().database.engine, revision, _echo_step)
-    except SchemaError as error:
-        raise click.ClickException(str(error)) from None
-    _report(where, before, after)
+    _migrate(migrations.downgrade, revision)
 
 
 @db_cli.command("current")

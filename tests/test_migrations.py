@@ -243,28 +243,16 @@ def test_processes_starting_at_once_upgrade_the_database_once(
 ) -> None:
     before_call_counts.metadata.create_all(engine)
     add_host_alembic(engine)
-    start = time.time() + 1.5
     code = (
-        "import sys, time\n"
+        "import sys\n"
         "from sqlalchemy import create_engine\n"
         "from flask_kaizen_webhooks.storage import migrations\n"
-        "engine = create_engine(sys.argv[1], connect_args=eval(sys.argv[3]))\n"
-        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "engine = create_engine(sys.argv[1], connect_args=eval(sys.argv[2]))\n"
+        "wait()\n"
         "migrations.bring_to_head(engine)\n"
     )
     wait = "{'timeout': 30}" if empty_database.startswith("sqlite") else "{}"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, empty_database, str(start), wait],
-            cwd=ROOT,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    for process in processes:
-        _, errors = process.communicate(timeout=60)
-        assert process.returncode == 0, errors
+    run_at_once(code, [empty_database, wait], processes=4)
     with engine.connect() as connection:
         versions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
     assert [tuple(row) for row in versions] == [(HEAD,)]
@@ -326,32 +314,39 @@ def test_hosts_processes_making_the_tables_at_once_do_not_collide(
     empty_database: str, engine: Engine
 ) -> None:
     """With a host ``db``, first use makes the missing tables one process at a time."""
-    start = time.time() + 2.0
     code = (
-        "import sys, time\n"
+        "import sys\n"
         "from flask import Flask\n"
         "from flask_sqlalchemy import SQLAlchemy\n"
         "from flask_kaizen_webhooks import KaizenWebhooks, get_state\n"
         "app = Flask('host')\n"
         "app.config.update(SECRET_KEY='k', SQLALCHEMY_DATABASE_URI=sys.argv[1],\n"
-        "                  SQLALCHEMY_ENGINE_OPTIONS=eval(sys.argv[3]))\n"
+        "                  SQLALCHEMY_ENGINE_OPTIONS=eval(sys.argv[2]))\n"
         "db = SQLAlchemy(app)\n"
         "KaizenWebhooks(app, db=db)\n"
-        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "wait()\n"
         "with app.app_context():\n"
         "    get_state(app).database.create_tables()\n"
     )
     options = "{'connect_args': {'timeout': 30}}" if empty_database.startswith("sqlite") else "{}"
-    processes = [
+    run_at_once(code, [empty_database, options], processes=8)
+    assert set(metadata.tables) <= set(inspect(engine).get_table_names())
+
+
+def run_at_once(code: str, arguments: list[str], *, processes: int) -> None:
+    """Run ``code`` in several processes that start its work together, after their imports
+    (``wait()``); each must succeed."""
+    start = time.time() + 2.0
+    prelude = f"import time\ndef wait():\n    time.sleep(max(0.0, {start} - time.time()))\n"
+    started = [
         subprocess.Popen(
-            [sys.executable, "-c", code, empty_database, str(start), options],
+            [sys.executable, "-c", prelude + code, *arguments],
             cwd=ROOT,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(8)
+        for _ in range(processes)
     ]
-    for process in processes:
+    for process in started:
         _, errors = process.communicate(timeout=60)
         assert process.returncode == 0, errors
-    assert set(metadata.tables) <= set(inspect(engine).get_table_names())

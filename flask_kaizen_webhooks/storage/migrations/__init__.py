@@ -26,13 +26,22 @@ from .apply import (
     locked,
     upgrade,
 )
-from .names import HEAD, REVISIONS, VERSION_TABLE, include_name, include_object, is_extension_table
+from .names import (
+    HEAD,
+    REVISIONS,
+    VERSION_TABLE,
+    OnStep,
+    include_name,
+    include_object,
+    is_extension_table,
+)
 
 __all__ = [
     "HEAD",
     "REVISIONS",
     "VERSION_TABLE",
     "Found",
+    "OnStep",
     "SchemaError",
     "bring_to_head",
     "current",

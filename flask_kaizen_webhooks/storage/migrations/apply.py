@@ -14,16 +14,12 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, func, inspect, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ..tables import metadata
-from .names import HEAD, REVISIONS, VERSION, VERSION_TABLE
-
-if TYPE_CHECKING:
-    from .steps import OnStep
+from .names import HEAD, REVISIONS, VERSION, VERSION_TABLE, OnStep
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 

@@ -3,6 +3,7 @@ revision, and the filters that keep a host's own Alembic away from the extension
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
@@ -23,6 +24,9 @@ REVISIONS = ("0001", "0002")
 #: The newest revision: a database stamped with it needs nothing, and that is found without
 #: loading Alembic.
 HEAD = REVISIONS[-1]
+
+#: Called with each revision applied: (from, to, what it does).
+OnStep = Callable[[str | None, str | None, str], None]
 
 #: Every table of the extension is named so; a host's tables must not be.
 TABLE_PREFIX = "kaizen_webhook_"

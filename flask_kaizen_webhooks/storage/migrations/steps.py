@@ -22,6 +22,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ...errors import SchemaError
+from .names import OnStep
 
 #: The folder of ``env.py`` and ``versions/``.
 SCRIPTS = Path(__file__).resolve().parent
@@ -29,9 +30,6 @@ SCRIPTS = Path(__file__).resolve().parent
 #: Alembic keeps the migration it runs in module globals (``alembic.context``, ``alembic.op``):
 #: one run at a time in a process, whatever the databases.
 _ONE_AT_A_TIME = threading.Lock()
-
-#: Called with each revision applied: (from, to, what it does).
-OnStep = Callable[[str | None, str | None, str], None]
 
 
 def _config(connection: Connection | None = None, on_step: OnStep | None = None) -> Config:
