@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -357,24 +356,3 @@ def test_a_broker_down_at_commit_time_delays_but_loses_nothing(
         with app.app_context():
             get_state(app).shutdown(timeout=5)
             get_state(app).database.dispose()
-
-
-def test_one_task_carries_the_deliveries_of_one_commit(
-    web: Host, start_worker: Any, receiver: Any, celery_env: dict[str, str]
-) -> None:
-    import redis
-
-    server = receiver()
-    for n in range(5):
-        register(web, server.url(f"/{n}"))
-    with web.app.app_context():
-        ids = web.webhooks.trigger("profile_updated", {"n": 1})
-    assert len(ids) == 5
-    client = redis.Redis.from_url(REDIS_URL)
-    wait_until(lambda: client.llen(celery_env["KWT_QUEUE"]) >= 1)
-    time.sleep(0.5)  # the publishing thread has handed over all it had
-    assert client.llen(celery_env["KWT_QUEUE"]) == 1  # one message for the five
-    client.close()
-    start_worker(concurrency=1)
-    wait_for_successes(web, 5)
-    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})

@@ -22,26 +22,17 @@ from .requests import Request, request_of
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 
-def attempt_all(
-    context: DeliveryContext, client: Client, claimed: Sequence[Claimed]
-) -> list[AttemptRecord]:
-    """Make the next attempts of claimed deliveries (whose registrations are active) all at
-    once with ``client``, each within the attempt's time limit, and decide what follows each;
-    nothing is written here (see :func:`record`)."""
+def attempt(context: DeliveryContext, client: Client, claimed: Claimed) -> AttemptRecord:
+    """Make the next attempt of a claimed delivery (whose registration is active) with
+    ``client`` and decide what follows; nothing is written here (see :func:`record`)."""
     started = context.clock.now()
-    requests = [request_of(context, item) for item in claimed]
-    sendable = [request for request in requests if isinstance(request, Request)]
-    answers = iter(
-        client.post_all(
-            [(request.url, request.body, request.headers) for request in sendable],
-            timeout=context.settings.async_timeout,
-        )
-    )
-    results = [next(answers) if isinstance(request, Request) else request for request in requests]
-    return [
-        conclude(context, item, started, result)
-        for item, result in zip(claimed, results, strict=True)
-    ]
+    request = request_of(context, claimed)
+    if isinstance(request, Request):
+        timeout = context.settings.async_timeout
+        result = client.post(request.url, request.body, request.headers, timeout=timeout)
+    else:
+        result = request  # it could not be made: its own result
+    return conclude(context, claimed, started, result)
 
 
 def conclude(

@@ -2,10 +2,9 @@
 that outgrow one process (``KAIZEN_WEBHOOKS_EXECUTOR = "celery"``; ``pip install
 flask-kaizen-webhooks[celery]``).
 
-The outbox stays the source of truth. A task carries the ids of the deliveries one commit made
-(up to :data:`BATCH` of them): it claims those that are due (the same claim as the thread
-engine's, so each attempt goes to one worker however many run), attempts them all at once on
-the worker's client, records them in one transaction and, for each retry, sends a task for its
+The outbox stays the source of truth. A task carries only a delivery id: it claims that
+delivery (the same claim as the thread pool's, so each attempt goes to one worker however many
+run), attempts it, records the attempt and, when a retry is due, sends itself again for that
 moment. A lost message, a dead worker or a broker restart only delays a delivery: the sweep task,
 which Celery beat runs every ``KAIZEN_WEBHOOKS_CELERY_SWEEP_INTERVAL`` seconds, sends a task
 again for every delivery overdue by more than that interval.
@@ -27,7 +26,7 @@ from ..errors import ConfigurationError
 from ..storage import claims, outbox
 from ..storage.holders import new_token
 from ..storage.rows import Outcome
-from .attempt import abandon, attempt_all, record
+from .attempt import abandon, attempt, record
 from .client import Client
 from .context import DeliveryContext
 
@@ -35,8 +34,6 @@ logger = logging.getLogger("flask_kaizen_webhooks")
 
 DELIVER = "flask_kaizen_webhooks.deliver"
 SWEEP = "flask_kaizen_webhooks.sweep"
-#: The most deliveries one task carries.
-BATCH = 100
 #: The most deliveries one sweep sends again.
 SWEEP_LIMIT = 10_000
 
@@ -62,14 +59,13 @@ class CeleryExecutor:
         self._context = context
         self._client = client
         self._lock = threading.Lock()
-        self._outgoing: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._outgoing: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._publisher: threading.Thread | None = None
         self._pid = os.getpid()
         celery_app = celery_app_of(app)
 
-        def deliver(delivery_ids: list[str] | str) -> None:
-            # A single id: a message published by an earlier release, still in the broker.
-            self._deliver([delivery_ids] if isinstance(delivery_ids, str) else delivery_ids)
+        def deliver(delivery_id: str) -> None:
+            self._deliver(delivery_id)
 
         def sweep() -> int:
             return self._sweep()
@@ -111,15 +107,14 @@ class CeleryExecutor:
         self._pid, self._outgoing, self._publisher = os.getpid(), queue.SimpleQueue(), None
 
     def submit(self, delivery_ids: list[str]) -> None:
-        """One task for the deliveries just committed (one per :data:`BATCH` of them), sent by a
-        thread of this process so that the host's request does not wait on the broker. A broker
-        that cannot be reached, or a process that ends first, costs a delay, not a delivery: the
-        sweep sends the task later."""
+        """One task per delivery just committed, sent by a thread of this process so that the
+        host's request does not wait on the broker. A broker that cannot be reached, or a process
+        that ends first, costs a delay, not a delivery: the sweep sends the task later."""
         with self._lock:
             if self._pid != os.getpid():  # a forked child starts afresh
                 self._fresh()
-            for start in range(0, len(delivery_ids), BATCH):
-                self._outgoing.put(delivery_ids[start : start + BATCH])
+            for delivery_id in delivery_ids:
+                self._outgoing.put(delivery_id)
             if self._publisher is None or not self._publisher.is_alive():
                 self._publisher = threading.Thread(
                     target=self._publish,
@@ -129,47 +124,44 @@ class CeleryExecutor:
                 )
                 self._publisher.start()
 
-    def _publish(self, outgoing: queue.SimpleQueue[list[str] | None]) -> None:
+    def _publish(self, outgoing: queue.SimpleQueue[str | None]) -> None:
         while True:
-            delivery_ids = outgoing.get()
-            if delivery_ids is None:
+            delivery_id = outgoing.get()
+            if delivery_id is None:
                 return
             try:
-                self.deliver.apply_async((delivery_ids,))
+                self.deliver.apply_async((delivery_id,))
             except Exception:
                 logger.exception(
-                    "Deliveries %s: could not hand them to Celery; the sweep will",
-                    ", ".join(delivery_ids),
+                    "Delivery %s: could not hand it to Celery; the sweep will", delivery_id
                 )
 
     # Tasks, run by the Celery workers.
 
-    def _deliver(self, delivery_ids: list[str]) -> None:
-        """Claim those of ``delivery_ids`` that are due, attempt them all at once and record
-        them in one transaction; send a task for each retry, for its moment."""
+    def _deliver(self, delivery_id: str) -> None:
+        """Claim ``delivery_id``, attempt it and record the attempt; schedule the retry."""
         with self._app.app_context():
             context = self._context
             now = context.clock.now()
             lease_until = now + timedelta(seconds=context.settings.lease_seconds)
             with context.database.writing() as session:
-                claimed = claims.claim_these(
+                claimed = claims.claim_one(
                     session,
-                    delivery_ids=delivery_ids,
+                    delivery_id=delivery_id,
                     now=now,
                     lease_until=lease_until,
                     token=new_token(),
                     fan_out_first=True,
                 )
-            for gone in [item for item in claimed if item.target is None]:
-                abandon(self._app, context, gone)
-            sendable = [item for item in claimed if item.target is not None]
-            if not sendable:
+            if claimed is None:
                 return  # sent already, not due yet, or another worker's
-            done = attempt_all(context, self._client, sendable)
-            record(self._app, context, done)
-            for retry in done:
-                if retry.kind is Outcome.RETRY and retry.retry_at is not None:
-                    self.deliver.apply_async(([retry.delivery_id],), eta=retry.retry_at)
+            if claimed.target is None:
+                abandon(self._app, context, claimed)
+                return
+            done = attempt(context, self._client, claimed)
+            record(self._app, context, [done])
+            if done.kind is Outcome.RETRY and done.retry_at is not None:
+                self.deliver.apply_async((delivery_id,), eta=done.retry_at)
 
     def _sweep(self) -> int:
         """Fan out the events whose tasks were lost, and send a task again for every delivery

@@ -93,47 +93,15 @@ def claim_due(
     return _take(connection, ids, token=token, lease_until=lease_until)
 
 
-_DUE_AMONG = (
+_DUE_ONE = (
     select(DELIVERIES.c.id)
     .where(
-        DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)),
+        DELIVERIES.c.id == bindparam("b_id"),
         DELIVERIES.c.status == DeliveryStatus.PENDING,
         DELIVERIES.c.next_attempt_at <= bindparam("b_now"),
     )
     .with_for_update(skip_locked=True)
 )
-
-
-def claim_these(
-    session: Session,
-    *,
-    delivery_ids: Sequence[str],
-    now: datetime,
-    lease_until: datetime,
-    token: str,
-    fan_out_first: bool = False,
-) -> list[Claimed]:
-    """Claim those of ``delivery_ids`` that are due and that nobody holds, and load them with
-    their registrations; the others are left out (sent already, not due yet, or another
-    worker's).
-
-    With ``fan_out_first``, deliveries not found may be part of events not fanned out yet:
-    the waiting events are fanned out, waiting for those another transaction is fanning out
-    (the events of one commit are often claimed at once, each by its own task), and those
-    deliveries are looked for again."""
-    connection = session.connection()
-    wanted = list(dict.fromkeys(delivery_ids))
-    claimed: list[Claimed] = []
-    for look in range(2 if fan_out_first else 1):
-        if look:
-            expand_events(session, wait=True)
-        ids = list(connection.execute(_DUE_AMONG, {"b_ids": wanted, "b_now": now}).scalars())
-        claimed += _take(connection, ids, token=token, lease_until=lease_until)
-        found = {item.delivery_id for item in claimed}
-        wanted = [delivery_id for delivery_id in wanted if delivery_id not in found]
-        if not wanted:
-            break
-    return claimed
 
 
 def claim_one(
@@ -145,16 +113,22 @@ def claim_one(
     token: str,
     fan_out_first: bool = False,
 ) -> Claimed | None:
-    """Claim delivery ``delivery_id`` as :func:`claim_these` does; None if it is not claimed."""
-    claimed = claim_these(
-        session,
-        delivery_ids=[delivery_id],
-        now=now,
-        lease_until=lease_until,
-        token=token,
-        fan_out_first=fan_out_first,
-    )
-    return claimed[0] if claimed else None
+    """Claim delivery ``delivery_id`` if it is due and nobody holds it, and load it with its
+    registration; None otherwise (sent already, not due yet, or another worker's).
+
+    With ``fan_out_first``, a delivery not found may be part of an event not fanned out yet:
+    the waiting events are fanned out, waiting for those another transaction is fanning out
+    (the events of one commit are often claimed at once, each by its own task), and it is
+    looked for again."""
+    connection = session.connection()
+    for look in range(2 if fan_out_first else 1):
+        if look:
+            expand_events(session, wait=True)
+        ids = list(connection.execute(_DUE_ONE, {"b_id": delivery_id, "b_now": now}).scalars())
+        claimed = _take(connection, ids, token=token, lease_until=lease_until)
+        if claimed:
+            return claimed[0]
+    return None
 
 
 def overdue(session: Session, *, due_before: datetime, limit: int) -> list[str]:
