@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -107,3 +108,24 @@ def test_box_errors_are_clear() -> None:
 def test_bad_secret_keys_fail_at_init_app(make_host: Any) -> None:
     with pytest.raises(ConfigurationError, match="KAIZEN_WEBHOOKS_SECRET_KEYS"):
         make_host("sqlite", KAIZEN_WEBHOOKS_SECRET_KEYS=["nope"])
+
+
+def test_a_login_whose_hooks_cannot_be_signed_does_not_wait_for_the_deadline(
+    make_host: Any, receiver: Any
+) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    first = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_SECRET_KEYS=[old])
+    register(first, receiver().url(), topic="user_logged_in", secret=SECRET)
+    key_lost = make_host(
+        "sqlite",
+        **DELIVERY_CONFIG,
+        KAIZEN_WEBHOOKS_DATABASE_URI=first.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"],
+        KAIZEN_WEBHOOKS_SECRET_KEYS=[new],
+        KAIZEN_WEBHOOKS_SYNC_TIMEOUT=5,
+    )
+    with key_lost.app.app_context():
+        started = time.monotonic()
+        [failed] = key_lost.webhooks.trigger("user_logged_in", {"u": 1})
+        took = time.monotonic() - started
+    assert not failed.ok and "cannot be decrypted" in (failed.error or "")
+    assert took < 2.5  # nothing was sent, so nothing was waited for (the deadline is 5 s)

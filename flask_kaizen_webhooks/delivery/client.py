@@ -149,6 +149,8 @@ class Client:
 
     def _wait(self, jobs: list[Job[Any]], deadline: float | None) -> list[SendResult]:
         """Send ``jobs`` and wait for their results (until ``deadline``, if there is one)."""
+        if not jobs:  # nothing to wait for (every hook's request failed before it was made)
+            return []
         started = time.monotonic()
         results: list[SendResult | None] = [None] * len(jobs)
         lock, all_in, left = threading.Lock(), threading.Event(), [len(jobs)]
