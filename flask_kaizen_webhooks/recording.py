@@ -57,6 +57,8 @@ class Recordings:
 
     def listening(self) -> list[list[SentWebhook]]:
         """The recordings open now (none: send as usual)."""
+        if not self._open:  # the host's every event asks: no lock while nothing records
+            return []
         with self._lock:
             return list(self._open)
 
@@ -96,7 +98,7 @@ def _targets(database: Database, topic: Topic) -> list[Target]:
     session of their own, as a fan-out reads them."""
     if topic.mode is Mode.ASYNC:
         session = database.session
-        owned = database.embedded or not session.in_transaction()
+        owned = database.commits_itself(session)
         try:
             return outbox.active_targets(session, topic=topic.name)
         finally:

@@ -48,7 +48,7 @@ def enqueue(
     """
     database = context.database
     session = database.session
-    owned = database.embedded or not session.in_transaction()
+    owned = database.commits_itself(session)
     connection = session.connection()
     recipients = outbox.active_recipients(connection, topic=topic)
     now = context.clock.now()

@@ -101,6 +101,12 @@ class Database:
         assert self.host_db is not None
         return self.host_db.session()
 
+    def commits_itself(self, session: Session) -> bool:
+        """True when what the extension writes on ``session`` (its :attr:`session`) is the
+        extension's to commit: always on the embedded database; on the host's when no host
+        transaction is open (inside one, it commits or rolls back with the host's change)."""
+        return self.embedded or not session.in_transaction()
+
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """A short write transaction in a session of its own, committed on leaving (rolled back
