@@ -33,8 +33,6 @@ from .storage.tables import TEST_MODE
 from .topics import Mode, Topic, TopicRegistry
 
 EXTENSION_KEY = "kaizen_webhooks"
-#: Attempts a Celery worker process's client makes at once, at most.
-CELERY_AT_ONCE = 1024
 #: Seconds the process's exit waits for the delivery logs still queued to be written.
 EXIT_LOG_TIMEOUT = 5.0
 
@@ -86,10 +84,8 @@ class WebhooksState:
         self.callbacks = callbacks
         secrets = SecretBox.from_config(settings.secret_keys, app.secret_key)
         self.context = DeliveryContext(settings, database, secrets, Clock(), random.Random())
-        #: The background engine's HTTP client; in a Celery worker, its tasks' (each task's
-        #: thread waits for its own attempt: as many at once as the worker runs tasks).
-        celery = settings.executor == ExecutorKind.CELERY
-        self.client = self._client("engine", CELERY_AT_ONCE if celery else settings.workers)
+        #: The background engine's HTTP client (in a Celery worker process too).
+        self.client = self._client("engine", settings.workers)
         #: Synchronous topics (the host's logins) send on a client of their own (its thread and
         #: connections), which nothing an integrator can set off (a test, a redelivery) delays.
         self.sync_client = self._client("sync", settings.sync_workers)

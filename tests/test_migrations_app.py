@@ -186,7 +186,7 @@ def test_the_db_commands_go_down_and_up_again_keeping_the_rows(
     output = cli(host, "downgrade", "0001")
     assert "0002 -> 0001" in output and f"went from {HEAD} (head) to 0001." in output
     assert "kaizen_webhook_call_counts" not in inspect(engine).get_table_names()
-    assert "Head is 0002: " in cli(host, "current")
+    assert f"Head is {HEAD}: " in cli(host, "current")
     assert "0001 -> 0002" in cli(host, "upgrade")
     assert "nothing to do" in cli(host, "upgrade")
     with engine.connect() as connection:

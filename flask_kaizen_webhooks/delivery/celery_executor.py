@@ -1,13 +1,19 @@
-"""The Celery executor: asynchronous deliveries as tasks on the host's Celery workers, for hosts
-that outgrow one process (``KAIZEN_WEBHOOKS_EXECUTOR = "celery"``; ``pip install
+"""The Celery executor: asynchronous deliveries on the host's Celery workers, for hosts that
+outgrow one process (``KAIZEN_WEBHOOKS_EXECUTOR = "celery"``; ``pip install
 flask-kaizen-webhooks[celery]``).
 
-The outbox stays the source of truth. A task carries only a delivery id: it claims that
-delivery (the same claim as the thread pool's, so each attempt goes to one worker however many
-run), attempts it, records the attempt and, when a retry is due, sends itself again for that
-moment. A lost message, a dead worker or a broker restart only delays a delivery: the sweep task,
+A web process hands the deliveries of each commit to Celery as one task. A worker process runs
+the same engine as the thread executor (:class:`.engine.ThreadExecutor`): a task wakes it (and
+starts it on the first task), and it claims due work in batches, sends it on the process's one
+client and records the results as they come. So a worker process spends its time sending, and
+the caps on attempts in flight hold across every worker process (see
+:mod:`..storage.slots`).
+
+The outbox stays the source of truth. A lost message, a dead worker or a broker restart only
+delays a delivery: every running engine looks for due work at each poll, and the sweep task,
 which Celery beat runs every ``KAIZEN_WEBHOOKS_CELERY_SWEEP_INTERVAL`` seconds, sends a task
-again for every delivery overdue by more than that interval.
+again for work overdue by more than that interval (waking the engines of workers that have not
+had a task since they started).
 """
 
 from __future__ import annotations
@@ -24,18 +30,23 @@ from flask import Flask
 from ..config import PREFIX
 from ..errors import ConfigurationError
 from ..storage import claims, outbox
-from ..storage.holders import new_token
-from ..storage.rows import Outcome
-from .attempt import abandon, attempt, record
 from .client import Client
 from .context import DeliveryContext
+from .engine import ThreadExecutor
+from .outage import Outage
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
+#: The task carrying the ids of one commit's deliveries.
+DELIVER_MANY = "flask_kaizen_webhooks.deliver_many"
+#: The task of earlier releases (one id each): still taken, for messages queued before an
+#: upgrade.
 DELIVER = "flask_kaizen_webhooks.deliver"
 SWEEP = "flask_kaizen_webhooks.sweep"
 #: The most deliveries one sweep sends again.
 SWEEP_LIMIT = 10_000
+#: The most ids one task carries.
+TASK_IDS = 1000
 
 
 def celery_app_of(app: Flask) -> Any:
@@ -52,25 +63,32 @@ def celery_app_of(app: Flask) -> Any:
 
 
 class CeleryExecutor:
-    """Hands committed deliveries to Celery; the host's Celery workers send them."""
+    """Hands committed deliveries to Celery; in the host's Celery workers, the engine sends
+    them."""
 
     def __init__(self, app: Flask, context: DeliveryContext, client: Client) -> None:
         self._app = app
         self._context = context
-        self._client = client
+        #: The engine of a worker process; it starts on the first task there.
+        self.engine = ThreadExecutor(app, context, client)
         self._lock = threading.Lock()
         self._outgoing: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._publisher: threading.Thread | None = None
+        self._broker = Outage("Celery's broker", "the sweep sends their tasks later")
         self._pid = os.getpid()
         celery_app = celery_app_of(app)
 
+        def deliver_many(delivery_ids: list[str]) -> None:
+            self._wake()
+
         def deliver(delivery_id: str) -> None:
-            self._deliver(delivery_id)
+            self._wake()
 
         def sweep() -> int:
             return self._sweep()
 
-        self.deliver = celery_app.task(name=DELIVER, acks_late=True, ignore_result=True)(deliver)
+        self.deliver_many = celery_app.task(name=DELIVER_MANY, ignore_result=True)(deliver_many)
+        self.deliver = celery_app.task(name=DELIVER, ignore_result=True)(deliver)
         self.sweep = celery_app.task(name=SWEEP, ignore_result=True)(sweep)
         celery_app.conf.beat_schedule = {
             **(celery_app.conf.beat_schedule or {}),
@@ -89,27 +107,35 @@ class CeleryExecutor:
         return None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Hand over what is still waiting (for up to ``timeout`` seconds)."""
+        """Hand over what is still waiting (for up to ``timeout`` seconds), and stop this
+        process's engine if it runs (a worker process)."""
         with self._lock:
             publisher = self._publisher if self._pid == os.getpid() else None
             self._publisher = None
-            if publisher is None or not publisher.is_alive():
-                return
-            self._outgoing.put(None)
-        publisher.join(timeout)
+            if publisher is not None and publisher.is_alive():
+                self._outgoing.put(None)
+            else:
+                publisher = None
+        if publisher is not None:
+            publisher.join(timeout)
+        self.engine.stop(timeout)
 
     def after_fork(self) -> None:
-        """In a forked child: a publishing thread of its own, on first use."""
+        """In a forked child: a publishing thread and an engine of its own, on first use."""
         self._lock = threading.Lock()
         self._fresh()
+        self.engine.after_fork()
 
     def _fresh(self) -> None:
         self._pid, self._outgoing, self._publisher = os.getpid(), queue.SimpleQueue(), None
 
     def submit(self, delivery_ids: list[str]) -> None:
-        """One task per delivery just committed, sent by a thread of this process so that the
-        host's request does not wait on the broker. A broker that cannot be reached, or a process
-        that ends first, costs a delay, not a delivery: the sweep sends the task later."""
+        """One task for the deliveries just committed, sent by a thread of this process so
+        that the host's request does not wait on the broker. A broker that cannot be reached,
+        or a process that ends first, costs a delay, not a delivery: the engines find the work
+        at their next poll, and the sweep sends the task later."""
+        if not delivery_ids:
+            return
         with self._lock:
             if self._pid != os.getpid():  # a forked child starts afresh
                 self._fresh()
@@ -125,43 +151,36 @@ class CeleryExecutor:
                 self._publisher.start()
 
     def _publish(self, outgoing: queue.SimpleQueue[str | None]) -> None:
-        while True:
-            delivery_id = outgoing.get()
-            if delivery_id is None:
+        """Send what is queued, as few tasks as there are batches of :data:`TASK_IDS`."""
+        done = False
+        while not done:
+            first = outgoing.get()
+            if first is None:
                 return
+            ids = [first]
+            while len(ids) < TASK_IDS:
+                try:
+                    delivery_id = outgoing.get_nowait()
+                except queue.Empty:
+                    break
+                if delivery_id is None:
+                    done = True
+                    break
+                ids.append(delivery_id)
             try:
-                self.deliver.apply_async((delivery_id,))
-            except Exception:
-                logger.exception(
-                    "Delivery %s: could not hand it to Celery; the sweep will", delivery_id
-                )
+                self.deliver_many.apply_async((ids,))
+            except Exception as exc:
+                self._broker.failed(exc, f"{len(ids)} deliveries could not be handed to Celery")
+            else:
+                self._broker.works()
 
     # Tasks, run by the Celery workers.
 
-    def _deliver(self, delivery_id: str) -> None:
-        """Claim ``delivery_id``, attempt it and record the attempt; schedule the retry."""
-        with self._app.app_context():
-            context = self._context
-            now = context.clock.now()
-            lease_until = now + timedelta(seconds=context.settings.lease_seconds)
-            with context.database.writing() as session:
-                claimed = claims.claim_one(
-                    session,
-                    delivery_id=delivery_id,
-                    now=now,
-                    lease_until=lease_until,
-                    token=new_token(),
-                    fan_out_first=True,
-                )
-            if claimed is None:
-                return  # sent already, not due yet, or another worker's
-            if claimed.target is None:
-                abandon(self._app, context, claimed)
-                return
-            done = attempt(context, self._client, claimed)
-            record(self._app, context, [done])
-            if done.kind is Outcome.RETRY and done.retry_at is not None:
-                self.deliver.apply_async((delivery_id,), eta=done.retry_at)
+    def _wake(self) -> None:
+        """Start this worker process's engine on its first task, and make it look for due
+        work now."""
+        self.engine.autostart()
+        self.engine.wake()
 
     def _sweep(self) -> int:
         """Fan out the events whose tasks were lost, and send a task again for every delivery

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from flask import Flask
 
-from ..storage import claims, outbox
+from ..storage import claims, outbox, slots
 from ..storage.holders import new_token
 from ..storage.rows import AttemptRecord, Claimed
 from .attempt import abandon, conclude, record
@@ -27,8 +27,10 @@ from .client import Client, Job, SendResult
 from .context import DeliveryContext
 from .destinations import destination_of
 from .inflight import InFlight
+from .outage import Outage
 from .recorder import Recorder
 from .requests import Request, request_of
+from .shares import Shares
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -74,7 +76,11 @@ class ThreadExecutor:
             settings.max_in_flight_per_host,
             park_per_host=self._ahead,
             park_total=settings.max_queue,
+            granted=True,
         )
+        #: This run's shares of the caps held across processes.
+        self._shares = Shares(settings, self._client.addresses)
+        self._database = Outage("the database", "due deliveries wait in the outbox")
         self._recorder: Recorder[AttemptRecord] = Recorder(
             self._record, name="kaizen-webhooks-recorder", expecting=self._in_flight.busy
         )
@@ -161,7 +167,7 @@ class ThreadExecutor:
             left += self._release_all([item], host)
         left += self._unsent + self._in_flight.unpark_all()
         self._unsent = []
-        self._give_back(left, due=self._context.clock.now())
+        self._give_back(left, due=self._context.clock.now(), shares=True)
         self._recorder.stop(max(1.0, deadline - time.monotonic()))
         atexit.unregister(self.stop)
         logger.info("Webhook dispatcher stopped")
@@ -266,8 +272,8 @@ class ThreadExecutor:
                 renewed = claims.extend_claim(
                     session, delivery_id=item.delivery_id, token=item.token, lease_until=lease_until
                 )
-        except Exception:
-            logger.exception("Delivery %s: renewing its claim failed", item.delivery_id)
+        except Exception as exc:
+            self._database.failed(exc, f"Renewing the claim of delivery {item.delivery_id}")
             renewed = False
         if renewed:
             self._begin([dataclasses.replace(item, lease_until=lease_until)], host, renewed=True)
@@ -304,13 +310,13 @@ class ThreadExecutor:
                         stopping.wait(CLAIM_GATHER)
                         backlog = self._in_flight.backlog()
                         room = self._ahead - sender.load - backlog.waiting
-                    if room > 0:
-                        claimed = self._claim_due(room, backlog.skip_registrations)
-                        self._dispatch(claimed)
-                        if len(claimed) == room:
-                            continue  # more may be due: look again at once
-            except Exception:
-                logger.exception("Webhook poller: looking for due deliveries failed")
+                    claimed = self._claim_due(room, backlog.skip_registrations)
+                    self._database.works()
+                    self._dispatch(claimed)
+                    if room > 0 and len(claimed) == room:
+                        continue  # more may be due: look again at once
+            except Exception as exc:
+                self._database.failed(exc, "Looking for due deliveries")
             wake.wait(settings.poll_interval)
             wake.clear()
 
@@ -323,8 +329,9 @@ class ThreadExecutor:
         try:
             with self._app.app_context(), context.database.writing() as session:
                 released = claims.release_dead_claims(session, now=context.clock.now())
-        except Exception:
-            logger.exception("Could not give back the claims of processes that died")
+                slots.give_back_dead(session)
+        except Exception as exc:
+            self._database.failed(exc, "Giving back the claims of processes that died")
             return False
         if released:
             logger.warning(
@@ -362,30 +369,49 @@ class ThreadExecutor:
             self._give_back(refused, due=later)
 
     def _claim_due(self, limit: int, skip_registrations: AbstractSet[str]) -> list[Claimed]:
+        """Claim up to ``limit`` due deliveries (none when ``limit`` is not positive) and, in the
+        same transaction, bring this run's shares of the caps in line with its work (the
+        claimed deliveries included); the grants apply once it commits."""
         context = self._context
         now = context.clock.now()
         token = new_token()
         lease_until = now + timedelta(seconds=context.settings.lease_seconds)
+        claimed: list[Claimed] = []
         with context.database.writing() as session:
-            outbox.expand_events(session)  # events committed in the host's transactions
-            return claims.claim_due(
-                session,
-                now=now,
-                lease_until=lease_until,
-                token=token,
-                limit=limit,
-                skip_registrations=skip_registrations,
+            if limit > 0:
+                outbox.expand_events(session)  # events committed in the host's transactions
+                claimed = claims.claim_due(
+                    session,
+                    now=now,
+                    lease_until=lease_until,
+                    token=token,
+                    limit=limit,
+                    skip_registrations=skip_registrations,
+                )
+            grants = self._shares.share(
+                session, self._in_flight.needs(), claimed, now=now, until=lease_until
             )
+        if grants is not None:
+            self._shares.written()
+            started: dict[str, list[Claimed]] = {}
+            for item, host in self._in_flight.grant(*grants):
+                started.setdefault(host, []).append(item)
+            for host, items in started.items():
+                self._begin(items, host)
+        return claimed
 
-    def _give_back(self, items: list[Claimed], *, due: datetime) -> None:
-        """Release the claims of ``items`` unattempted, due at ``due``."""
-        if not items:
+    def _give_back(self, items: list[Claimed], *, due: datetime, shares: bool = False) -> None:
+        """Release the claims of ``items`` unattempted, due at ``due``; with ``shares``, this
+        run's shares of the caps too (it stops)."""
+        if not items and not shares:
             return
         try:
             with self._app.app_context(), self._context.database.writing() as session:
                 claims.release_claims(
                     session, [(item.delivery_id, item.token) for item in items], due=due
                 )
+                if shares:
+                    self._shares.give_back(session)
         except Exception:
             logger.exception(
                 "Could not give back %d claimed deliveries; their leases will "

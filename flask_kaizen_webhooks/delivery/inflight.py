@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -35,6 +36,15 @@ class Backlog:
     skip_registrations: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What :meth:`InFlight.needs` tells: (under way, parked) by registration and by host."""
+
+    registrations: dict[str, tuple[int, int]]
+    hosts: dict[str, tuple[int, int]]
+    timing_out: frozenset[str]
+
+
 class InFlight(Generic[T]):
     """Counts attempts under way, by registration and by host, and parks work waiting for a
     slot (up to ``park_per_host`` items per host and ``park_total`` in all); thread-safe."""
@@ -47,9 +57,15 @@ class InFlight(Generic[T]):
         park_per_host: int = 0,
         park_total: int = 0,
         park_per_registration: int | None = None,
+        granted: bool = False,
     ) -> None:
         self.per_registration = per_registration
         self.per_host = per_host
+        #: With ``granted``, a registration or host may only use the slots granted to it (see
+        #: :meth:`grant`): its share of a cap held across processes.
+        self.granted = granted
+        self._registration_grants: dict[str, int] = {}
+        self._host_grants: dict[str, int] = {}
         self.park_per_host = park_per_host
         self.park_total = park_total
         #: So that one registration's backlog leaves room in its host's park for the others.
@@ -138,7 +154,7 @@ class InFlight(Generic[T]):
             self._forget_host(registration_id)
             started: list[T] = []
             released_by: str | None = registration_id
-            while (queue := self._parked.get(host)) and self._hosts[host] < self.per_host:
+            while (queue := self._parked.get(host)) and self._hosts[host] < self._host_cap(host):
                 index = self._next_parked(host, queue, released_by=released_by)
                 if index is None:
                     break
@@ -188,6 +204,38 @@ class InFlight(Generic[T]):
                 if count == 0:
                     break
         return best
+
+    def grant(
+        self, registrations: Mapping[str, int], hosts: Mapping[str, int]
+    ) -> list[tuple[T, str]]:
+        """Set the slots granted to each registration and host (the others get none); the
+        parked items that may start now come back with their hosts, each with its slot taken."""
+        with self._lock:
+            self._registration_grants = dict(registrations)
+            self._host_grants = dict(hosts)
+            started: list[tuple[T, str]] = []
+            for host in list(self._parked):
+                while (queue := self._parked.get(host)) and self._hosts[host] < self._host_cap(
+                    host
+                ):
+                    index = self._next_parked(host, queue, released_by=None)
+                    if index is None:
+                        break
+                    started.append((self._unpark(host, queue, index), host))
+            return started
+
+    def needs(self) -> Needs:
+        """The attempts under way and the items parked, by registration and by host."""
+        with self._lock:
+            registrations = {
+                key: (self._registrations[key], self._parked_by_registration[key])
+                for key in self._registrations.keys() | self._parked_by_registration.keys()
+            }
+            hosts = {
+                key: (self._hosts[key], len(self._parked.get(key, ())))
+                for key in self._hosts.keys() | self._parked.keys()
+            }
+            return Needs(registrations, hosts, frozenset(self._timing_out))
 
     def busy(self) -> bool:
         """True while any attempt is under way (read without the lock: a hint)."""
@@ -262,22 +310,33 @@ class InFlight(Generic[T]):
         ):
             self._host_of.pop(registration_id, None)
 
+    def _host_cap(self, host: str) -> int:
+        if not self.granted:
+            return self.per_host
+        return min(self.per_host, self._host_grants.get(host, 0))
+
     def _free(self, registration_id: str, host: str) -> bool:
         held = self._hosts[host]
-        if held >= self.per_host:
+        per_host = self._host_cap(host)
+        if held >= per_host:
             return False
+        per_registration = self.per_registration
+        if self.granted:
+            per_registration = min(
+                per_registration, self._registration_grants.get(registration_id, 0)
+            )
         if registration_id not in self._timing_out:
             mine = self._registrations[registration_id]
             # A host's last slot goes only to a registration with nothing in flight: however
             # its first attempts fare, an endpoint never holds every slot of its host.
-            return mine < self.per_registration and (mine == 0 or held < self.per_host - 1)
+            return mine < per_registration and (mine == 0 or held < per_host - 1)
         # One slot each, and half the host's slots between all of them: registrations that
         # answer in time always have the other half.
-        if self._registrations[registration_id] >= 1:
+        if self._registrations[registration_id] >= min(1, per_registration):
             return False
         in_flight = self._host_registrations.get(host, Counter())
         timing_out = sum(count for other, count in in_flight.items() if other in self._timing_out)
-        return timing_out < max(1, self.per_host // 2)
+        return timing_out < max(1, per_host // 2)
 
     def _take(self, registration_id: str, host: str) -> None:
         self._registrations[registration_id] += 1

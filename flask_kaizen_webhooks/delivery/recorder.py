@@ -12,6 +12,8 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from .outage import Outage
+
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 T = TypeVar("T")
@@ -56,6 +58,7 @@ class Recorder(Generic[T]):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = False
+        self._outage = Outage("the database", f"the records wait in memory ({lost} if it ends)")
 
     def put(self, record: T) -> None:
         """Queue ``record`` for writing (starting the thread on first use)."""
@@ -126,6 +129,7 @@ class Recorder(Generic[T]):
         while True:
             try:
                 self._write(batch)
+                self._outage.works()
                 return
             except Exception as exc:
                 bad = refused(exc)
@@ -142,7 +146,10 @@ class Recorder(Generic[T]):
                         "Could not record %d records; dropped (%s)", len(batch), self._lost
                     )
                     return
-                logger.exception("Recording %d records failed; trying again", len(batch))
+                if bad:
+                    logger.exception("Recording %d records failed; trying again", len(batch))
+                else:
+                    self._outage.failed(exc, f"Recording {len(batch)} records")
                 time.sleep(RETRY_DELAY)
 
 

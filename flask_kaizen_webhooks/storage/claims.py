@@ -49,9 +49,15 @@ def _due_statement(*, skipping: bool) -> Any:
 _DUE = {skipping: _due_statement(skipping=skipping) for skipping in (False, True)}
 
 
+# Due still: on SQLite the rows were read outside the write transaction, and another process
+# may have claimed some of them since.
 _TAKE = (
     update(DELIVERIES)
-    .where(DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)))
+    .where(
+        DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)),
+        DELIVERIES.c.status == DeliveryStatus.PENDING,
+        DELIVERIES.c.next_attempt_at <= bindparam("b_now"),
+    )
     .values(claim_token=bindparam("b_token"), next_attempt_at=bindparam("b_lease_until"))
     .returning(
         DELIVERIES.c.id,
@@ -90,7 +96,7 @@ def claim_due(
     if skip_registrations:
         params["b_skip"] = sorted(skip_registrations)
     ids = list(connection.execute(_DUE[bool(skip_registrations)], params).scalars())
-    return _take(connection, ids, token=token, lease_until=lease_until)
+    return _take(connection, ids, now=now, token=token, lease_until=lease_until)
 
 
 _DUE_ONE = (
@@ -125,7 +131,7 @@ def claim_one(
         if look:
             expand_events(session, wait=True)
         ids = list(connection.execute(_DUE_ONE, {"b_id": delivery_id, "b_now": now}).scalars())
-        claimed = _take(connection, ids, token=token, lease_until=lease_until)
+        claimed = _take(connection, ids, now=now, token=token, lease_until=lease_until)
         if claimed:
             return claimed[0]
     return None
@@ -147,14 +153,14 @@ def overdue(session: Session, *, due_before: datetime, limit: int) -> list[str]:
 
 
 def _take(
-    connection: Connection, ids: list[str], *, token: str, lease_until: datetime
+    connection: Connection, ids: list[str], *, now: datetime, token: str, lease_until: datetime
 ) -> list[Claimed]:
     """Claim the (locked, due) deliveries ``ids`` with ``token`` until ``lease_until``; them,
     loaded with their registrations."""
     if not ids:
         return []
     rows = connection.execute(
-        _TAKE, {"b_ids": ids, "b_token": token, "b_lease_until": lease_until}
+        _TAKE, {"b_ids": ids, "b_now": now, "b_token": token, "b_lease_until": lease_until}
     ).all()
     targets: dict[str, Target | None] = {}
     registration_ids = sorted({row.registration_id for row in rows})

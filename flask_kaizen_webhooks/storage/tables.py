@@ -13,6 +13,7 @@ from typing import Final
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -236,6 +237,28 @@ class CallCount(Base):
     #: The minute counted, as minutes since the epoch.
     minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class Slot(Base):
+    """One process's share of one cap on attempts in flight (of a registration, or of a host):
+    what makes the caps hold across processes. Each process holds a row per key it sends to,
+    renewed while it runs and given back when it has nothing more for that key (see
+    :mod:`..storage.slots`)."""
+
+    __tablename__ = "kaizen_webhook_slots"
+
+    #: ``"registration:<id>"`` or ``"host:<host>"``.
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    #: The holding process's claim-token prefix (see :mod:`..storage.holders`).
+    holder: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Attempts the holder may have under way for the key.
+    held: Mapped[int] = mapped_column(Integer)
+    #: Attempts the holder would run now if it could (more than ``held``: it waits for slots).
+    wanted: Mapped[int] = mapped_column(Integer)
+    #: The holder's last attempt for this registration timed out: one slot at most, everywhere.
+    timing_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The share lapses then unless renewed (its holder stopped without giving it back).
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def url_digest(url: str) -> str:
