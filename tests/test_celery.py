@@ -356,3 +356,16 @@ def test_a_broker_down_at_commit_time_delays_but_loses_nothing(
         with app.app_context():
             get_state(app).shutdown(timeout=5)
             get_state(app).database.dispose()
+
+
+def test_a_worker_sends_due_work_from_its_start_without_any_task(
+    web: Host, start_worker: Any, receiver: Any
+) -> None:
+    # Work left due (a retry, say) while no worker ran, and no message for it anywhere: no
+    # beat runs either. The worker's engine starts with the worker and finds it at its poll.
+    server = receiver()
+    register(web, server.url())
+    ids = committed_events(web, 3)
+    start_worker(concurrency=2)
+    wait_for_successes(web, 3, timeout=30)
+    assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})

@@ -3,8 +3,8 @@ outgrow one process (``KAIZEN_WEBHOOKS_EXECUTOR = "celery"``; ``pip install
 flask-kaizen-webhooks[celery]``).
 
 A web process hands the deliveries of each commit to Celery as one task. A worker process runs
-the same engine as the thread executor (:class:`.engine.ThreadExecutor`): a task wakes it (and
-starts it on the first task), and it claims due work in batches, sends it on the process's one
+the same engine as the thread executor (:class:`.engine.ThreadExecutor`), started with the
+worker process: a task wakes it, and it claims due work in batches, sends it on the process's one
 client and records the results as they come. So a worker process spends its time sending, and
 the caps on attempts in flight hold across every worker process (see
 :mod:`..storage.slots`).
@@ -12,8 +12,7 @@ the caps on attempts in flight hold across every worker process (see
 The outbox stays the source of truth. A lost message, a dead worker or a broker restart only
 delays a delivery: every running engine looks for due work at each poll, and the sweep task,
 which Celery beat runs every ``KAIZEN_WEBHOOKS_CELERY_SWEEP_INTERVAL`` seconds, sends a task
-again for work overdue by more than that interval (waking the engines of workers that have not
-had a task since they started).
+again for work overdue by more than that interval.
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ class CeleryExecutor:
     def __init__(self, app: Flask, context: DeliveryContext, client: Client) -> None:
         self._app = app
         self._context = context
-        #: The engine of a worker process; it starts on the first task there.
+        #: The engine of a worker process, started with it.
         self.engine = ThreadExecutor(app, context, client)
         self._lock = threading.Lock()
         self._outgoing: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -90,6 +89,7 @@ class CeleryExecutor:
         self.deliver_many = celery_app.task(name=DELIVER_MANY, ignore_result=True)(deliver_many)
         self.deliver = celery_app.task(name=DELIVER, ignore_result=True)(deliver)
         self.sweep = celery_app.task(name=SWEEP, ignore_result=True)(sweep)
+        self._start_with_workers(celery_app)
         celery_app.conf.beat_schedule = {
             **(celery_app.conf.beat_schedule or {}),
             "flask-kaizen-webhooks-sweep": {
@@ -97,6 +97,24 @@ class CeleryExecutor:
                 "schedule": context.settings.celery_sweep_interval,
             },
         }
+
+    def _start_with_workers(self, celery_app: Any) -> None:
+        """Start the engine of each worker process as it starts (rather than on its first
+        task), so that retries left due by a restart go out without waiting for new work."""
+        from celery import signals
+
+        def on_process_init(**_: Any) -> None:  # a prefork child, or the solo pool's process
+            self.engine.autostart()
+
+        def on_ready(sender: Any = None, **_: Any) -> None:  # the worker's main process
+            if getattr(sender, "app", None) is not celery_app:
+                return
+            pool = type(getattr(sender, "pool", None)).__module__
+            if not pool.endswith(".prefork"):  # prefork: the children send, not the parent
+                self.engine.autostart()
+
+        signals.worker_process_init.connect(on_process_init, weak=False)
+        signals.worker_ready.connect(on_ready, weak=False)
 
     # The Executor protocol: the web process only hands ids over.
 
@@ -177,8 +195,8 @@ class CeleryExecutor:
     # Tasks, run by the Celery workers.
 
     def _wake(self) -> None:
-        """Start this worker process's engine on its first task, and make it look for due
-        work now."""
+        """Make this worker process's engine look for due work now (starting it if it was not
+        started with the process)."""
         self.engine.autostart()
         self.engine.wake()
 
