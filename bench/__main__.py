@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pycurl
@@ -212,8 +213,38 @@ def async_throughput(url: str, database_uri: str, events: int, registrations: in
 REDIS = os.environ.get("KAIZEN_WEBHOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def celery_throughput(url: str, events: int, registrations: int, workers: int) -> float | None:
-    """``async_per_s`` on the Celery executor: ``workers`` Celery worker processes (8 threads
+def median_of(runs: list[Any], field: str) -> float | None:
+    """The median of ``field`` over ``runs``, or None when there are none."""
+    return statistics.median(getattr(run, field) for run in runs) if runs else None
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds process ``pid`` has used (user and system)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """This machine's CPU seconds so far: (busy, all), over every core."""
+    with open("/proc/stat") as stat:
+        ticks = [int(n) for n in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CeleryRun:
+    """One run of the Celery executor: deliveries/s, the CPU the worker processes spent per
+    delivery, and how busy the machine's cores were meanwhile."""
+
+    per_s: float
+    worker_cpu_us: float
+    machine_busy_pct: float
+
+
+def celery_throughput(url: str, events: int, registrations: int, workers: int) -> CeleryRun | None:
+    """``async_per_s`` on the Celery executor: ``workers`` Celery worker processes (one engine
     each) on PostgreSQL and Redis; None when Celery, Redis or PostgreSQL is missing."""
     try:
         import redis
@@ -236,7 +267,7 @@ def celery_throughput(url: str, events: int, registrations: int, workers: int) -
         get_state(app).database.drop_tables()
     add_registrations(app, url, registrations, "profile_updated")
     command = [sys.executable, "-m", "celery", "-A", "bench.celery_host:celery_app", "worker"]
-    command += ["--pool=threads", "--concurrency=8", "--loglevel=WARNING"]
+    command += ["--pool=threads", "--concurrency=2", "--loglevel=WARNING"]
     command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     processes = [
         subprocess.Popen([*command, f"--hostname=bench{n}@%h"], env=os.environ.copy())
@@ -248,13 +279,23 @@ def celery_throughput(url: str, events: int, registrations: int, workers: int) -
         while succeeded(app) < registrations:
             time.sleep(0.05)
         total = (events + 1) * registrations
+        cpu_before = sum(process_cpu(process.pid) for process in processes)
+        busy_before, all_before = machine_cpu()
         started = time.perf_counter()
         with app.app_context():
             for n in range(events):
                 signals.profile_updated.send(app, payload={**PAYLOAD, "n": n})
         while succeeded(app) < total:
             time.sleep(0.02)
-        return events * registrations / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        busy, every = machine_cpu()
+        cpu = sum(process_cpu(process.pid) for process in processes) - cpu_before
+        count = events * registrations
+        return CeleryRun(
+            count / elapsed,
+            cpu / count * 1e6,
+            100 * (busy - busy_before) / max(every - all_before, 1e-9),
+        )
     finally:
         for process in processes:
             process.terminate()
@@ -399,9 +440,18 @@ def main() -> None:
         figures["async_postgres_per_s"] = (
             statistics.median(rounds["postgres"]) if with_postgres else None
         )
-        for workers in (1, 2):
-            key = f"celery_{workers}_worker{'s' if workers > 1 else ''}_postgres_per_s"
-            figures[key] = celery_throughput(url, events, 10, workers)
+        celery_rounds: dict[int, list[CeleryRun]] = {1: [], 2: []}
+        if with_postgres:
+            for _ in range(ROUNDS):
+                for workers in (1, 2):
+                    run = celery_throughput(url, events, 10, workers)
+                    if run is not None:
+                        celery_rounds[workers].append(run)
+        for workers, runs in celery_rounds.items():
+            name = f"celery_{workers}_worker{'s' if workers > 1 else ''}"
+            figures[f"{name}_postgres_per_s"] = median_of(runs, "per_s")
+            figures[f"{name}_cpu_us_per_delivery"] = median_of(runs, "worker_cpu_us")
+            figures[f"{name}_machine_busy_pct"] = median_of(runs, "machine_busy_pct")
         p50, p99 = enqueue_latency(url, 200 if args.quick else 1000)
         figures["enqueue_us_p50"], figures["enqueue_us_p99"] = p50, p99
         figures["sync_fanout_ratio"] = sync_fanout(url)
@@ -414,6 +464,15 @@ def main() -> None:
     figures["ratio_to_curl_ceiling"] = statistics.median(
         a / c for a, c in zip(rounds["async"], rounds["curl"], strict=True)
     )
+    if celery_rounds[1] and rounds["postgres"]:
+        figures["celery_1_worker_to_async_postgres"] = statistics.median(
+            c.per_s / a for c, a in zip(celery_rounds[1], rounds["postgres"], strict=False)
+        )
+    if celery_rounds[1] and celery_rounds[2]:
+        figures["celery_2_workers_to_1"] = statistics.median(
+            two.per_s / one.per_s
+            for one, two in zip(celery_rounds[1], celery_rounds[2], strict=False)
+        )
     figures["ratio_to_naive"] = statistics.median(
         a / b for a, b in zip(rounds["async"], rounds["naive"], strict=True)
     )
@@ -424,6 +483,8 @@ def main() -> None:
         "sync_fanout_ratio": ("<=", 1.15),
         "sync_overhead_ms_p50": ("<=", 2),
         "pending_100k_rss_mb": ("<=", 50),
+        "celery_1_worker_to_async_postgres": (">=", 0.5),
+        "celery_2_workers_to_1": (">=", 1.3),
     }
     print(f"{'figure':<34}{'value':>12}  target")
     for key, value in figures.items():

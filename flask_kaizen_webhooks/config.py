@@ -309,9 +309,11 @@ class Settings:
         (), _secret_keys, "Fernet keys for secrets at rest, newest first; none: from SECRET_KEY."
     )
     max_in_flight_per_registration: int = setting(
-        2, _positive_int, "Attempts under way at once to one registration, in one process."
+        2, _positive_int, "Attempts under way at once to one registration, in all processes."
     )
-    max_in_flight_per_host: int = setting(4, _positive_int, "Attempts at once to one host.")
+    max_in_flight_per_host: int = setting(
+        4, _positive_int, "Attempts at once to one host, in all processes."
+    )
     max_queue: int = setting(10_000, _positive_int, "Delivery ids a process keeps in memory.")
     max_payload_bytes: int = setting(256 * 1024, _positive_int, "The largest payload, as JSON.")
     max_registrations_per_owner: int = setting(

@@ -4,10 +4,8 @@ registrations, fanned out into deliveries after the commit."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import jose.jws
@@ -15,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from flask_kaizen_webhooks import get_state
-from flask_kaizen_webhooks.storage import claims, outbox
+from flask_kaizen_webhooks.storage import outbox
 from flask_kaizen_webhooks.storage.tables import Delivery, Event
 from tests.conftest import DELIVERY_CONFIG, register
 from tests.receivers import wait_until
@@ -122,43 +120,6 @@ def test_stats_count_events_waiting_for_their_fan_out(make_host: Any) -> None:
     output = host.app.test_cli_runner().invoke(args=["webhooks", "stats"]).output
     assert "events waiting to be fanned out into deliveries: 1" in output
     assert "oldest pending: none" not in output
-
-
-def test_a_task_finds_its_delivery_while_a_sibling_task_fans_its_event_out(
-    make_host: Any,
-) -> None:
-    host = make_host("postgres-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
-    for path in ("a", "b"):
-        register(host, f"https://hooks.example.com/{path}")
-    with host.app.app_context():
-        host.db.session.execute(text("SELECT 1"))
-        first, second = host.webhooks.trigger("profile_updated", PROFILE)
-        host.db.session.commit()
-        database = get_state().database
-        now = get_state().clock.now()
-        lease = {"now": now, "lease_until": now + timedelta(seconds=60)}
-        found: dict[str, Any] = {}
-        with database.independent_session() as one, database.independent_session() as other:
-            # One task fans the event out and holds it, not committed yet...
-            found["first"] = claims.claim_one(
-                one, delivery_id=first, token="t1", fan_out_first=True, **lease
-            )
-
-            def sibling() -> None:
-                found["second"] = claims.claim_one(
-                    other, delivery_id=second, token="t2", fan_out_first=True, **lease
-                )
-                other.commit()
-
-            # ... while its sibling looks for the other delivery of the same event.
-            looking = threading.Thread(target=sibling)
-            looking.start()
-            looking.join(0.5)
-            assert looking.is_alive()  # it waits for the event, rather than skipping it
-            one.commit()
-            looking.join(10)
-    assert found["first"] is not None and found["first"].delivery_id == first
-    assert found["second"] is not None and found["second"].delivery_id == second
 
 
 def test_time_ordered_ids_are_uuid7_unique_and_ordered_by_time() -> None:

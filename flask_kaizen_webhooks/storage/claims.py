@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from ..errors import DeliveryInFlight, RegistrationDeleted, RegistrationDisabled
 from .holders import Holder, this_process
-from .outbox import expand_events
 from .reads import get_delivery
 from .rows import (
     DELIVERIES,
@@ -97,44 +96,6 @@ def claim_due(
         params["b_skip"] = sorted(skip_registrations)
     ids = list(connection.execute(_DUE[bool(skip_registrations)], params).scalars())
     return _take(connection, ids, now=now, token=token, lease_until=lease_until)
-
-
-_DUE_ONE = (
-    select(DELIVERIES.c.id)
-    .where(
-        DELIVERIES.c.id == bindparam("b_id"),
-        DELIVERIES.c.status == DeliveryStatus.PENDING,
-        DELIVERIES.c.next_attempt_at <= bindparam("b_now"),
-    )
-    .with_for_update(skip_locked=True)
-)
-
-
-def claim_one(
-    session: Session,
-    *,
-    delivery_id: str,
-    now: datetime,
-    lease_until: datetime,
-    token: str,
-    fan_out_first: bool = False,
-) -> Claimed | None:
-    """Claim delivery ``delivery_id`` if it is due and nobody holds it, and load it with its
-    registration; None otherwise (sent already, not due yet, or another worker's).
-
-    With ``fan_out_first``, a delivery not found may be part of an event not fanned out yet:
-    the waiting events are fanned out, waiting for those another transaction is fanning out
-    (the events of one commit are often claimed at once, each by its own task), and it is
-    looked for again."""
-    connection = session.connection()
-    for look in range(2 if fan_out_first else 1):
-        if look:
-            expand_events(session, wait=True)
-        ids = list(connection.execute(_DUE_ONE, {"b_id": delivery_id, "b_now": now}).scalars())
-        claimed = _take(connection, ids, now=now, token=token, lease_until=lease_until)
-        if claimed:
-            return claimed[0]
-    return None
 
 
 def overdue(session: Session, *, due_before: datetime, limit: int) -> list[str]:

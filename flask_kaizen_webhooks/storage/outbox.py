@@ -150,11 +150,10 @@ def add_event(
     return ids
 
 
-def expand_events(session: Session, *, limit: int = EXPAND_BATCH, wait: bool = False) -> list[str]:
+def expand_events(session: Session, *, limit: int = EXPAND_BATCH) -> list[str]:
     """Turn the oldest committed events (up to ``limit``) into their deliveries, due from the
     moment each event was fired, and delete them, in ``session``'s transaction; the ids of the
-    deliveries written. Events another transaction is fanning out are skipped, or, with
-    ``wait``, waited for (they are gone once it commits)."""
+    deliveries written. Events another transaction is fanning out are skipped."""
     connection = session.connection()
     events = connection.execute(
         select(
@@ -162,7 +161,7 @@ def expand_events(session: Session, *, limit: int = EXPAND_BATCH, wait: bool = F
         )
         .order_by(EVENTS.c.id)
         .limit(limit)
-        .with_for_update(skip_locked=not wait)
+        .with_for_update(skip_locked=True)
     ).all()
     written: list[str] = []
     for event in events:
