@@ -198,3 +198,50 @@ def test_shares_never_add_up_to_more_than_the_cap_while_processes_race(host: Any
     with host.app.app_context(), get_state().database.independent_session() as session:
         total = session.scalar(select(func.sum(slots.SLOTS.c.held)))
     assert (total or 0) <= cap
+
+
+def test_a_share_comes_down_only_once_no_attempt_can_start_under_the_grant_in_force(
+    host: Any,
+) -> None:
+    first, second = Process(host), Process(host)
+    first.share({KEY: Need(cap=4, wanted=4, in_flight=0)})
+    second.share({KEY: Need(cap=4, wanted=4, in_flight=0)})  # waits
+    # One attempt under way, but four may start until the new grant is in force: the row
+    # keeps four for now.
+    assert first.share({KEY: Need(cap=4, wanted=4, in_flight=1, granted=4)}) == {KEY: 2}
+    assert held(host)[first.holder] == 4
+    assert second.share({KEY: Need(cap=4, wanted=4, in_flight=0)}) == {KEY: 0}
+    # The grant of two is in force: the row comes down to it.
+    assert first.share({KEY: Need(cap=4, wanted=4, in_flight=1, granted=2)}) == {KEY: 2}
+    assert held(host)[first.holder] == 2
+    assert second.share({KEY: Need(cap=4, wanted=4, in_flight=0)}) == {KEY: 2}
+
+
+def test_an_engine_gives_its_shares_back_once_it_has_had_nothing_to_send_for_a_while(
+    host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_kaizen_webhooks.delivery import shares as engine_shares
+    from flask_kaizen_webhooks.delivery.destinations import AddressBook
+    from flask_kaizen_webhooks.delivery.inflight import Needs
+
+    with host.app.app_context():
+        settings = get_state().settings
+    engine = engine_shares.Shares(settings, AddressBook())
+
+    def round_(current: Needs) -> Any:
+        with host.app.app_context(), get_state().database.writing() as session:
+            grants = engine.share(session, current, [], now=NOW, until=NOW + LEASE)
+        engine.written()
+        return grants
+
+    busy = Needs({"r-1": (1, 3)}, {"127.0.0.1": (1, 3)}, frozenset(), {}, {})
+    assert round_(busy) == ({"r-1": 2}, {"127.0.0.1": 4})
+    granted = ({"r-1": 2}, {"127.0.0.1": 4})
+    idle = Needs({}, {}, frozenset(), *granted)
+    assert round_(idle) == granted  # kept while it may get work again soon
+    assert held(host) == {engine.holder: 4}
+    monkeypatch.setattr(engine_shares, "LINGER", 0.0)
+    assert round_(idle) == ({"r-1": 0}, {"127.0.0.1": 0})  # withdrawn first...
+    assert held(host) == {engine.holder: 4}
+    assert round_(Needs({}, {}, frozenset(), {"r-1": 0}, {"127.0.0.1": 0})) == ({}, {})
+    assert held(host) == {}  # ... then given back

@@ -43,6 +43,9 @@ class Needs:
     registrations: dict[str, tuple[int, int]]
     hosts: dict[str, tuple[int, int]]
     timing_out: frozenset[str]
+    #: The slots granted now (see :meth:`InFlight.grant`), by registration and by host.
+    registration_grants: dict[str, int]
+    host_grants: dict[str, int]
 
 
 class InFlight(Generic[T]):
@@ -235,7 +238,13 @@ class InFlight(Generic[T]):
                 key: (self._hosts[key], len(self._parked.get(key, ())))
                 for key in self._hosts.keys() | self._parked.keys()
             }
-            return Needs(registrations, hosts, frozenset(self._timing_out))
+            return Needs(
+                registrations,
+                hosts,
+                frozenset(self._timing_out),
+                dict(self._registration_grants),
+                dict(self._host_grants),
+            )
 
     def busy(self) -> bool:
         """True while any attempt is under way (read without the lock: a hint)."""

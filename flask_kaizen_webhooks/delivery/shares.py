@@ -90,19 +90,24 @@ class Shares:
             host = destination_of(item.target.url, self._addresses)
             for key in (slots.REGISTRATION + item.registration_id, slots.HOST + host):
                 counts.setdefault(key, [0, 0])[1] += 1
+        granted = {slots.REGISTRATION + key: n for key, n in current.registration_grants.items()}
+        granted |= {slots.HOST + key: n for key, n in current.host_grants.items()}
         needs: dict[str, slots.Need] = {}
         for key, (under_way, parked) in counts.items():
             cap = self._cap_of(key)
             timing_out = key.removeprefix(slots.REGISTRATION) in current.timing_out
-            needs[key] = slots.Need(cap, min(cap, under_way + parked), under_way, timing_out)
+            wanted = min(cap, under_way + parked)
+            needs[key] = slots.Need(cap, wanted, under_way, timing_out, granted.get(key, 0))
             self._active[key] = now
-        for key in list(self._active):
+        for key in self._active.keys() | granted.keys():
             if key in needs:
                 continue
-            if now - self._active[key] < LINGER and key in self._shares:
-                needs[key] = slots.Need(self._cap_of(key), 0, 0)
+            if now - self._active.get(key, 0.0) < LINGER and key in self._shares:
+                needs[key] = slots.Need(self._cap_of(key), 0, 0, granted=granted.get(key, 0))
+            elif granted.get(key):  # withdrawn first, then given back at the next round
+                needs[key] = slots.Need(self._cap_of(key), 0, 0, granted=granted[key], linger=False)
             else:
-                del self._active[key]
+                self._active.pop(key, None)
         return needs
 
     def _cap_of(self, key: str) -> int:

@@ -7,6 +7,8 @@ while it has work, so that its attempts follow one another without a round trip 
 database. One that waits for slots says so in its row (``wanted`` above ``held``); the others
 then come down to a fair share (the cap divided among the processes with work, at least one
 slot each) as their attempts end, and it takes what they gave back at its next round. A share
+comes down in two rounds: the first lowers the grant in force, the second the row, once no
+attempt can start under the former grant any more. A share
 is given back once its holder has had nothing to send for a while, when it stops, when it is
 found dead (see :mod:`.holders`), or when its lease runs out.
 
@@ -43,12 +45,17 @@ class Need:
     #: The key's cap.
     cap: int
     #: Attempts it would run now (under way or waiting); 0: it has nothing for the key, and
-    #: keeps its share for now unless another process waits for it.
+    #: keeps its share for now (with ``linger``) unless another process waits for it.
     wanted: int
     #: Attempts under way now: its share never drops below them.
     in_flight: int
     #: Its last attempt for this registration timed out: one slot at most, in every process.
     timing_out: bool = False
+    #: The slots it may use now (its last grant, in force until the new one is): its attempts
+    #: may still grow to them meanwhile, so its share does not drop below them yet.
+    granted: int = 0
+    #: With nothing to send: keep the share for a while (True) or give it back (False).
+    linger: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +202,12 @@ def _row(need: Need, others: list[_Other], old: Share | None) -> tuple[int, int,
     free = max(0, cap - sum(other.held for other in others))
     waiting = [other for other in others if other.wanted > other.held]
     if need.wanted == 0:
-        grant = 0 if waiting else min(_held(old), free)
+        grant = min(_held(old), free) if need.linger and not waiting else 0
     else:
         grant = free  # the whole free part while it has work: no round trip between attempts
         if waiting:
             with_work = 1 + sum(1 for other in others if other.wanted > 0)
             grant = min(grant, max(1, cap // with_work))
-    held = max(grant, need.in_flight)
+    held = max(grant, need.in_flight, need.granted)
     wanted = 0 if need.wanted == 0 else (held + 1 if need.wanted > grant else held)
     return held, wanted, need.timing_out, grant
