@@ -245,3 +245,59 @@ def test_an_engine_gives_its_shares_back_once_it_has_had_nothing_to_send_for_a_w
     assert held(host) == {engine.holder: 4}
     assert round_(Needs({}, {}, frozenset(), {"r-1": 0}, {"127.0.0.1": 0})) == ({}, {})
     assert held(host) == {}  # ... then given back
+
+
+@pytest.mark.parametrize("server", ["sqlite", "postgres"])
+def test_work_an_engine_cannot_start_while_another_holds_the_cap_goes_back_for_that_one(
+    make_host: Any, receiver: Any, server: str
+) -> None:
+    import threading
+
+    from flask_kaizen_webhooks.storage.tables import Delivery
+    from tests.conftest import register
+    from tests.receivers import Reply, wait_until
+
+    config = {
+        **DELIVERY_CONFIG,
+        "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 1,
+        "KAIZEN_WEBHOOKS_CLAIM_LEASE": 120,  # far beyond this test: no lease runs out here
+    }
+    holder = make_host(server, **{**config, "KAIZEN_WEBHOOKS_POLL_INTERVAL": 30})
+    with holder.app.app_context():
+        url = get_state().database.engine.url.render_as_string(hide_password=False)
+    other = make_host(
+        server,
+        keep_tables=True,
+        **{**config, "KAIZEN_WEBHOOKS_POLL_INTERVAL": 0.1, "KAIZEN_WEBHOOKS_DATABASE_URI": url},
+    )
+    gate = threading.Event()
+    server_ = receiver(lambda request, n: Reply(wait=gate))
+    register(holder, server_.url())
+    holder.webhooks.start(holder.app)
+    with holder.app.app_context():
+        holder.webhooks.trigger("profile_updated", {"n": 0})
+    server_.wait_for(1)  # the holder's attempt hangs: it holds the registration's one slot
+    other.webhooks.start(other.app)
+    with other.app.app_context():
+        later = [other.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(1, 4)]
+
+    def given_back() -> bool:
+        with other.app.app_context(), get_state().database.independent_session() as session:
+            rows = session.scalars(select(Delivery).where(Delivery.id.in_(later))).all()
+            return all(row.claim_token is None and row.status == "pending" for row in rows)
+
+    # The other engine claims them, finds the cap held, says so, and gives them back within
+    # a few of its polls, rather than holding them until the holder is done.
+    wait_until(lambda: other_claimed(other, later), timeout=10, interval=0.02)
+    wait_until(given_back, timeout=5, interval=0.05)
+    gate.set()
+    wait_until(lambda: len(server_.received) == 4, timeout=30)
+
+
+def other_claimed(host: Any, ids: list[str]) -> bool:
+    """True once any of ``ids`` has been claimed."""
+    from flask_kaizen_webhooks.storage.tables import Delivery
+
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        rows = session.scalars(select(Delivery).where(Delivery.id.in_(ids))).all()
+        return any(row.claim_token is not None for row in rows)

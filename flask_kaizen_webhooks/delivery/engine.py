@@ -310,7 +310,8 @@ class ThreadExecutor:
                         stopping.wait(CLAIM_GATHER)
                         backlog = self._in_flight.backlog()
                         room = self._ahead - sender.load - backlog.waiting
-                    claimed = self._claim_due(room, backlog.skip_registrations)
+                    skip = backlog.skip_registrations | self._shares.resting()
+                    claimed = self._claim_due(room, skip)
                     self._database.works()
                     self._dispatch(claimed)
                     if room > 0 and len(claimed) == room:
@@ -398,7 +399,19 @@ class ThreadExecutor:
                 started.setdefault(host, []).append(item)
             for host, items in started.items():
                 self._begin(items, host)
+            self._give_back_starved()
         return claimed
+
+    def _give_back_starved(self) -> None:
+        """Give the parked work of registrations and hosts whose caps other processes hold
+        back to the outbox, due now, for them to send; and leave it alone for a while."""
+        registrations, hosts = self._shares.starved()
+        if not registrations and not hosts:
+            return
+        items = self._in_flight.take_parked(registrations.keys(), hosts.keys())
+        if items:
+            self._shares.rest({item.registration_id for item in items})
+            self._give_back(items, due=self._context.clock.now())
 
     def _give_back(self, items: list[Claimed], *, due: datetime, shares: bool = False) -> None:
         """Release the claims of ``items`` unattempted, due at ``due``; with ``shares``, this

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -168,6 +169,30 @@ class InFlight(Generic[T]):
     def _unpark(self, host: str, queue: deque[tuple[str, T]], index: int) -> T:
         """Take parked item ``index`` of ``host`` out of the park, its slot taken."""
         waiting_registration, item = queue[index]
+        self._remove_parked(host, queue, index)
+        self._take(waiting_registration, host)
+        return item
+
+    def take_parked(self, registrations: AbstractSet[str], hosts: AbstractSet[str]) -> list[T]:
+        """Take out of the park, without a slot, the items of ``registrations`` and of
+        ``hosts`` (to give them back)."""
+        with self._lock:
+            taken: list[T] = []
+            owners: set[str] = set()
+            for host in list(self._parked):
+                queue = self._parked[host]
+                for index in reversed(range(len(queue))):
+                    registration_id, item = queue[index]
+                    if host in hosts or registration_id in registrations:
+                        self._remove_parked(host, queue, index)
+                        taken.append(item)
+                        owners.add(registration_id)
+            for registration_id in owners:
+                self._forget_host(registration_id)
+            return taken
+
+    def _remove_parked(self, host: str, queue: deque[tuple[str, T]], index: int) -> None:
+        waiting_registration, _item = queue[index]
         del queue[index]
         self._parked_count -= 1
         if len(queue) <= self.park_per_host // 2:
@@ -181,8 +206,6 @@ class InFlight(Generic[T]):
             del self._parked_by_registration[waiting_registration]
         if left <= self.park_per_registration // 2:
             self._saturated_registrations.discard(waiting_registration)
-        self._take(waiting_registration, host)
-        return item
 
     def _next_parked(
         self, host: str, queue: deque[tuple[str, T]], *, released_by: str | None

@@ -37,6 +37,10 @@ class Shares:
         #: When each key last had work.
         self._active: dict[str, float] = {}
         self._pending: dict[str, slots.Share] = {}
+        #: Since when each key has been granted nothing while this run had work for it.
+        self._refused: dict[str, float] = {}
+        #: Registrations whose work this run gave back, and until when it leaves them alone.
+        self._resting: dict[str, float] = {}
 
     def share(
         self,
@@ -56,6 +60,12 @@ class Shares:
             session, holder=self.holder, needs=needs, shares=self._shares, now=now, until=until
         )
         self._pending = shared.shares
+        now_m = time.monotonic()
+        self._refused = {
+            key: self._refused.get(key, now_m)
+            for key, grant in shared.grants.items()
+            if grant == 0 and needs[key].wanted > needs[key].in_flight
+        }
         registrations: dict[str, int] = {}
         hosts: dict[str, int] = {}
         for key, grant in shared.grants.items():
@@ -68,6 +78,36 @@ class Shares:
     def written(self) -> None:
         """The transaction of the last :meth:`share` committed."""
         self._shares = self._pending
+
+    def starved(self) -> Grants:
+        """The registrations and hosts granted nothing for two poll intervals while this run had
+        work waiting for them: other processes hold their whole caps (and have been told), so
+        that work is better given back to the outbox for them than kept here (in the grants'
+        form, with 0)."""
+        registrations: dict[str, int] = {}
+        hosts: dict[str, int] = {}
+        before = time.monotonic() - 2 * self._settings.poll_interval
+        for key, since in self._refused.items():
+            if since <= before:
+                if key.startswith(slots.REGISTRATION):
+                    registrations[key.removeprefix(slots.REGISTRATION)] = 0
+                else:
+                    hosts[key.removeprefix(slots.HOST)] = 0
+        return registrations, hosts
+
+    def rest(self, registration_ids: set[str]) -> None:
+        """Leave the work of ``registration_ids`` alone for :data:`LINGER` seconds."""
+        until = time.monotonic() + LINGER
+        for registration_id in registration_ids:
+            self._resting[registration_id] = until
+
+    def resting(self) -> frozenset[str]:
+        """The registrations whose work this run leaves alone for now."""
+        now = time.monotonic()
+        for registration_id, until in list(self._resting.items()):
+            if until <= now:
+                del self._resting[registration_id]
+        return frozenset(self._resting)
 
     def give_back(self, session: Session) -> None:
         """Give every share back (the engine stops)."""
