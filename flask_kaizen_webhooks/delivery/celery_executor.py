@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +47,8 @@ SWEEP = "flask_kaizen_webhooks.sweep"
 SWEEP_LIMIT = 10_000
 #: The most ids one task carries.
 TASK_IDS = 1000
+#: Seconds between the tasks one web process sends while commits keep coming.
+PUBLISH_EVERY = 0.05
 
 
 def celery_app_of(app: Flask) -> Any:
@@ -169,16 +172,21 @@ class CeleryExecutor:
                 self._publisher.start()
 
     def _publish(self, outgoing: queue.SimpleQueue[str | None]) -> None:
-        """Send what is queued, as few tasks as there are batches of :data:`TASK_IDS`."""
+        """Send what is queued as tasks: the first at once, then at most one every
+        :data:`PUBLISH_EVERY` seconds carrying what came meanwhile. A task only wakes an
+        engine, and a busy engine claims what is due without being woken, so a burst of
+        commits costs a few tasks, not one each."""
+        published = 0.0
         done = False
         while not done:
             first = outgoing.get()
             if first is None:
                 return
             ids = [first]
+            gather_until = published + PUBLISH_EVERY
             while len(ids) < TASK_IDS:
                 try:
-                    delivery_id = outgoing.get_nowait()
+                    delivery_id = outgoing.get(timeout=max(0.0, gather_until - time.monotonic()))
                 except queue.Empty:
                     break
                 if delivery_id is None:
@@ -188,9 +196,10 @@ class CeleryExecutor:
             try:
                 self.deliver_many.apply_async((ids,))
             except Exception as exc:
-                self._broker.failed(exc, f"{len(ids)} deliveries could not be handed to Celery")
+                self._broker.failed(exc, f"Handing {len(ids)} deliveries to Celery")
             else:
                 self._broker.works()
+            published = time.monotonic()
 
     # Tasks, run by the Celery workers.
 

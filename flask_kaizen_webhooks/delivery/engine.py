@@ -30,7 +30,7 @@ from .inflight import InFlight
 from .outage import Outage
 from .recorder import Recorder
 from .requests import Request, request_of
-from .shares import Shares
+from .shares import SETTLING_POLL, Shares
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -318,7 +318,10 @@ class ThreadExecutor:
                         continue  # more may be due: look again at once
             except Exception as exc:
                 self._database.failed(exc, "Looking for due deliveries")
-            wake.wait(settings.poll_interval)
+            interval = settings.poll_interval
+            if self._shares.unsettled:
+                interval = min(interval, SETTLING_POLL)
+            wake.wait(interval)
             wake.clear()
 
     def _release_dead_claims(self) -> bool:

@@ -20,6 +20,9 @@ from .inflight import Needs
 #: coming in bursts does not take and give back the share each time.
 LINGER = 2.0
 
+#: Seconds between the poller's rounds while shares may move (see :attr:`Shares.unsettled`).
+SETTLING_POLL = 0.05
+
 #: Slots granted, by registration id and by host.
 Grants = tuple[dict[str, int], dict[str, int]]
 
@@ -41,6 +44,9 @@ class Shares:
         self._refused: dict[str, float] = {}
         #: Registrations whose work this run gave back, and until when it leaves them alone.
         self._resting: dict[str, float] = {}
+        #: True while shares may move soon: the poller then looks again within
+        #: :data:`SETTLING_POLL` seconds.
+        self.unsettled = False
 
     def share(
         self,
@@ -55,11 +61,18 @@ class Shares:
         or None when there is nothing to share. Call :meth:`written` once it commits."""
         needs = self._needs(current, claimed)
         if not needs and not self._shares:
+            self.unsettled = False
             return None
         shared = slots.share(
             session, holder=self.holder, needs=needs, shares=self._shares, now=now, until=until
         )
         self._pending = shared.shares
+        # Waiting for slots, or keeping slots with nothing to send: other processes may give
+        # or want some at their next rounds, so the next look comes soon.
+        self.unsettled = any(
+            shared.grants[key] < need.wanted or (need.wanted == 0 and shared.grants[key] > 0)
+            for key, need in needs.items()
+        )
         now_m = time.monotonic()
         self._refused = {
             key: self._refused.get(key, now_m)
