@@ -20,8 +20,9 @@ from .inflight import Needs
 #: coming in bursts does not take and give back the share each time.
 LINGER = 2.0
 
-#: Slots granted, by registration id and by host.
-Grants = tuple[dict[str, int], dict[str, int]]
+#: Slots granted, by registration id and by host; the registrations whose attempts time out
+#: in other processes.
+Grants = tuple[dict[str, int], dict[str, int], frozenset[str]]
 
 
 class Shares:
@@ -63,7 +64,12 @@ class Shares:
                 registrations[key.removeprefix(slots.REGISTRATION)] = grant
             else:
                 hosts[key.removeprefix(slots.HOST)] = grant
-        return registrations, hosts
+        timing_out = frozenset(
+            key.removeprefix(slots.REGISTRATION)
+            for key in shared.timing_out
+            if key.startswith(slots.REGISTRATION)
+        )
+        return registrations, hosts, timing_out
 
     def written(self) -> None:
         """The transaction of the last :meth:`share` committed."""
