@@ -46,7 +46,8 @@ class HostProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         match = self.wait_for_output(listening)
-        self.port = int(match.group(1))
+        #: The port ``listening`` caught in its first group (0 when it has no group: a worker).
+        self.port = int(match.group(1)) if match.re.groups else 0
 
     @property
     def base(self) -> str:

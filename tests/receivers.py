@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,11 +42,19 @@ Responder = Callable[[Received, int], Reply]
 
 
 class Receiver:
-    """A threaded HTTP server on an ephemeral loopback port."""
+    """A threaded HTTP server on an ephemeral loopback port.
+
+    It also counts the requests it is answering at once, by path and in all: a request counts
+    from when its body has been read until just before its answer is written, a span within
+    the one its sender has it in flight, so the peaks never overstate the sender's."""
 
     def __init__(self, responder: Responder | None = None) -> None:
         self.responder: Responder = responder or (lambda request, number: Reply())
         self.received: list[Received] = []
+        self.answering: Counter[str] = Counter()
+        #: The most requests answered at once, by path; and in all.
+        self.peak_by_path: Counter[str] = Counter()
+        self.peak = 0
         self._changed = threading.Condition()
         self.release = threading.Event()  # set at close, so hanging handlers end
         owner = self
@@ -69,14 +78,23 @@ class Receiver:
                 with owner._changed:
                     owner.received.append(request)
                     number = len(owner.received)
+                    owner.answering[self.path] += 1
+                    owner.peak_by_path[self.path] = max(
+                        owner.peak_by_path[self.path], owner.answering[self.path]
+                    )
+                    owner.peak = max(owner.peak, owner.answering.total())
                     owner._changed.notify_all()
-                reply = owner.responder(request, number)
-                if reply.barrier is not None:
-                    reply.barrier.wait(timeout=10)
-                if reply.wait is not None:
-                    reply.wait.wait(timeout=30)
-                if reply.delay:
-                    time.sleep(reply.delay)
+                try:
+                    reply = owner.responder(request, number)
+                    if reply.barrier is not None:
+                        reply.barrier.wait(timeout=10)
+                    if reply.wait is not None:
+                        reply.wait.wait(timeout=30)
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                finally:
+                    with owner._changed:
+                        owner.answering[self.path] -= 1
                 try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():

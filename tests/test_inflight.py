@@ -125,6 +125,41 @@ def test_a_registration_moves_with_its_work_to_a_new_key() -> None:
     assert dict(slots._hosts) == {"203.0.113.5": 3}
 
 
+def test_work_held_back_by_its_registration_does_not_ask_for_the_hosts_slots() -> None:
+    """With shares of the caps held across processes: parked work that its registration's
+    share keeps back asks for that share only, so that the host's slots go to a process whose
+    work can use them."""
+    slots: InFlight[str] = InFlight(2, 4, park_per_host=64, park_total=64, granted=True)
+    assert slots.grant({"hanging": 2, "healthy": 1}, {"h": 4}) == []
+    assert slots.acquire("hanging", "h", "hang-1") is True
+    assert slots.acquire("hanging", "h", "hang-2") is True
+    for n in range(3):
+        assert slots.acquire("hanging", "h", f"hang-{n + 3}") is None  # its cap
+    assert slots.acquire("other", "h", "other-1") is None  # no share of its cap here
+    needs = slots.needs()
+    assert needs.registrations == {"hanging": (2, 3), "other": (0, 1)}
+    assert needs.hosts == {"h": (2, 0)}  # none of the parked work could use another slot
+    # Once "other" has a share, its work wants a slot of the host: it starts if there is one.
+    assert slots.grant({"hanging": 2, "other": 1}, {"h": 2}) == []
+    assert slots.needs().hosts == {"h": (2, 1)}
+    assert slots.grant({"hanging": 2, "other": 1}, {"h": 4}) == [("other-1", "h")]
+
+
+def test_a_registration_timing_out_in_another_process_is_held_as_if_here() -> None:
+    """It holds one slot at most here too, and counts in the half of the host that all the
+    registrations timing out share, so the other half stays with those answering in time."""
+    slots: InFlight[str] = InFlight(2, 4, park_per_host=64, park_total=64, granted=True)
+    grants = {"hang-a": 1, "hang-b": 1, "healthy": 2}
+    slots.grant(grants, {"h": 2}, timing_out={"hang-a", "hang-b"})
+    assert slots.acquire("hang-a", "h", "a-1") is True
+    assert slots.acquire("hang-b", "h", "b-1") is None  # half of this share is theirs already
+    assert slots.acquire("healthy", "h", "ok-1") is True
+    assert slots.needs().timing_out == frozenset()  # what this process saw itself
+    # They answer in time again, elsewhere: back to their full shares.
+    assert slots.release("healthy", "h") == []
+    assert slots.grant(grants, {"h": 2}) == [("b-1", "h")]
+
+
 @given(
     per_registration=st.integers(1, 4),
     per_host=st.integers(1, 5),
@@ -167,6 +202,7 @@ def test_no_work_is_lost_and_no_slot_is_left_idle(
         elif action in ("timing_out", "on_time"):
             slots.timing_out(registration, action == "timing_out")
         assert sum(slots._hosts.values()) == len(running)
+        assert sum(parked for _, parked in slots.needs().hosts.values()) <= slots.parked
         assert sum(slots._registrations.values()) == len(running)
         assert len(owner) == len(running) + len(done) + len(refused) + slots.parked
     while running:  # every attempt ends: all parked work gets its turn

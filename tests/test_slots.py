@@ -37,6 +37,8 @@ class Process:
         self.host = host
         self.holder = holder or new_token()
         self.shares: dict[str, Share] = {}
+        #: The keys whose attempts time out in other processes, as last told.
+        self.timing_out: frozenset[str] = frozenset()
 
     def share(self, needs: dict[str, Need], now: datetime = NOW) -> dict[str, int]:
         with self.host.app.app_context(), get_state().database.writing() as session:
@@ -49,6 +51,7 @@ class Process:
                 until=now + LEASE,
             )
         self.shares = shared.shares
+        self.timing_out = shared.timing_out
         return shared.grants
 
 
@@ -109,6 +112,8 @@ def test_a_registration_timing_out_anywhere_gets_one_slot_everywhere(host: Any) 
     assert sick.share({key: Need(cap=2, wanted=2, in_flight=0, timing_out=True)}) == {key: 1}
     assert other.share({key: Need(cap=2, wanted=2, in_flight=0)}) == {key: 0}
     assert held(host, key) == {sick.holder: 1, other.holder: 0}
+    # The other process is told, so that it holds the registration as timing out too.
+    assert other.timing_out == {key} and sick.timing_out == frozenset()
 
 
 def test_shares_of_a_process_gone_quiet_lapse_with_their_lease(host: Any) -> None:
@@ -235,15 +240,15 @@ def test_an_engine_gives_its_shares_back_once_it_has_had_nothing_to_send_for_a_w
         return grants
 
     busy = Needs({"r-1": (1, 3)}, {"127.0.0.1": (1, 3)}, frozenset(), {}, {})
-    assert round_(busy) == ({"r-1": 2}, {"127.0.0.1": 4})
     granted = ({"r-1": 2}, {"127.0.0.1": 4})
+    assert round_(busy) == (*granted, frozenset())
     idle = Needs({}, {}, frozenset(), *granted)
-    assert round_(idle) == granted  # kept while it may get work again soon
+    assert round_(idle) == (*granted, frozenset())  # kept while it may get work again soon
     assert held(host) == {engine.holder: 4}
     monkeypatch.setattr(engine_shares, "LINGER", 0.0)
-    assert round_(idle) == ({"r-1": 0}, {"127.0.0.1": 0})  # withdrawn first...
+    assert round_(idle) == ({"r-1": 0}, {"127.0.0.1": 0}, frozenset())  # withdrawn first...
     assert held(host) == {engine.holder: 4}
-    assert round_(Needs({}, {}, frozenset(), {"r-1": 0}, {"127.0.0.1": 0})) == ({}, {})
+    assert round_(Needs({}, {}, frozenset(), {"r-1": 0}, {"127.0.0.1": 0})) == ({}, {}, frozenset())
     assert held(host) == {}  # ... then given back
 
 

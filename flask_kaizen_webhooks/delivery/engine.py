@@ -411,7 +411,7 @@ class ThreadExecutor:
         registrations, hosts = self._shares.starved()
         if not registrations and not hosts:
             return
-        items = self._in_flight.take_parked(registrations.keys(), hosts.keys())
+        items = self._in_flight.take_parked(registrations, hosts)
         if items:
             self._shares.rest({item.registration_id for item in items})
             self._give_back(items, due=self._context.clock.now())

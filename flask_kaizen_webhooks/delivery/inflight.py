@@ -89,6 +89,8 @@ class InFlight(Generic[T]):
         self._saturated: set[str] = set()
         self._saturated_registrations: set[str] = set()
         self._timing_out: set[str] = set()
+        #: Registrations whose attempts time out in another process (with ``granted``).
+        self._timing_out_elsewhere: AbstractSet[str] = frozenset()
         #: The host each registration with work in flight or parked counts against: kept while
         #: it has any, so its attempts and its parked work always meet under one key, even when
         #: the key its URL maps to changes meanwhile (a name first connected to, a new address).
@@ -232,13 +234,19 @@ class InFlight(Generic[T]):
         return best
 
     def grant(
-        self, registrations: Mapping[str, int], hosts: Mapping[str, int]
+        self,
+        registrations: Mapping[str, int],
+        hosts: Mapping[str, int],
+        timing_out: AbstractSet[str] = frozenset(),
     ) -> list[tuple[T, str]]:
-        """Set the slots granted to each registration and host (the others get none); the
-        parked items that may start now come back with their hosts, each with its slot taken."""
+        """Set the slots granted to each registration and host (the others get none), and the
+        registrations whose attempts time out in other processes (held here as if they timed
+        out here too); the parked items that may start now come back with their hosts, each
+        with its slot taken."""
         with self._lock:
             self._registration_grants = dict(registrations)
             self._host_grants = dict(hosts)
+            self._timing_out_elsewhere = frozenset(timing_out)
             started: list[tuple[T, str]] = []
             for host in list(self._parked):
                 while (queue := self._parked.get(host)) and self._hosts[host] < self._host_cap(
@@ -251,14 +259,21 @@ class InFlight(Generic[T]):
             return started
 
     def needs(self) -> Needs:
-        """The attempts under way and the items parked, by registration and by host."""
+        """The attempts under way and the items parked, by registration and by host. A host's
+        parked items count only as far as their registrations' caps let them start: work held
+        back by its registration does not keep slots of the host from work elsewhere."""
         with self._lock:
             registrations = {
                 key: (self._registrations[key], self._parked_by_registration[key])
                 for key in self._registrations.keys() | self._parked_by_registration.keys()
             }
+            startable: Counter[str] = Counter()
+            for registration_id, parked in self._parked_by_registration.items():
+                startable[self._host_of[registration_id]] += min(
+                    parked, self._room(registration_id)
+                )
             hosts = {
-                key: (self._hosts[key], len(self._parked.get(key, ())))
+                key: (self._hosts[key], startable[key])
                 for key in self._hosts.keys() | self._parked.keys()
             }
             return Needs(
@@ -347,28 +362,33 @@ class InFlight(Generic[T]):
             return self.per_host
         return min(self.per_host, self._host_grants.get(host, 0))
 
+    def _room(self, registration_id: str) -> int:
+        """How many more attempts ``registration_id``'s own cap lets start: its granted share
+        of it with ``granted``, one at a time while its attempts time out."""
+        limit = self.per_registration
+        if self.granted:
+            limit = min(limit, self._registration_grants.get(registration_id, 0))
+        if self._times_out(registration_id):
+            limit = min(limit, 1)
+        return max(0, limit - self._registrations[registration_id])
+
     def _free(self, registration_id: str, host: str) -> bool:
         held = self._hosts[host]
         per_host = self._host_cap(host)
-        if held >= per_host:
+        if held >= per_host or not self._room(registration_id):
             return False
-        per_registration = self.per_registration
-        if self.granted:
-            per_registration = min(
-                per_registration, self._registration_grants.get(registration_id, 0)
-            )
-        if registration_id not in self._timing_out:
-            mine = self._registrations[registration_id]
+        if not self._times_out(registration_id):
             # A host's last slot goes only to a registration with nothing in flight: however
             # its first attempts fare, an endpoint never holds every slot of its host.
-            return mine < per_registration and (mine == 0 or held < per_host - 1)
+            return self._registrations[registration_id] == 0 or held < per_host - 1
         # One slot each, and half the host's slots between all of them: registrations that
         # answer in time always have the other half.
-        if self._registrations[registration_id] >= min(1, per_registration):
-            return False
         in_flight = self._host_registrations.get(host, Counter())
-        timing_out = sum(count for other, count in in_flight.items() if other in self._timing_out)
+        timing_out = sum(count for other, count in in_flight.items() if self._times_out(other))
         return timing_out < max(1, per_host // 2)
+
+    def _times_out(self, registration_id: str) -> bool:
+        return registration_id in self._timing_out or registration_id in self._timing_out_elsewhere
 
     def _take(self, registration_id: str, host: str) -> None:
         self._registrations[registration_id] += 1

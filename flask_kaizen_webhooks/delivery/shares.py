@@ -20,11 +20,16 @@ from .inflight import Needs
 #: coming in bursts does not take and give back the share each time.
 LINGER = 2.0
 
+#: The least seconds work waits here for a share of a cap that other processes hold, before
+#: it is given back to the outbox for them.
+STARVED_AFTER = 1.0
+
 #: Seconds between the poller's rounds while shares may move (see :attr:`Shares.unsettled`).
 SETTLING_POLL = 0.05
 
-#: Slots granted, by registration id and by host.
-Grants = tuple[dict[str, int], dict[str, int]]
+#: Slots granted, by registration id and by host; the registrations whose attempts time out
+#: in other processes.
+Grants = tuple[dict[str, int], dict[str, int], frozenset[str]]
 
 
 class Shares:
@@ -44,6 +49,9 @@ class Shares:
         self._refused: dict[str, float] = {}
         #: Registrations whose work this run gave back, and until when it leaves them alone.
         self._resting: dict[str, float] = {}
+        #: Seconds without a grant, work waiting, before that work is given back (and then
+        #: left alone as long): two polls, and at least :data:`STARVED_AFTER`.
+        self._starved_after = max(2 * settings.poll_interval, STARVED_AFTER)
         #: True while shares may move soon: the poller then looks again within
         #: :data:`SETTLING_POLL` seconds.
         self.unsettled = False
@@ -86,31 +94,36 @@ class Shares:
                 registrations[key.removeprefix(slots.REGISTRATION)] = grant
             else:
                 hosts[key.removeprefix(slots.HOST)] = grant
-        return registrations, hosts
+        timing_out = frozenset(
+            key.removeprefix(slots.REGISTRATION)
+            for key in shared.timing_out
+            if key.startswith(slots.REGISTRATION)
+        )
+        return registrations, hosts, timing_out
 
     def written(self) -> None:
         """The transaction of the last :meth:`share` committed."""
         self._shares = self._pending
 
-    def starved(self) -> Grants:
+    def starved(self) -> tuple[set[str], set[str]]:
         """The registrations and hosts granted nothing for two poll intervals while this run had
         work waiting for them: other processes hold their whole caps (and have been told), so
-        that work is better given back to the outbox for them than kept here (in the grants'
-        form, with 0)."""
-        registrations: dict[str, int] = {}
-        hosts: dict[str, int] = {}
-        before = time.monotonic() - 2 * self._settings.poll_interval
+        that work is better given back to the outbox for them than kept here."""
+        registrations: set[str] = set()
+        hosts: set[str] = set()
+        before = time.monotonic() - self._starved_after
         for key, since in self._refused.items():
             if since <= before:
                 if key.startswith(slots.REGISTRATION):
-                    registrations[key.removeprefix(slots.REGISTRATION)] = 0
+                    registrations.add(key.removeprefix(slots.REGISTRATION))
                 else:
-                    hosts[key.removeprefix(slots.HOST)] = 0
+                    hosts.add(key.removeprefix(slots.HOST))
         return registrations, hosts
 
     def rest(self, registration_ids: set[str]) -> None:
-        """Leave the work of ``registration_ids`` alone for :data:`LINGER` seconds."""
-        until = time.monotonic() + LINGER
+        """Leave the work of ``registration_ids`` alone for a while (as long as work waits
+        before it is given back)."""
+        until = time.monotonic() + self._starved_after
         for registration_id in registration_ids:
             self._resting[registration_id] = until
 

@@ -71,11 +71,13 @@ class Share:
 
 @dataclass(frozen=True, slots=True)
 class Shared:
-    """What :func:`share` gave: the rows now held, and how many attempts may be under way for
-    each key (which may be below the row while the attempts above it end)."""
+    """What :func:`share` gave: the rows now held, how many attempts may be under way for
+    each key (which may be below the row while the attempts above it end), and the keys whose
+    attempts time out in another process."""
 
     shares: dict[str, Share]
     grants: dict[str, int]
+    timing_out: frozenset[str] = frozenset()
 
 
 _OTHERS = select(
@@ -149,7 +151,10 @@ def share(
                 for key, row in written.items()
             ],
         )
-    return Shared({**kept, **written}, {key: row[3] for key, row in rows.items()})
+    elsewhere = frozenset(
+        key for key, found in others.items() if any(other.timing_out for other in found)
+    )
+    return Shared({**kept, **written}, {key: row[3] for key, row in rows.items()}, elsewhere)
 
 
 def give_back(session: Session, *, holder: str) -> None:
