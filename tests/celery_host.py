@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from typing import Any
 
 from flask import Flask
 
 from example_app.celery_setup import celery_init_app
 from flask_kaizen_webhooks import KaizenWebhooks
 from tests.conftest import DELIVERY_CONFIG, install_demo_auth
+from tests.processes import note_deliveries
 
 
 def create_app() -> Flask:
@@ -40,9 +44,29 @@ def create_host() -> tuple[Flask, KaizenWebhooks]:
     celery_init_app(app)
     webhooks = KaizenWebhooks(app)
     install_demo_auth(webhooks)
+    note_deliveries(app)
     return app, webhooks
+
+
+def note_tasks() -> None:
+    """With ``KWT_TASKS`` set (a file's path): each task this worker process runs appends
+    ``<pid> <time.time()> <task name>`` to that file, so that a test tells which worker took
+    tasks when."""
+    path = os.environ.get("KWT_TASKS")
+    if not path:
+        return
+    from celery.signals import task_prerun
+
+    lock = threading.Lock()
+
+    def noted(task: Any, **_fields: Any) -> None:
+        with lock, open(path, "a") as notes:
+            notes.write(f"{os.getpid()} {time.time()} {task.name}\n")
+
+    task_prerun.connect(noted, weak=False)
 
 
 if "KWT_DATABASE_URI" in os.environ:
     flask_app = create_app()
     celery_app = flask_app.extensions["celery"]
+    note_tasks()

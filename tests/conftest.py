@@ -66,8 +66,13 @@ def postgres_url() -> Iterator[str]:
     """A PostgreSQL database of this test session's own, dropped at the end."""
     admin_url = make_url(POSTGRES_URL)
     try:
+        # Pinged before use: the server may have been restarted meanwhile (see
+        # tests/test_service_restarts.py).
         admin = create_engine(
-            admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+            admin_url,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"connect_timeout": 3},
+            pool_pre_ping=True,
         )
         with admin.connect() as connection:
             connection.execute(text("SELECT 1"))

@@ -14,6 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+from flask import Flask
+
+from flask_kaizen_webhooks import signals
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,10 +31,11 @@ def host_environment(**extra: str) -> dict[str, str]:
 
 
 class HostProcess:
-    """A server process (and the ones it forks) in a session of its own."""
+    """A server process (and the ones it forks) in a session of its own, its output (stdout and
+    stderr) kept in :attr:`output`."""
 
     def __init__(
-        self, command: list[str], env: dict[str, str], *, listening: str, cwd: Path = ROOT
+        self, command: list[str], env: dict[str, str], *, listening: str | None, cwd: Path = ROOT
     ) -> None:
         self.process = subprocess.Popen(
             command,
@@ -45,9 +50,12 @@ class HostProcess:
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        match = self.wait_for_output(listening)
-        #: The port ``listening`` caught in its first group (0 when it has no group: a worker).
-        self.port = int(match.group(1)) if match.re.groups else 0
+        #: The port ``listening`` caught in its first group (0: no pattern, or one without a
+        #: group, as for a worker).
+        self.port = 0
+        if listening:
+            match = self.wait_for_output(listening)
+            self.port = int(match.group(1)) if match.re.groups else 0
 
     @property
     def base(self) -> str:
@@ -99,3 +107,29 @@ class HostProcess:
 
 def python() -> str:
     return sys.executable
+
+
+def note_deliveries(app: Flask) -> None:
+    """With ``KWT_DELIVERED`` set (a file's path): each delivery that succeeds in this process
+    appends ``<pid> <delivery id>`` to that file, as a host listening to the signal would, so
+    that a test tells which process sent what."""
+    path = os.environ.get("KWT_DELIVERED")
+    if not path:
+        return
+    lock = threading.Lock()
+
+    def noted(sender: Flask, *, delivery_id: str, **_fields: object) -> None:
+        with lock, open(path, "a") as notes:
+            notes.write(f"{os.getpid()} {delivery_id}\n")
+
+    signals.delivery_succeeded.connect(noted, sender=app, weak=False)
+
+
+def delivered_by(path: Path) -> dict[str, set[int]]:
+    """What :func:`note_deliveries` wrote: the processes that sent each delivery."""
+    found: dict[str, set[int]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            pid, delivery_id = line.split()
+            found.setdefault(delivery_id, set()).add(int(pid))
+    return found

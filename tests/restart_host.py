@@ -1,9 +1,11 @@
 """A host app wired from the public API only, as a Flask shop writes one from the quickstart:
-its database comes from ``KWT_DATABASE_URI``; ``POST /fire?n=N`` commits N profile changes, each
-with its ``profile_updated`` webhook in the same transaction."""
+its database comes from ``KWT_DATABASE_URI`` (more settings, as JSON, from ``KWT_CONFIG``);
+``POST /fire?n=N`` commits N profile changes, each with its ``profile_updated`` webhook in the
+same transaction."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -11,6 +13,7 @@ from flask import Flask, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_kaizen_webhooks import KaizenWebhooks, signals
+from tests.processes import note_deliveries
 
 logging.basicConfig(level=logging.INFO, format="[%(process)d] %(name)s: %(message)s")
 
@@ -32,8 +35,10 @@ def create_app() -> Flask:
         KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
         KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
     )
+    app.config.update(json.loads(os.environ.get("KWT_CONFIG", "{}")))
     db.init_app(app)
     webhooks.init_app(app)
+    note_deliveries(app)
     with app.app_context():
         db.create_all()
 

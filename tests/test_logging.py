@@ -23,6 +23,7 @@ app = Flask("stock", instance_path={instance!r})
 app.config.update(SECRET_KEY="k", KAIZEN_WEBHOOKS_DATABASE_URI={database!r},
                   KAIZEN_WEBHOOKS_DISPATCHER="none")
 webhooks = KaizenWebhooks(app)
+{later}
 with app.app_context():
     state = get_state()
     registrations.create_registration(state.database.session, owner="o", topic="user_logged_in",
@@ -36,10 +37,12 @@ SECRET_KEYS_WARNING = "KAIZEN_WEBHOOKS_SECRET_KEYS is not set"
 REFUSAL_WARNING = "Webhook to 127.0.0.1 refused before connecting: 127.0.0.1 is a loopback"
 
 
-def run_app(tmp_path: Path, setup: str = "") -> str:
-    """The stderr of the app run in a fresh interpreter."""
+def run_app(tmp_path: Path, setup: str = "", later: str = "") -> str:
+    """The stderr of the app run in a fresh interpreter, with logging set up by ``setup`` before
+    the extension and by ``later`` after it."""
     source = APP.format(
         setup=setup,
+        later=later,
         instance=str(tmp_path / "instance"),
         database=f"sqlite:///{tmp_path / 'app.sqlite3'}",
     )
@@ -76,6 +79,19 @@ def test_a_host_that_configures_logging_sees_each_warning_once(tmp_path: Path, s
     assert "WARNING in sealing" not in stderr  # the host's own handler wrote it
 
 
+def test_a_host_that_sets_up_logging_after_the_extension_sees_each_warning_once(
+    tmp_path: Path,
+) -> None:
+    # As in a Celery worker, which sets up logging once it has loaded the app: from then on,
+    # the host's handler writes the library's records, and they are not written twice.
+    later = "logging.basicConfig(format='host: %(name)s %(levelname)s %(message)s')"
+    stderr = run_app(tmp_path, later=later)
+    assert stderr.count(SECRET_KEYS_WARNING) == 1, stderr
+    assert f"WARNING in sealing: {SECRET_KEYS_WARNING}" in stderr  # before the host's set-up
+    assert stderr.count(REFUSAL_WARNING) == 1, stderr
+    assert f"host: flask_kaizen_webhooks WARNING {REFUSAL_WARNING}" in stderr
+
+
 def test_a_host_that_silences_the_library_is_not_overruled(tmp_path: Path) -> None:
     stderr = run_app(tmp_path, "logging.getLogger('flask_kaizen_webhooks').setLevel('ERROR')")
     assert SECRET_KEYS_WARNING not in stderr and REFUSAL_WARNING not in stderr, stderr
@@ -99,3 +115,4 @@ def test_only_a_real_handler_that_takes_warnings_counts() -> None:
     quiet.setLevel(logging.ERROR)
     parent.addHandler(quiet)
     assert not handled(child, logging.WARNING) and handled(child, logging.ERROR)
+    assert not handled(child, logging.ERROR, besides=quiet)

@@ -132,3 +132,49 @@ def test_time_ordered_ids_are_uuid7_unique_and_ordered_by_time() -> None:
         assert str(parsed) == text_id
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert max(first) < min(later)  # a later millisecond sorts after
+
+
+#: A trigger refusing every new delivery, for each database server; then what drops it.
+REFUSE_DELIVERIES = {
+    "sqlite": [
+        "CREATE TRIGGER refuse BEFORE INSERT ON kaizen_webhook_deliveries "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON kaizen_webhook_deliveries "
+        "FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+}
+ACCEPT_DELIVERIES = {
+    "sqlite": ["DROP TRIGGER refuse"],
+    "postgresql": ["DROP TRIGGER refuse ON kaizen_webhook_deliveries", "DROP FUNCTION refuse()"],
+}
+
+
+def test_a_write_that_fails_outside_a_host_transaction_leaves_no_transaction_open(
+    host: Any,
+) -> None:
+    # The deliveries are the extension's to commit there: when the database refuses them (or
+    # goes away), their transaction is rolled back, so that the session (the host's, with a
+    # shared db) goes on working.
+    register(host, "https://hooks.example.com/a")
+    with host.app.app_context():
+        state = get_state()
+        engine = state.database.engine
+        session = host.db.session() if host.db is not None else state.database.session
+        with engine.begin() as connection:
+            for statement in REFUSE_DELIVERIES[engine.dialect.name]:
+                connection.execute(text(statement))
+        try:
+            with pytest.raises(Exception, match="refused"):
+                host.webhooks.trigger("profile_updated", PROFILE)
+            assert not session.in_transaction()
+            assert session.execute(text("SELECT 1")).scalar() == 1
+            session.rollback()
+        finally:
+            with engine.begin() as connection:
+                for statement in ACCEPT_DELIVERIES[engine.dialect.name]:
+                    connection.execute(text(statement))
+        assert len(host.webhooks.trigger("profile_updated", PROFILE)) == 1

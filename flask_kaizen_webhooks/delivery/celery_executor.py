@@ -33,7 +33,7 @@ from ..storage import claims, outbox
 from .client import Client
 from .context import DeliveryContext
 from .engine import ThreadExecutor
-from .outage import Outage
+from .outage import Outage, unreachable
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -64,6 +64,14 @@ def celery_app_of(app: Flask) -> Any:
     return celery_app
 
 
+def broker_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says Celery's broker could not be reached (restarting, its connections
+    cut): an outage rather than a fault of ours."""
+    from kombu.exceptions import OperationalError  # Celery's own transport library
+
+    return isinstance(exc, OperationalError | OSError)
+
+
 class CeleryExecutor:
     """Hands committed deliveries to Celery; in the host's Celery workers, the engine sends
     them."""
@@ -76,7 +84,9 @@ class CeleryExecutor:
         self._lock = threading.Lock()
         self._outgoing: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._publisher: threading.Thread | None = None
-        self._broker = Outage("Celery's broker", "the sweep sends their tasks later")
+        self._broker = Outage(
+            "Celery's broker", "the sweep sends their tasks later", expected=broker_unreachable
+        )
         self._pid = os.getpid()
         celery_app = celery_app_of(app)
 
@@ -211,15 +221,24 @@ class CeleryExecutor:
 
     def _sweep(self) -> int:
         """Fan out the events whose tasks were lost, and send a task again for every delivery
-        overdue by more than the sweep interval."""
+        overdue by more than the sweep interval. While the database cannot be reached, the
+        engine's outage tells of it (not a traceback a sweep) and the next sweep tries again."""
         with self._app.app_context():
             context = self._context
             due_before = context.clock.now() - timedelta(
                 seconds=context.settings.celery_sweep_interval
             )
-            with context.database.writing() as session:
-                fanned = outbox.expand_events(session, limit=SWEEP_LIMIT)
-                overdue = claims.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
+            outage = self.engine.database_outage
+            try:
+                with context.database.writing() as session:
+                    fanned = outbox.expand_events(session, limit=SWEEP_LIMIT)
+                    overdue = claims.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                outage.failed(exc, "Sweeping the outbox")
+                return 0
+            outage.works()
             ids = list(dict.fromkeys(fanned + overdue))
             if ids:
                 logger.warning("Sweep: %d overdue deliveries sent to Celery again", len(ids))

@@ -27,7 +27,7 @@ from .client import Client, Job, SendResult
 from .context import DeliveryContext
 from .destinations import destination_of
 from .inflight import InFlight
-from .outage import Outage
+from .outage import Outage, unreachable
 from .recorder import Recorder
 from .requests import Request, request_of
 from .shares import SETTLING_POLL, Shares
@@ -80,9 +80,16 @@ class ThreadExecutor:
         )
         #: This run's shares of the caps held across processes.
         self._shares = Shares(settings, self._client.addresses)
-        self._database = Outage("the database", "due deliveries wait in the outbox")
+        #: The database's outage, told once for the whole engine (poller, recorder, sweep).
+        self.database_outage = Outage(
+            "the database",
+            "due deliveries wait in the outbox, and the results of attempts in memory",
+        )
         self._recorder: Recorder[AttemptRecord] = Recorder(
-            self._record, name="kaizen-webhooks-recorder", expecting=self._in_flight.busy
+            self._record,
+            name="kaizen-webhooks-recorder",
+            expecting=self._in_flight.busy,
+            outage=self.database_outage,
         )
         self._lock = threading.Lock()
         self._sender: Client | None = None
@@ -273,7 +280,7 @@ class ThreadExecutor:
                     session, delivery_id=item.delivery_id, token=item.token, lease_until=lease_until
                 )
         except Exception as exc:
-            self._database.failed(exc, f"Renewing the claim of delivery {item.delivery_id}")
+            self.database_outage.failed(exc, f"Renewing the claim of delivery {item.delivery_id}")
             renewed = False
         if renewed:
             self._begin([dataclasses.replace(item, lease_until=lease_until)], host, renewed=True)
@@ -312,12 +319,12 @@ class ThreadExecutor:
                         room = self._ahead - sender.load - backlog.waiting
                     skip = backlog.skip_registrations | self._shares.resting()
                     claimed = self._claim_due(room, skip)
-                    self._database.works()
+                    self.database_outage.works()
                     self._dispatch(claimed)
                     if room > 0 and len(claimed) == room:
                         continue  # more may be due: look again at once
             except Exception as exc:
-                self._database.failed(exc, "Looking for due deliveries")
+                self.database_outage.failed(exc, "Looking for due deliveries")
             interval = settings.poll_interval
             if self._shares.unsettled:
                 interval = min(interval, SETTLING_POLL)
@@ -335,7 +342,7 @@ class ThreadExecutor:
                 released = claims.release_dead_claims(session, now=context.clock.now())
                 slots.give_back_dead(session)
         except Exception as exc:
-            self._database.failed(exc, "Giving back the claims of processes that died")
+            self.database_outage.failed(exc, "Giving back the claims of processes that died")
             return False
         if released:
             logger.warning(
@@ -428,9 +435,11 @@ class ThreadExecutor:
                 )
                 if shares:
                     self._shares.give_back(session)
-        except Exception:
-            logger.exception(
-                "Could not give back %d claimed deliveries; their leases will "
-                "expire and they will be sent then",
+        except Exception as exc:
+            logger.warning(
+                "Could not give back %d claimed deliveries (%s); their leases will expire and "
+                "they will be sent then",
                 len(items),
+                type(exc).__name__,
+                exc_info=None if unreachable(exc) else exc,
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -24,13 +25,22 @@ def unreachable(exc: BaseException) -> bool:
 
 
 class Outage:
-    """The state of one outside service as one part of the engine sees it; thread-safe."""
+    """The state of one outside service as an engine (or one part of it) sees it; thread-safe."""
 
-    def __init__(self, service: str, meanwhile: str) -> None:
+    def __init__(
+        self,
+        service: str,
+        meanwhile: str,
+        *,
+        expected: Callable[[BaseException], bool] = unreachable,
+    ) -> None:
         #: What fails, as the log names it (``"the database"``).
         self.service = service
         #: What happens to the work meanwhile (``"the deliveries wait in the outbox"``).
         self.meanwhile = meanwhile
+        #: True for the errors that tell of the service being unreachable (told in a line, with
+        #: no traceback): the database's by default.
+        self.expected = expected
         self._lock = threading.Lock()
         self._since: float | None = None
         self._told = 0.0
@@ -61,7 +71,7 @@ class Outage:
                 type(exc).__name__,
                 summary[:300],
                 self.meanwhile,
-                exc_info=None if unreachable(exc) else exc,
+                exc_info=None if self.expected(exc) else exc,
             )
         else:
             assert since is not None

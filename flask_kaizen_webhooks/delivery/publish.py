@@ -3,6 +3,7 @@ request path, and their ids handed to the executor once committed."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,17 +49,28 @@ def enqueue(
     """
     database = context.database
     session = database.session
-    owned = database.commits_itself(session)
+    if database.commits_itself(session):
+        try:
+            connection = session.connection()
+            ids = outbox.add_deliveries(
+                connection,
+                recipients=outbox.active_recipients(connection, topic=topic),
+                topic=topic,
+                document_json=document_json,
+                now=context.clock.now(),
+            )
+            session.commit()
+        except BaseException:
+            # The transaction is ours: ended, so that the session (the host's, maybe) is usable
+            # again. A rollback on a connection the database cut may fail too; it still ends.
+            with contextlib.suppress(Exception):
+                session.rollback()
+            raise
+        executor.submit(ids)
+        return ids
     connection = session.connection()
     recipients = outbox.active_recipients(connection, topic=topic)
     now = context.clock.now()
-    if owned:
-        ids = outbox.add_deliveries(
-            connection, recipients=recipients, topic=topic, document_json=document_json, now=now
-        )
-        session.commit()
-        executor.submit(ids)
-        return ids
     ids = outbox.add_event(
         connection, recipients=recipients, topic=topic, document_json=document_json, now=now
     )

@@ -49,6 +49,7 @@ class Recorder(Generic[T]):
         name: str,
         expecting: Callable[[], bool] = lambda: False,
         lost: str = "their deliveries are sent again once their claims expire",
+        outage: Outage | None = None,
     ) -> None:
         self._write = write
         self._lost = lost
@@ -58,7 +59,11 @@ class Recorder(Generic[T]):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = False
-        self._outage = Outage("the database", f"the records wait in memory ({lost} if it ends)")
+        #: The database's outage as this recorder tells it (or as the process does, when
+        #: ``outage`` is shared with the other parts that write).
+        self._outage = outage or Outage(
+            "the database", f"the records wait in memory ({lost} if it ends)"
+        )
 
     def put(self, record: T) -> None:
         """Queue ``record`` for writing (starting the thread on first use)."""
