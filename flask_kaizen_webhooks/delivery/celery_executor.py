@@ -47,6 +47,8 @@ SWEEP = "flask_kaizen_webhooks.sweep"
 SWEEP_LIMIT = 10_000
 #: The most ids one task carries.
 TASK_IDS = 1000
+#: Seconds a worker process ending waits for its attempts under way.
+SHUTDOWN_TIMEOUT = 10.0
 #: Seconds between the tasks one web process sends while commits keep coming.
 PUBLISH_EVERY = 0.05
 
@@ -113,7 +115,9 @@ class CeleryExecutor:
 
     def _start_with_workers(self, celery_app: Any) -> None:
         """Start the engine of each worker process as it starts (rather than on its first
-        task), so that retries left due by a restart go out without waiting for new work."""
+        task), so that retries left due by a restart go out without waiting for new work; and
+        stop it as the process ends, recording what is under way and giving back its claims
+        and its shares of the caps."""
         from celery import signals
 
         def on_process_init(**_: Any) -> None:  # a prefork child, or the solo pool's process
@@ -126,8 +130,13 @@ class CeleryExecutor:
             if not pool.endswith(".prefork"):  # prefork: the children send, not the parent
                 self.engine.autostart()
 
+        def on_shutdown(**_: Any) -> None:  # a prefork child ends with os._exit: no atexit
+            self.engine.stop(SHUTDOWN_TIMEOUT)
+
         signals.worker_process_init.connect(on_process_init, weak=False)
         signals.worker_ready.connect(on_ready, weak=False)
+        signals.worker_process_shutdown.connect(on_shutdown, weak=False)
+        signals.worker_shutdown.connect(on_shutdown, weak=False)
 
     # The Executor protocol: the web process only hands ids over.
 

@@ -324,7 +324,10 @@ class ThreadExecutor:
                     if room > 0 and len(claimed) == room:
                         continue  # more may be due: look again at once
             except Exception as exc:
-                self.database_outage.failed(exc, "Looking for due deliveries")
+                if unreachable(exc):
+                    self.database_outage.failed(exc, "Looking for due deliveries")
+                else:
+                    logger.exception("Webhook poller: looking for due deliveries failed")
             interval = settings.poll_interval
             if self._shares.unsettled:
                 interval = min(interval, SETTLING_POLL)
@@ -405,7 +408,7 @@ class ThreadExecutor:
         if grants is not None:
             self._shares.written()
             started: dict[str, list[Claimed]] = {}
-            for item, host in self._in_flight.grant(*grants):
+            for item, host in self._in_flight.grant(*grants, until=self._shares.grants_until):
                 started.setdefault(host, []).append(item)
             for host, items in started.items():
                 self._begin(items, host)

@@ -17,7 +17,9 @@ fills memory nor crowds out the others.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
@@ -70,6 +72,7 @@ class InFlight(Generic[T]):
         self.granted = granted
         self._registration_grants: dict[str, int] = {}
         self._host_grants: dict[str, int] = {}
+        self._grants_until = math.inf
         self.park_per_host = park_per_host
         self.park_total = park_total
         #: So that one registration's backlog leaves room in its host's park for the others.
@@ -238,12 +241,16 @@ class InFlight(Generic[T]):
         registrations: Mapping[str, int],
         hosts: Mapping[str, int],
         timing_out: AbstractSet[str] = frozenset(),
+        *,
+        until: float = math.inf,
     ) -> list[tuple[T, str]]:
-        """Set the slots granted to each registration and host (the others get none), and the
+        """Set the slots granted to each registration and host (the others get none) until
+        ``until`` (``time.monotonic()``; no attempt starts under them after that), and the
         registrations whose attempts time out in other processes (held here as if they timed
         out here too); the parked items that may start now come back with their hosts, each
         with its slot taken."""
         with self._lock:
+            self._grants_until = until
             self._registration_grants = dict(registrations)
             self._host_grants = dict(hosts)
             self._timing_out_elsewhere = frozenset(timing_out)
@@ -360,6 +367,8 @@ class InFlight(Generic[T]):
     def _host_cap(self, host: str) -> int:
         if not self.granted:
             return self.per_host
+        if time.monotonic() >= self._grants_until:
+            return 0  # the shares were not renewed in time: they may be another's now
         return min(self.per_host, self._host_grants.get(host, 0))
 
     def _room(self, registration_id: str) -> int:

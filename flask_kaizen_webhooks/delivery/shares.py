@@ -4,8 +4,9 @@ work and what it just claimed; and the grants the shares give, by registration a
 
 from __future__ import annotations
 
+import math
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -24,8 +25,13 @@ LINGER = 2.0
 #: it is given back to the outbox for them.
 STARVED_AFTER = 1.0
 
-#: Seconds between the poller's rounds while shares may move (see :attr:`Shares.unsettled`).
+#: How much longer than the longest attempt a share's row must still run, or it is renewed.
+RENEW_MARGIN = timedelta(seconds=5)
+
+#: Seconds between the poller's rounds while shares may move (see :attr:`Shares.unsettled`),
+#: for up to :data:`SETTLING` seconds after they last moved.
 SETTLING_POLL = 0.05
+SETTLING = 2.0
 
 #: Slots granted, by registration id and by host; the registrations whose attempts time out
 #: in other processes.
@@ -55,6 +61,11 @@ class Shares:
         #: True while shares may move soon: the poller then looks again within
         #: :data:`SETTLING_POLL` seconds.
         self.unsettled = False
+        self._last_grants: dict[str, int] = {}
+        self._last_wanting: set[str] = set()
+        self._settling_until = 0.0
+        #: When the grants last given stop letting attempts start (``time.monotonic()``).
+        self.grants_until = math.inf
 
     def share(
         self,
@@ -71,17 +82,37 @@ class Shares:
         if not needs and not self._shares:
             self.unsettled = False
             return None
+        # Rows are renewed while they still outlast any attempt by a margin, so that the grants
+        # they back never run out under a process that keeps its rounds going.
+        longest = timedelta(seconds=self._settings.async_timeout + self._settings.connect_timeout)
         shared = slots.share(
-            session, holder=self.holder, needs=needs, shares=self._shares, now=now, until=until
+            session,
+            holder=self.holder,
+            needs=needs,
+            shares=self._shares,
+            now=now,
+            until=until,
+            renew_before=now + max((until - now) / 2, longest + RENEW_MARGIN),
         )
         self._pending = shared.shares
+        # No attempt may start under these grants once one could outlast its share's row.
+        left = min((row.until - now for row in shared.shares.values()), default=None)
+        self.grants_until = (
+            math.inf if left is None else time.monotonic() + (left - longest).total_seconds()
+        )
         # Waiting for slots, or keeping slots with nothing to send: other processes may give
         # or want some at their next rounds, so the next look comes soon.
-        self.unsettled = any(
+        # For a while after they last moved: two processes settled at their fair shares, one
+        # of them waiting for more, need not keep looking that often.
+        now_m = time.monotonic()
+        wanting = {key for key, need in needs.items() if need.wanted}
+        if shared.grants != self._last_grants or wanting != self._last_wanting:
+            self._settling_until = now_m + SETTLING
+        self._last_grants, self._last_wanting = shared.grants, wanting
+        self.unsettled = now_m < self._settling_until and any(
             shared.grants[key] < need.wanted or (need.wanted == 0 and shared.grants[key] > 0)
             for key, need in needs.items()
         )
-        now_m = time.monotonic()
         self._refused = {
             key: self._refused.get(key, now_m)
             for key, grant in shared.grants.items()

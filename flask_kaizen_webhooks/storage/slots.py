@@ -33,6 +33,8 @@ SLOTS = metadata.tables[Slot.__tablename__]
 
 #: The advisory lock under which shares grow (PostgreSQL).
 LOCK_KEY = 0x6B616977  # "kaiw"
+#: The longest wait for that lock, in milliseconds.
+LOCK_TIMEOUT_MS = 5000
 
 REGISTRATION = "registration:"
 HOST = "host:"
@@ -103,22 +105,31 @@ def share(
     shares: Mapping[str, Share],
     now: datetime,
     until: datetime,
+    renew_before: datetime | None = None,
 ) -> Shared:
     """Bring this process's shares (``shares``, as last written) in line with ``needs``: keys
-    not in ``needs`` are given back. Renews every row written more than half a lease ago."""
+    not in ``needs`` are given back. Renews, to ``until``, every row that ends before
+    ``renew_before`` (default: half way to ``until``)."""
     connection = session.connection()
+    # A row of this holder whose lease ran out may be gone (another process clears expired
+    # rows): it holds nothing, and growing back to it takes the lock like any growth.
+    shares = {key: share for key, share in shares.items() if share.until > now}
     others = _others(session, holder, needs, now)
     rows = {key: _row(need, others.get(key, []), shares.get(key)) for key, need in needs.items()}
     if any(row[0] > _held(shares.get(key)) for key, row in rows.items()):
         # A share grows: under the lock, from what the others hold now.
         if connection.dialect.name == "postgresql":
+            # Never wait long on a process that stalls holding it: this round fails, the
+            # next one tries again.
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
             connection.execute(select(func.pg_advisory_xact_lock(LOCK_KEY)))
         connection.execute(_EXPIRED, {"b_now": now})  # on SQLite, this takes the write lock
         others = _others(session, holder, needs, now)
         rows = {
             key: _row(need, others.get(key, []), shares.get(key)) for key, need in needs.items()
         }
-    renew_before = now + (until - now) / 2
+    if renew_before is None:
+        renew_before = now + (until - now) / 2
     written: dict[str, Share] = {}
     kept: dict[str, Share] = {}
     for key, (held, wanted, timing_out, _grant) in rows.items():
@@ -133,7 +144,9 @@ def share(
             kept[key] = old
         else:
             written[key] = Share(held, wanted, timing_out, until)
-    dropped = [key for key in shares if key not in kept]
+    # Rows written replace this holder's rows of those keys, whatever it believed it held (a
+    # commit that reached the database although its answer was lost leaves a row behind).
+    dropped = sorted((shares.keys() | written.keys()) - kept.keys())
     if dropped:
         connection.execute(_DROP, {"b_holder": holder, "b_keys": dropped})
     if written:
