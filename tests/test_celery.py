@@ -387,3 +387,37 @@ def test_a_worker_sends_due_work_from_its_start_without_any_task(
     start_worker(concurrency=2)
     wait_for_successes(web, 3, timeout=30)
     assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+
+
+def test_prefork_children_send_and_give_back_their_shares_when_the_worker_stops(
+    web: Host, receiver: Any, celery_env: dict[str, str]
+) -> None:
+    from flask_kaizen_webhooks.storage.slots import SLOTS
+
+    server = receiver()
+    register(web, server.url())
+    command = [
+        sys.executable, "-m", "celery", "-A", "tests.celery_host:celery_app", "worker",
+        "--pool=prefork", "--concurrency=2", "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "--loglevel=WARNING", "--hostname=prefork@%h",
+    ]  # fmt: skip
+    env = {**os.environ, **celery_env, "KWT_CONFIG": "{}"}
+    worker = subprocess.Popen(command, cwd=ROOT, env=env)
+    try:
+        with web.app.app_context():
+            ids = [web.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(5)]
+        wait_for_successes(web, 5, timeout=60)
+
+        def shares() -> int:
+            with web.app.app_context(), get_state().database.independent_session() as session:
+                return int(session.scalar(select(func.count()).select_from(SLOTS)) or 0)
+
+        assert shares() > 0  # the children's engines hold them, for more work to come
+        worker.terminate()  # a warm shutdown: each child stops its engine as it ends
+        worker.wait(30)
+        assert shares() == 0
+        assert request_ids(server) == Counter({delivery_id: 1 for delivery_id in ids})
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
