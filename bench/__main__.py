@@ -425,6 +425,7 @@ def main() -> None:
         # Rounds of each, one after the other, and the medians: a burst of noise on this
         # shared machine then spoils one round, not a figure.
         with_postgres = postgres_available()
+        celery_rounds: dict[int, list[CeleryRun]] = {1: [], 2: []}
         for _ in range(ROUNDS):
             rounds["ceiling"].append(raw_ceiling(url, n))
             rounds["curl"].append(curl_ceiling(url, 4 * n))
@@ -433,6 +434,10 @@ def main() -> None:
             rounds["async"].append(async_throughput(url, sqlite_uri, events, 10))
             if with_postgres:
                 rounds["postgres"].append(async_throughput(url, POSTGRES, events, 10))
+                for workers in (1, 2):  # beside the in-process engine of the same round
+                    run = celery_throughput(url, events, 10, workers)
+                    if run is not None:
+                        celery_rounds[workers].append(run)
         figures["raw_ceiling_per_s"] = statistics.median(rounds["ceiling"])
         figures["curl_ceiling_per_s"] = statistics.median(rounds["curl"])
         figures["naive_per_s"] = statistics.median(rounds["naive"])
@@ -440,13 +445,6 @@ def main() -> None:
         figures["async_postgres_per_s"] = (
             statistics.median(rounds["postgres"]) if with_postgres else None
         )
-        celery_rounds: dict[int, list[CeleryRun]] = {1: [], 2: []}
-        if with_postgres:
-            for _ in range(ROUNDS):
-                for workers in (1, 2):
-                    run = celery_throughput(url, events, 10, workers)
-                    if run is not None:
-                        celery_rounds[workers].append(run)
         for workers, runs in celery_rounds.items():
             name = f"celery_{workers}_worker{'s' if workers > 1 else ''}"
             figures[f"{name}_postgres_per_s"] = median_of(runs, "per_s")

@@ -19,6 +19,7 @@ def create_app() -> Flask:
         KAIZEN_WEBHOOKS_EXECUTOR="celery",
         KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
         KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
+        KAIZEN_WEBHOOKS_POLL_INTERVAL=0.05,  # as the in-process rows
         CELERY={
             "broker_url": os.environ["BENCH_BROKER"],
             "task_default_queue": os.environ["BENCH_QUEUE"],
