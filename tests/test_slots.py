@@ -306,3 +306,24 @@ def other_claimed(host: Any, ids: list[str]) -> bool:
     with host.app.app_context(), get_state().database.independent_session() as session:
         rows = session.scalars(select(Delivery).where(Delivery.id.in_(ids))).all()
         return any(row.claim_token is not None for row in rows)
+
+
+def test_the_extensions_writes_read_what_others_committed_whatever_the_hosts_isolation(
+    make_host: Any,
+) -> None:
+    from sqlalchemy import text
+
+    host = make_host(
+        "postgres-hostdb",
+        **DELIVERY_CONFIG,
+        KAIZEN_WEBHOOKS_EXECUTOR="none",
+        SQLALCHEMY_ENGINE_OPTIONS={"isolation_level": "REPEATABLE READ"},
+    )
+    with host.app.app_context(), get_state().database.writing() as session:
+        level = session.execute(text("SHOW transaction_isolation")).scalar()
+    assert level == "read committed"
+    with host.app.app_context():
+        assert host.db is not None
+        assert host.db.session.execute(text("SHOW transaction_isolation")).scalar() == (
+            "repeatable read"  # the host's own sessions keep theirs
+        )

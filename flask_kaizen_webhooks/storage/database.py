@@ -115,8 +115,13 @@ class Database:
         With SQLite this process's writers take turns on a lock first: SQLite allows one writer
         at a time and its busy handler waits in sleeps of milliseconds, where a lock hands over
         in microseconds.
+
+        On PostgreSQL it runs at READ COMMITTED, whatever a host's engine defaults to: claims
+        and the shares of the caps read, under their locks, what other processes committed.
         """
         with self._write_lock, self.independent_session() as session, session.begin():
+            if self.engine.dialect.name == "postgresql":
+                session.connection(execution_options={"isolation_level": "READ COMMITTED"})
             yield session
 
     def independent_session(self) -> Session:
