@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from flask import Flask
@@ -107,6 +108,28 @@ class HostProcess:
 
 def python() -> str:
     return sys.executable
+
+
+def celery_worker_command(
+    name: str,
+    *,
+    pool: str = "threads",
+    concurrency: int = 2,
+    loglevel: str = "WARNING",
+    beat: Path | None = None,
+    quiet: bool = False,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command of a Celery worker process of ``tests.celery_host`` named ``name``
+    (running beat too, with its schedule in ``beat``; without Celery's banner if ``quiet``)."""
+    command = [python(), "-m", "celery", "-A", "tests.celery_host:celery_app"]
+    command += ["--quiet", "worker"] if quiet else ["worker"]
+    command += [f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}"]
+    command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    command += [f"--hostname={name}@%h", *extra]
+    if beat is not None:
+        command += ["--beat", f"--schedule={beat}"]
+    return command
 
 
 def note_deliveries(app: Flask) -> None:

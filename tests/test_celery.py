@@ -27,6 +27,7 @@ from flask_kaizen_webhooks.delivery.celery_executor import DELIVER_MANY
 from flask_kaizen_webhooks.storage import outbox
 from flask_kaizen_webhooks.storage.tables import Delivery
 from tests.conftest import ADMIN, Host, register, service_unavailable
+from tests.processes import celery_worker_command
 from tests.receivers import Reply, wait_until
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
@@ -75,23 +76,9 @@ def start_worker(
     def start(
         concurrency: int = 4, *, beat: bool = False, config: dict[str, Any] | None = None
     ) -> subprocess.Popen[bytes]:
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.celery_host:celery_app",
-            "worker",
-            "--pool=threads",
-            f"--concurrency={concurrency}",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=WARNING",
-            f"--hostname=worker{len(workers)}@%h",
-        ]
-        if beat:
-            command += ["--beat", f"--schedule={tmp_path / f'beat{len(workers)}'}"]
+        name = f"worker{len(workers)}"
+        beat_schedule = tmp_path / f"beat{len(workers)}" if beat else None
+        command = celery_worker_command(name, concurrency=concurrency, beat=beat_schedule)
         env = {**os.environ, **celery_env, "KWT_CONFIG": json.dumps(config or {})}
         workers.append(subprocess.Popen(command, cwd=ROOT, env=env))
         return workers[-1]
@@ -396,11 +383,7 @@ def test_prefork_children_send_and_give_back_their_shares_when_the_worker_stops(
 
     server = receiver()
     register(web, server.url())
-    command = [
-        sys.executable, "-m", "celery", "-A", "tests.celery_host:celery_app", "worker",
-        "--pool=prefork", "--concurrency=2", "--without-gossip", "--without-mingle",
-        "--without-heartbeat", "--loglevel=WARNING", "--hostname=prefork@%h",
-    ]  # fmt: skip
+    command = celery_worker_command("prefork", pool="prefork")
     env = {**os.environ, **celery_env, "KWT_CONFIG": "{}"}
     worker = subprocess.Popen(command, cwd=ROOT, env=env)
     try:

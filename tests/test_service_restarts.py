@@ -36,7 +36,13 @@ from sqlalchemy.engine import make_url
 from flask_kaizen_webhooks import KaizenWebhooks, get_state
 from flask_kaizen_webhooks.storage.tables import Delivery
 from tests.conftest import DELIVERY_CONFIG, Host, install_demo_auth, register, service_unavailable
-from tests.processes import HostProcess, delivered_by, host_environment, python
+from tests.processes import (
+    HostProcess,
+    celery_worker_command,
+    delivered_by,
+    host_environment,
+    python,
+)
 from tests.receivers import Receiver, Reply, wait_until
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
@@ -407,11 +413,7 @@ def celery_worker(
         KWT_DELIVERED=str(notes),
         KWT_TASKS=f"{notes}.tasks",
     )
-    command = [python(), "-m", "celery", "-A", "tests.celery_host:celery_app", "-q", "worker"]
-    command += ["--pool=threads", "--concurrency=2", "--without-gossip", "--without-mingle"]
-    command += ["--without-heartbeat", "--loglevel=WARNING", f"--hostname={name}@%h"]
-    if beat is not None:
-        command += ["--beat", f"--schedule={beat}"]
+    command = celery_worker_command(name, beat=beat, quiet=True)
     return HostProcess(command, env, listening=None)
 
 

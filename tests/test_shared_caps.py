@@ -24,7 +24,7 @@ from flask_kaizen_webhooks.delivery.celery_executor import DELIVER_MANY
 from flask_kaizen_webhooks.storage import slots
 from flask_kaizen_webhooks.storage.tables import Delivery
 from tests.conftest import DELIVERY_CONFIG, Host, register
-from tests.processes import HostProcess, host_environment, python
+from tests.processes import HostProcess, celery_worker_command, host_environment, python
 from tests.receivers import Receiver, Reply, wait_until
 from tests.test_celery import (  # noqa: F401 (fixtures)
     RECOVERY,
@@ -71,24 +71,12 @@ def celery_worker(
     def start(*, beat: bool = False, config: dict[str, Any] | None = None) -> CeleryWorker:
         name = f"worker{len(workers)}"
         own = f"{celery_env['KWT_QUEUE']}.{name}"
-        command = [
-            python(),
-            "-m",
-            "celery",
-            "-A",
-            "tests.celery_host:celery_app",
-            "worker",
-            "--pool=threads",
-            "--concurrency=2",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=INFO",
-            f"--hostname={name}@%h",
-            f"--queues={celery_env['KWT_QUEUE']},{own}",
-        ]
-        if beat:
-            command += ["--beat", f"--schedule={tmp_path / name}"]
+        command = celery_worker_command(
+            name,
+            loglevel="INFO",
+            beat=tmp_path / name if beat else None,
+            extra=[f"--queues={celery_env['KWT_QUEUE']},{own}"],
+        )
         env = host_environment(**celery_env, KWT_CONFIG=json.dumps(config or {}))
         workers.append(CeleryWorker(HostProcess(command, env, listening=r" ready\."), own))
         return workers[-1]
