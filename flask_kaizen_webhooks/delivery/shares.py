@@ -100,37 +100,30 @@ class Shares:
         self.grants_until = (
             math.inf if left is None else time.monotonic() + (left - longest).total_seconds()
         )
+        self._follow(needs, shared.grants)
+        return _by_kind(shared.grants, shared.timing_out)
+
+    def _follow(self, needs: dict[str, slots.Need], grants: dict[str, int]) -> None:
+        """Note how the shares stand against the needs: whether they may move soon, and which
+        keys are refused while work waits for them."""
+        now = time.monotonic()
         # Waiting for slots, or keeping slots with nothing to send: other processes may give
-        # or want some at their next rounds, so the next look comes soon.
-        # For a while after they last moved: two processes settled at their fair shares, one
-        # of them waiting for more, need not keep looking that often.
-        now_m = time.monotonic()
+        # or want some at their next rounds, so the next look comes soon; for a while after
+        # they last moved only (two processes settled at their fair shares, one waiting for
+        # more, need not keep looking that often).
         wanting = {key for key, need in needs.items() if need.wanted}
-        if shared.grants != self._last_grants or wanting != self._last_wanting:
-            self._settling_until = now_m + SETTLING
-        self._last_grants, self._last_wanting = shared.grants, wanting
-        self.unsettled = now_m < self._settling_until and any(
-            shared.grants[key] < need.wanted or (need.wanted == 0 and shared.grants[key] > 0)
+        if grants != self._last_grants or wanting != self._last_wanting:
+            self._settling_until = now + SETTLING
+        self._last_grants, self._last_wanting = grants, wanting
+        self.unsettled = now < self._settling_until and any(
+            grants[key] < need.wanted or (need.wanted == 0 and grants[key] > 0)
             for key, need in needs.items()
         )
         self._refused = {
-            key: self._refused.get(key, now_m)
-            for key, grant in shared.grants.items()
+            key: self._refused.get(key, now)
+            for key, grant in grants.items()
             if grant == 0 and needs[key].wanted > needs[key].in_flight
         }
-        registrations: dict[str, int] = {}
-        hosts: dict[str, int] = {}
-        for key, grant in shared.grants.items():
-            if key.startswith(slots.REGISTRATION):
-                registrations[key.removeprefix(slots.REGISTRATION)] = grant
-            else:
-                hosts[key.removeprefix(slots.HOST)] = grant
-        timing_out = frozenset(
-            key.removeprefix(slots.REGISTRATION)
-            for key in shared.timing_out
-            if key.startswith(slots.REGISTRATION)
-        )
-        return registrations, hosts, timing_out
 
     def written(self) -> None:
         """The transaction of the last :meth:`share` committed."""
@@ -211,3 +204,20 @@ class Shares:
         if key.startswith(slots.REGISTRATION):
             return self._settings.max_in_flight_per_registration
         return self._settings.max_in_flight_per_host
+
+
+def _by_kind(grants: dict[str, int], timing_out: frozenset[str]) -> Grants:
+    """``grants`` and ``timing_out`` (by cap key) as the in-process caps take them."""
+    registrations: dict[str, int] = {}
+    hosts: dict[str, int] = {}
+    for key, grant in grants.items():
+        if key.startswith(slots.REGISTRATION):
+            registrations[key.removeprefix(slots.REGISTRATION)] = grant
+        else:
+            hosts[key.removeprefix(slots.HOST)] = grant
+    elsewhere = frozenset(
+        key.removeprefix(slots.REGISTRATION)
+        for key in timing_out
+        if key.startswith(slots.REGISTRATION)
+    )
+    return registrations, hosts, elsewhere
