@@ -252,12 +252,19 @@ def test_an_engine_gives_its_shares_back_once_it_has_had_nothing_to_send_for_a_w
     assert held(host) == {}  # ... then given back
 
 
-@pytest.mark.parametrize("server", ["sqlite", "postgres"])
+@pytest.mark.parametrize(
+    ("server", "refused"),
+    [("sqlite", 0), ("postgres", 0), ("sqlite", 2)],
+    ids=["sqlite", "postgres", "the-database-unreachable-at-first"],
+)
 def test_work_an_engine_cannot_start_while_another_holds_the_cap_goes_back_for_that_one(
-    make_host: Any, receiver: Any, server: str
+    make_host: Any, receiver: Any, server: str, refused: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
 
+    from sqlalchemy.exc import OperationalError
+
+    from flask_kaizen_webhooks.storage import claims
     from flask_kaizen_webhooks.storage.tables import Delivery
     from tests.conftest import register
     from tests.receivers import Reply, wait_until
@@ -282,6 +289,17 @@ def test_work_an_engine_cannot_start_while_another_holds_the_cap_goes_back_for_t
     with holder.app.app_context():
         holder.webhooks.trigger("profile_updated", {"n": 0})
     server_.wait_for(1)  # the holder's attempt hangs: it holds the registration's one slot
+    # With ``refused``, the database is unreachable for the first give-backs: the engine
+    # tries again at its next polls, rather than leaving the work claimed until its leases end.
+    release_claims = claims.release_claims
+    refusals = iter(range(refused))
+
+    def release_or_refuse(*args: Any, **kwargs: Any) -> None:
+        if next(refusals, None) is not None:
+            raise OperationalError("UPDATE ...", {}, ConnectionRefusedError("connection refused"))
+        release_claims(*args, **kwargs)
+
+    monkeypatch.setattr(claims, "release_claims", release_or_refuse)
     other.webhooks.start(other.app)
     with other.app.app_context():
         later = [other.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(1, 4)]
@@ -295,6 +313,7 @@ def test_work_an_engine_cannot_start_while_another_holds_the_cap_goes_back_for_t
     # a few of its polls, rather than holding them until the holder is done.
     wait_until(lambda: other_claimed(other, later), timeout=10, interval=0.02)
     wait_until(given_back, timeout=5, interval=0.05)
+    assert next(refusals, None) is None  # the refusals were met
     gate.set()
     wait_until(lambda: len(server_.received) == 4, timeout=30)
 

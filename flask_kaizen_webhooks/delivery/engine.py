@@ -98,6 +98,9 @@ class ThreadExecutor:
         self._renewals: queue.SimpleQueue[tuple[Claimed, str]] = queue.SimpleQueue()
         #: Deliveries whose slot came free while stopping: to be given back.
         self._unsent: list[Claimed] = []
+        #: Deliveries the database could not take back (it was unreachable): the poller tries
+        #: again, so that they need not wait for their leases to end.
+        self._not_given_back: list[Claimed] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._pid: int | None = None
@@ -172,8 +175,8 @@ class ThreadExecutor:
             except queue.Empty:
                 break
             left += self._release_all([item], host)
-        left += self._unsent + self._in_flight.unpark_all()
-        self._unsent = []
+        left += self._unsent + self._not_given_back + self._in_flight.unpark_all()
+        self._unsent, self._not_given_back = [], []
         self._give_back(left, due=self._context.clock.now(), shares=True)
         self._recorder.stop(max(1.0, deadline - time.monotonic()))
         atexit.unregister(self.stop)
@@ -308,6 +311,7 @@ class ThreadExecutor:
                 look_for_dead_claims = time.monotonic() + DEAD_CLAIMS_EVERY
             try:
                 with self._app.app_context():
+                    self._give_back_again()
                     self._renew_waiting(stopping)
                     backlog = self._in_flight.backlog()
                     room = self._ahead - sender.load - backlog.waiting
@@ -439,6 +443,10 @@ class ThreadExecutor:
                 if shares:
                     self._shares.give_back(session)
         except Exception as exc:
+            if not shares:  # the poller tries again
+                self._not_given_back += items
+                self.database_outage.failed(exc, f"Giving back {len(items)} claimed deliveries")
+                return
             logger.warning(
                 "Could not give back %d claimed deliveries (%s); their leases will expire and "
                 "they will be sent then",
@@ -446,3 +454,13 @@ class ThreadExecutor:
                 type(exc).__name__,
                 exc_info=None if unreachable(exc) else exc,
             )
+
+    def _give_back_again(self) -> None:
+        """Try again to give back the work the database could not take back, while this run's
+        claims on it last (then it is anyone's)."""
+        if not self._not_given_back:
+            return
+        now = self._context.clock.now()
+        items = [item for item in self._not_given_back if item.lease_until > now]
+        self._not_given_back = []
+        self._give_back(items, due=now)
