@@ -42,6 +42,8 @@ def create_app(config: dict[str, Any] | None = None, instance_path: str | None =
         # Demo mode: the example receiver runs on this machine over plain http.
         KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
         KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.0/8", "::1/128"],
+        # The integrator portal, at /v2/webhooks/portal (on by default; False turns it off).
+        KAIZEN_WEBHOOKS_PORTAL=True,
     )
     app.config.from_mapping(config or {})
     if app.config["KAIZEN_WEBHOOKS_ALLOW_HTTP"]:

@@ -19,13 +19,19 @@ def main() -> None:
     app = create_app(instance_path=args.instance_path)
     # Deliver at once what an earlier run left pending, not with the first request.
     webhooks.start(app)
-    base = f"http://{args.host}:{args.port}{app.config['KAIZEN_WEBHOOKS_URL_PREFIX']}"
+    site = f"http://{args.host}:{args.port}"
+    base = f"{site}{app.config['KAIZEN_WEBHOOKS_URL_PREFIX']}"
+    with app.app_context():
+        portal = webhooks.portal_link("org-admin", base_url=site)
     print(
         f"Demo host app on http://{args.host}:{args.port}\n"
         f"  database: {app.config['SQLALCHEMY_DATABASE_URI']}\n"
         "  API users: 'Authorization: Bearer admin-token' (may manage web hooks),\n"
         "             'Authorization: Bearer user-token' (may not)\n"
-        f"  try: curl -H 'Authorization: Bearer admin-token' {base}/topics\n",
+        f"  try: curl -H 'Authorization: Bearer admin-token' {base}/topics\n"
+        f"  the integrator portal of 'admin-token' (this link lasts an hour; another:\n"
+        f"  curl -X POST -H 'Authorization: Bearer admin-token' {base}/portal-links):\n"
+        f"  {portal.url}\n",
         flush=True,
     )
     app.run(host=args.host, port=args.port)

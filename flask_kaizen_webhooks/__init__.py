@@ -16,6 +16,7 @@ from .errors import (
     WebhooksError,
 )
 from .extension import KaizenWebhooks
+from .portal import PortalLink
 from .state import WebhooksState, get_state
 from .topics import Mode, Topic
 from .version import __version__
@@ -31,6 +32,7 @@ __all__ = [
     "KaizenWebhooks",
     "Mode",
     "NotFound",
+    "PortalLink",
     "RevConflict",
     "Topic",
     "UnknownTopic",

@@ -15,8 +15,10 @@ from flask.cli import AppGroup
 
 from .cli_db import db_cli
 from .clock import as_utc, isoformat
+from .config import MAX_LINK_SECONDS
 from .delivery.engine import ThreadExecutor
-from .errors import NotFound, unknown_topic_message
+from .errors import NotFound, WebhooksError, unknown_topic_message
+from .portal.links import make_link
 from .state import get_state
 from .storage import admin, claims, outbox, registrations
 from .storage.holders import Holder, this_process
@@ -345,6 +347,28 @@ def send_test(topic: str, registration_id: str | None) -> None:
     )
     if not all(r.ok for r in results):
         raise SystemExit(1)
+
+
+@webhooks_cli.command("portal-link")
+@click.argument("owner")
+@click.option(
+    "--expires-in",
+    type=click.FloatRange(1, MAX_LINK_SECONDS),
+    help="Seconds the link lasts; default KAIZEN_WEBHOOKS_PORTAL_LINK_SECONDS (an hour).",
+)
+@click.option(
+    "--base-url",
+    help="The host's public address (https://app.example.com); "
+    "default KAIZEN_WEBHOOKS_PORTAL_BASE_URL.",
+)
+def portal_link(owner: str, expires_in: float | None, base_url: str | None) -> None:
+    """Print a link opening the integrator portal for OWNER (an owner key, as `list` shows)."""
+    try:
+        link = make_link(current_app, owner, expires_in=expires_in, base_url=base_url)
+    except (WebhooksError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(link.url)
+    click.echo(f"It opens {owner}'s webhooks until {isoformat(link.expires_at)}.", err=True)
 
 
 @webhooks_cli.command("purge")

@@ -260,6 +260,33 @@ def _proxy(given: Given, name: str) -> str | None:
     return str(raw)
 
 
+#: The longest a portal link may last: a week.
+MAX_LINK_SECONDS = 7 * 86400
+
+
+def _link_seconds(given: Given, name: str) -> float:
+    """A positive number of seconds, a week at most."""
+    seconds = _positive_number(given, name)
+    if seconds > MAX_LINK_SECONDS:
+        raise ConfigurationError(
+            PREFIX + name, f"expected at most {MAX_LINK_SECONDS} seconds, got {seconds!r}"
+        )
+    return seconds
+
+
+def _base_url(given: Given, name: str) -> str | None:
+    """None, or an ``http://`` or ``https://`` URL without a query, without a trailing ``/``."""
+    raw = given[name]
+    if raw is None:
+        return None
+    parts = urlsplit(raw) if isinstance(raw, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise ConfigurationError(
+            PREFIX + name, f"expected a URL such as 'https://app.example.com', got {raw!r}"
+        )
+    return str(raw).rstrip("/")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The extension's settings for one app; see ``docs/configuration.rst``."""
@@ -330,6 +357,13 @@ class Settings:
     )
     ca_bundle: str | None = setting(None, _ca_bundle, "Trusted CAs' PEM file; None: the system's.")
     proxy: str | None = setting(None, _proxy, "Egress proxy for every webhook; None: none.")
+    portal: bool = setting(True, _bool, "Serve the integrator portal at <prefix>/portal.")
+    portal_link_seconds: float = setting(
+        3600, _link_seconds, "Seconds a portal link lasts unless its maker says otherwise."
+    )
+    portal_base_url: str | None = setting(
+        None, _base_url, "The host's public URL, for portal links made outside a request."
+    )
 
     @property
     def address_policy(self) -> AddressPolicy:

@@ -219,3 +219,8 @@ class DuplicateRegistration(ApiError):
             existing_id=existing_id,
         )
         self.existing_id = existing_id
+
+
+class PortalRefused(WebhooksError):
+    """The portal cannot be opened or a form of it is refused: why, in words an integrator
+    understands (a 403 page)."""

@@ -17,6 +17,8 @@ from .delivery.publish import checked_payload, enqueue
 from .delivery.sync import DeliveryResult
 from .errors import ConfigurationError, DeliveryFailed, UnknownTopic
 from .logs import show_warnings
+from .portal import PortalLink, make_link
+from .portal.pages import blueprint as portal_blueprint
 from .recording import SentWebhook
 from .serving import StartAt, start_at
 from .signals import topic_signal
@@ -84,6 +86,8 @@ class KaizenWebhooks:
         for topic in self.topics:
             self._connect(topic.name, app)
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
+        if settings.portal:
+            app.register_blueprint(portal_blueprint, url_prefix=settings.url_prefix + "/portal")
         app.cli.add_command(webhooks_cli)
         # Pending work (retries, or what a previous process left) resumes as soon as this
         # process serves the app (see :mod:`.serving`), or else with the first request.
@@ -144,6 +148,23 @@ class KaizenWebhooks:
     def owner_of(self, user: Any) -> str:
         """The owner key of ``user`` as stored with their registrations."""
         return self.callbacks.owner_of(user)
+
+    def portal_link(
+        self,
+        owner: Any,
+        *,
+        expires_in: float | None = None,
+        base_url: str | None = None,
+        app: Flask | None = None,
+    ) -> PortalLink:
+        """A link opening the integrator portal for ``owner`` (a user, as the API's user loader
+        returns them, or their owner key), valid for ``expires_in`` seconds (default: an hour,
+        ``KAIZEN_WEBHOOKS_PORTAL_LINK_SECONDS``). Its address starts with ``base_url``, or
+        ``KAIZEN_WEBHOOKS_PORTAL_BASE_URL``, or the current request's."""
+        target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        return make_link(
+            target, self.callbacks.owner_of(owner), expires_in=expires_in, base_url=base_url
+        )
 
     # Sending -----------------------------------------------------------------------------------
 

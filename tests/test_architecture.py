@@ -17,7 +17,7 @@ PACKAGE = Path(flask_kaizen_webhooks.__file__).parent
 #: Each layer may import from the layers after it, never from those before it.
 LAYERS = [
     {"extension", "cli", "cli_db", "models"},
-    {"web"},
+    {"web", "portal"},
     {"state", "recording"},
     {"delivery"},
     {"storage"},

@@ -92,7 +92,7 @@ def test_upgrading_from_nothing_gives_exactly_the_tables_and_back(engine: Engine
     steps_run: list[tuple[str | None, str | None]] = []
     before, after = migrations.upgrade(engine, on_step=lambda a, b, _: steps_run.append((a, b)))
     assert (before.describe(), after.describe()) == ("no tables", f"{HEAD} (head)")
-    assert steps_run == [(None, "0001"), ("0001", "0002"), ("0002", "0003")]
+    assert steps_run == [(None, "0001"), ("0001", "0002"), ("0002", "0003"), ("0003", "0004")]
     assert differences(engine, metadata) == []
     assert version_table(engine) == [("version_num", "VARCHAR(32)", False)]
     migrations.downgrade(engine, "0001")
@@ -226,6 +226,7 @@ def test_the_filters_leave_out_exactly_the_extensions_tables(engine: Engine) -> 
     assert {(d[0], d[1].name) for d in unfiltered if d[0].endswith("_table")} == {
         ("add_table", "kaizen_webhook_call_counts"),
         ("add_table", "kaizen_webhook_slots"),
+        ("add_table", "kaizen_webhook_portal_sessions"),
         ("remove_table", VERSION_TABLE),
     }
     filtered = differences(

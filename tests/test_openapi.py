@@ -108,7 +108,7 @@ def test_the_document_lists_exactly_the_routes_of_the_blueprint(make_host: Any) 
     assert routes == documented
 
 
-def test_every_endpoint_answers_as_documented(host: Any, receiver: Any) -> None:
+def test_every_endpoint_answers_as_documented(host: Any, receiver: Any, make_host: Any) -> None:
     client = host.app.test_client()
     contract = Contract(client.get(f"{PREFIX}/openapi.json").get_json())
     server = receiver(lambda request, n: Reply(status=500) if n == 1 else Reply())
@@ -207,6 +207,16 @@ def test_every_endpoint_answers_as_documented(host: Any, receiver: Any) -> None:
     call("delete", f"{R}/{rid}?rev={rev}", RID)
     call("delete", f"{R}/{rid}?rev={rev}", RID)  # 404
     call("get", "/openapi.json", "/openapi.json", headers={})
+    LINKS = "/portal-links"
+    call("post", LINKS, LINKS)  # no body: an hour
+    call("post", LINKS, LINKS, json={"expires_in": 600})
+    call("post", LINKS, LINKS, json={"expires_in": 0})  # 422
+    call("post", LINKS, LINKS, data="[", content_type="application/json")  # 400
+    call("post", LINKS, LINKS, data="{}", content_type="text/plain")  # 415
+    call("post", LINKS, LINKS, json={"x": "y" * 70000})  # 413
+    without_portal = make_host("sqlite", KAIZEN_WEBHOOKS_PORTAL=False).app.test_client()
+    turned_off = without_portal.post(PREFIX + LINKS, headers=ADMIN)
+    contract.check(turned_off, LINKS, "post")  # 404
     for template, item in contract.document["paths"].items():
         concrete = template.replace("{registration_id}", rid).replace("{delivery_id}", "x")
         for method in item:

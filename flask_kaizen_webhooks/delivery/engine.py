@@ -30,6 +30,7 @@ from .inflight import InFlight
 from .outage import Outage, unreachable
 from .recorder import Recorder
 from .requests import Request, request_of
+from .returns import Returns
 from .shares import SETTLING_POLL, Shares
 
 logger = logging.getLogger("flask_kaizen_webhooks")
@@ -85,6 +86,7 @@ class ThreadExecutor:
             "the database",
             "due deliveries wait in the outbox, and the results of attempts in memory",
         )
+        self._returns = Returns(self._app, self._context, self._shares, self.database_outage)
         self._recorder: Recorder[AttemptRecord] = Recorder(
             self._record,
             name="kaizen-webhooks-recorder",
@@ -98,9 +100,6 @@ class ThreadExecutor:
         self._renewals: queue.SimpleQueue[tuple[Claimed, str]] = queue.SimpleQueue()
         #: Deliveries whose slot came free while stopping: to be given back.
         self._unsent: list[Claimed] = []
-        #: Deliveries the database could not take back (it was unreachable): the poller tries
-        #: again, so that they need not wait for their leases to end.
-        self._not_given_back: list[Claimed] = []
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._pid: int | None = None
@@ -175,9 +174,9 @@ class ThreadExecutor:
             except queue.Empty:
                 break
             left += self._release_all([item], host)
-        left += self._unsent + self._not_given_back + self._in_flight.unpark_all()
-        self._unsent, self._not_given_back = [], []
-        self._give_back(left, due=self._context.clock.now(), shares=True)
+        left += self._unsent + self._returns.take_waiting() + self._in_flight.unpark_all()
+        self._unsent = []
+        self._returns.give_back(left, due=self._context.clock.now(), shares=True)
         self._recorder.stop(max(1.0, deadline - time.monotonic()))
         atexit.unregister(self.stop)
         logger.info("Webhook dispatcher stopped")
@@ -311,7 +310,7 @@ class ThreadExecutor:
                 look_for_dead_claims = time.monotonic() + DEAD_CLAIMS_EVERY
             try:
                 with self._app.app_context():
-                    self._give_back_again()
+                    self._returns.again()
                     self._renew_waiting(stopping)
                     backlog = self._in_flight.backlog()
                     room = self._ahead - sender.load - backlog.waiting
@@ -384,7 +383,7 @@ class ThreadExecutor:
             # Too much is already waiting for this host: back to the outbox for a while.
             context = self._context
             later = context.clock.now() + timedelta(seconds=context.settings.poll_interval)
-            self._give_back(refused, due=later)
+            self._returns.give_back(refused, due=later)
 
     def _claim_due(self, limit: int, skip_registrations: AbstractSet[str]) -> list[Claimed]:
         """Claim up to ``limit`` due deliveries (none when ``limit`` is not positive) and, in the
@@ -428,39 +427,4 @@ class ThreadExecutor:
         items = self._in_flight.take_parked(registrations, hosts)
         if items:
             self._shares.rest({item.registration_id for item in items})
-            self._give_back(items, due=self._context.clock.now())
-
-    def _give_back(self, items: list[Claimed], *, due: datetime, shares: bool = False) -> None:
-        """Release the claims of ``items`` unattempted, due at ``due``; with ``shares``, this
-        run's shares of the caps too (it stops)."""
-        if not items and not shares:
-            return
-        try:
-            with self._app.app_context(), self._context.database.writing() as session:
-                claims.release_claims(
-                    session, [(item.delivery_id, item.token) for item in items], due=due
-                )
-                if shares:
-                    self._shares.give_back(session)
-        except Exception as exc:
-            if not shares:  # the poller tries again
-                self._not_given_back += items
-                self.database_outage.failed(exc, f"Giving back {len(items)} claimed deliveries")
-                return
-            logger.warning(
-                "Could not give back %d claimed deliveries (%s); their leases will expire and "
-                "they will be sent then",
-                len(items),
-                type(exc).__name__,
-                exc_info=None if unreachable(exc) else exc,
-            )
-
-    def _give_back_again(self) -> None:
-        """Try again to give back the work the database could not take back, while this run's
-        claims on it last (then it is anyone's)."""
-        if not self._not_given_back:
-            return
-        now = self._context.clock.now()
-        items = [item for item in self._not_given_back if item.lease_until > now]
-        self._not_given_back = []
-        self._give_back(items, due=now)
+            self._returns.give_back(items, due=self._context.clock.now())

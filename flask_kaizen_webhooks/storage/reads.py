@@ -43,11 +43,15 @@ def list_deliveries(
     registration_id: str,
     before: PagePosition | None,
     limit: int,
+    status: str | None = None,
 ) -> Sequence[Delivery]:
-    """Up to ``limit`` deliveries of one registration, newest first, older than ``before``."""
+    """Up to ``limit`` deliveries of one registration, newest first, older than ``before``;
+    only those in ``status`` if given."""
     query = select(Delivery).where(
         Delivery.owner == owner, Delivery.registration_id == registration_id
     )
+    if status is not None:
+        query = query.where(Delivery.status == status)
     if before is not None:
         query = query.where(
             or_(
@@ -57,6 +61,17 @@ def list_deliveries(
         )
     query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit)
     return session.scalars(query).all()
+
+
+def latest_delivery(session: Session, registration_id: str) -> Delivery | None:
+    """The newest delivery of a registration, if it has any."""
+    query = (
+        select(Delivery)
+        .where(Delivery.registration_id == registration_id)
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).first()
 
 
 def get_delivery(session: Session, *, owner: str, delivery_id: str) -> Delivery:

@@ -261,6 +261,19 @@ class Slot(Base):
     until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class PortalSession(Base):
+    """The session a portal link opened: it lasts as long as the link, and once ended (the
+    integrator signed out) the link opens nothing more."""
+
+    __tablename__ = "kaizen_webhook_portal_sessions"
+
+    #: The link's id, carried in its signed token.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 def url_digest(url: str) -> str:
     """A fixed-size key for ``url``, so the uniqueness constraint fits every database."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest()

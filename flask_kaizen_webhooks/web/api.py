@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import secrets
 from datetime import timedelta
 from typing import Any
 
-from flask import Response, current_app, jsonify, url_for
+from flask import Response, current_app, jsonify, request, url_for
 
 from ..clock import isoformat
-from ..errors import ApiError, ValidationError
-from ..storage import claims, outbox, reads, registrations
-from ..storage.tables import DeliveryStatus, Registration
+from ..errors import ApiError
+from ..portal.links import make_link
+from ..storage import reads, registrations
+from ..storage.tables import DeliveryStatus
+from . import actions
 from .blueprint import Handler, blueprint, current_owner, current_state, route_operations
 from .inputs import (
     decode_cursor,
@@ -23,11 +24,11 @@ from .inputs import (
     sent_rev,
     with_etag,
 )
-from .limits import count_call
 from .openapi import OPERATIONS, build_openapi
 from .validation import (
     MAX_OVERLAP_SECONDS,
     RegistrationInput,
+    parse_portal_link,
     parse_registration,
     parse_rotation,
     parse_test_request,
@@ -52,16 +53,9 @@ def create_registration() -> tuple[Response, int, dict[str, str]]:
     state = current_state()
     data = _registration_input(for_update=False)
     assert data.secret is not None
-    session = state.database.session
-    registration = registrations.create_registration(
-        session,
-        owner=current_owner(),
-        topic=data.topic,
-        url=data.url,
-        sealed_secret=state.secrets.seal(data.secret),
-        limit=state.settings.max_registrations_per_owner,
+    registration = actions.register(
+        state, current_owner(), topic=data.topic, url=data.url, secret=data.secret
     )
-    session.commit()
     location = url_for(".registration", registration_id=registration.id)
     response = with_etag(jsonify(id=registration.id, rev=registration.rev), registration.rev)
     return response, 201, {"Location": location}
@@ -108,44 +102,29 @@ def update_registration(registration_id: str) -> Response:
 
 def rotate_secret(registration_id: str) -> Response:
     """Replace the secret; the previous one keeps signing for the overlap."""
-    state = current_state()
-    document = json_body()
-    data = parse_rotation(document, max_overlap=MAX_OVERLAP_SECONDS)
-    generated = data.secret is None
-    secret = secrets.token_urlsafe(32) if data.secret is None else data.secret
-    overlap = state.settings.secret_overlap if data.overlap is None else data.overlap
-    session = state.database.session
-    current = registrations.get_registration(
-        session, owner=current_owner(), registration_id=registration_id
-    )
-    registration = registrations.update_registration(
-        session,
-        owner=current_owner(),
-        registration_id=registration_id,
+    data = parse_rotation(json_body(), max_overlap=MAX_OVERLAP_SECONDS)
+    rotated = actions.rotate(
+        current_state(),
+        current_owner(),
+        registration_id,
         rev=sent_rev(data.rev),
-        topic=current.topic,
-        url=current.url,
-        sealed_secret=state.secrets.seal(secret),
-        overlap=timedelta(seconds=overlap),
+        secret=data.secret,
+        overlap=data.overlap,
     )
-    session.commit()
+    registration = rotated.registration
     body: dict[str, Any] = {
         "id": registration.id,
         "rev": registration.rev,
         "secret_version": registration.secret_version,
         "previous_secret_valid_until": isoformat(registration.previous_secret_until),
     }
-    if generated:
-        body["secret"] = secret  # shown this once, because the caller asked us to make it
+    if rotated.generated_secret is not None:
+        body["secret"] = rotated.generated_secret  # shown this once: the caller asked us to
     return with_etag(jsonify(body), registration.rev)
 
 
 def delete_registration(registration_id: str) -> Response:
-    session = current_state().database.session
-    deleted: Registration = registrations.delete_registration(
-        session, owner=current_owner(), registration_id=registration_id, rev=sent_rev()
-    )
-    session.commit()
+    deleted = actions.delete(current_state(), current_owner(), registration_id, rev=sent_rev())
     return jsonify(id=deleted.id, rev=deleted.rev, deleted=True)
 
 
@@ -153,35 +132,8 @@ def send_test() -> Response:
     """Send the topic's sample payload to the caller's registrations now; answer the results."""
     state = current_state()
     data = parse_test_request(json_body(), topics=state.topics)
-    topic = state.topics.get(data.topic)
-    assert topic is not None
-    targets = outbox.active_targets(
-        state.database.session,
-        topic=data.topic,
-        owner=current_owner(),
-        registration_id=data.registration_id,
-    )
-    state.database.session.rollback()  # end the read before the (slow) sending
-    if not targets:
-        raise ApiError(
-            404,
-            "no_registration",
-            f"You have no active registration for {data.topic!r} to test"
-            + (" with that id." if data.registration_id else "."),
-            field="registration_id" if data.registration_id else "topic",
-        )
-    most = state.settings.test_max_targets
-    if len(targets) > most:
-        raise ValidationError(
-            "too_many_targets",
-            f"You have {len(targets)} active registrations for {data.topic!r}; a test goes to "
-            f"{most} at most: name one with 'registration_id'.",
-            field="registration_id",
-            limit=most,
-        )
-    _count_call("test", state.settings.test_calls_per_minute)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    results = state.send_test(app, topic, targets)
+    results = actions.send_test(state, app, current_owner(), data.topic, data.registration_id)
     return jsonify(deliveries=[result.to_dict() for result in results])
 
 
@@ -210,20 +162,21 @@ def get_delivery(delivery_id: str) -> Response:
     return jsonify(body)
 
 
-def _count_call(kind: str, per_minute: int) -> None:
-    """Count the caller's call of ``kind``: 429 past ``per_minute`` (see :mod:`.limits`)."""
-    state = current_state()
-    count_call(state.database, state.clock, kind=kind, owner=current_owner(), per_minute=per_minute)
-
-
 def redeliver(delivery_id: str) -> tuple[Response, int]:
-    state = current_state()
-    _count_call("redeliver", state.settings.redeliver_calls_per_minute)
-    session = state.database.session
-    claims.redeliver(session, owner=current_owner(), delivery_id=delivery_id, now=state.clock.now())
-    session.commit()
-    state.executor.submit([delivery_id])
+    actions.redeliver(current_state(), current_owner(), delivery_id)
     return jsonify(id=delivery_id, status=DeliveryStatus.PENDING), 202
+
+
+def create_portal_link() -> tuple[Response, int]:
+    """A link opening the portal for the caller, for ``expires_in`` seconds (default: an hour);
+    the body may be left out."""
+    state = current_state()
+    if not state.settings.portal:
+        raise ApiError(404, "not_found", "The portal is turned off on this host.")
+    expires_in = parse_portal_link(json_body() if request.content_length else {})
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    link = make_link(app, current_owner(), expires_in=expires_in)
+    return jsonify(link.to_dict()), 201
 
 
 def list_topics() -> Response:
@@ -255,6 +208,7 @@ HANDLERS: dict[str, Handler] = {
     "redeliver": redeliver,
     "listTopics": list_topics,
     "sendTest": send_test,
+    "createPortalLink": create_portal_link,
     "openapi": openapi_document,
 }
 

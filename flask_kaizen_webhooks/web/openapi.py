@@ -175,6 +175,15 @@ OPERATIONS = (
         errors=(400, 404, 413, 415, 422, 429),
     ),
     Operation(
+        path="/portal-links",
+        method="post",
+        operation_id="createPortalLink",
+        summary="A link opening the integrator portal for the caller",
+        body="PortalLinkRequest",
+        success=Success(201, "The link, and when it expires", ref("PortalLink")),
+        errors=(400, 404, 413, 415, 422),
+    ),
+    Operation(
         path="/openapi.json",
         method="get",
         operation_id="openapi",

@@ -163,6 +163,10 @@ SCHEMAS: dict[str, Schema] = {
             "sample_payload": {"type": "object"},
         }
     ),
+    "PortalLinkRequest": object_schema(
+        {"expires_in": {"type": "number", "minimum": 1, "maximum": 7 * 86400}}, required=[]
+    ),
+    "PortalLink": object_schema({"url": {"type": "string"}, "expires_at": TIME}),
     "TestRequest": object_schema({"topic": TOPIC, "registration_id": ID}, required=["topic"]),
     "DeliveryDetail": {
         "allOf": [

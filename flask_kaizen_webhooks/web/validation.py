@@ -11,6 +11,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from jose.exceptions import JOSEError
 
+from ..config import MAX_LINK_SECONDS
 from ..errors import ForbiddenDestination, ValidationError, unknown_topic_message
 from ..guard import (
     ALLOW_NETWORK_HINT,
@@ -19,6 +20,7 @@ from ..guard import (
     is_local_name,
     literal_address,
 )
+from ..portal.access import link_seconds
 from ..signing import sign, verify_with
 from ..storage.tables import RegistrationState
 from ..topics import TopicRegistry
@@ -30,6 +32,7 @@ MAX_SECRET_LENGTH = 256
 CREATE_FIELDS = frozenset({"topic", "url", "secret"})
 UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev", "state"})
 TEST_FIELDS = frozenset({"topic", "registration_id"})
+PORTAL_LINK_FIELDS = frozenset({"expires_in"})
 ROTATION_FIELDS = frozenset({"secret", "rev", "overlap_seconds"})
 MAX_OVERLAP_SECONDS = 30 * 86400
 STATES = tuple(state.value for state in RegistrationState)
@@ -108,6 +111,22 @@ def parse_rotation(document: Mapping[str, Any], *, max_overlap: float) -> Rotati
         rev=_optional_string(document, "rev"),
         overlap=None if overlap is None else float(overlap),
     )
+
+
+def parse_portal_link(document: Mapping[str, Any]) -> float | None:
+    """Validate a ``POST /portal-links`` document: the link's ``expires_in`` seconds, if given."""
+    _refuse_unknown_fields(document, PORTAL_LINK_FIELDS)
+    expires_in = document.get("expires_in")
+    if expires_in is None:
+        return None
+    try:
+        return link_seconds(expires_in)
+    except ValueError:
+        raise ValidationError(
+            "invalid_expires_in",
+            f"'expires_in' must be a number of seconds from 1 to {MAX_LINK_SECONDS}.",
+            field="expires_in",
+        ) from None
 
 
 def parse_test_request(document: Mapping[str, Any], *, topics: TopicRegistry) -> TestRequest:

@@ -1,0 +1,234 @@
+"""The portal's blueprint and what every page goes through: a link (see :mod:`.access`),
+``/enter?t=<token>``, opens a session held in a cookie scoped to the portal's path; every other
+page reads it and every form is checked; refusals and errors are pages too."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    g,
+    make_response,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from ..clock import as_utc
+from ..errors import ApiError, NotFound, PortalRefused
+from ..state import WebhooksState, get_state
+from ..storage import portal_sessions
+from . import access
+
+logger = logging.getLogger("flask_kaizen_webhooks")
+
+blueprint = Blueprint(
+    "kaizen_webhooks_portal",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+#: The pages open without a session.
+OPEN_ENDPOINTS = {"kaizen_webhooks_portal.enter", "kaizen_webhooks_portal.static"}
+#: The largest form a portal page takes, in bytes.
+MAX_FORM_BYTES = 16 * 1024
+#: What every portal answer carries: nothing loads from elsewhere, nothing frames it, no
+#: address (links carry tokens) leaks to another site, and nothing is cached.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+# Who is asking ----------------------------------------------------------------------------------
+
+
+def current_state() -> WebhooksState:
+    state: WebhooksState = g.kaizen_webhooks_state
+    return state
+
+
+def current_owner() -> str:
+    owner: str = g.kaizen_webhooks_portal_owner
+    return owner
+
+
+def current_flask() -> Flask:
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    return app
+
+
+@blueprint.before_request
+def _open_session() -> None:
+    """Find the session (and its owner) of every page but the link's; check every form."""
+    state = get_state()
+    g.kaizen_webhooks_state = state
+    if request.endpoint in OPEN_ENDPOINTS:
+        return
+    app = current_flask()
+    session_id = access.read_session_cookie(app, request.cookies.get(access.COOKIE))
+    owner = None
+    if session_id is not None:
+        with state.database.independent_session() as session:
+            owner = portal_sessions.live_owner(
+                session, session_id=session_id, now=state.clock.now()
+            )
+    if session_id is None or owner is None:
+        raise PortalRefused(
+            "You are not signed in to the webhooks portal, or your session has ended. Open the "
+            "portal with a new link."
+        )
+    g.kaizen_webhooks_portal_session = session_id
+    g.kaizen_webhooks_portal_owner = owner
+    if request.method == "POST":
+        _check_form(app, session_id)
+    for name, value in (request.view_args or {}).items():
+        if name.endswith("_id") and not _possible_id(value):
+            raise NotFound("No such page.")
+
+
+def _check_form(app: Flask, session_id: str) -> None:
+    """A change comes from a portal page: its size is sensible, its CSRF token is the
+    session's, and the browser says it comes from this site."""
+    if (request.content_length or 0) > MAX_FORM_BYTES:
+        raise PortalRefused("The form sent is larger than any of the portal's forms.")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != request.host_url.rstrip("/"):
+        raise PortalRefused("The form was sent from another site; it was refused.")
+    if not access.csrf_matches(app, session_id, request.form.get("csrf_token")):
+        raise PortalRefused(
+            "The form was sent without its security token, or with a stale one. Go back, "
+            "reload the page and try again."
+        )
+
+
+def _possible_id(value: str) -> bool:
+    return len(value) <= 36 and value.isascii() and value.isprintable()
+
+
+@blueprint.after_request
+def _secure(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+@blueprint.app_template_filter("kaizen_time")
+def _time(moment: datetime | None) -> str:
+    """A time as the portal shows it: UTC, to the second."""
+    if moment is None:
+        return "—"
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@blueprint.context_processor
+def _page_context() -> dict[str, Any]:
+    session_id = g.get("kaizen_webhooks_portal_session")
+    return {
+        "csrf_token": access.csrf_token(current_flask(), session_id) if session_id else "",
+        "signed_in": session_id is not None,
+    }
+
+
+# Refusals and errors ----------------------------------------------------------------------------
+
+
+def page(template: str, status: int = 200, **context: Any) -> Response:
+    response = make_response(render_template(f"kaizen_webhooks/portal/{template}", **context))
+    response.status_code = status
+    return response
+
+
+@blueprint.errorhandler(PortalRefused)
+def _refused(error: PortalRefused) -> Response:
+    rollback()
+    return page("refused.html", 403, reason=str(error))
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> Response:
+    rollback()
+    status = error.code or 500
+    if status == 404:
+        message = "There is no such page, or it is not yours to see."
+    elif isinstance(error, ApiError):
+        message = error.message
+    else:
+        message = error.description or error.name
+    return page("error.html", status, title=error.name, message=message)
+
+
+@blueprint.errorhandler(Exception)
+def _unexpected(error: Exception) -> Response:
+    rollback()
+    logger.exception("Unexpected error in the webhooks portal")
+    return page("error.html", 500, title="Something went wrong", message="Please try again.")
+
+
+def rollback() -> None:
+    try:
+        get_state().database.session.rollback()
+    except Exception:  # the session may be unusable after a database failure
+        logger.exception("Rolling back the webhooks session failed")
+
+
+# Entering and leaving ---------------------------------------------------------------------------
+
+
+@blueprint.get("/enter")
+def enter() -> Response:
+    """Follow a link: open its session, set the cookie, and go on to the endpoints. The page in
+    between is one of this site's, so the (SameSite=Strict) cookie goes with the next request."""
+    state = get_state()
+    app = current_flask()
+    grant = access.read_link(app, request.args.get("t", ""), state.clock.now())
+    with state.database.writing() as session:
+        opened = portal_sessions.open_session(
+            session,
+            link_id=grant.link_id,
+            owner=grant.owner,
+            expires_at=grant.expires_at,
+            now=state.clock.now(),
+        )
+    if not opened:
+        raise PortalRefused(
+            "This portal link was used to sign out: it opens nothing more. Ask for a new one."
+        )
+    response = page("enter.html", next_url=url_for(".endpoints"))
+    response.set_cookie(
+        access.COOKIE,
+        access.session_cookie(app, grant),
+        expires=grant.expires_at,
+        path=url_for(".endpoints"),
+        secure=request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
+@blueprint.post("/sign-out")
+def sign_out() -> Response:
+    """End the session: neither the cookie nor the link that opened it open anything more."""
+    state = current_state()
+    with state.database.writing() as session:
+        portal_sessions.end_session(session, session_id=g.kaizen_webhooks_portal_session)
+    g.kaizen_webhooks_portal_session = None
+    response = page("signed_out.html")
+    response.delete_cookie(
+        access.COOKIE, path=url_for(".endpoints"), secure=request.is_secure, httponly=True
+    )
+    return response

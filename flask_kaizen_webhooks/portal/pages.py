@@ -1,0 +1,327 @@
+"""The integrator portal's pages: server-rendered, one owner's registrations and deliveries only
+(exactly what the JSON API shows them), every change a form with its CSRF token."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from importlib.resources import files
+from typing import Any
+
+from flask import current_app, redirect, request, url_for
+from itsdangerous import BadSignature, URLSafeSerializer
+from werkzeug.exceptions import BadRequest
+from werkzeug.wrappers import Response
+
+from ..delivery.sync import DeliveryResult
+from ..errors import ApiError, NotFound
+from ..storage import reads, registrations
+from ..storage.rows import PagePosition
+from ..storage.tables import DeliveryStatus, Registration, RegistrationState
+from ..web import actions
+from ..web.validation import check_text, parse_registration
+from .blueprint import (
+    blueprint,
+    current_flask,
+    current_owner,
+    current_state,
+    page,
+    rollback,
+)
+
+__all__ = ["blueprint"]
+
+#: Deliveries on one page of an endpoint.
+PAGE_SIZE = 25
+#: The statuses an endpoint's deliveries can be filtered by.
+STATUSES = tuple(status.value for status in DeliveryStatus)
+#: What a page says after a change, by the ``done`` argument of the redirect to it.
+DONE = {
+    "deleted": "The endpoint was deleted; its pending deliveries will not be sent.",
+    "enabled": "The endpoint is enabled: new events are delivered to it again.",
+    "disabled": "The endpoint is disabled: no webhooks are sent to it until you enable it.",
+    "redelivered": "The delivery was queued again: its new attempt appears below shortly.",
+}
+CURSOR_SALT = "flask-kaizen-webhooks.portal-cursor"
+
+
+# Endpoints --------------------------------------------------------------------------------------
+
+
+@blueprint.get("/")
+def endpoints() -> Response:
+    return _endpointspage()
+
+
+def _endpointspage(
+    status: int = 200, *, error: ApiError | None = None, form: Mapping[str, str] | None = None
+) -> Response:
+    state = current_state()
+    session = state.database.session
+    rows = reads.list_registrations(
+        session,
+        owner=current_owner(),
+        topic=None,
+        after=None,
+        limit=state.settings.max_registrations_per_owner,
+    )
+    latest = {row.id: reads.latest_delivery(session, row.id) for row in rows}
+    session.rollback()
+    return page(
+        "endpoints.html",
+        status,
+        registrations=rows,
+        latest=latest,
+        topics=list(state.topics),
+        error=error,
+        form=form or {},
+        done=DONE.get(request.args.get("done", "")),
+    )
+
+
+@blueprint.post("/endpoints")
+def create_endpoint() -> Response:
+    state = current_state()
+    form = {name: request.form.get(name, "").strip() for name in ("topic", "url", "secret")}
+    generated = None
+    if not form["secret"]:
+        generated = form["secret"] = actions.new_secret()
+    try:
+        data = parse_registration(
+            form,
+            topics=state.topics,
+            allow_http=state.settings.allow_http,
+            policy=state.settings.address_policy,
+            for_update=False,
+        )
+        assert data.secret is not None
+        registration = actions.register(
+            state, current_owner(), topic=data.topic, url=data.url, secret=data.secret
+        )
+    except ApiError as error:
+        rollback()
+        kept = {**form, "secret": "" if generated else form["secret"]}
+        return _endpointspage(error.code, error=error, form=kept)
+    return page("created.html", 201, registration=registration, secret=generated)
+
+
+def _registration(registration_id: str) -> Registration:
+    try:
+        return registrations.get_registration(
+            current_state().database.session, owner=current_owner(), registration_id=registration_id
+        )
+    except ApiError:
+        raise NotFound("No such page.") from None
+
+
+@blueprint.get("/endpoints/<registration_id>")
+def endpoint(registration_id: str) -> Response:
+    return _endpointpage(registration_id)
+
+
+def _endpointpage(
+    registration_id: str,
+    status: int = 200,
+    *,
+    error: ApiError | None = None,
+    tested: list[Any] | None = None,
+) -> Response:
+    state = current_state()
+    registration = _registration(registration_id)
+    shown = _status_filter()
+    scope = {"r": registration_id, "s": shown}
+    before = _cursor(scope)
+    rows = reads.list_deliveries(
+        state.database.session,
+        owner=current_owner(),
+        registration_id=registration_id,
+        before=before,
+        limit=PAGE_SIZE + 1,
+        status=shown,
+    )
+    deliveries, more = rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+    older = None
+    if more:
+        last = deliveries[-1]
+        cursor = _serializer().dumps({**scope, "c": last.created_at.isoformat(), "i": last.id})
+        older = url_for(".endpoint", registration_id=registration_id, status=shown, before=cursor)
+    state.database.session.rollback()
+    return page(
+        "endpoint.html",
+        status,
+        registration=registration,
+        deliveries=deliveries,
+        statuses=STATUSES,
+        shown=shown,
+        older=older,
+        first_page=before is not None,
+        error=error,
+        tested=tested,
+        done=DONE.get(request.args.get("done", "")),
+    )
+
+
+def _status_filter() -> str | None:
+    shown = request.args.get("status") or None
+    if shown is not None and shown not in STATUSES:
+        raise BadRequest(f"Pick a status among {', '.join(STATUSES)}.")
+    return shown
+
+
+def _serializer() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.secret_key or "", salt=CURSOR_SALT)
+
+
+def _cursor(scope: dict[str, Any]) -> PagePosition | None:
+    """Where the page asked for starts (the ``before`` argument), within ``scope``."""
+    raw = request.args.get("before")
+    if not raw:
+        return None
+    try:
+        data = _serializer().loads(check_text(raw, "before"))
+        if any(data.get(key) != value for key, value in scope.items()):
+            raise ValueError("another listing's cursor")
+        return PagePosition(datetime.fromisoformat(data["c"]), str(data["i"]))
+    except (ApiError, BadSignature, KeyError, TypeError, ValueError, AttributeError):
+        raise BadRequest("That page link is not valid.") from None
+
+
+def _changed(registration_id: str, done: str | None = None) -> Response:
+    """Back to the endpoint's page after a change (a new request: reloading it changes
+    nothing)."""
+    return redirect(url_for(".endpoint", registration_id=registration_id, done=done), 303)
+
+
+def _rev() -> str | None:
+    return request.form.get("rev") or None
+
+
+@blueprint.post("/endpoints/<registration_id>/state")
+def change_state(registration_id: str) -> Response:
+    wanted = request.form.get("state")
+    if wanted not in (RegistrationState.ACTIVE, RegistrationState.DISABLED):
+        raise BadRequest("Choose to enable or to disable the endpoint.")
+    _registration(registration_id)
+    try:
+        actions.change_state(
+            current_state(), current_owner(), registration_id, rev=_rev(), to=wanted
+        )
+    except ApiError as error:
+        rollback()
+        return _endpointpage(registration_id, error.code, error=error)
+    done = "enabled" if wanted == RegistrationState.ACTIVE else "disabled"
+    return _changed(registration_id, done)
+
+
+@blueprint.post("/endpoints/<registration_id>/rotate")
+def rotate(registration_id: str) -> Response:
+    state = current_state()
+    _registration(registration_id)
+    try:
+        rotated = actions.rotate(state, current_owner(), registration_id, rev=_rev())
+    except ApiError as error:
+        rollback()
+        return _endpointpage(registration_id, error.code, error=error)
+    return page(
+        "rotated.html",
+        registration=rotated.registration,
+        secret=rotated.generated_secret,
+        overlap_hours=state.settings.secret_overlap / 3600,
+    )
+
+
+@blueprint.post("/endpoints/<registration_id>/test")
+def send_test(registration_id: str) -> Response:
+    state = current_state()
+    registration = _registration(registration_id)
+    topic = registration.topic
+    try:
+        results = actions.send_test(state, current_flask(), current_owner(), topic, registration_id)
+    except ApiError as error:
+        rollback()
+        return _endpointpage(registration_id, error.code, error=error)
+    return _endpointpage(registration_id, tested=[_shown_result(result) for result in results])
+
+
+def _shown_result(result: DeliveryResult) -> dict[str, Any]:
+    shown: dict[str, Any] = result.to_dict()
+    answer = shown["response"]
+    shown["answer"] = None if answer is None else json.dumps(answer, indent=2)[:4000]
+    return shown
+
+
+@blueprint.post("/endpoints/<registration_id>/delete")
+def delete_endpoint(registration_id: str) -> Response:
+    _registration(registration_id)
+    try:
+        actions.delete(current_state(), current_owner(), registration_id, rev=_rev())
+    except ApiError as error:
+        rollback()
+        return _endpointpage(registration_id, error.code, error=error)
+    return redirect(url_for(".endpoints", done="deleted"), 303)
+
+
+# Deliveries -------------------------------------------------------------------------------------
+
+
+@blueprint.get("/deliveries/<delivery_id>")
+def delivery(delivery_id: str) -> Response:
+    return _deliverypage(delivery_id)
+
+
+def _deliverypage(delivery_id: str, status: int = 200, error: ApiError | None = None) -> Response:
+    state = current_state()
+    session = state.database.session
+    try:
+        found = reads.get_delivery(session, owner=current_owner(), delivery_id=delivery_id)
+    except ApiError:
+        raise NotFound("No such page.") from None
+    attempts = reads.attempts_of(session, found.id)
+    payload = json.dumps(json.loads(found.payload), indent=2, ensure_ascii=False)
+    session.rollback()
+    return page(
+        "delivery.html",
+        status,
+        delivery=found,
+        attempts=attempts,
+        payload=payload,
+        error=error,
+        done=DONE.get(request.args.get("done", "")),
+    )
+
+
+@blueprint.post("/deliveries/<delivery_id>/redeliver")
+def redeliver(delivery_id: str) -> Response:
+    try:
+        actions.redeliver(current_state(), current_owner(), delivery_id)
+    except ApiError as error:
+        rollback()
+        if error.code == 404:
+            raise NotFound("No such page.") from None
+        return _deliverypage(delivery_id, error.code, error)
+    return redirect(url_for(".delivery", delivery_id=delivery_id, done="redelivered"), 303)
+
+
+# The event catalog ------------------------------------------------------------------------------
+
+
+@blueprint.get("/events")
+def events() -> Response:
+    topics = [
+        {**topic.to_dict(), "sample": json.dumps(topic.to_dict()["sample_payload"], indent=2)}
+        for topic in current_state().topics
+    ]
+    return page("events.html", topics=topics, snippets=SNIPPETS)
+
+
+def _snippet(name: str) -> str:
+    return (
+        files(__package__ or "flask_kaizen_webhooks.portal")
+        .joinpath("snippets", name)
+        .read_text(encoding="utf-8")
+    )
+
+
+#: How to verify a webhook, as the manual shows it too: (language, code).
+SNIPPETS = [("Python", _snippet("python.txt")), ("Node.js", _snippet("nodejs.txt"))]
