@@ -151,20 +151,18 @@ class KaizenWebhooks:
 
     def portal_link(
         self,
-        owner: Any,
+        owner: str,
         *,
         expires_in: float | None = None,
         base_url: str | None = None,
         app: Flask | None = None,
     ) -> PortalLink:
-        """A link opening the integrator portal for ``owner`` (a user, as the API's user loader
-        returns them, or their owner key), valid for ``expires_in`` seconds (default: an hour,
+        """A link opening the integrator portal for the owner key ``owner`` (a user's is
+        ``webhooks.owner_of(user)``), valid for ``expires_in`` seconds (default: an hour,
         ``KAIZEN_WEBHOOKS_PORTAL_LINK_SECONDS``). Its address starts with ``base_url``, or
         ``KAIZEN_WEBHOOKS_PORTAL_BASE_URL``, or the current request's."""
         target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
-        return make_link(
-            target, self.callbacks.owner_of(owner), expires_in=expires_in, base_url=base_url
-        )
+        return make_link(target, owner, expires_in=expires_in, base_url=base_url)
 
     # Sending -----------------------------------------------------------------------------------
 
