@@ -15,9 +15,11 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pycurl
@@ -25,12 +27,12 @@ import requests
 import urllib3
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from flask_kaizen_webhooks import KaizenWebhooks, get_state, signals
 from flask_kaizen_webhooks.signing import encode_payload, sign
 from flask_kaizen_webhooks.storage import registrations
-from flask_kaizen_webhooks.storage.tables import Delivery, DeliveryStatus
+from flask_kaizen_webhooks.storage.tables import Delivery, DeliveryStatus, Registration
 
 SECRET = "benchmark_secret_0123"
 PAYLOAD = {
@@ -208,6 +210,47 @@ def async_throughput(url: str, database_uri: str, events: int, registrations: in
     signals.delivery_succeeded.disconnect(count, sender=app)
     assert succeeded(app) == total  # every success is in the database
     return total / elapsed
+
+
+def portal_page_ms(database_uri: str, deliveries: int, samples: int) -> float:
+    """The median time (ms) of an endpoint's page in the portal, its newest deliveries first,
+    when the endpoint has ``deliveries`` deliveries; read through the app, as a browser asks."""
+    app, webhooks = host_app(database_uri, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    add_registrations(app, "http://127.0.0.1:9", 1, "profile_updated")
+    with app.app_context():
+        state = get_state()
+        registration_id = state.database.session.scalars(select(Registration.id)).one()
+        started = datetime(2026, 1, 1, tzinfo=UTC)
+        rows = [
+            {
+                "id": str(uuid.UUID(int=n)),
+                "registration_id": registration_id,
+                "owner": "bench",
+                "topic": "profile_updated",
+                "mode": "async",
+                "payload": json.dumps(PAYLOAD),
+                "status": DeliveryStatus.SUCCEEDED,
+                "attempts": 1,
+                "retry_index": 0,
+                "created_at": started + timedelta(seconds=n),
+                "updated_at": started + timedelta(seconds=n),
+            }
+            for n in range(deliveries)
+        ]
+        with state.database.writing() as session:
+            session.execute(insert(Delivery), rows)
+        link = webhooks.portal_link("bench", base_url="http://localhost")
+    client = app.test_client()
+    client.get(link.url.removeprefix("http://localhost"))
+    page = f"{app.config['KAIZEN_WEBHOOKS_URL_PREFIX']}/portal/endpoints/{registration_id}"
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        answer = client.get(page)
+        times.append((time.perf_counter() - began) * 1000)
+        assert answer.status_code == 200
+    webhooks.shutdown(app)
+    return statistics.median(times)
 
 
 REDIS = os.environ.get("KAIZEN_WEBHOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -477,6 +520,13 @@ def main() -> None:
         figures["sync_fanout_ratio"] = sync_fanout(url)
         figures["sync_overhead_ms_p50"] = sync_overhead(url, 100 if args.quick else 500)
     figures["pending_100k_rss_mb"] = pending_rss(10_000 if args.quick else 100_000)
+    sqlite_uri = f"sqlite:///{tempfile.mkdtemp()}/portal.db"
+    few, many = (
+        portal_page_ms(sqlite_uri, count, 30 if args.quick else 100) for count in (100, 10_000)
+    )
+    figures["portal_page_ms_100_deliveries"] = few
+    figures["portal_page_ms_10k_deliveries"] = many
+    figures["portal_page_10k_to_100"] = many / few
     # Each round's ratio, then their median: the figures of a round ran moments apart.
     figures["ratio_to_ceiling"] = statistics.median(
         a / c for a, c in zip(rounds["async"], rounds["ceiling"], strict=True)
@@ -516,6 +566,7 @@ def main() -> None:
         "celery_1_worker_to_async_postgres": (">=", 0.5),
         "celery_2_workers_to_1": (">=", 1.3),
         "celery_2_workers_to_1_20ms_receiver": (">=", 1.3),
+        "portal_page_10k_to_100": ("<=", 1.5),
     }
     print(f"{'figure':<34}{'value':>12}  target")
     for key, value in figures.items():
