@@ -116,6 +116,15 @@ def test_a_link_opens_a_session_scoped_to_the_portal_for_its_owner_only(
     assert "Secure" in secure.headers["Set-Cookie"]
 
 
+def test_the_cookie_is_https_only_when_the_hosts_public_address_is(make_host: Any) -> None:
+    host = make_host("sqlite", KAIZEN_WEBHOOKS_PORTAL_BASE_URL="https://app.example")
+    client = host.app.test_client()
+    link = client.post(LINKS, headers=ADMIN).get_json()["url"]
+    assert link.startswith("https://app.example/v2/webhooks/portal/enter?t=")
+    entered = client.get(link.removeprefix("https://app.example"))  # over http, as a proxy asks
+    assert "Secure" in entered.headers["Set-Cookie"]
+
+
 def test_links_from_python_and_the_command_line(host: Any) -> None:
     webhooks: KaizenWebhooks = host.webhooks
     with host.app.app_context():
@@ -233,7 +242,7 @@ def test_every_form_needs_the_sessions_token_and_this_sites_origin(host: Any) ->
     made = client.post(
         PORTAL + "/endpoints",
         data={**form, "csrf_token": token},
-        headers={"Origin": "http://localhost"},
+        headers={"Origin": "https://localhost"},  # behind a proxy that ends TLS: the host counts
     )
     assert made.status_code == 201
 

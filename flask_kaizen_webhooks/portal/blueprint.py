@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -106,7 +107,9 @@ def _check_form(app: Flask, session_id: str) -> None:
     if (request.content_length or 0) > MAX_FORM_BYTES:
         raise PortalRefused("The form sent is larger than any of the portal's forms.")
     origin = request.headers.get("Origin")
-    if origin is not None and origin != request.host_url.rstrip("/"):
+    # The host only: behind a proxy that ends TLS, the app may see http where the browser
+    # says https.
+    if origin is not None and urlsplit(origin).netloc != request.host:
         raise PortalRefused("The form was sent from another site; it was refused.")
     if not access.csrf_matches(app, session_id, request.form.get("csrf_token")):
         raise PortalRefused(
@@ -213,11 +216,18 @@ def enter() -> Response:
         access.session_cookie(app, grant),
         expires=grant.expires_at,
         path=url_for(".endpoints"),
-        secure=request.is_secure,
+        secure=_secure_cookie(),
         httponly=True,
         samesite="Strict",
     )
     return response
+
+
+def _secure_cookie() -> bool:
+    """Whether the session cookie goes over https only: when the request came over https, or
+    the host's public address is https (behind a proxy that ends TLS, the app may see http)."""
+    base = get_state().settings.portal_base_url or ""
+    return request.is_secure or base.startswith("https:")
 
 
 @blueprint.post("/sign-out")
@@ -229,6 +239,6 @@ def sign_out() -> Response:
     g.kaizen_webhooks_portal_session = None
     response = page("signed_out.html")
     response.delete_cookie(
-        access.COOKIE, path=url_for(".endpoints"), secure=request.is_secure, httponly=True
+        access.COOKIE, path=url_for(".endpoints"), secure=_secure_cookie(), httponly=True
     )
     return response
