@@ -13,10 +13,12 @@ EXTRAS_lint := lint,postgres,celery
 EXTRAS_docs := docs
 EXTRAS_bench := postgres,celery
 # Packages an install needs besides the package's extras: the benchmark's baseline posts with
-# requests, as a host writing webhooks by hand would.
+# requests, as a host writing webhooks by hand would; the screenshots drive the system's
+# Chromium with Playwright (which downloads no browser when installed with pip).
 PACKAGES_bench := requests
+PACKAGES_screenshots := playwright requests
 
-.PHONY: demo reset test lint docs fuzz bench bench-quick clean
+.PHONY: demo reset test lint docs screenshots fuzz bench bench-quick clean
 
 # One stamp per install, redone when the package's metadata changes.
 $(VENV)/.installed-%: setup.cfg pyproject.toml
@@ -52,6 +54,10 @@ bench-quick: $(VENV)/.installed-bench
 
 docs: $(VENV)/.installed-docs
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# The portal's pictures in docs/_static/portal/, taken from the demo in headless Chromium.
+screenshots: $(VENV)/.installed-screenshots
+	$(BIN)/python docs/screenshots.py
 
 clean: reset
 	rm -rf $(VENV) docs/_build build *.egg-info .pytest_cache .mypy_cache .ruff_cache

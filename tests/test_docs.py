@@ -50,6 +50,25 @@ def test_sphinx_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     assert (tmp_path / "index.html").is_file()
 
 
+def test_every_picture_the_docs_and_the_readme_show_exists() -> None:
+    shown = [
+        (DOCS / path, path)
+        for page in DOCS.glob("*.rst")
+        for path in re.findall(r"^\s*\.\. (?:image|figure):: (\S+)", page.read_text(), re.MULTILINE)
+    ]
+    shown += [
+        (README.parent / path, path)
+        for path in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", README.read_text())
+    ]
+    assert {path for _, path in shown} >= {
+        "_static/portal/endpoints.png",
+        "docs/_static/portal/endpoints.png",
+    }
+    for file, path in shown:
+        assert file.is_file(), path
+        assert file.read_bytes().startswith(b"\x89PNG"), path
+
+
 def test_topics_page_shows_every_topic_with_its_sample() -> None:
     text = (DOCS / "topics.rst").read_text()
     blocks = re.findall(r"\.\. code-block:: json\n\n((?:   .*\n|\n)+)", text)

@@ -42,6 +42,7 @@ def installed_extras(plan: str) -> list[str]:
         ("docs", ".[docs]"),
         ("fuzz", ".[test,postgres,celery,docs]"),
         ("bench", ".[postgres,celery]"),
+        ("screenshots", "."),
     ],
 )
 def test_each_target_installs_what_it_needs_on_first_use(
@@ -81,3 +82,13 @@ def test_reset_deletes_the_demo_database_and_clean_resets_too(tmp_path: Path) ->
 def test_the_demo_keeps_its_database_where_reset_looks(tmp_path: Path) -> None:
     plan = planned("demo", tmp_path / "venv", DEMO_INSTANCE=str(tmp_path / "instance"))
     assert f"-m example_app --instance-path {tmp_path / 'instance'}" in plan
+
+
+def test_the_screenshots_drive_the_systems_chromium_with_playwright(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    plan = planned("screenshots", venv)
+    assert f"{venv}/bin/python -m pip install --quiet playwright requests" in plan
+    assert "playwright install" not in plan  # no browser is downloaded
+    assert plan.rstrip().endswith(f"{venv}/bin/python docs/screenshots.py")
+    script = (ROOT / "docs" / "screenshots.py").read_text()
+    assert 'executable_path=chromium_path(), args=["--no-sandbox"]' in script

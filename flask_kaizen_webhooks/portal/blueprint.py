@@ -43,13 +43,16 @@ OPEN_ENDPOINTS = {"kaizen_webhooks_portal.enter", "kaizen_webhooks_portal.static
 #: The largest form a portal page takes, in bytes.
 MAX_FORM_BYTES = 16 * 1024
 #: What every portal answer carries: nothing loads from elsewhere, nothing frames it, no
-#: address (links carry tokens) leaks to another site, and nothing is cached.
+#: address leaks to another site, and nothing is cached. Addresses are sent within the site,
+#: since under ``no-referrer`` browsers send the portal's own forms with ``Origin: null``,
+#: which :func:`_check_form` refuses; the page a link opens, whose address carries the link's
+#: token, sends none (see :func:`enter`).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -211,6 +214,7 @@ def enter() -> Response:
             "This portal link was used to sign out: it opens nothing more. Ask for a new one."
         )
     response = page("enter.html", next_url=url_for(".endpoints"))
+    response.headers["Referrer-Policy"] = "no-referrer"
     response.set_cookie(
         access.COOKIE,
         access.session_cookie(app, grant),
