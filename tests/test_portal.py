@@ -324,7 +324,7 @@ def test_enable_disable_rotate_and_delete_an_endpoint(host: Any, receiver: Any) 
     assert ">Enable<" in page.text
     stale = post(client, f"{here}/state", state="active", rev="1-00")
     assert stale.status_code == 409
-    assert "rev" in stale.text
+    assert "changed meanwhile" in stale.text
     enabled = post(client, f"{here}/state", state="active", rev=rev_of(host, rid))
     assert "is enabled" in client.get(enabled.headers["Location"]).text
 
@@ -558,3 +558,20 @@ def test_an_api_link_lasts_as_asked_within_a_week(host: Any) -> None:
         assert answer.get_json()["error"]["code"] == "invalid_expires_in"
     unknown = client.post(LINKS, headers=ADMIN, json={"owner": "org-2"})
     assert unknown.status_code == 422  # the link is the caller's: no other owner can be named
+
+
+def test_a_refused_redelivery_says_what_to_do_in_the_portals_words(
+    host: Any, receiver: Any
+) -> None:
+    server = receiver()
+    rid = register(host, server.url("/a"))["id"]
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger("profile_updated", {"id": "p-6"})
+    server.wait_for(1)
+    client = host.app.test_client()
+    enter(client)
+    post(client, f"/endpoints/{rid}/state", state="disabled", rev=rev_of(host, rid))
+    refused = post(client, f"/deliveries/{delivery_id}/redeliver")
+    assert refused.status_code == 409
+    assert "enable it first" in refused.text
+    assert "PUT" not in refused.text

@@ -44,6 +44,14 @@ DONE = {
     "redelivered": "The delivery was queued again: its new attempt appears below shortly.",
 }
 CURSOR_SALT = "flask-kaizen-webhooks.portal-cursor"
+#: What the portal says, by the API's error code, where the API's words name its own fields.
+SAID = {
+    "rev_conflict": "The endpoint was changed meanwhile (in another page, or through the API): "
+    "reload the page and try again.",
+    "registration_disabled": "The endpoint is disabled: enable it first, then redeliver.",
+    "registration_deleted": "The endpoint of this delivery was deleted: it cannot be redelivered.",
+    "delivery_in_flight": "An attempt of this delivery is under way: try again once it ends.",
+}
 
 
 # Endpoints --------------------------------------------------------------------------------------
@@ -51,10 +59,10 @@ CURSOR_SALT = "flask-kaizen-webhooks.portal-cursor"
 
 @blueprint.get("/")
 def endpoints() -> Response:
-    return _endpointspage()
+    return _endpoints_page()
 
 
-def _endpointspage(
+def _endpoints_page(
     status: int = 200, *, error: ApiError | None = None, form: Mapping[str, str] | None = None
 ) -> Response:
     state = current_state()
@@ -74,7 +82,7 @@ def _endpointspage(
         registrations=rows,
         latest=latest,
         topics=list(state.topics),
-        error=error,
+        error=_said(error),
         form=form or {},
         done=DONE.get(request.args.get("done", "")),
     )
@@ -102,7 +110,7 @@ def create_endpoint() -> Response:
     except ApiError as error:
         rollback()
         kept = {**form, "secret": "" if generated else form["secret"]}
-        return _endpointspage(error.code, error=error, form=kept)
+        return _endpoints_page(error.code, error=error, form=kept)
     return page("created.html", 201, registration=registration, secret=generated)
 
 
@@ -117,10 +125,10 @@ def _registration(registration_id: str) -> Registration:
 
 @blueprint.get("/endpoints/<registration_id>")
 def endpoint(registration_id: str) -> Response:
-    return _endpointpage(registration_id)
+    return _endpoint_page(registration_id)
 
 
-def _endpointpage(
+def _endpoint_page(
     registration_id: str,
     status: int = 200,
     *,
@@ -156,7 +164,7 @@ def _endpointpage(
         shown=shown,
         older=older,
         first_page=before is not None,
-        error=error,
+        error=_said(error),
         tested=tested,
         done=DONE.get(request.args.get("done", "")),
     )
@@ -209,7 +217,7 @@ def change_state(registration_id: str) -> Response:
         )
     except ApiError as error:
         rollback()
-        return _endpointpage(registration_id, error.code, error=error)
+        return _endpoint_page(registration_id, error.code, error=error)
     done = "enabled" if wanted == RegistrationState.ACTIVE else "disabled"
     return _changed(registration_id, done)
 
@@ -222,7 +230,7 @@ def rotate(registration_id: str) -> Response:
         rotated = actions.rotate(state, current_owner(), registration_id, rev=_rev())
     except ApiError as error:
         rollback()
-        return _endpointpage(registration_id, error.code, error=error)
+        return _endpoint_page(registration_id, error.code, error=error)
     return page(
         "rotated.html",
         registration=rotated.registration,
@@ -240,8 +248,8 @@ def send_test(registration_id: str) -> Response:
         results = actions.send_test(state, current_flask(), current_owner(), topic, registration_id)
     except ApiError as error:
         rollback()
-        return _endpointpage(registration_id, error.code, error=error)
-    return _endpointpage(registration_id, tested=[_shown_result(result) for result in results])
+        return _endpoint_page(registration_id, error.code, error=error)
+    return _endpoint_page(registration_id, tested=[_shown_result(result) for result in results])
 
 
 def _shown_result(result: DeliveryResult) -> dict[str, Any]:
@@ -258,7 +266,7 @@ def delete_endpoint(registration_id: str) -> Response:
         actions.delete(current_state(), current_owner(), registration_id, rev=_rev())
     except ApiError as error:
         rollback()
-        return _endpointpage(registration_id, error.code, error=error)
+        return _endpoint_page(registration_id, error.code, error=error)
     return redirect(url_for(".endpoints", done="deleted"), 303)
 
 
@@ -267,10 +275,10 @@ def delete_endpoint(registration_id: str) -> Response:
 
 @blueprint.get("/deliveries/<delivery_id>")
 def delivery(delivery_id: str) -> Response:
-    return _deliverypage(delivery_id)
+    return _delivery_page(delivery_id)
 
 
-def _deliverypage(delivery_id: str, status: int = 200, error: ApiError | None = None) -> Response:
+def _delivery_page(delivery_id: str, status: int = 200, error: ApiError | None = None) -> Response:
     state = current_state()
     session = state.database.session
     try:
@@ -286,7 +294,7 @@ def _deliverypage(delivery_id: str, status: int = 200, error: ApiError | None = 
         delivery=found,
         attempts=attempts,
         payload=payload,
-        error=error,
+        error=_said(error),
         done=DONE.get(request.args.get("done", "")),
     )
 
@@ -299,8 +307,15 @@ def redeliver(delivery_id: str) -> Response:
         rollback()
         if error.code == 404:
             raise NotFound("No such page.") from None
-        return _deliverypage(delivery_id, error.code, error)
+        return _delivery_page(delivery_id, error.code, error)
     return redirect(url_for(".delivery", delivery_id=delivery_id, done="redelivered"), 303)
+
+
+def _said(error: ApiError | None) -> ApiError | None:
+    """``error``, in the portal's words where the API's would not fit a button."""
+    if error is not None and error.error_code in SAID:
+        error.message = SAID[error.error_code]
+    return error
 
 
 # The event catalog ------------------------------------------------------------------------------
@@ -312,7 +327,8 @@ def events() -> Response:
         {**topic.to_dict(), "sample": json.dumps(topic.to_dict()["sample_payload"], indent=2)}
         for topic in current_state().topics
     ]
-    return page("events.html", topics=topics, snippets=SNIPPETS)
+    retried_for = sum(current_state().settings.retry_schedule) / 3600
+    return page("events.html", topics=topics, snippets=SNIPPETS, retried_for=retried_for)
 
 
 def _snippet(name: str) -> str:
