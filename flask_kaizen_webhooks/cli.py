@@ -17,12 +17,14 @@ from .cli_db import db_cli
 from .clock import as_utc, isoformat
 from .config import MAX_LINK_SECONDS
 from .delivery.engine import ThreadExecutor
-from .errors import NotFound, WebhooksError, unknown_topic_message
+from .errors import ApiError, NotFound, WebhooksError, unknown_topic_message
 from .portal.links import make_link
 from .state import get_state
 from .storage import admin, claims, outbox, registrations
 from .storage.holders import Holder, this_process
 from .storage.tables import Delivery, DeliveryStatus, RegistrationState
+from .web import actions
+from .web.validation import parse_recover
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -283,6 +285,44 @@ def redeliver(
     ):
         if left:
             click.echo(f"Left {len(left)} alone: {one if len(left) == 1 else many}.", err=True)
+
+
+@webhooks_cli.command("recover")
+@click.argument("registration_id")
+@click.option("--since", required=True, help="Created since: an ISO time or a duration back (6h).")
+@click.option("--until", help="Created before: an ISO time or a duration back; default now.")
+@click.option(
+    "--all", "everything", is_flag=True, help="Succeeded deliveries too, not only failed."
+)
+def recover(registration_id: str, since: str, until: str | None, everything: bool) -> None:
+    """Queue again a registration's failed deliveries (--all: succeeded ones too) created in a
+    time window, with their ids, after its receiver was down or lost them."""
+    state = get_state()
+    now = state.clock.now()
+    kept = timedelta(days=state.settings.retention_days)
+    try:
+        window = parse_recover(
+            {
+                "since": isoformat(parse_moment(since, now)),
+                "until": isoformat(parse_moment(until, now)),
+                "status": "all" if everything else "failed",
+            },
+            now=now,
+            kept=kept,
+        )
+        queued = actions.recover(
+            state,
+            None,
+            registration_id,
+            since=window.since,
+            until=window.until,
+            statuses=window.statuses,
+        )
+    except NotFound:
+        raise click.ClickException(f"No registration with id {registration_id}.") from None
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"Queued {counted(queued, 'delivery', 'deliveries')} again.")
 
 
 def _set_state(registration_id: str, new_state: str) -> None:

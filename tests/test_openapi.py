@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from flask_kaizen_webhooks import get_state
-from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, USER, FrozenClock
+from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, USER, FrozenClock, register
 from tests.receivers import Reply, wait_until
 
 PREFIX = "/v2/webhooks"
@@ -183,6 +184,20 @@ def test_every_endpoint_answers_as_documented(host: Any, receiver: Any, make_hos
     call("get", f"{R}/nope/deliveries", D)  # 404
     call("get", f"/deliveries/{delivery_id}", DID)
     call("get", "/deliveries/nope", DID)  # 404
+    RECOVER = "/registrations/{registration_id}/recover"
+    hour_ago = {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
+    call("post", f"{R}/{rid}/recover", RECOVER, json=hour_ago)  # 202
+    call("post", f"{R}/{rid}/recover", RECOVER, json={"since": "then"})  # 422
+    call("post", f"{R}/{rid}/recover", RECOVER, data="[", content_type="application/json")
+    call("post", f"{R}/{rid}/recover", RECOVER, data="{}", content_type="text/plain")  # 415
+    call("post", f"{R}/{rid}/recover", RECOVER, json={"x": "y" * 70000})  # 413
+    call("post", f"{R}/nope/recover", RECOVER, json=hour_ago)  # 404
+    paused = register(host, server.url("/paused"))
+    paused_body = {"topic": "profile_updated", "url": server.url("/paused"), "state": "disabled"}
+    client.put(
+        f"{PREFIX}{R}/{paused['id']}", json={**paused_body, "rev": paused["rev"]}, headers=ADMIN
+    )
+    call("post", f"{R}/{paused['id']}/recover", RECOVER, json=hour_ago)  # 409
     REDELIVER = "/deliveries/{delivery_id}/redeliver"
     gate = threading.Event()
     server.responder = lambda request, n: Reply(wait=gate)
@@ -200,6 +215,9 @@ def test_every_endpoint_answers_as_documented(host: Any, receiver: Any, make_hos
     assert limited is not None and limited.status_code == 429  # past the owner's limit
     for _ in range(host.app.config["KAIZEN_WEBHOOKS_REDELIVER_CALLS_PER_MINUTE"] + 1):
         limited = call("post", "/deliveries/nope/redeliver", REDELIVER)
+    assert limited.status_code == 429
+    for _ in range(host.app.config["KAIZEN_WEBHOOKS_REDELIVER_CALLS_PER_MINUTE"] + 1):
+        limited = call("post", f"{R}/{rid}/recover", RECOVER, json=hour_ago)
     assert limited.status_code == 429
     state.clock = running_clock
     call("delete", f"{R}/{rid}?rev=1-00", RID)  # 409

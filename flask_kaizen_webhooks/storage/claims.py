@@ -281,6 +281,42 @@ def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime)
     )
 
 
+def recover(
+    session: Session,
+    *,
+    registration_id: str,
+    since: datetime,
+    until: datetime,
+    statuses: Sequence[str],
+    now: datetime,
+) -> list[str]:
+    """Queue again now, with a fresh retry schedule and the same ids, the registration's
+    finished deliveries created in ``[since, until)`` whose status is one of ``statuses``
+    (finished ones: no attempt of them can be under way). One statement, however many match;
+    the ids queued."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.registration_id == registration_id,
+            Delivery.created_at >= since,
+            Delivery.created_at < until,
+            Delivery.status.in_(statuses),
+            Delivery.status != DeliveryStatus.PENDING,
+        )
+        .values(
+            status=DeliveryStatus.PENDING,
+            retry_index=0,
+            next_attempt_at=now,
+            claim_token=None,
+            completed_at=None,
+            updated_at=now,
+        )
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(result.scalars())
+
+
 def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> None:
     """Queue the owner's delivery again, now, with a fresh retry schedule and the same id;
     :class:`RegistrationDeleted` or :class:`RegistrationDisabled` when its registration is not

@@ -5,16 +5,17 @@ the JSON API or the portal: each action checks, writes and commits, or raises th
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Flask
 
 from ..delivery.sync import DeliveryResult
-from ..errors import ApiError, ValidationError
+from ..errors import ApiError, NotFound, RegistrationDisabled, ValidationError
 from ..state import WebhooksState
 from ..storage import claims, outbox, registrations
-from ..storage.tables import Registration
+from ..storage.tables import Registration, RegistrationState
 from .limits import count_call
 
 
@@ -160,3 +161,48 @@ def redeliver(state: WebhooksState, owner: str, delivery_id: str) -> None:
     claims.redeliver(session, owner=owner, delivery_id=delivery_id, now=state.clock.now())
     session.commit()
     state.executor.submit([delivery_id])
+
+
+def recover(
+    state: WebhooksState,
+    owner: str | None,
+    registration_id: str,
+    *,
+    since: datetime,
+    until: datetime,
+    statuses: Sequence[str],
+) -> int:
+    """Queue again, with their ids, the registration's deliveries of ``statuses`` created in
+    ``[since, until)`` (an integrator's: ``owner``'s; an operator's: anyone's), and wake the
+    engine; how many were queued. The registration must be active."""
+    session = state.database.session
+    if owner is not None:
+        registration = registrations.get_registration(
+            session, owner=owner, registration_id=registration_id
+        )
+        count_call(
+            state.database,
+            state.clock,
+            kind="recover",
+            owner=owner,
+            per_minute=state.settings.redeliver_calls_per_minute,
+        )
+    else:
+        found = session.get(Registration, registration_id)
+        if found is None:
+            raise NotFound()
+        registration = found
+    if registration.state != RegistrationState.ACTIVE:
+        session.rollback()
+        raise RegistrationDisabled()
+    queued = claims.recover(
+        session,
+        registration_id=registration_id,
+        since=since,
+        until=until,
+        statuses=statuses,
+        now=state.clock.now(),
+    )
+    session.commit()
+    state.executor.submit(queued)
+    return len(queued)

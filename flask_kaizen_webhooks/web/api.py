@@ -29,6 +29,7 @@ from .validation import (
     MAX_OVERLAP_SECONDS,
     RegistrationInput,
     parse_portal_link,
+    parse_recover,
     parse_registration,
     parse_rotation,
     parse_test_request,
@@ -137,6 +138,25 @@ def send_test() -> Response:
     return jsonify(deliveries=[result.to_dict() for result in results])
 
 
+def recover(registration_id: str) -> tuple[Response, int]:
+    """Queue again the registration's failed (or all finished) deliveries of a time window."""
+    state = current_state()
+    data = parse_recover(
+        json_body(),
+        now=state.clock.now(),
+        kept=timedelta(days=state.settings.retention_days),
+    )
+    queued = actions.recover(
+        state,
+        current_owner(),
+        registration_id,
+        since=data.since,
+        until=data.until,
+        statuses=data.statuses,
+    )
+    return jsonify(queued=queued, since=isoformat(data.since), until=isoformat(data.until)), 202
+
+
 def list_deliveries(registration_id: str) -> Response:
     state = current_state()
     owner = current_owner()
@@ -204,6 +224,7 @@ HANDLERS: dict[str, Handler] = {
     "deleteRegistration": delete_registration,
     "rotateSecret": rotate_secret,
     "listDeliveries": list_deliveries,
+    "recover": recover,
     "getDelivery": get_delivery,
     "redeliver": redeliver,
     "listTopics": list_topics,

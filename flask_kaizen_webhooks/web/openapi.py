@@ -137,6 +137,15 @@ OPERATIONS = (
         errors=(400, 404, 422),
     ),
     Operation(
+        path="/registrations/{registration_id}/recover",
+        method="post",
+        operation_id="recover",
+        summary="Queue again its failed (or all finished) deliveries of a time window",
+        body="Recovery",
+        success=Success(202, "Queued; how many", ref("Recovered")),
+        errors=(400, 404, 409, 413, 415, 422, 429),
+    ),
+    Operation(
         path="/deliveries/{delivery_id}",
         method="get",
         operation_id="getDelivery",

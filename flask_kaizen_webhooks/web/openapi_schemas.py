@@ -163,6 +163,13 @@ SCHEMAS: dict[str, Schema] = {
             "sample_payload": {"type": "object"},
         }
     ),
+    "Recovery": object_schema(
+        {"since": TIME, "until": TIME, "status": {"type": "string", "enum": ["failed", "all"]}},
+        required=["since"],
+    ),
+    "Recovered": object_schema(
+        {"queued": {"type": "integer", "minimum": 0}, "since": TIME, "until": TIME}
+    ),
     "PortalLinkRequest": object_schema(
         {"expires_in": {"type": "number", "minimum": 1, "maximum": 7 * 86400}}, required=[]
     ),

@@ -6,11 +6,13 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from jose.exceptions import JOSEError
 
+from ..clock import as_utc
 from ..config import MAX_LINK_SECONDS
 from ..errors import ForbiddenDestination, ValidationError, unknown_topic_message
 from ..guard import (
@@ -33,6 +35,11 @@ CREATE_FIELDS = frozenset({"topic", "url", "secret"})
 UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev", "state"})
 TEST_FIELDS = frozenset({"topic", "registration_id"})
 PORTAL_LINK_FIELDS = frozenset({"expires_in"})
+#: How far in the future a recovery's window may end: clocks of machines differ a little.
+CLOCK_SKEW = timedelta(minutes=5)
+RECOVER_FIELDS = frozenset({"since", "until", "status"})
+#: What ``"status"`` of a recovery may be: the deliveries it queues again.
+RECOVER_STATUSES = {"failed": ("failed",), "all": ("failed", "succeeded")}
 ROTATION_FIELDS = frozenset({"secret", "rev", "overlap_seconds"})
 MAX_OVERLAP_SECONDS = 30 * 86400
 STATES = tuple(state.value for state in RegistrationState)
@@ -127,6 +134,57 @@ def parse_portal_link(document: Mapping[str, Any]) -> float | None:
             f"'expires_in' must be a number of seconds from 1 to {MAX_LINK_SECONDS}.",
             field="expires_in",
         ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverRequest:
+    """A validated ``POST /registrations/<id>/recover`` document."""
+
+    since: datetime
+    until: datetime
+    statuses: tuple[str, ...]
+
+
+def parse_recover(document: Mapping[str, Any], *, now: datetime, kept: timedelta) -> RecoverRequest:
+    """Validate a recovery: a window of creation times ending by ``now`` (default: now) and
+    starting within ``kept`` of it (older deliveries are purged), and which deliveries."""
+    _refuse_unknown_fields(document, RECOVER_FIELDS)
+    since = check_window(_required_string(document, "since"), "since", now=now, kept=kept)
+    raw_until = _optional_string(document, "until")
+    until = now if raw_until is None else check_window(raw_until, "until", now=now, kept=kept)
+    if until <= since:
+        raise ValidationError("invalid_window", "'until' must come after 'since'.", field="until")
+    status = _optional_string(document, "status") or "failed"
+    if status not in RECOVER_STATUSES:
+        raise ValidationError(
+            "invalid_status",
+            f"'status' must be one of: {', '.join(RECOVER_STATUSES)}.",
+            field="status",
+        )
+    return RecoverRequest(since, until, RECOVER_STATUSES[status])
+
+
+def check_window(text: str, name: str, *, now: datetime, kept: timedelta) -> datetime:
+    """``text`` as a moment (ISO 8601; UTC if it names no offset) from ``kept`` before ``now``
+    to ``now`` (a little after, for clocks apart)."""
+    try:
+        moment = as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise ValidationError(
+            "invalid_time",
+            f"{name!r} must be an ISO 8601 time such as '2026-12-06T09:00:00Z'.",
+            field=name,
+        ) from None
+    if moment < now - kept:
+        raise ValidationError(
+            "invalid_window",
+            f"{name!r} is further back than deliveries are kept "
+            f"({kept.total_seconds() / 86400:g} days).",
+            field=name,
+        )
+    if moment > now + CLOCK_SKEW:
+        raise ValidationError("invalid_window", f"{name!r} is in the future.", field=name)
+    return moment
 
 
 def parse_test_request(document: Mapping[str, Any], *, topics: TopicRegistry) -> TestRequest:
