@@ -184,6 +184,11 @@ def test_every_endpoint_answers_as_documented(host: Any, receiver: Any, make_hos
     call("get", f"{R}/nope/deliveries", D)  # 404
     call("get", f"/deliveries/{delivery_id}", DID)
     call("get", "/deliveries/nope", DID)  # 404
+    FEED = "/registrations/{registration_id}/feed"
+    call("get", f"{R}/{rid}/feed?limit=1", FEED)
+    call("get", f"{R}/{rid}/feed?after=bad", FEED)  # 400
+    call("get", f"{R}/{rid}/feed?limit=0", FEED)  # 422
+    call("get", f"{R}/nope/feed", FEED)  # 404
     RECOVER = "/registrations/{registration_id}/recover"
     hour_ago = {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
     call("post", f"{R}/{rid}/recover", RECOVER, json=hour_ago)  # 202

@@ -4,6 +4,7 @@ delivery's attempts; another owner's are as missing as ones that never existed."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
@@ -60,6 +61,33 @@ def list_deliveries(
             )
         )
     query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit)
+    return session.scalars(query).all()
+
+
+def feed(
+    session: Session,
+    *,
+    owner: str,
+    registration_id: str,
+    after: PagePosition | None,
+    until: datetime,
+    limit: int,
+) -> Sequence[Delivery]:
+    """Up to ``limit`` deliveries of one registration in the order they were made, after
+    ``after``, made before ``until``."""
+    query = select(Delivery).where(
+        Delivery.owner == owner,
+        Delivery.registration_id == registration_id,
+        Delivery.created_at < until,
+    )
+    if after is not None:
+        query = query.where(
+            or_(
+                Delivery.created_at > after.created_at,
+                and_(Delivery.created_at == after.created_at, Delivery.id > after.id),
+            )
+        )
+    query = query.order_by(Delivery.created_at, Delivery.id).limit(limit)
     return session.scalars(query).all()
 
 

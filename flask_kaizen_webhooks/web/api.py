@@ -9,14 +9,18 @@ from typing import Any
 from flask import Response, current_app, jsonify, request, url_for
 
 from ..clock import isoformat
-from ..errors import ApiError
+from ..delivery.requests import Request, signed_request
+from ..errors import ApiError, WebhooksError
 from ..portal.links import make_link
+from ..state import WebhooksState
 from ..storage import reads, registrations
-from ..storage.tables import DeliveryStatus
+from ..storage.rows import Target, target_from_row
+from ..storage.tables import Delivery, DeliveryStatus
 from . import actions
 from .blueprint import Handler, blueprint, current_owner, current_state, route_operations
 from .inputs import (
     decode_cursor,
+    encode_cursor,
     json_body,
     page,
     page_limit,
@@ -36,6 +40,10 @@ from .validation import (
 )
 
 __all__ = ["blueprint"]
+
+#: How old a delivery is before a feed shows it: a delivery made (and stamped) just before a
+#: page is read may commit just after; by then it is in no page yet, never behind the cursor.
+FEED_SETTLE = timedelta(seconds=2)
 
 
 def _registration_input(*, for_update: bool) -> RegistrationInput:
@@ -171,6 +179,62 @@ def list_deliveries(registration_id: str) -> Response:
     return page(rows, limit, scope)
 
 
+def read_feed(registration_id: str) -> Response:
+    """The registration's deliveries in the order they were made, each as the signed body it
+    is pushed with, from the ``after`` cursor on."""
+    state = current_state()
+    owner = current_owner()
+    session = state.database.session
+    registration = registrations.get_registration(
+        session, owner=owner, registration_id=registration_id
+    )
+    limit = page_limit(state)
+    scope = {"kind": "feed", "owner": owner, "registration": registration_id}
+    after = decode_cursor(scope, "after")
+    rows = reads.feed(
+        session,
+        owner=owner,
+        registration_id=registration_id,
+        after=after,
+        until=state.clock.now() - FEED_SETTLE,
+        limit=limit + 1,
+    )
+    target = target_from_row(
+        registration.id,
+        registration.owner,
+        registration.url,
+        registration.secret,
+        registration.secret_version,
+        registration.previous_secret,
+        registration.previous_secret_until,
+    )
+    items = [_fed(state, target, row) for row in rows[:limit]]
+    next_cursor = encode_cursor(scope, rows[:limit][-1]) if items else query("after") or None
+    return jsonify(items=items, next_cursor=next_cursor, has_more=len(rows) > limit)
+
+
+def _fed(state: WebhooksState, target: Target, row: Delivery) -> dict[str, Any]:
+    """One delivery of a feed: what identifies it, and its body as it is pushed (signed now)."""
+    headers: dict[str, str] = {}
+    signed = signed_request(
+        state.context,
+        target=target,
+        payload=row.payload.encode(),
+        headers=headers,
+        delivery_id=row.id,
+    )
+    if not isinstance(signed, Request):
+        raise WebhooksError(f"Delivery {row.id} could not be signed: {signed.error}")
+    return {
+        "id": row.id,
+        "topic": row.topic,
+        "status": row.status,
+        "created_at": isoformat(row.created_at),
+        "body": signed.body.decode("ascii"),
+        "signature_next": headers.get("Webhook-Signature-Next"),
+    }
+
+
 def get_delivery(delivery_id: str) -> Response:
     session = current_state().database.session
     delivery = reads.get_delivery(session, owner=current_owner(), delivery_id=delivery_id)
@@ -226,6 +290,7 @@ HANDLERS: dict[str, Handler] = {
     "listDeliveries": list_deliveries,
     "recover": recover,
     "getDelivery": get_delivery,
+    "readFeed": read_feed,
     "redeliver": redeliver,
     "listTopics": list_topics,
     "sendTest": send_test,

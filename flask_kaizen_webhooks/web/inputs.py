@@ -115,12 +115,12 @@ def _serializer() -> URLSafeSerializer:
     return URLSafeSerializer(current_app.secret_key or "", salt=CURSOR_SALT)
 
 
-def decode_cursor(scope: dict[str, Any]) -> PagePosition | None:
-    """The position a ``cursor`` argument names; it must come from a listing of ``scope``."""
-    cursor = query("cursor")
+def decode_cursor(scope: dict[str, Any], name: str = "cursor") -> PagePosition | None:
+    """The position the ``name`` argument names; it must come from a listing of ``scope``."""
+    cursor = query(name)
     if not cursor:
         return None
-    invalid = ApiError(400, "invalid_cursor", "The cursor is invalid.", field="cursor")
+    invalid = ApiError(400, "invalid_cursor", "The cursor is invalid.", field=name)
     try:
         data = _serializer().loads(cursor)
         if any(data.get(key) != value for key, value in scope.items()):
@@ -133,8 +133,10 @@ def decode_cursor(scope: dict[str, Any]) -> PagePosition | None:
 def page(rows: Sequence[Registration | Delivery], limit: int, scope: dict[str, Any]) -> Response:
     """A page of ``rows`` (fetched with one extra) and the cursor to the next page."""
     page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        next_cursor = _serializer().dumps({**scope, "c": last.created_at.isoformat(), "i": last.id})
+    next_cursor = encode_cursor(scope, page[-1]) if len(rows) > limit else None
     return jsonify(items=[row.to_public_dict() for row in page], next_cursor=next_cursor)
+
+
+def encode_cursor(scope: dict[str, Any], last: Registration | Delivery) -> str:
+    """The cursor of the position after ``last`` in a listing of ``scope`` (signed)."""
+    return _serializer().dumps({**scope, "c": last.created_at.isoformat(), "i": last.id})

@@ -146,6 +146,18 @@ OPERATIONS = (
         errors=(400, 404, 409, 413, 415, 422, 429),
     ),
     Operation(
+        path="/registrations/{registration_id}/feed",
+        method="get",
+        operation_id="readFeed",
+        summary="Its deliveries in the order they were made, each as the signed body pushed",
+        parameters=(
+            _query("after", {"type": "string"}, "The next_cursor of the previous page."),
+            PAGE[0],
+        ),
+        success=Success(200, "A page of the feed", ref("Feed")),
+        errors=(400, 404, 422),
+    ),
+    Operation(
         path="/deliveries/{delivery_id}",
         method="get",
         operation_id="getDelivery",

@@ -163,6 +163,25 @@ SCHEMAS: dict[str, Schema] = {
             "sample_payload": {"type": "object"},
         }
     ),
+    "Feed": object_schema(
+        {
+            "items": {
+                "type": "array",
+                "items": object_schema(
+                    {
+                        "id": ID,
+                        "topic": {"type": "string"},
+                        "status": {"type": "string"},
+                        "created_at": TIME,
+                        "body": {"type": "string"},
+                        "signature_next": NULLABLE_TEXT,
+                    }
+                ),
+            },
+            "next_cursor": NULLABLE_TEXT,
+            "has_more": {"type": "boolean"},
+        }
+    ),
     "Recovery": object_schema(
         {"since": TIME, "until": TIME, "status": {"type": "string", "enum": ["failed", "all"]}},
         required=["since"],
