@@ -10,6 +10,7 @@ from typing import Any
 
 import jose.jws
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import ADMIN, DELIVERY_CONFIG, OTHER_ADMIN, register
 from tests.receivers import wait_until
@@ -89,3 +90,47 @@ def test_a_feed_is_its_owners_and_its_cursor_its_own(host: Any, receiver: Any) -
     }
     assert client.get(f"{feed}?after={cursor}x", headers=ADMIN).status_code == 400
     assert client.get(f"{feed}?limit=0", headers=ADMIN).status_code == 422
+
+
+def test_a_delivery_of_a_long_host_transaction_never_lands_behind_a_cursor(
+    make_host: Any, receiver: Any
+) -> None:
+    """An event fired in a host transaction that stays open longer than a feed waits for
+    deliveries to settle is fanned out when it commits: its delivery comes after every one
+    already read, not among them."""
+    host = make_host("postgres-hostdb", **DELIVERY_CONFIG)
+    rid = register(host, receiver().url("/a"), secret=SECRET)["id"]
+    committed = threading.Event()
+
+    def slow_request() -> None:
+        with host.app.app_context():
+            host.db.session.execute(text("SELECT 1"))  # the host's transaction is open
+            host.webhooks.trigger("profile_updated", {"n": "slow"})
+            time.sleep(3.0)  # the host's request goes on, its transaction open
+            host.db.session.commit()
+        committed.set()
+
+    slow = threading.Thread(target=slow_request)
+    slow.start()
+    time.sleep(0.2)
+    with host.app.app_context():
+        host.db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", {"n": "fast"})
+        host.db.session.commit()
+    client = host.app.test_client()
+    feed = f"{PREFIX}/registrations/{rid}/feed"
+
+    def page(cursor: str | None) -> dict[str, Any]:
+        answer = client.get(f"{feed}?after={cursor}" if cursor else feed, headers=ADMIN)
+        return dict(answer.get_json())
+
+    first = wait_until(lambda: page(None)["items"] and page(None), timeout=10)
+    assert [claims_of(item)["n"] for item in first["items"]] == ["fast"]
+    slow.join()
+    assert committed.is_set()
+    rest = wait_until(lambda: page(first["next_cursor"])["items"] and page(first["next_cursor"]))
+    assert [claims_of(item)["n"] for item in rest["items"]] == ["slow"]
+
+
+def claims_of(item: dict[str, Any]) -> dict[str, Any]:
+    return dict(json.loads(jose.jws.verify(item["body"], SECRET, algorithms=["HS256"])))

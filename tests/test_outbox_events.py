@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import jose.jws
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.clock import as_utc
 from flask_kaizen_webhooks.storage import outbox
 from flask_kaizen_webhooks.storage.tables import Delivery, Event
 from tests.conftest import DELIVERY_CONFIG, register
@@ -41,8 +43,11 @@ def test_an_event_in_the_host_transaction_is_one_row_fanned_out_after_the_commit
     assert len(set(ids)) == 3
     assert (count(host, Event), count(host, Delivery)) == (1, 0)  # no dispatcher here
 
+    fired = datetime.now(UTC)
+    time.sleep(0.05)
+    expanded = datetime.now(UTC)
     with host.app.app_context(), get_state().database.writing() as session:
-        assert sorted(outbox.expand_events(session)) == sorted(ids)
+        assert sorted(outbox.expand_events(session, now=expanded)) == sorted(ids)
     with host.app.app_context(), get_state().database.independent_session() as session:
         made = {d.id: d for d in session.scalars(select(Delivery))}
         assert session.scalar(select(func.count()).select_from(Event)) == 0
@@ -55,8 +60,11 @@ def test_an_event_in_the_host_transaction_is_one_row_fanned_out_after_the_commit
             "org-1",
         )
         assert json.loads(delivery.payload) == {**PROFILE, "webhook_request_id": delivery_id}
+        # Made when fanned out, due from when the event was fired.
+        assert as_utc(delivery.created_at) == expanded
+        assert as_utc(delivery.next_attempt_at) < fired
     with host.app.app_context(), get_state().database.writing() as session:
-        assert outbox.expand_events(session) == []  # nothing twice
+        assert outbox.expand_events(session, now=datetime.now(UTC)) == []  # nothing twice
 
 
 @pytest.mark.parametrize("server", ["sqlite", "postgres"])
@@ -101,9 +109,9 @@ def test_two_transactions_fanning_out_at_once_never_make_a_delivery_twice(make_h
             host.db.session.commit()
         database = get_state().database
         with database.independent_session() as first, database.independent_session() as second:
-            taken = outbox.expand_events(first, limit=3)  # holds its three events
+            taken = outbox.expand_events(first, now=datetime.now(UTC), limit=3)  # holds three
             second.execute(text("SET LOCAL lock_timeout = '5s'"))  # fails, should it wait
-            skipped = outbox.expand_events(second)  # takes only the two others
+            skipped = outbox.expand_events(second, now=datetime.now(UTC))  # the two others
             first.commit()
             second.commit()
     assert (len(taken), len(skipped)) == (3, 2) and not set(taken) & set(skipped)

@@ -240,7 +240,9 @@ class CeleryExecutor:
             outage = self.engine.database_outage
             try:
                 with context.database.writing() as session:
-                    fanned = outbox.expand_events(session, limit=SWEEP_LIMIT)
+                    fanned = outbox.expand_events(
+                        session, now=context.clock.now(), limit=SWEEP_LIMIT
+                    )
                     overdue = claims.overdue(session, due_before=due_before, limit=SWEEP_LIMIT)
             except Exception as exc:
                 if not unreachable(exc):

@@ -396,7 +396,7 @@ class ThreadExecutor:
         claimed: list[Claimed] = []
         with context.database.writing() as session:
             if limit > 0:
-                outbox.expand_events(session)  # events committed in the host's transactions
+                outbox.expand_events(session, now=now)  # committed in the hosts' transactions
                 claimed = claims.claim_due(
                     session,
                     now=now,

@@ -150,10 +150,12 @@ def add_event(
     return ids
 
 
-def expand_events(session: Session, *, limit: int = EXPAND_BATCH) -> list[str]:
-    """Turn the oldest committed events (up to ``limit``) into their deliveries, due from the
-    moment each event was fired, and delete them, in ``session``'s transaction; the ids of the
-    deliveries written. Events another transaction is fanning out are skipped."""
+def expand_events(session: Session, *, now: datetime, limit: int = EXPAND_BATCH) -> list[str]:
+    """Turn the oldest committed events (up to ``limit``) into their deliveries, made ``now``
+    and due from the moment each event was fired, and delete them, in ``session``'s
+    transaction; the ids of the deliveries written. Events another transaction is fanning out
+    are skipped. (Made now, not when fired: a delivery's creation time follows the order in
+    which deliveries come to exist, which registrations' feeds are read in.)"""
     connection = session.connection()
     events = connection.execute(
         select(
@@ -171,7 +173,8 @@ def expand_events(session: Session, *, limit: int = EXPAND_BATCH) -> list[str]:
             recipients,
             topic=event.topic,
             document_json=event.document,
-            now=event.created_at,
+            now=now,
+            due=event.created_at,
         )
         written += [delivery_id for delivery_id, _, _ in recipients]
     if events:
@@ -186,16 +189,18 @@ def _insert_deliveries(
     topic: str,
     document_json: str,
     now: datetime,
+    due: datetime | None = None,
 ) -> None:
-    """One executemany of pending deliveries: ``recipients`` are (delivery id, registration
-    id, owner); each payload is the event's JSON with its ``webhook_request_id``."""
+    """One executemany of pending deliveries made ``now``, due at ``due`` (default: now):
+    ``recipients`` are (delivery id, registration id, owner); each payload is the event's JSON
+    with its ``webhook_request_id``."""
     shared = {
         "topic": topic,
         "mode": Mode.ASYNC,
         "status": DeliveryStatus.PENDING,
         "attempts": 0,
         "retry_index": 0,
-        "next_attempt_at": now,
+        "next_attempt_at": now if due is None else due,
         "created_at": now,
         "updated_at": now,
     }
