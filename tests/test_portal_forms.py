@@ -45,7 +45,7 @@ def test_every_form_of_an_endpoints_page_carries_the_csrf_token(
     page = browser.get(here)
     assert page.status_code == 200
     # Browsers send a form's Origin only if the page's referrer policy lets them ("null" under
-    # no-referrer, which the form check refuses).
+    # no-referrer, which tells nothing of where the form came from).
     assert page.headers["Referrer-Policy"] == "same-origin"
     assert 'name="referrer"' not in page.text
     forms = post_forms(page.text)
@@ -55,8 +55,12 @@ def test_every_form_of_an_endpoints_page_carries_the_csrf_token(
 
     disabled = browser.post(f"{here}/state", data=forms[f"{here}/state"], headers={"Origin": SITE})
     assert disabled.status_code == 303
-    refused = browser.post(f"{here}/state", data=forms[f"{here}/state"], headers={"Origin": "null"})
-    assert refused.status_code == 403
+    for elsewhere in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+    ):
+        refused = browser.post(f"{here}/state", data=forms[f"{here}/state"], headers=elsewhere)
+        assert refused.status_code == 403, elsewhere
 
 
 def test_a_deliverys_redeliver_form_carries_the_csrf_token(make_host: Callable[..., Host]) -> None:

@@ -42,10 +42,13 @@ blueprint = Blueprint(
 OPEN_ENDPOINTS = {"kaizen_webhooks_portal.enter", "kaizen_webhooks_portal.static"}
 #: The largest form a portal page takes, in bytes.
 MAX_FORM_BYTES = 16 * 1024
+#: The values of ``Sec-Fetch-Site`` by which a browser says a request comes from another site
+#: (``same-site``: another origin of the same site, such as a sibling subdomain).
+CROSS_SITE = ("cross-site", "same-site")
 #: What every portal answer carries: nothing loads from elsewhere, nothing frames it, no
 #: address leaks to another site, and nothing is cached. Addresses are sent within the site,
-#: since under ``no-referrer`` browsers send the portal's own forms with ``Origin: null``,
-#: which :func:`_check_form` refuses; the page a link opens, whose address carries the link's
+#: so that browsers send the portal's own forms with their ``Origin`` (under ``no-referrer``
+#: they send ``Origin: null``); the page a link opens, whose address carries the link's
 #: token, sends none (see :func:`enter`).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
@@ -109,16 +112,24 @@ def _check_form(app: Flask, session_id: str) -> None:
     session's, and the browser says it comes from this site."""
     if (request.content_length or 0) > MAX_FORM_BYTES:
         raise PortalRefused("The form sent is larger than any of the portal's forms.")
-    origin = request.headers.get("Origin")
-    # The host only: behind a proxy that ends TLS, the app may see http where the browser
-    # says https.
-    if origin is not None and urlsplit(origin).netloc != request.host:
+    if not _from_this_site():
         raise PortalRefused("The form was sent from another site; it was refused.")
     if not access.csrf_matches(app, session_id, request.form.get("csrf_token")):
         raise PortalRefused(
             "The form was sent without its security token, or with a stale one. Go back, "
             "reload the page and try again."
         )
+
+
+def _from_this_site() -> bool:
+    """Whether the browser's headers, when it sends them, place the form on this site: an
+    ``Origin`` of this host (the host only: behind a proxy that ends TLS, the app may see http
+    where the browser says https), and no ``Sec-Fetch-Site`` of another site. ``Origin: null``
+    tells nothing. Neither header is needed (older browsers send none): the CSRF token is."""
+    origin = request.headers.get("Origin")
+    if origin not in (None, "null") and urlsplit(origin).netloc != request.host:
+        return False
+    return request.headers.get("Sec-Fetch-Site") not in CROSS_SITE
 
 
 def _possible_id(value: str) -> bool:
@@ -138,6 +149,13 @@ def _time(moment: datetime | None) -> str:
     if moment is None:
         return "—"
     return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@blueprint.app_template_filter("kaizen_short_id")
+def _short_id(value: str) -> str:
+    """An id as the portal's lists show it: its last group, which is random. (A delivery id
+    starts with the time it was made, the same in every id made within a minute.)"""
+    return "…" + value.rsplit("-", 1)[-1]
 
 
 @blueprint.context_processor
