@@ -222,5 +222,11 @@ class DuplicateRegistration(ApiError):
 
 
 class PortalRefused(WebhooksError):
-    """The portal cannot be opened or a form of it is refused: why, in words an integrator
-    understands (a 403 page)."""
+    """The portal cannot be opened, or a request of it is refused: why, in words an integrator
+    understands, on a page with ``status`` (403 unless told otherwise). Not an HTTP exception,
+    so that the host's own error handlers (by status code) never answer in the portal's
+    place."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status

@@ -77,7 +77,8 @@ class KaizenWebhooks:
         settings = Settings.from_app(app)
         if not app.secret_key:
             raise ConfigurationError(
-                "SECRET_KEY", "the app needs a SECRET_KEY to sign pagination cursors."
+                "SECRET_KEY",
+                "the app needs a SECRET_KEY to sign pagination cursors and portal links.",
             )
         database = Database(app, settings, db if db is not None else self.db)
         state = WebhooksState(app, settings, database, topics=self.topics, callbacks=self.callbacks)

@@ -13,6 +13,7 @@ from typing import Any
 
 import jose.jws
 import pytest
+from flask import request
 from flask.testing import FlaskClient
 from sqlalchemy import event, insert, text
 
@@ -238,7 +239,8 @@ def test_every_form_needs_the_sessions_token_and_this_sites_origin(host: Any) ->
     too_large = client.post(
         PORTAL + "/endpoints", data={**form, "csrf_token": token, "url": "x" * 20000}
     )
-    assert too_large.status_code == 403
+    assert too_large.status_code == 413
+    assert "larger than any of the portal" in too_large.text
     made = client.post(
         PORTAL + "/endpoints",
         data={**form, "csrf_token": token},
@@ -575,3 +577,91 @@ def test_a_refused_redelivery_says_what_to_do_in_the_portals_words(
     assert refused.status_code == 409
     assert "enable it first" in refused.text
     assert "PUT" not in refused.text
+
+
+# The host's own request hooks, session and error handlers ---------------------------------------
+
+
+def test_the_portal_leaves_the_hosts_hooks_session_and_error_handlers_alone(
+    make_host: Any, receiver: Any
+) -> None:
+    # PostgreSQL: the host's pending insert holds SQLite's one write lock until it commits.
+    host = make_host("postgres-hostdb", **DELIVERY_CONFIG)
+    app, db = host.app, host.db
+    teardowns: list[str] = []
+    with app.app_context():
+        db.session.execute(text("DROP TABLE IF EXISTS visits"))
+        db.session.execute(text("CREATE TABLE visits (path VARCHAR(200))"))
+        db.session.commit()
+
+    @app.before_request
+    def note_visit() -> None:  # pending in the host's session until after_request commits
+        db.session.execute(text("INSERT INTO visits VALUES (:p)"), {"p": request.full_path})
+
+    @app.after_request
+    def commit_visit(response: Any) -> Any:
+        db.session.commit()
+        return response
+
+    @app.teardown_request
+    def count_teardown(_error: Any) -> None:
+        teardowns.append(request.path)
+
+    @app.errorhandler(400)
+    @app.errorhandler(404)
+    def host_error(error: Any) -> tuple[str, int]:
+        return "HOST PAGE", error.code
+
+    @app.get("/link")
+    def make_link() -> str:
+        return host.webhooks.portal_link("org-1", base_url="https://app.example").url
+
+    client = app.test_client()
+    link = client.get("/link").text
+    assert link.startswith("https://app.example/v2/webhooks/portal/enter?t=")
+    assert teardowns == ["/link"]  # making the link ran none of the host's hooks again
+    assert client.get(link.removeprefix("https://app.example")).status_code == 200
+    rid = register(host, receiver().url("/a"))["id"]
+    paths = [
+        "/v2/webhooks/portal/?",
+        "/v2/webhooks/portal/events?",
+        f"/v2/webhooks/portal/endpoints/{rid}?",
+        f"/v2/webhooks/portal/endpoints/{rid}?status=lost",
+        "/v2/webhooks/portal/no-such-page?",
+        "/v2/webhooks/portal/sign-out?",  # a form's address, asked with GET
+    ]
+    for path in paths:
+        answer = client.get(path)
+        assert "HOST PAGE" not in answer.text  # the portal's own page, whatever the status
+        assert "<html" in answer.text
+    assert client.get(paths[3]).status_code == 400
+    assert client.get(paths[4]).status_code == 404
+    with app.app_context():
+        seen = [row[0] for row in db.session.execute(text("SELECT path FROM visits"))]
+    for path in paths:
+        assert path in seen  # the host's pending work was committed, not thrown away
+
+
+def test_a_form_token_that_is_not_ascii_is_refused_not_a_failure(host: Any) -> None:
+    client = host.app.test_client()
+    enter(client)
+    for token in ("é", "ü" * 64, "0" * 20_000):
+        refused = client.post(PORTAL + "/sign-out", data={"csrf_token": token})
+        assert refused.status_code == (413 if len(token) > 1000 else 403)
+    assert client.get(PORTAL + "/").status_code == 200  # still signed in
+
+
+def test_forms_from_the_hosts_public_address_are_taken_behind_a_proxy(make_host: Any) -> None:
+    host = make_host(
+        "sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_PORTAL_BASE_URL="https://app.example"
+    )
+    client = host.app.test_client()
+    link = client.post(LINKS, headers=ADMIN).get_json()["url"]
+    client.get(link.removeprefix("https://app.example"))  # the proxy asks for localhost
+    form = {"topic": "profile_updated", "url": "http://127.0.0.1:9/a", "secret": ""}
+    made = client.post(
+        PORTAL + "/endpoints",
+        data={**form, "csrf_token": csrf_of(client)},
+        headers={"Origin": "https://app.example"},
+    )
+    assert made.status_code == 201

@@ -153,3 +153,22 @@ def test_operators_recover_from_the_command_line(host: Any, receiver: Any) -> No
         refused = runner.invoke(args=["webhooks", "recover", *args])
         assert refused.exit_code != 0
         assert says in refused.output, refused.output
+
+
+def test_tests_are_neither_recovered_nor_in_the_feed(host: Any, receiver: Any) -> None:
+    server = receiver(lambda request, n: Reply(status=500))
+    rid = register(host, server.url("/a"))["id"]
+    client = host.app.test_client()
+    since = iso(datetime.now(UTC) - timedelta(minutes=1))
+    tested = client.post(f"{PREFIX}/test", json={"topic": "profile_updated"}, headers=ADMIN)
+    assert tested.get_json()["deliveries"][0]["ok"] is False
+    wait_until(lambda: list(statuses(host).values()) == ["failed"])  # the test's log is written
+    time.sleep(2.1)  # past the feed's settling time
+    answer = client.post(
+        f"{PREFIX}/registrations/{rid}/recover",
+        json={"since": since, "status": "all"},
+        headers=ADMIN,
+    )
+    assert answer.get_json()["queued"] == 0
+    feed = client.get(f"{PREFIX}/registrations/{rid}/feed", headers=ADMIN).get_json()
+    assert feed["items"] == []

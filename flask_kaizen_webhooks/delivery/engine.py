@@ -310,7 +310,7 @@ class ThreadExecutor:
                 look_for_dead_claims = time.monotonic() + DEAD_CLAIMS_EVERY
             try:
                 with self._app.app_context():
-                    self._returns.again()
+                    self._returns.give_back_again()
                     self._renew_waiting(stopping)
                     backlog = self._in_flight.backlog()
                     room = self._ahead - sender.load - backlog.waiting

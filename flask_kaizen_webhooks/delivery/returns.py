@@ -6,6 +6,7 @@ for its leases to end."""
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime
 
 from flask import Flask
@@ -20,8 +21,8 @@ logger = logging.getLogger("flask_kaizen_webhooks")
 
 
 class Returns:
-    """One engine run's giving back; used by its poller thread only (and by ``stop`` once the
-    poller has ended)."""
+    """One engine run's giving back: by its poller thread, and by ``stop`` (which may run while
+    a poller that did not stop in time still does)."""
 
     def __init__(
         self, app: Flask, context: DeliveryContext, shares: Shares, outage: Outage
@@ -30,8 +31,9 @@ class Returns:
         self._context = context
         self._shares = shares
         self._outage = outage
-        #: Work the database could not take back yet.
-        self._waiting: list[Claimed] = []
+        #: Work the database could not take back yet, with when each is due.
+        self._waiting: list[tuple[Claimed, datetime]] = []
+        self._lock = threading.Lock()
 
     def give_back(self, items: list[Claimed], *, due: datetime, shares: bool = False) -> None:
         """Release the claims of ``items`` unattempted, due at ``due``; with ``shares``, this
@@ -47,7 +49,8 @@ class Returns:
                     self._shares.give_back(session)
         except Exception as exc:
             if not shares:
-                self._waiting += items
+                with self._lock:
+                    self._waiting += [(item, due) for item in items]
                 self._outage.failed(exc, f"Giving back {len(items)} claimed deliveries")
                 return
             logger.warning(
@@ -58,17 +61,23 @@ class Returns:
                 exc_info=None if unreachable(exc) else exc,
             )
 
-    def again(self) -> None:
-        """Give back again what the database could not take back, while this run's claims on
-        it last (then it is anyone's)."""
+    def give_back_again(self) -> None:
+        """Give back again what the database could not take back, each due when it was to be,
+        while this run's claims on it last (then it is anyone's)."""
         if not self._waiting:
-            return
+            return  # the common case, read without the lock
         now = self._context.clock.now()
-        items = [item for item in self._waiting if item.lease_until > now]
-        self._waiting = []
-        self.give_back(items, due=now)
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        by_due: dict[datetime, list[Claimed]] = {}
+        for item, due in waiting:
+            if item.lease_until > now:
+                by_due.setdefault(due, []).append(item)
+        for due, items in by_due.items():
+            self.give_back(items, due=due)
 
     def take_waiting(self) -> list[Claimed]:
         """What is still to be given back (the engine stops: it goes with the rest)."""
-        items, self._waiting = self._waiting, []
-        return items
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        return [item for item, _due in waiting]

@@ -116,7 +116,12 @@ def csrf_token(app: Flask, session_id: str) -> str:
 
 
 def csrf_matches(app: Flask, session_id: str, sent: str | None) -> bool:
-    return sent is not None and hmac.compare_digest(csrf_token(app, session_id), sent)
+    """Whether ``sent`` is the session's form token (compared in constant time)."""
+    if sent is None:
+        return False
+    return hmac.compare_digest(
+        csrf_token(app, session_id).encode(), sent.encode("utf-8", "replace")
+    )
 
 
 def expiry(now: datetime, seconds: float) -> datetime:

@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from ..clock import as_utc
-from ..errors import ApiError, NotFound, PortalRefused
+from ..errors import ApiError, PortalRefused
 from ..state import WebhooksState, get_state
 from ..storage import portal_sessions
 from . import access
@@ -38,6 +38,8 @@ blueprint = Blueprint(
     static_url_path="/static",
 )
 
+#: What a page of something that does not exist, or is another owner's, says.
+NO_SUCH_PAGE = "There is no such page, or it is not yours to see."
 #: The pages open without a session.
 OPEN_ENDPOINTS = {"kaizen_webhooks_portal.enter", "kaizen_webhooks_portal.static"}
 #: The largest form a portal page takes, in bytes.
@@ -104,14 +106,14 @@ def _open_session() -> None:
         _check_form(app, session_id)
     for name, value in (request.view_args or {}).items():
         if name.endswith("_id") and not _possible_id(value):
-            raise NotFound("No such page.")
+            raise PortalRefused(NO_SUCH_PAGE, 404)
 
 
 def _check_form(app: Flask, session_id: str) -> None:
     """A change comes from a portal page: its size is sensible, its CSRF token is the
     session's, and the browser says it comes from this site."""
     if (request.content_length or 0) > MAX_FORM_BYTES:
-        raise PortalRefused("The form sent is larger than any of the portal's forms.")
+        raise PortalRefused("The form sent is larger than any of the portal's forms.", 413)
     if not _from_this_site():
         raise PortalRefused("The form was sent from another site; it was refused.")
     if not access.csrf_matches(app, session_id, request.form.get("csrf_token")):
@@ -123,12 +125,15 @@ def _check_form(app: Flask, session_id: str) -> None:
 
 def _from_this_site() -> bool:
     """Whether the browser's headers, when it sends them, place the form on this site: an
-    ``Origin`` of this host (the host only: behind a proxy that ends TLS, the app may see http
-    where the browser says https), and no ``Sec-Fetch-Site`` of another site. ``Origin: null``
-    tells nothing. Neither header is needed (older browsers send none): the CSRF token is."""
+    ``Origin`` of this host or of ``KAIZEN_WEBHOOKS_PORTAL_BASE_URL``'s (the host only: behind
+    a proxy that ends TLS, the app may see http where the browser says https), and no
+    ``Sec-Fetch-Site`` of another site. ``Origin: null`` tells nothing. Neither header is
+    needed (older browsers send none): the CSRF token is."""
     origin = request.headers.get("Origin")
-    if origin not in (None, "null") and urlsplit(origin).netloc != request.host:
-        return False
+    if origin not in (None, "null"):
+        public = urlsplit(get_state().settings.portal_base_url or "").netloc
+        if urlsplit(origin).netloc not in (request.host, public):
+            return False
     return request.headers.get("Sec-Fetch-Site") not in CROSS_SITE
 
 
@@ -164,6 +169,7 @@ def _page_context() -> dict[str, Any]:
     return {
         "csrf_token": access.csrf_token(current_flask(), session_id) if session_id else "",
         "signed_in": session_id is not None,
+        "owner": g.get("kaizen_webhooks_portal_owner") if session_id else None,
     }
 
 
@@ -178,13 +184,15 @@ def page(template: str, status: int = 200, **context: Any) -> Response:
 
 @blueprint.errorhandler(PortalRefused)
 def _refused(error: PortalRefused) -> Response:
-    rollback()
-    return page("refused.html", 403, reason=str(error))
+    if error.status == 403:
+        return page("refused.html", 403, reason=str(error))
+    titles = {400: "Bad request", 404: "Not found", 413: "Too large"}
+    title = titles.get(error.status, "Refused")
+    return page("error.html", error.status, title=title, message=str(error))
 
 
 @blueprint.errorhandler(HTTPException)
 def _http_error(error: HTTPException) -> Response:
-    rollback()
     status = error.code or 500
     if status == 404:
         message = "There is no such page, or it is not yours to see."
@@ -203,6 +211,8 @@ def _unexpected(error: Exception) -> Response:
 
 
 def rollback() -> None:
+    """End the transaction of a change that failed in the request's session (the host's, with
+    ``KaizenWebhooks(app, db=db)``), as the API does."""
     try:
         get_state().database.session.rollback()
     except Exception:  # the session may be unusable after a database failure
@@ -250,6 +260,12 @@ def _secure_cookie() -> bool:
     the host's public address is https (behind a proxy that ends TLS, the app may see http)."""
     base = get_state().settings.portal_base_url or ""
     return request.is_secure or base.startswith("https:")
+
+
+@blueprint.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def unknown(path: str) -> Response:
+    """Any other address under the portal, or a page asked with a method it does not take."""
+    raise PortalRefused(NO_SUCH_PAGE, 404)
 
 
 @blueprint.post("/sign-out")

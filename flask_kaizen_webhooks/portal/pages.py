@@ -11,17 +11,17 @@ from typing import Any
 
 from flask import current_app, redirect, request, url_for
 from itsdangerous import BadSignature, URLSafeSerializer
-from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
 
 from ..delivery.sync import DeliveryResult
-from ..errors import ApiError, NotFound
+from ..errors import ApiError, PortalRefused
 from ..storage import reads, registrations
 from ..storage.rows import PagePosition
 from ..storage.tables import DeliveryStatus, Registration, RegistrationState
 from ..web import actions
 from ..web.validation import check_text, parse_registration
 from .blueprint import (
+    NO_SUCH_PAGE,
     blueprint,
     current_flask,
     current_owner,
@@ -37,7 +37,7 @@ PAGE_SIZE = 25
 #: The statuses an endpoint's deliveries can be filtered by.
 STATUSES = tuple(status.value for status in DeliveryStatus)
 #: What a page says after a change, by the ``done`` argument of the redirect to it.
-DONE = {
+NOTICES = {
     "deleted": "The endpoint was deleted; its pending deliveries will not be sent.",
     "enabled": "The endpoint is enabled: new events are delivered to it again.",
     "disabled": "The endpoint is disabled: no webhooks are sent to it until you enable it.",
@@ -45,7 +45,7 @@ DONE = {
 }
 CURSOR_SALT = "flask-kaizen-webhooks.portal-cursor"
 #: What the portal says, by the API's error code, where the API's words name its own fields.
-SAID = {
+IN_PORTAL_WORDS = {
     "rev_conflict": "The endpoint was changed meanwhile (in another page, or through the API): "
     "reload the page and try again.",
     "registration_disabled": "The endpoint is disabled: enable it first, then redeliver.",
@@ -66,25 +66,24 @@ def _endpoints_page(
     status: int = 200, *, error: ApiError | None = None, form: Mapping[str, str] | None = None
 ) -> Response:
     state = current_state()
-    session = state.database.session
-    rows = reads.list_registrations(
-        session,
-        owner=current_owner(),
-        topic=None,
-        after=None,
-        limit=state.settings.max_registrations_per_owner,
-    )
-    latest = {row.id: reads.latest_delivery(session, row.id) for row in rows}
-    session.rollback()
+    with state.database.independent_session() as session:  # the host's is left alone
+        rows = reads.list_registrations(
+            session,
+            owner=current_owner(),
+            topic=None,
+            after=None,
+            limit=state.settings.max_registrations_per_owner,
+        )
+        latest = {row.id: reads.latest_delivery(session, row.id) for row in rows}
     return page(
         "endpoints.html",
         status,
         registrations=rows,
         latest=latest,
         topics=list(state.topics),
-        error=_said(error),
+        error=_in_portal_words(error),
         form=form or {},
-        done=DONE.get(request.args.get("done", "")),
+        done=NOTICES.get(request.args.get("done", "")),
     )
 
 
@@ -115,12 +114,15 @@ def create_endpoint() -> Response:
 
 
 def _registration(registration_id: str) -> Registration:
-    try:
-        return registrations.get_registration(
-            current_state().database.session, owner=current_owner(), registration_id=registration_id
-        )
-    except ApiError:
-        raise NotFound("No such page.") from None
+    """The owner's registration (read on a session of the extension's own); a 404 page if it
+    does not exist or is another owner's."""
+    with current_state().database.independent_session() as session:
+        try:
+            return registrations.get_registration(
+                session, owner=current_owner(), registration_id=registration_id
+            )
+        except ApiError:
+            raise PortalRefused(NO_SUCH_PAGE, 404) from None
 
 
 @blueprint.get("/endpoints/<registration_id>")
@@ -140,21 +142,21 @@ def _endpoint_page(
     shown = _status_filter()
     scope = {"r": registration_id, "s": shown}
     before = _cursor(scope)
-    rows = reads.list_deliveries(
-        state.database.session,
-        owner=current_owner(),
-        registration_id=registration_id,
-        before=before,
-        limit=PAGE_SIZE + 1,
-        status=shown,
-    )
+    with state.database.independent_session() as session:
+        rows = reads.list_deliveries(
+            session,
+            owner=current_owner(),
+            registration_id=registration_id,
+            before=before,
+            limit=PAGE_SIZE + 1,
+            status=shown,
+        )
     deliveries, more = rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
     older = None
     if more:
         last = deliveries[-1]
         cursor = _serializer().dumps({**scope, "c": last.created_at.isoformat(), "i": last.id})
         older = url_for(".endpoint", registration_id=registration_id, status=shown, before=cursor)
-    state.database.session.rollback()
     return page(
         "endpoint.html",
         status,
@@ -164,16 +166,16 @@ def _endpoint_page(
         shown=shown,
         older=older,
         first_page=before is not None,
-        error=_said(error),
+        error=_in_portal_words(error),
         tested=tested,
-        done=DONE.get(request.args.get("done", "")),
+        done=NOTICES.get(request.args.get("done", "")),
     )
 
 
 def _status_filter() -> str | None:
     shown = request.args.get("status") or None
     if shown is not None and shown not in STATUSES:
-        raise BadRequest(f"Pick a status among {', '.join(STATUSES)}.")
+        raise PortalRefused(f"Pick a status among {', '.join(STATUSES)}.", 400)
     return shown
 
 
@@ -192,10 +194,10 @@ def _cursor(scope: dict[str, Any]) -> PagePosition | None:
             raise ValueError("another listing's cursor")
         return PagePosition(datetime.fromisoformat(data["c"]), str(data["i"]))
     except (ApiError, BadSignature, KeyError, TypeError, ValueError, AttributeError):
-        raise BadRequest("That page link is not valid.") from None
+        raise PortalRefused("That page link is not valid.", 400) from None
 
 
-def _changed(registration_id: str, done: str | None = None) -> Response:
+def _back_to_endpoint(registration_id: str, done: str | None = None) -> Response:
     """Back to the endpoint's page after a change (a new request: reloading it changes
     nothing)."""
     return redirect(url_for(".endpoint", registration_id=registration_id, done=done), 303)
@@ -209,7 +211,7 @@ def _rev() -> str | None:
 def change_state(registration_id: str) -> Response:
     wanted = request.form.get("state")
     if wanted not in (RegistrationState.ACTIVE, RegistrationState.DISABLED):
-        raise BadRequest("Choose to enable or to disable the endpoint.")
+        raise PortalRefused("Choose to enable or to disable the endpoint.", 400)
     _registration(registration_id)
     try:
         actions.change_state(
@@ -219,7 +221,7 @@ def change_state(registration_id: str) -> Response:
         rollback()
         return _endpoint_page(registration_id, error.code, error=error)
     done = "enabled" if wanted == RegistrationState.ACTIVE else "disabled"
-    return _changed(registration_id, done)
+    return _back_to_endpoint(registration_id, done)
 
 
 @blueprint.post("/endpoints/<registration_id>/rotate")
@@ -280,22 +282,21 @@ def delivery(delivery_id: str) -> Response:
 
 def _delivery_page(delivery_id: str, status: int = 200, error: ApiError | None = None) -> Response:
     state = current_state()
-    session = state.database.session
-    try:
-        found = reads.get_delivery(session, owner=current_owner(), delivery_id=delivery_id)
-    except ApiError:
-        raise NotFound("No such page.") from None
-    attempts = reads.attempts_of(session, found.id)
+    with state.database.independent_session() as session:
+        try:
+            found = reads.get_delivery(session, owner=current_owner(), delivery_id=delivery_id)
+        except ApiError:
+            raise PortalRefused(NO_SUCH_PAGE, 404) from None
+        attempts = reads.attempts_of(session, found.id)
     payload = json.dumps(json.loads(found.payload), indent=2, ensure_ascii=False)
-    session.rollback()
     return page(
         "delivery.html",
         status,
         delivery=found,
         attempts=attempts,
         payload=payload,
-        error=_said(error),
-        done=DONE.get(request.args.get("done", "")),
+        error=_in_portal_words(error),
+        done=NOTICES.get(request.args.get("done", "")),
     )
 
 
@@ -306,15 +307,15 @@ def redeliver(delivery_id: str) -> Response:
     except ApiError as error:
         rollback()
         if error.code == 404:
-            raise NotFound("No such page.") from None
+            raise PortalRefused(NO_SUCH_PAGE, 404) from None
         return _delivery_page(delivery_id, error.code, error)
     return redirect(url_for(".delivery", delivery_id=delivery_id, done="redelivered"), 303)
 
 
-def _said(error: ApiError | None) -> ApiError | None:
+def _in_portal_words(error: ApiError | None) -> ApiError | None:
     """``error``, in the portal's words where the API's would not fit a button."""
-    if error is not None and error.error_code in SAID:
-        error.message = SAID[error.error_code]
+    if error is not None and error.error_code in IN_PORTAL_WORDS:
+        error.message = IN_PORTAL_WORDS[error.error_code]
     return error
 
 
@@ -327,8 +328,17 @@ def events() -> Response:
         {**topic.to_dict(), "sample": json.dumps(topic.to_dict()["sample_payload"], indent=2)}
         for topic in current_state().topics
     ]
-    retried_for = sum(current_state().settings.retry_schedule) / 3600
+    retried_for = _span(sum(current_state().settings.retry_schedule))
     return page("events.html", topics=topics, snippets=SNIPPETS, retried_for=retried_for)
+
+
+def _span(seconds: float) -> str:
+    """A span of time in words: hours (to a tenth) from an hour on, else minutes or seconds."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:g} seconds"
 
 
 def _snippet(name: str) -> str:

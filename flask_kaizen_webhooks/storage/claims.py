@@ -23,7 +23,7 @@ from .rows import (
     not_claimed,
     target_from_row,
 )
-from .tables import Delivery, DeliveryStatus, Registration, RegistrationState
+from .tables import TEST_MODE, Delivery, DeliveryStatus, Registration, RegistrationState
 
 
 def _due_statement(*, skipping: bool) -> Any:
@@ -292,8 +292,8 @@ def recover(
 ) -> list[str]:
     """Queue again now, with a fresh retry schedule and the same ids, the registration's
     finished deliveries created in ``[since, until)`` whose status is one of ``statuses``
-    (finished ones: no attempt of them can be under way). One statement, however many match;
-    the ids queued."""
+    (finished ones: no attempt of them can be under way), tests left out, while the
+    registration is active. One statement, however many match; the ids queued."""
     result = session.execute(
         update(Delivery)
         .where(
@@ -302,6 +302,10 @@ def recover(
             Delivery.created_at < until,
             Delivery.status.in_(statuses),
             Delivery.status != DeliveryStatus.PENDING,
+            Delivery.mode != TEST_MODE,
+            Delivery.registration_id.in_(
+                select(Registration.id).where(Registration.state == RegistrationState.ACTIVE)
+            ),
         )
         .values(
             status=DeliveryStatus.PENDING,

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFound
 from .rows import PagePosition
-from .tables import Attempt, Delivery, Registration
+from .tables import TEST_MODE, Attempt, Delivery, Registration
 
 
 def list_registrations(
@@ -74,11 +74,12 @@ def feed(
     limit: int,
 ) -> Sequence[Delivery]:
     """Up to ``limit`` deliveries of one registration in the order they were made, after
-    ``after``, made before ``until``."""
+    ``after``, made before ``until``; tests left out."""
     query = select(Delivery).where(
         Delivery.owner == owner,
         Delivery.registration_id == registration_id,
         Delivery.created_at < until,
+        Delivery.mode != TEST_MODE,
     )
     if after is not None:
         query = query.where(

@@ -208,12 +208,12 @@ def read_feed(registration_id: str) -> Response:
         registration.previous_secret,
         registration.previous_secret_until,
     )
-    items = [_fed(state, target, row) for row in rows[:limit]]
+    items = [_feed_item(state, target, row) for row in rows[:limit]]
     next_cursor = encode_cursor(scope, rows[:limit][-1]) if items else query("after") or None
     return jsonify(items=items, next_cursor=next_cursor, has_more=len(rows) > limit)
 
 
-def _fed(state: WebhooksState, target: Target, row: Delivery) -> dict[str, Any]:
+def _feed_item(state: WebhooksState, target: Target, row: Delivery) -> dict[str, Any]:
     """One delivery of a feed: what identifies it, and its body as it is pushed (signed now)."""
     headers: dict[str, str] = {}
     signed = signed_request(
