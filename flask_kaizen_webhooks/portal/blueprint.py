@@ -24,8 +24,9 @@ from werkzeug.wrappers import Response
 
 from ..clock import as_utc
 from ..errors import ApiError, PortalRefused
-from ..state import WebhooksState, get_state
+from ..state import get_state
 from ..storage import portal_sessions
+from ..web.blueprint import current_state
 from . import access
 
 logger = logging.getLogger("flask_kaizen_webhooks")
@@ -63,11 +64,6 @@ SECURITY_HEADERS = {
 
 
 # Who is asking ----------------------------------------------------------------------------------
-
-
-def current_state() -> WebhooksState:
-    state: WebhooksState = g.kaizen_webhooks_state
-    return state
 
 
 def current_owner() -> str:

@@ -5,27 +5,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
-from flask import current_app, redirect, request, url_for
-from itsdangerous import BadSignature, URLSafeSerializer
+from flask import redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from ..delivery.sync import DeliveryResult
 from ..errors import ApiError, PortalRefused
 from ..storage import reads, registrations
-from ..storage.rows import PagePosition
 from ..storage.tables import DeliveryStatus, Registration, RegistrationState
 from ..web import actions
-from ..web.validation import check_text, parse_registration
+from ..web.blueprint import current_state
+from ..web.inputs import decode_cursor, encode_cursor
+from ..web.validation import parse_registration
 from .blueprint import (
     NO_SUCH_PAGE,
     blueprint,
     current_flask,
     current_owner,
-    current_state,
     page,
     rollback,
 )
@@ -43,7 +41,6 @@ NOTICES = {
     "disabled": "The endpoint is disabled: no webhooks are sent to it until you enable it.",
     "redelivered": "The delivery was queued again: its new attempt appears below shortly.",
 }
-CURSOR_SALT = "flask-kaizen-webhooks.portal-cursor"
 #: What the portal says, by the API's error code, where the API's words name its own fields.
 IN_PORTAL_WORDS = {
     "rev_conflict": "The endpoint was changed meanwhile (in another page, or through the API): "
@@ -140,12 +137,16 @@ def _endpoint_page(
     state = current_state()
     registration = _registration(registration_id)
     shown = _status_filter()
-    scope = {"r": registration_id, "s": shown}
-    before = _cursor(scope)
+    owner = current_owner()
+    scope = {"kind": "portal-deliveries", "owner": owner, "r": registration_id, "s": shown}
+    try:
+        before = decode_cursor(scope, "before")
+    except ApiError:
+        raise PortalRefused("That page link is not valid.", 400) from None
     with state.database.independent_session() as session:
         rows = reads.list_deliveries(
             session,
-            owner=current_owner(),
+            owner=owner,
             registration_id=registration_id,
             before=before,
             limit=PAGE_SIZE + 1,
@@ -154,8 +155,7 @@ def _endpoint_page(
     deliveries, more = rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
     older = None
     if more:
-        last = deliveries[-1]
-        cursor = _serializer().dumps({**scope, "c": last.created_at.isoformat(), "i": last.id})
+        cursor = encode_cursor(scope, deliveries[-1])
         older = url_for(".endpoint", registration_id=registration_id, status=shown, before=cursor)
     return page(
         "endpoint.html",
@@ -179,24 +179,6 @@ def _status_filter() -> str | None:
     return shown
 
 
-def _serializer() -> URLSafeSerializer:
-    return URLSafeSerializer(current_app.secret_key or "", salt=CURSOR_SALT)
-
-
-def _cursor(scope: dict[str, Any]) -> PagePosition | None:
-    """Where the page asked for starts (the ``before`` argument), within ``scope``."""
-    raw = request.args.get("before")
-    if not raw:
-        return None
-    try:
-        data = _serializer().loads(check_text(raw, "before"))
-        if any(data.get(key) != value for key, value in scope.items()):
-            raise ValueError("another listing's cursor")
-        return PagePosition(datetime.fromisoformat(data["c"]), str(data["i"]))
-    except (ApiError, BadSignature, KeyError, TypeError, ValueError, AttributeError):
-        raise PortalRefused("That page link is not valid.", 400) from None
-
-
 def _back_to_endpoint(registration_id: str, done: str | None = None) -> Response:
     """Back to the endpoint's page after a change (a new request: reloading it changes
     nothing)."""
@@ -212,7 +194,6 @@ def change_state(registration_id: str) -> Response:
     wanted = request.form.get("state")
     if wanted not in (RegistrationState.ACTIVE, RegistrationState.DISABLED):
         raise PortalRefused("Choose to enable or to disable the endpoint.", 400)
-    _registration(registration_id)
     try:
         actions.change_state(
             current_state(), current_owner(), registration_id, rev=_rev(), to=wanted
@@ -227,7 +208,6 @@ def change_state(registration_id: str) -> Response:
 @blueprint.post("/endpoints/<registration_id>/rotate")
 def rotate(registration_id: str) -> Response:
     state = current_state()
-    _registration(registration_id)
     try:
         rotated = actions.rotate(state, current_owner(), registration_id, rev=_rev())
     except ApiError as error:
@@ -263,7 +243,6 @@ def _shown_result(result: DeliveryResult) -> dict[str, Any]:
 
 @blueprint.post("/endpoints/<registration_id>/delete")
 def delete_endpoint(registration_id: str) -> Response:
-    _registration(registration_id)
     try:
         actions.delete(current_state(), current_owner(), registration_id, rev=_rev())
     except ApiError as error:

@@ -242,26 +242,7 @@ def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime)
     """
     if not delivery_ids:
         return Requeued([], [], [], [])
-    active = select(Registration.id).where(Registration.state == RegistrationState.ACTIVE)
-    result = session.execute(
-        update(Delivery)
-        .where(
-            Delivery.id.in_(delivery_ids),
-            Delivery.registration_id.in_(active),
-            not_claimed(now),
-        )
-        .values(
-            status=DeliveryStatus.PENDING,
-            retry_index=0,
-            next_attempt_at=now,
-            claim_token=None,
-            completed_at=None,
-            updated_at=now,
-        )
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    )
-    queued = list(result.scalars())
+    queued = _queue_again_where(session, now, Delivery.id.in_(delivery_ids), not_claimed(now))
     left = sorted(set(delivery_ids) - set(queued))
     states: dict[str, str | None] = {}
     if left:
@@ -294,19 +275,25 @@ def recover(
     finished deliveries created in ``[since, until)`` whose status is one of ``statuses``
     (finished ones: no attempt of them can be under way), tests left out, while the
     registration is active. One statement, however many match; the ids queued."""
+    return _queue_again_where(
+        session,
+        now,
+        Delivery.registration_id == registration_id,
+        Delivery.created_at >= since,
+        Delivery.created_at < until,
+        Delivery.status.in_(statuses),
+        Delivery.status != DeliveryStatus.PENDING,
+        Delivery.mode != TEST_MODE,
+    )
+
+
+def _queue_again_where(session: Session, now: datetime, *where: Any) -> list[str]:
+    """Queue again now, with a fresh retry schedule and the same ids, the deliveries that
+    match ``where`` and whose registration is active; the ids queued."""
+    active = select(Registration.id).where(Registration.state == RegistrationState.ACTIVE)
     result = session.execute(
         update(Delivery)
-        .where(
-            Delivery.registration_id == registration_id,
-            Delivery.created_at >= since,
-            Delivery.created_at < until,
-            Delivery.status.in_(statuses),
-            Delivery.status != DeliveryStatus.PENDING,
-            Delivery.mode != TEST_MODE,
-            Delivery.registration_id.in_(
-                select(Registration.id).where(Registration.state == RegistrationState.ACTIVE)
-            ),
-        )
+        .where(*where, Delivery.registration_id.in_(active))
         .values(
             status=DeliveryStatus.PENDING,
             retry_index=0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from ..errors import NotFound
@@ -27,12 +27,7 @@ def list_registrations(
     if topic is not None:
         query = query.where(Registration.topic == topic)
     if after is not None:
-        query = query.where(
-            or_(
-                Registration.created_at > after.created_at,
-                and_(Registration.created_at == after.created_at, Registration.id > after.id),
-            )
-        )
+        query = query.where(_past(Registration, after, later=True))
     query = query.order_by(Registration.created_at, Registration.id).limit(limit)
     return session.scalars(query).all()
 
@@ -54,12 +49,7 @@ def list_deliveries(
     if status is not None:
         query = query.where(Delivery.status == status)
     if before is not None:
-        query = query.where(
-            or_(
-                Delivery.created_at < before.created_at,
-                and_(Delivery.created_at == before.created_at, Delivery.id < before.id),
-            )
-        )
+        query = query.where(_past(Delivery, before, later=False))
     query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit)
     return session.scalars(query).all()
 
@@ -82,12 +72,7 @@ def feed(
         Delivery.mode != TEST_MODE,
     )
     if after is not None:
-        query = query.where(
-            or_(
-                Delivery.created_at > after.created_at,
-                and_(Delivery.created_at == after.created_at, Delivery.id > after.id),
-            )
-        )
+        query = query.where(_past(Delivery, after, later=True))
     query = query.order_by(Delivery.created_at, Delivery.id).limit(limit)
     return session.scalars(query).all()
 
@@ -101,6 +86,21 @@ def latest_delivery(session: Session, registration_id: str) -> Delivery | None:
         .limit(1)
     )
     return session.scalars(query).first()
+
+
+def _past(
+    table: type[Registration] | type[Delivery], position: PagePosition, *, later: bool
+) -> ColumnElement[bool]:
+    """Rows after ``position`` in (created_at, id) order: later ones, or earlier ones."""
+    if later:
+        return or_(
+            table.created_at > position.created_at,
+            and_(table.created_at == position.created_at, table.id > position.id),
+        )
+    return or_(
+        table.created_at < position.created_at,
+        and_(table.created_at == position.created_at, table.id < position.id),
+    )
 
 
 def get_delivery(session: Session, *, owner: str, delivery_id: str) -> Delivery:

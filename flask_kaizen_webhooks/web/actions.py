@@ -45,20 +45,7 @@ def change_state(
     state: WebhooksState, owner: str, registration_id: str, *, rev: str | None, to: str
 ) -> Registration:
     """Enable (``"active"``) or disable (``"disabled"``) a registration at ``rev``."""
-    session = state.database.session
-    current = registrations.get_registration(session, owner=owner, registration_id=registration_id)
-    registration = registrations.update_registration(
-        session,
-        owner=owner,
-        registration_id=registration_id,
-        rev=rev,
-        topic=current.topic,
-        url=current.url,
-        sealed_secret=None,
-        state=to,
-    )
-    session.commit()
-    return registration
+    return _change(state, owner, registration_id, rev=rev, sealed_secret=None, to=to)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +69,28 @@ def rotate(
     for ``overlap`` seconds (default: ``KAIZEN_WEBHOOKS_SECRET_OVERLAP``)."""
     new = new_secret() if secret is None else secret
     seconds = state.settings.secret_overlap if overlap is None else overlap
+    registration = _change(
+        state,
+        owner,
+        registration_id,
+        rev=rev,
+        sealed_secret=state.secrets.seal(new),
+        overlap=timedelta(seconds=seconds),
+    )
+    return Rotation(registration, new if secret is None else None)
+
+
+def _change(
+    state: WebhooksState,
+    owner: str,
+    registration_id: str,
+    *,
+    rev: str | None,
+    sealed_secret: str | None,
+    to: str | None = None,
+    overlap: timedelta = timedelta(0),
+) -> Registration:
+    """Change a registration's secret or state (``to``) at ``rev``, its topic and URL kept."""
     session = state.database.session
     current = registrations.get_registration(session, owner=owner, registration_id=registration_id)
     registration = registrations.update_registration(
@@ -91,11 +100,12 @@ def rotate(
         rev=rev,
         topic=current.topic,
         url=current.url,
-        sealed_secret=state.secrets.seal(new),
-        overlap=timedelta(seconds=seconds),
+        sealed_secret=sealed_secret,
+        state=to,
+        overlap=overlap,
     )
     session.commit()
-    return Rotation(registration, new if secret is None else None)
+    return registration
 
 
 def delete(
