@@ -110,6 +110,11 @@ def _positive_int(given: Given, name: str) -> int:
     return raw
 
 
+def _optional_positive_int(given: Given, name: str) -> int | None:
+    """An integer above 0 (not a bool), or None."""
+    return None if given[name] is None else _positive_int(given, name)
+
+
 def _page_size(given: Given, name: str) -> int:
     """A positive integer no larger than ``MAX_PAGE_SIZE``."""
     size, largest = _positive_int(given, name), _positive_int(given, "MAX_PAGE_SIZE")
@@ -340,6 +345,12 @@ class Settings:
     )
     max_in_flight_per_host: int = setting(
         4, _positive_int, "Attempts at once to one host, in all processes."
+    )
+    default_max_per_second: int | None = setting(
+        None, _optional_positive_int, "Attempts a second per registration without its own limit."
+    )
+    adaptive_concurrency: bool = setting(
+        True, _bool, "Adapt each registration's attempts at once to how its receiver answers."
     )
     max_queue: int = setting(10_000, _positive_int, "Delivery ids a process keeps in memory.")
     max_payload_bytes: int = setting(256 * 1024, _positive_int, "The largest payload, as JSON.")

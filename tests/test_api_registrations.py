@@ -52,6 +52,8 @@ def test_create_returns_id_rev_and_location(client: FlaskClient) -> None:
         "url": "https://hooks.example.com/profile_updated",
         "state": "active",
         "disabled_reason": None,
+        "ordering": "none",
+        "max_per_second": None,
         "secret_version": 1,
         "previous_secret_valid_until": None,
         "created_at": fetched.get_json()["created_at"],

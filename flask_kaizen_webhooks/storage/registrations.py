@@ -7,7 +7,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +19,14 @@ from sqlalchemy.orm import Session
 from ..clock import utcnow
 from ..errors import DuplicateRegistration, NotFound, RegistrationLimitReached, RevConflict
 from .rows import ended_unsent, not_claimed
-from .tables import Delivery, DeliveryStatus, Registration, RegistrationState, url_digest
+from .tables import (
+    Delivery,
+    DeliveryStatus,
+    Ordering,
+    Registration,
+    RegistrationState,
+    url_digest,
+)
 
 #: The values that end a registration's run of failed deliveries.
 FAILURES_CLEARED: dict[str, Any] = {"consecutive_failures": 0, "failing_since": None}
@@ -55,8 +62,10 @@ def create_registration(
     url: str,
     sealed_secret: str,
     limit: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Registration:
-    """Add a registration; raise :class:`DuplicateRegistration` if the owner has it already."""
+    """Add a registration with its delivery ``options`` (``ordering``, ``max_per_second``);
+    raise :class:`DuplicateRegistration` if the owner has it already."""
     _refuse_duplicate(session, owner=owner, topic=topic, url=url, except_id=None)
     if limit is not None:
         count = session.scalar(
@@ -76,6 +85,7 @@ def create_registration(
         created_at=now,
         updated_at=now,
         **next_revision(None, topic=topic, url=url, state=RegistrationState.ACTIVE),
+        **{"ordering": Ordering.NONE, **(options or {})},
     )
     session.add(registration)
     with _duplicate_guard(session, owner=owner, topic=topic, url=url, except_id=None):
@@ -104,8 +114,10 @@ def update_registration(
     sealed_secret: str | None,
     state: str | None = None,
     overlap: timedelta = timedelta(0),
+    options: Mapping[str, Any] | None = None,
 ) -> Registration:
-    """Replace topic, url and (when given) secret and state, if ``rev`` is still current.
+    """Replace topic, url and (when given) secret, state and delivery ``options``, if ``rev``
+    is still current.
 
     Enabling a registration clears its record of failures.
     """
@@ -120,6 +132,7 @@ def update_registration(
         "url_digest": url_digest(url),
         "updated_at": utcnow(),
         **next_revision(current, topic=topic, url=url, state=new_state),
+        **(options or {}),
     }
     if sealed_secret is not None:
         values.update(_rotation(current, sealed_secret, overlap))

@@ -65,7 +65,8 @@ class Registration(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
     topic: Mapped[str] = mapped_column(String(64))
-    url: Mapped[str] = mapped_column(Text)
+    #: None: a pull-only registration, never pushed to and read through its feed.
+    url: Mapped[str] = mapped_column(Text, nullable=True)
     url_digest: Mapped[str] = mapped_column(String(64))
     #: The integrator's secret, sealed (see :mod:`flask_kaizen_webhooks.sealing`).
     secret: Mapped[str] = mapped_column(Text)
@@ -83,6 +84,13 @@ class Registration(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     disabled_reason: Mapped[str | None] = mapped_column(Text)
+    #: :class:`Ordering`: ``"fifo"`` sends its deliveries one at a time, in creation order.
+    ordering: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
+    #: The most attempts that start in any second, in all processes; None: no limit of its own.
+    max_per_second: Mapped[int | None] = mapped_column(Integer)
+    #: The earliest start of its next attempt under ``max_per_second`` (see
+    #: :mod:`flask_kaizen_webhooks.storage.pacing`).
+    paced_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     def __repr__(self) -> str:
         # The secret is deliberately left out.
@@ -100,11 +108,22 @@ class Registration(Base):
             "url": self.url,
             "state": self.state,
             "disabled_reason": self.disabled_reason,
+            "ordering": self.ordering,
+            "max_per_second": self.max_per_second,
             "secret_version": self.secret_version,
             "previous_secret_valid_until": isoformat(self.previous_secret_until),
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
         }
+
+
+class Ordering(enum.StrEnum):
+    """Values of :attr:`Registration.ordering`."""
+
+    #: Attempts as they come due, several at once: the fastest.
+    NONE = "none"
+    #: One attempt at a time, in creation order; a retrying delivery holds those behind it.
+    FIFO = "fifo"
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -5,9 +5,10 @@ the JSON API or the portal: each action checks, writes and commits, or raises th
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import Flask
 
@@ -25,9 +26,16 @@ def new_secret() -> str:
 
 
 def register(
-    state: WebhooksState, owner: str, *, topic: str, url: str, secret: str
+    state: WebhooksState,
+    owner: str,
+    *,
+    topic: str,
+    url: str,
+    secret: str,
+    options: Mapping[str, Any] | None = None,
 ) -> Registration:
-    """Add ``owner``'s registration of ``url`` for ``topic`` (all three checked already)."""
+    """Add ``owner``'s registration of ``url`` for ``topic`` with its delivery ``options``
+    (all checked already)."""
     session = state.database.session
     registration = registrations.create_registration(
         session,
@@ -36,6 +44,7 @@ def register(
         url=url,
         sealed_secret=state.secrets.seal(secret),
         limit=state.settings.max_registrations_per_owner,
+        options=options,
     )
     session.commit()
     return registration

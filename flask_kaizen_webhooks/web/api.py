@@ -63,7 +63,12 @@ def create_registration() -> tuple[Response, int, dict[str, str]]:
     data = _registration_input(for_update=False)
     assert data.secret is not None
     registration = actions.register(
-        state, current_owner(), topic=data.topic, url=data.url, secret=data.secret
+        state,
+        current_owner(),
+        topic=data.topic,
+        url=data.url,
+        secret=data.secret,
+        options=data.options,
     )
     location = url_for(".registration", registration_id=registration.id)
     response = with_etag(jsonify(id=registration.id, rev=registration.rev), registration.rev)
@@ -104,6 +109,7 @@ def update_registration(registration_id: str) -> Response:
         sealed_secret=None if data.secret is None else state.secrets.seal(data.secret),
         state=data.state,
         overlap=timedelta(seconds=state.settings.secret_overlap),
+        options=data.options,
     )
     session.commit()
     return with_etag(jsonify(id=registration.id, rev=registration.rev), registration.rev)

@@ -7,7 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .validation import MAX_SECRET_LENGTH, MAX_URL_LENGTH, MIN_SECRET_LENGTH
+from .validation import (
+    MAX_PER_SECOND,
+    MAX_SECRET_LENGTH,
+    MAX_URL_LENGTH,
+    MIN_SECRET_LENGTH,
+    ORDERINGS,
+)
 
 #: A JSON Schema, or any other piece of the document.
 Schema = dict[str, Any]
@@ -60,6 +66,15 @@ URL = {"type": "string", "format": "uri", "maxLength": MAX_URL_LENGTH}
 SECRET = {"type": "string", "minLength": MIN_SECRET_LENGTH, "maxLength": MAX_SECRET_LENGTH}
 STATE = {"type": "string", "enum": ["active", "disabled"]}
 SECRET_VERSION = {"type": "integer", "minimum": 1}
+#: A registration's delivery options.
+OPTIONS: dict[str, Schema] = {
+    "ordering": {"type": "string", "enum": list(ORDERINGS)},
+    "max_per_second": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": MAX_PER_SECOND,
+    },
+}
 
 DELIVERY = object_schema(
     {
@@ -89,9 +104,12 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "IdRev": object_schema({"id": ID, "rev": REV}),
-    "RegistrationCreate": object_schema({"topic": TOPIC, "url": URL, "secret": SECRET}),
+    "RegistrationCreate": object_schema(
+        {"topic": TOPIC, "url": URL, "secret": SECRET, **OPTIONS},
+        required=["topic", "url", "secret"],
+    ),
     "RegistrationUpdate": object_schema(
-        {"topic": TOPIC, "url": URL, "secret": SECRET, "rev": REV, "state": STATE},
+        {"topic": TOPIC, "url": URL, "secret": SECRET, "rev": REV, "state": STATE, **OPTIONS},
         required=["topic", "url"],
     ),
     "Registration": object_schema(
@@ -102,6 +120,7 @@ SCHEMAS: dict[str, Schema] = {
             "url": {"type": "string"},
             "state": STATE,
             "disabled_reason": NULLABLE_TEXT,
+            **OPTIONS,
             "secret_version": SECRET_VERSION,
             "previous_secret_valid_until": NULLABLE_TIME,
             "created_at": TIME,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -24,15 +24,20 @@ from ..guard import (
 )
 from ..portal.access import link_seconds
 from ..signing import sign, verify_with
-from ..storage.tables import RegistrationState
+from ..storage.tables import Ordering, RegistrationState
 from ..topics import TopicRegistry
 
 MAX_URL_LENGTH = 2048
 MIN_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 256
 
-CREATE_FIELDS = frozenset({"topic", "url", "secret"})
-UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev", "state"})
+#: A registration's delivery options: on an update, only those given change.
+OPTION_FIELDS = frozenset({"ordering", "max_per_second"})
+CREATE_FIELDS = frozenset({"topic", "url", "secret"}) | OPTION_FIELDS
+UPDATE_FIELDS = frozenset({"topic", "url", "secret", "rev", "state"}) | OPTION_FIELDS
+ORDERINGS = tuple(ordering.value for ordering in Ordering)
+#: The highest ``max_per_second`` a registration may have.
+MAX_PER_SECOND = 10_000
 TEST_FIELDS = frozenset({"topic", "registration_id"})
 PORTAL_LINK_FIELDS = frozenset({"expires_in"})
 #: How far in the future a recovery's window may end: clocks of machines differ a little.
@@ -54,6 +59,8 @@ class RegistrationInput:
     secret: str | None
     rev: str | None
     state: str | None = None
+    #: The delivery options given (``ordering``, ``max_per_second``), checked.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +93,32 @@ def parse_registration(
         raise ValidationError(
             "invalid_state", f"'state' must be one of: {', '.join(STATES)}.", field="state"
         )
-    return RegistrationInput(topic=topic, url=url, secret=secret, rev=rev, state=state)
+    return RegistrationInput(topic, url, secret, rev, state, parse_options(document))
+
+
+def parse_options(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The delivery options ``document`` gives, checked: ``ordering`` (one of
+    :data:`ORDERINGS`) and ``max_per_second`` (a whole number from 1 to
+    :data:`MAX_PER_SECOND`, or null for no limit of its own)."""
+    options: dict[str, Any] = {}
+    if "ordering" in document:
+        if document["ordering"] not in ORDERINGS:
+            raise ValidationError(
+                "invalid_ordering",
+                f"'ordering' must be one of: {', '.join(ORDERINGS)}.",
+                field="ordering",
+            )
+        options["ordering"] = document["ordering"]
+    if "max_per_second" in document:
+        value = document["max_per_second"]
+        if value is not None and (type(value) is not int or not 1 <= value <= MAX_PER_SECOND):
+            raise ValidationError(
+                "invalid_max_per_second",
+                f"'max_per_second' must be a whole number from 1 to {MAX_PER_SECOND}, or null.",
+                field="max_per_second",
+            )
+        options["max_per_second"] = value
+    return options
 
 
 @dataclass(frozen=True, slots=True)
