@@ -92,7 +92,11 @@ def test_upgrading_from_nothing_gives_exactly_the_tables_and_back(engine: Engine
     steps_run: list[tuple[str | None, str | None]] = []
     before, after = migrations.upgrade(engine, on_step=lambda a, b, _: steps_run.append((a, b)))
     assert (before.describe(), after.describe()) == ("no tables", f"{HEAD} (head)")
-    assert steps_run == [(None, "0001"), ("0001", "0002"), ("0002", "0003"), ("0003", "0004"),
+    assert steps_run == [
+        (None, "0001"),
+        ("0001", "0002"),
+        ("0002", "0003"),
+        ("0003", "0004"),
         ("0004", "0005"),
     ]
     assert differences(engine, metadata) == []
