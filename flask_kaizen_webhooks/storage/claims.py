@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import DeliveryInFlight, RegistrationDeleted, RegistrationDisabled
@@ -16,6 +16,7 @@ from .holders import Holder, this_process
 from .reads import get_delivery
 from .rows import (
     DELIVERIES,
+    REGISTRATIONS,
     TARGET_COLUMNS,
     Claimed,
     Target,
@@ -23,15 +24,45 @@ from .rows import (
     not_claimed,
     target_from_row,
 )
-from .tables import TEST_MODE, Delivery, DeliveryStatus, Registration, RegistrationState
+from .tables import (
+    TEST_MODE,
+    Delivery,
+    DeliveryStatus,
+    Ordering,
+    Registration,
+    RegistrationState,
+)
+
+
+def _behind_another() -> Any:
+    """Deliveries of FIFO registrations with an earlier one of theirs still pending (due,
+    claimed or waiting for a retry): they wait for it to succeed or fail for good."""
+    columns, earlier = DELIVERIES.c, DELIVERIES.alias("earlier").c
+    fifo = select(REGISTRATIONS.c.id).where(REGISTRATIONS.c.ordering == Ordering.FIFO)
+    ahead = (
+        select(earlier.id)
+        .where(
+            earlier.registration_id == columns.registration_id,
+            earlier.status == DeliveryStatus.PENDING,
+            or_(
+                earlier.created_at < columns.created_at,
+                and_(earlier.created_at == columns.created_at, earlier.id < columns.id),
+            ),
+        )
+        .exists()
+    )
+    return and_(columns.registration_id.in_(fifo), ahead)
 
 
 def _due_statement(*, skipping: bool) -> Any:
     """The ids of up to ``b_limit`` due deliveries, oldest due first, locked (skipping rows
-    other claimers hold), leaving those of registrations ``b_skip`` alone when ``skipping``."""
+    other claimers hold), leaving those of registrations ``b_skip`` alone when ``skipping``,
+    and those of FIFO registrations behind an earlier pending one."""
     columns = DELIVERIES.c
     due = select(columns.id).where(
-        columns.status == DeliveryStatus.PENDING, columns.next_attempt_at <= bindparam("b_now")
+        columns.status == DeliveryStatus.PENDING,
+        columns.next_attempt_at <= bindparam("b_now"),
+        not_(_behind_another()),
     )
     if skipping:
         due = due.where(columns.registration_id.not_in(bindparam("b_skip", expanding=True)))

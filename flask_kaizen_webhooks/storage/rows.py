@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import insert, or_
 
 from ..clock import as_utc
-from .tables import Attempt, Delivery, DeliveryStatus, Event, Registration, metadata
+from .tables import Attempt, Delivery, DeliveryStatus, Event, Ordering, Registration, metadata
 
 DELIVERIES = metadata.tables[Delivery.__tablename__]
 
@@ -61,6 +61,10 @@ class Target:
     #: During a rotation's overlap, the previous secret (sealed) and when it stops signing.
     previous_sealed_secret: str | None = None
     previous_secret_until: datetime | None = None
+    #: Its deliveries go one at a time, in creation order (``ordering`` ``"fifo"``).
+    ordered: bool = False
+    #: Its own ``max_per_second``, if it has one.
+    max_per_second: int | None = None
 
 
 TARGET_COLUMNS = (
@@ -71,6 +75,8 @@ TARGET_COLUMNS = (
     Registration.secret_version,
     Registration.previous_secret,
     Registration.previous_secret_until,
+    Registration.ordering,
+    Registration.max_per_second,
 )
 
 
@@ -82,11 +88,21 @@ def target_from_row(
     secret_version: int,
     previous_sealed_secret: str | None,
     previous_secret_until: datetime | None,
+    ordering: str = Ordering.NONE,
+    max_per_second: int | None = None,
 ) -> Target:
     """A :class:`Target` from a row of :data:`TARGET_COLUMNS`."""
     until = None if previous_secret_until is None else as_utc(previous_secret_until)
     return Target(
-        registration_id, owner, url, sealed_secret, secret_version, previous_sealed_secret, until
+        registration_id,
+        owner,
+        url,
+        sealed_secret,
+        secret_version,
+        previous_sealed_secret,
+        until,
+        ordering == Ordering.FIFO,
+        max_per_second,
     )
 
 

@@ -1,0 +1,107 @@
+"""FIFO registrations: their deliveries are attempted one at a time, in the order they were
+made, and a delivery being retried holds the ones behind it; in one process, and with two
+``flask webhooks worker`` processes on the PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jose.jws
+import pytest
+from sqlalchemy import select
+
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.storage.tables import Delivery
+from tests.conftest import ADMIN, DELIVERY_CONFIG, Host
+from tests.processes import HostProcess
+from tests.receivers import Receiver, Reply, wait_until
+from tests.test_shared_caps import thread_worker  # noqa: F401 (fixture)
+
+PREFIX = "/v2/webhooks"
+#: Deliveries for the FIFO registration; the third fails twice before it succeeds.
+COUNT, FLAKY = 20, 2
+
+
+def register(host: Host, url: str, **options: Any) -> str:
+    response = host.app.test_client().post(
+        f"{PREFIX}/registrations",
+        json={
+            "topic": "profile_updated",
+            "url": url,
+            "secret": "signature_secret_0123",
+            **options,
+        },
+        headers=ADMIN,
+    )
+    assert response.status_code == 201, response.get_json()
+    return str(response.get_json()["id"])
+
+
+def number_of(body: bytes) -> int:
+    return int(json.loads(jose.jws.get_unverified_claims(body.decode()))["n"])
+
+
+def failing_twice(number: int) -> Callable[[Any, int], Reply]:
+    """A responder that answers 503 to the first two attempts of delivery ``number`` on each
+    path, after a short wait so that attempts would overlap if they could."""
+    failures: dict[str, int] = {}
+
+    def respond(request: Any, _count: int) -> Reply:
+        if number_of(request.body) == number and failures.get(request.path, 0) < 2:
+            failures[request.path] = failures.get(request.path, 0) + 1
+            return Reply(status=503, delay=0.01)
+        return Reply(delay=0.01)
+
+    return respond
+
+
+def statuses(host: Host) -> list[str]:
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        return list(session.scalars(select(Delivery.status)))
+
+
+def check_in_order(server: Receiver, path: str) -> None:
+    """Every request to ``path`` came one at a time, in order, the flaky one three times."""
+    numbers = [number_of(r.body) for r in server.received if r.path == path]
+    assert numbers == [*range(FLAKY), FLAKY, FLAKY, *range(FLAKY, COUNT)], numbers
+    assert server.peak_by_path[path] == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_fifo_registration_gets_every_delivery_in_order_through_a_retry(
+    make_host: Any, backend: str, receiver: Any
+) -> None:
+    host = make_host(backend, **DELIVERY_CONFIG)
+    server = receiver(failing_twice(FLAKY))
+    register(host, server.url("/fifo"), ordering="fifo")
+    register(host, server.url("/any"))
+    with host.app.app_context():
+        for n in range(COUNT):
+            host.webhooks.trigger("profile_updated", {"n": n})
+    wait_until(lambda: statuses(host).count("succeeded") == 2 * COUNT, timeout=30)
+    check_in_order(server, "/fifo")
+    # Unordered, the same deliveries overlap (two at a time, the registration's cap), and the
+    # retried one does not hold the others back.
+    unordered = [number_of(r.body) for r in server.received if r.path == "/any"]
+    assert server.peak_by_path["/any"] == 2
+    assert unordered != sorted(unordered)
+
+
+def test_two_worker_processes_keep_a_fifo_registration_in_order(
+    make_host: Any,
+    receiver: Any,
+    thread_worker: Callable[[str], HostProcess],  # noqa: F811
+) -> None:
+    host = make_host("postgres", KAIZEN_WEBHOOKS_EXECUTOR="none", **DELIVERY_CONFIG)
+    server = receiver(failing_twice(FLAKY))
+    register(host, server.url("/fifo"), ordering="fifo")
+    database = host.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"]
+    for _ in range(2):
+        thread_worker(database)
+    with host.app.app_context():
+        for n in range(COUNT):
+            host.webhooks.trigger("profile_updated", {"n": n})
+    wait_until(lambda: statuses(host).count("succeeded") == COUNT, timeout=30)
+    check_in_order(server, "/fifo")
