@@ -13,6 +13,7 @@ from flask import Flask
 
 from flask_kaizen_webhooks import KaizenWebhooks
 from tests.conftest import DELIVERY_CONFIG
+from tests.processes import note_deliveries
 
 
 def create_app() -> Flask:
@@ -26,4 +27,5 @@ def create_app() -> Flask:
     )
     app.config.update(json.loads(os.environ.get("KWT_CONFIG", "{}")))
     KaizenWebhooks(app)
+    note_deliveries(app)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
+import math
 import os
 import queue
 import threading
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta
 
 from flask import Flask
 
-from ..storage import claims, outbox, slots
+from ..storage import claims, outbox
 from ..storage.holders import new_token
 from ..storage.rows import AttemptRecord, Claimed
 from .attempt import abandon, conclude, record
@@ -28,6 +29,7 @@ from .context import DeliveryContext
 from .destinations import destination_of
 from .inflight import InFlight
 from .outage import Outage, unreachable
+from .pacer import Pacer
 from .recorder import Recorder
 from .requests import Request, request_of
 from .returns import Returns
@@ -87,6 +89,9 @@ class ThreadExecutor:
             "due deliveries wait in the outbox, and the results of attempts in memory",
         )
         self._returns = Returns(self._app, self._context, self._shares, self.database_outage)
+        self._pacer: Pacer[Claimed] = Pacer(
+            self._app, self._context, self._paced, self.database_outage
+        )
         self._recorder: Recorder[AttemptRecord] = Recorder(
             self._record,
             name="kaizen-webhooks-recorder",
@@ -176,6 +181,8 @@ class ThreadExecutor:
             except queue.Empty:
                 break
             left += self._release_all([item], host)
+        for item, host in self._pacer.take_all():
+            left += self._release_all([item], host)
         left += self._unsent + self._returns.take_waiting() + self._in_flight.unpark_all()
         self._unsent = []
         self._returns.give_back(left, due=self._context.clock.now(), shares=True)
@@ -185,10 +192,19 @@ class ThreadExecutor:
 
     # Attempts --------------------------------------------------------------------------------
 
-    def _begin(self, items: list[Claimed], host: str, *, renewed: bool = False) -> None:
+    def _begin(
+        self,
+        items: list[Claimed],
+        host: str,
+        *,
+        renewed: bool = False,
+        start_by: float | None = None,
+    ) -> None:
         """Start the attempts of ``items``, whose slots are held (and, when one ends at once, of
         the parked work its slot goes to); a lease is renewed first if it is running out,
-        unless it was just ``renewed`` (then ``items`` is that one delivery)."""
+        unless it was just ``renewed``. The attempts of rate-limited registrations wait for
+        their start times in the pacer, unless ``items`` is one delivery whose time came: it
+        must ``start_by`` then (``time.monotonic()``)."""
         context = self._context
         sender = self._sender
         waiting = list(items)
@@ -197,6 +213,11 @@ class ThreadExecutor:
             if self._stopping.is_set() or sender is None:
                 self._unsent += self._release_all([item, *waiting], host)
                 return
+            per_second = self._per_second(item)
+            if per_second is not None and start_by is None:
+                self._pacer.put(item.registration_id, per_second, item, host)
+                continue
+            paced_by, start_by = start_by or math.inf, None
             started = context.clock.now()
             spare = self._spare_lease(item, started)
             if spare < LEASE_MARGIN and not renewed:
@@ -214,11 +235,22 @@ class ThreadExecutor:
                     (item, host, started),
                     self._finished,
                     late=self._late,
-                    start_by=time.monotonic() + spare,  # later, it goes to _late
+                    # later, it goes to _late
+                    start_by=min(time.monotonic() + spare, paced_by),
                 )
                 sender.send(job)
                 continue
             waiting += self._conclude(item, host, started, request)
+
+    def _paced(self, item: Claimed, host: str, start_by: float) -> None:
+        """The start time of a rate-limited registration's attempt came (on the pacer's
+        thread)."""
+        self._begin([item], host, start_by=start_by)
+
+    def _per_second(self, item: Claimed) -> int | None:
+        """The most attempts a second for ``item``'s registration, if it is rate-limited."""
+        own = None if item.target is None else item.target.max_per_second
+        return own or self._context.settings.default_max_per_second
 
     def _finished(self, context: Context, result: SendResult) -> None:
         """An attempt came to ``result`` (on the sender's thread): record it, start what its
@@ -310,7 +342,7 @@ class ThreadExecutor:
         settings = self._context.settings
         look_for_dead_claims = 0.0  # time.monotonic() of the next look
         while not stopping.is_set():
-            if time.monotonic() >= look_for_dead_claims and self._release_dead_claims():
+            if time.monotonic() >= look_for_dead_claims and self._returns.release_dead_claims():
                 look_for_dead_claims = time.monotonic() + DEAD_CLAIMS_EVERY
             try:
                 with self._app.app_context():
@@ -340,26 +372,6 @@ class ThreadExecutor:
                 interval = min(interval, SETTLING_POLL)
             wake.wait(interval)
             wake.clear()
-
-    def _release_dead_claims(self) -> bool:
-        """Give back the claims of processes of this machine that died (a host restarting
-        after a crash, a sibling worker killed), so that their work goes out now rather than
-        when their leases end; False if the database could not be asked (tried again at the
-        next poll)."""
-        context = self._context
-        try:
-            with self._app.app_context(), context.database.writing() as session:
-                released = claims.release_dead_claims(session, now=context.clock.now())
-                slots.give_back_dead(session)
-        except Exception as exc:
-            self.database_outage.failed(exc, "Giving back the claims of processes that died")
-            return False
-        if released:
-            logger.warning(
-                "Gave back %d deliveries claimed by processes of this machine that died",
-                released,
-            )
-        return True
 
     def _renew_waiting(self, stopping: threading.Event) -> None:
         while not stopping.is_set():

@@ -1,5 +1,6 @@
 """Giving claimed work back to the outbox unattempted: work that does not fit in memory, work
-whose caps other processes hold, what is left when the engine stops. What the database cannot
+whose caps other processes hold, what is left when the engine stops, and the claims of
+processes of this machine that died. What the database cannot
 take back while it is unreachable is given back again at the next polls, rather than waiting
 for its leases to end."""
 
@@ -11,7 +12,7 @@ from datetime import datetime
 
 from flask import Flask
 
-from ..storage import claims
+from ..storage import claims, slots
 from ..storage.rows import Claimed
 from .context import DeliveryContext
 from .outage import Outage, unreachable
@@ -81,3 +82,23 @@ class Returns:
         with self._lock:
             waiting, self._waiting = self._waiting, []
         return [item for item, _due in waiting]
+
+    def release_dead_claims(self) -> bool:
+        """Give back the claims of processes of this machine that died (a host restarting
+        after a crash, a sibling worker killed), so that their work goes out now rather than
+        when their leases end; False if the database could not be asked (tried again at the
+        next poll)."""
+        context = self._context
+        try:
+            with self._app.app_context(), context.database.writing() as session:
+                released = claims.release_dead_claims(session, now=context.clock.now())
+                slots.give_back_dead(session)
+        except Exception as exc:
+            self._outage.failed(exc, "Giving back the claims of processes that died")
+            return False
+        if released:
+            logger.warning(
+                "Gave back %d deliveries claimed by processes of this machine that died",
+                released,
+            )
+        return True
