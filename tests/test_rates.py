@@ -5,6 +5,7 @@ PostgreSQL server; deliveries beyond it wait and are never failed for it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,6 @@ def test_start_times_are_reserved_evenly_and_never_twice(make_host: Any, backend
         )
     times = first + second
     assert first[0] == now and len(first) == 5
-    gaps = {round((b - a).total_seconds(), 6) for a, b in zip(times, times[1:], strict=False)}
+    gaps = {round((b - a).total_seconds(), 6) for a, b in pairwise(times)}
     assert gaps == {0.11}
     assert times[-1] <= horizon and beyond == []  # nothing past the horizon, nothing twice
