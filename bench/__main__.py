@@ -29,6 +29,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import func, insert, select
 
+from bench.backlog import backlog_figures
 from flask_kaizen_webhooks import KaizenWebhooks, get_state, signals
 from flask_kaizen_webhooks.signing import encode_payload, sign
 from flask_kaizen_webhooks.storage import registrations
@@ -519,6 +520,8 @@ def main() -> None:
         figures["enqueue_us_p50"], figures["enqueue_us_p99"] = p50, p99
         figures["sync_fanout_ratio"] = sync_fanout(url)
         figures["sync_overhead_ms_p50"] = sync_overhead(url, 100 if args.quick else 500)
+        backlog_uri = POSTGRES if with_postgres else f"sqlite:///{tempfile.mkdtemp()}/backlog.db"
+        figures.update(backlog_figures(url, backlog_uri, 1000 if args.quick else 5000))
     figures["pending_100k_rss_mb"] = pending_rss(10_000 if args.quick else 100_000)
     sqlite_uri = f"sqlite:///{tempfile.mkdtemp()}/portal.db"
     few, many = (
@@ -567,6 +570,7 @@ def main() -> None:
         "celery_2_workers_to_1": (">=", 1.3),
         "celery_2_workers_to_1_20ms_receiver": (">=", 1.3),
         "portal_page_10k_to_100": ("<=", 1.5),
+        "backlog_drain_to_fixed_cap_2": (">=", 3),
     }
     print(f"{'figure':<34}{'value':>12}  target")
     for key, value in figures.items():

@@ -317,7 +317,7 @@ class Settings:
         None, _optional_bool, "Start the engine with init_app, on first use, or (None) when served."
     )
     celery_sweep_interval: float = setting(60.0, _positive_number, "Seconds between Celery sweeps.")
-    workers: int = setting(8, _positive_int, "Asynchronous attempts one process makes at once.")
+    workers: int = setting(32, _positive_int, "Asynchronous attempts one process makes at once.")
     sync_workers: int = setting(32, _positive_int, "Sync webhooks one process sends at once.")
     poll_interval: float = setting(1.0, _positive_number, "Seconds between polls for due work.")
     retry_schedule: tuple[float, ...] = setting(
@@ -341,10 +341,10 @@ class Settings:
         (), _secret_keys, "Fernet keys for secrets at rest, newest first; none: from SECRET_KEY."
     )
     max_in_flight_per_registration: int = setting(
-        2, _positive_int, "Attempts under way at once to one registration, in all processes."
+        16, _positive_int, "Attempts under way at once to one registration, in all processes."
     )
     max_in_flight_per_host: int = setting(
-        4, _positive_int, "Attempts at once to one host, in all processes."
+        16, _positive_int, "Attempts at once to one host, in all processes."
     )
     default_max_per_second: int | None = setting(
         None, _optional_positive_int, "Attempts a second per registration without its own limit."

@@ -80,6 +80,7 @@ class ThreadExecutor:
             park_per_host=self._ahead,
             park_total=settings.max_queue,
             granted=True,
+            adaptive=settings.adaptive_concurrency,
         )
         #: This run's shares of the caps held across processes.
         self._shares = Shares(settings, self._client.addresses)
@@ -256,7 +257,7 @@ class ThreadExecutor:
         """An attempt came to ``result`` (on the sender's thread): record it, start what its
         slot goes to, and wake the poller when the work in memory runs low."""
         item, host, started = context
-        self._in_flight.timing_out(item.registration_id, result.timed_out)
+        self._in_flight.answered(item.registration_id, result)
         self._begin(self._conclude(item, host, started, result), host)
         sender = self._sender
         if (

@@ -26,6 +26,9 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .adaptive import Concurrency, verdict_of
+from .transfer import SendResult
+
 T = TypeVar("T")
 
 
@@ -64,8 +67,11 @@ class InFlight(Generic[T]):
         park_total: int = 0,
         park_per_registration: int | None = None,
         granted: bool = False,
+        adaptive: bool = False,
     ) -> None:
         self.per_registration = per_registration
+        #: Each registration's limit within ``per_registration`` (see :mod:`.adaptive`).
+        self.concurrency = Concurrency(per_registration, adaptive=adaptive)
         self.per_host = per_host
         #: With ``granted``, a registration or host may only use the slots granted to it (see
         #: :meth:`grant`): its share of a cap held across processes.
@@ -130,6 +136,12 @@ class InFlight(Generic[T]):
             if parked_here + 1 >= self.park_per_registration:
                 self._saturated_registrations.add(registration_id)
             return None
+
+    def answered(self, registration_id: str, result: SendResult) -> None:
+        """Note how ``registration_id``'s receiver answered an attempt: whether it timed out,
+        and what that does to its adapted limit."""
+        self.timing_out(registration_id, result.timed_out)
+        self.concurrency.observe(registration_id, verdict_of(result), result.elapsed)
 
     def timing_out(self, registration_id: str, timed_out: bool) -> None:
         """Note whether ``registration_id``'s last attempt timed out: while its attempts time
@@ -270,8 +282,15 @@ class InFlight(Generic[T]):
         parked items count only as far as their registrations' caps let them start: work held
         back by its registration does not keep slots of the host from work elsewhere."""
         with self._lock:
+            # Parked work counts as far as the registration's adapted limit lets it start.
             registrations = {
-                key: (self._registrations[key], self._parked_by_registration[key])
+                key: (
+                    self._registrations[key],
+                    min(
+                        self._parked_by_registration[key],
+                        max(0, self.concurrency.limit(key) - self._registrations[key]),
+                    ),
+                )
                 for key in self._registrations.keys() | self._parked_by_registration.keys()
             }
             startable: Counter[str] = Counter()
@@ -374,7 +393,7 @@ class InFlight(Generic[T]):
     def _room(self, registration_id: str) -> int:
         """How many more attempts ``registration_id``'s own cap lets start: its granted share
         of it with ``granted``, one at a time while its attempts time out."""
-        limit = self.per_registration
+        limit = self.concurrency.limit(registration_id)
         if self.granted:
             limit = min(limit, self._registration_grants.get(registration_id, 0))
         if self._times_out(registration_id):
