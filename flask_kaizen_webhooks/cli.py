@@ -14,6 +14,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .cli_db import db_cli
+from .cli_registrations import disable, enable, options
 from .clock import as_utc, isoformat
 from .config import MAX_LINK_SECONDS
 from .delivery.engine import ThreadExecutor
@@ -30,7 +31,8 @@ DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 webhooks_cli = AppGroup("webhooks", help="Manage flask-kaizen-webhooks.")
-webhooks_cli.add_command(db_cli)
+for command in (db_cli, enable, disable, options):
+    webhooks_cli.add_command(command)
 
 
 @webhooks_cli.command("init-db")
@@ -323,37 +325,6 @@ def recover(registration_id: str, since: str, until: str | None, everything: boo
     except ApiError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(f"Queued {counted(queued, 'delivery', 'deliveries')} again.")
-
-
-def _set_state(registration_id: str, new_state: str) -> None:
-    state = get_state()
-    with state.database.writing() as session:
-        try:
-            registration = registrations.set_registration_state(
-                session,
-                registration_id,
-                state=new_state,
-                now=state.clock.now(),
-                reason="disabled by an operator",
-            )
-        except NotFound:
-            raise click.ClickException(f"No registration with id {registration_id}.") from None
-        rev = registration.rev
-    click.echo(f"Registration {registration_id} is {new_state} (rev {rev}).")
-
-
-@webhooks_cli.command("enable")
-@click.argument("registration_id")
-def enable(registration_id: str) -> None:
-    """Enable a registration again (its failure count starts afresh)."""
-    _set_state(registration_id, RegistrationState.ACTIVE)
-
-
-@webhooks_cli.command("disable")
-@click.argument("registration_id")
-def disable(registration_id: str) -> None:
-    """Stop delivering to a registration."""
-    _set_state(registration_id, RegistrationState.DISABLED)
 
 
 @webhooks_cli.command("test")

@@ -16,7 +16,7 @@ from flask_kaizen_webhooks import WebhooksError
 PACKAGE = Path(flask_kaizen_webhooks.__file__).parent
 #: Each layer may import from the layers after it, never from those before it.
 LAYERS = [
-    {"extension", "cli", "cli_db", "models"},
+    {"extension", "cli", "cli_db", "cli_registrations", "models"},
     {"web", "portal"},
     {"state", "recording"},
     {"delivery"},

@@ -153,10 +153,35 @@ def test_enable_disable_and_test(host: Any, receiver: Any) -> None:
     assert len(server.received) == 1
 
 
+def test_options_shows_and_changes_ordering_and_rate(host: Any) -> None:
+    registration = register(host, "http://127.0.0.1:9/a")
+    shown = run(host, "options", registration["id"])
+    assert shown.exit_code == 0
+    assert "ordering none, max_per_second none." in shown.output
+    changed = run(
+        host, "options", registration["id"], "--ordering", "fifo", "--max-per-second", "20"
+    )
+    assert changed.exit_code == 0 and "ordering fifo, max_per_second 20." in changed.output
+    url = f"/v2/webhooks/registrations/{registration['id']}"
+    fetched = host.app.test_client().get(url, headers=ADMIN).get_json()
+    assert (fetched["ordering"], fetched["max_per_second"]) == ("fifo", 20)
+    assert fetched["rev"].startswith("2-")  # a new revision
+    cleared = run(host, "options", registration["id"], "--max-per-second", "none")
+    assert "ordering fifo, max_per_second none." in cleared.output
+    for bad, message in (
+        (["--max-per-second", "fast"], "a whole number, or none"),
+        (["--max-per-second", "0"], "'max_per_second' must be a whole number from 1"),
+        (["--ordering", "lifo"], "'lifo' is not one of 'none', 'fifo'"),
+    ):
+        refused = run(host, "options", registration["id"], *bad)
+        assert refused.exit_code != 0 and message in refused.output, refused.output
+
+
 def test_clear_errors(host: Any) -> None:
     for args, message in (
         (["enable", "nope"], "No registration with id nope"),
         (["disable", "nope"], "No registration with id nope"),
+        (["options", "nope"], "No registration with id nope"),
         (["redeliver", "nope"], "No delivery with id nope"),
         (["redeliver"], "Give either a DELIVERY_ID or --failed"),
         (["test", "profile_uploaded"], "Unknown topic 'profile_uploaded'"),

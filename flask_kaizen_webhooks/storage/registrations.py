@@ -248,6 +248,22 @@ def set_registration_state(
     return registration
 
 
+def set_options(
+    session: Session, registration_id: str, options: Mapping[str, Any], *, now: datetime
+) -> Registration:
+    """Change any registration's delivery ``options`` (an operator's decision), as a new
+    revision; :class:`NotFound` if none."""
+    registration = session.get(Registration, registration_id, with_for_update=True)
+    if registration is None:
+        raise NotFound()
+    if any(getattr(registration, name) != value for name, value in options.items()):
+        revision = next_revision(
+            registration, topic=registration.topic, url=registration.url, state=registration.state
+        )
+        _apply(registration, {**options, **revision, "updated_at": now})
+    return registration
+
+
 def _state_change(state: str, *, reason: str) -> dict[str, Any]:
     """The values that enable a registration (its record of failures cleared) or disable it
     for ``reason``."""
