@@ -261,6 +261,9 @@ DELIVERY_CONFIG: dict[str, Any] = {
     "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [0.05, 0.05],
     "KAIZEN_WEBHOOKS_RETRY_JITTER": 0.0,
     "KAIZEN_WEBHOOKS_WORKERS": 4,
+    # The caps the delivery tests count against (the defaults are higher).
+    "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_REGISTRATION": 2,
+    "KAIZEN_WEBHOOKS_MAX_IN_FLIGHT_PER_HOST": 4,
 }
 
 

@@ -69,7 +69,9 @@ def test_clean_shutdown_stops_taking_work_and_loses_none(
 ) -> None:
     gate = threading.Event()
     server = receiver(lambda request, n: Reply(wait=gate))
-    host = make_host(backend, **{**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_WORKERS": 2})
+    # At the registration's cap from the first attempt (not adapting up to it).
+    config = {"KAIZEN_WEBHOOKS_WORKERS": 2, "KAIZEN_WEBHOOKS_ADAPTIVE_CONCURRENCY": False}
+    host = make_host(backend, **{**DELIVERY_CONFIG, **config})
     register(host, server.url())
     ids = enqueue(host, 20)
     host.webhooks.start(host.app)

@@ -5,6 +5,7 @@ made, and a delivery being retried holds the ones behind it; in one process, and
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,12 @@ from flask_kaizen_webhooks.storage.tables import Delivery
 from tests.conftest import ADMIN, DELIVERY_CONFIG, Host
 from tests.processes import HostProcess
 from tests.receivers import Receiver, Reply, wait_until
-from tests.test_shared_caps import thread_worker  # noqa: F401 (fixture)
+from tests.test_celery import celery_env, web  # noqa: F401 (fixtures)
+from tests.test_shared_caps import (  # noqa: F401 (fixtures)
+    celery_worker,
+    start_engines,
+    thread_worker,
+)
 
 PREFIX = "/v2/webhooks"
 #: Deliveries for the FIFO registration; the third fails twice before it succeeds.
@@ -105,3 +111,38 @@ def test_two_worker_processes_keep_a_fifo_registration_in_order(
             host.webhooks.trigger("profile_updated", {"n": n})
     wait_until(lambda: statuses(host).count("succeeded") == COUNT, timeout=30)
     check_in_order(server, "/fifo")
+
+
+def test_two_celery_workers_keep_a_fifo_registration_in_order_and_to_its_rate(
+    web: Host,  # noqa: F811
+    celery_worker: Any,  # noqa: F811
+    receiver: Any,
+) -> None:
+    """On Celery: two worker processes, a FIFO registration through a retry, and a
+    rate-limited one kept to 10 a second (see :mod:`tests.test_rates`)."""
+    from tests.test_rates import most_in_one_second
+
+    server = receiver(failing_twice(FLAKY))
+    register(web, server.url("/fifo"), ordering="fifo")
+    register(web, server.url("/paced"), max_per_second=10)
+    start_engines(web, [celery_worker(), celery_worker()])
+    with web.app.app_context():
+        for n in range(COUNT):
+            web.webhooks.trigger("profile_updated", {"n": n})
+    wait_until(lambda: statuses(web).count("succeeded") == 2 * COUNT, timeout=60)
+    check_in_order(server, "/fifo")
+    assert most_in_one_second(server, "/paced") <= 10
+
+
+def test_the_portal_shows_a_registrations_ordering_and_rate(make_host: Any) -> None:
+    from tests.test_portal_forms import open_portal
+
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    ordered = register(host, "http://127.0.0.1:9/a", ordering="fifo", max_per_second=20)
+    plain = register(host, "http://127.0.0.1:9/b")
+    browser = open_portal(host)
+    page = browser.get(f"{PREFIX}/portal/endpoints/{ordered}").get_data(as_text=True)
+    assert "one at a time, in the order made" in page and "20 a second" in page
+    page = browser.get(f"{PREFIX}/portal/endpoints/{plain}").get_data(as_text=True)
+    assert "any order, several at once" in page
+    assert re.search(r"<dt>Rate limit</dt><dd>none</dd>", page)

@@ -282,15 +282,8 @@ class InFlight(Generic[T]):
         parked items count only as far as their registrations' caps let them start: work held
         back by its registration does not keep slots of the host from work elsewhere."""
         with self._lock:
-            # Parked work counts as far as the registration's adapted limit lets it start.
             registrations = {
-                key: (
-                    self._registrations[key],
-                    min(
-                        self._parked_by_registration[key],
-                        max(0, self.concurrency.limit(key) - self._registrations[key]),
-                    ),
-                )
+                key: (self._registrations[key], self._parked_to_start(key))
                 for key in self._registrations.keys() | self._parked_by_registration.keys()
             }
             startable: Counter[str] = Counter()
@@ -309,6 +302,14 @@ class InFlight(Generic[T]):
                 dict(self._registration_grants),
                 dict(self._host_grants),
             )
+
+    def _parked_to_start(self, registration_id: str) -> int:
+        """The registration's parked work; adapting, as far as its limit lets it start."""
+        parked = self._parked_by_registration[registration_id]
+        if not self.concurrency.adaptive:
+            return parked
+        limit = self.concurrency.limit(registration_id)
+        return min(parked, max(0, limit - self._registrations[registration_id]))
 
     def busy(self) -> bool:
         """True while any attempt is under way (read without the lock: a hint)."""
