@@ -4,6 +4,7 @@ registrations, fanned out into deliveries after the commit."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -140,6 +141,25 @@ def test_time_ordered_ids_are_uuid7_unique_and_ordered_by_time() -> None:
         assert str(parsed) == text_id
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert max(first) < min(later)  # a later millisecond sorts after
+
+
+def test_time_ordered_ids_follow_the_order_they_were_made_in_one_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: 1_796_000_000_000_000_000)
+    made = [outbox.time_ordered_ids(n % 3 + 1) for n in range(300)]
+    ids = [one for batch in made for one in batch]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert {uuid.UUID(one).version for one in ids} == {7}
+    # A forked child does not count on from its parent's last id.
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(writer, outbox.time_ordered_ids(1)[0].encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    from_child = os.read(reader, 64).decode()
+    assert from_child != outbox.time_ordered_ids(1)[0]
 
 
 #: A trigger refusing every new delivery, for each database server; then what drops it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -217,15 +218,38 @@ def _insert_deliveries(
 
 
 def time_ordered_ids(count: int) -> list[str]:
-    """``count`` new UUIDs (version 7, RFC 9562: a millisecond timestamp, then 74 random
-    bits), so that new rows land together at the end of the primary key's index rather than
-    all over it."""
-    stamp = f"{time.time_ns() // 1_000_000:012x}"
-    head = f"{stamp[:8]}-{stamp[8:]}-7"
-    noise = os.urandom(10 * count).hex()
+    """``count`` new UUIDs (version 7, RFC 9562: a millisecond timestamp, then 74 bits), so
+    that new rows land together at the end of the primary key's index rather than all over
+    it. Within a process each id sorts after the one made before it, in the same millisecond
+    too (the 74 bits start at random each millisecond and count up, RFC 9562's method 2):
+    the order in which a process made events and deliveries is the order of their ids."""
+    with _ID_LOCK:
+        millisecond = time.time_ns() // 1_000_000
+        if millisecond > _last_id[0]:
+            first = int.from_bytes(os.urandom(10)) >> 7  # 73 random bits: room to count up
+        else:  # the same millisecond (or the clock stepped back): count on from the last
+            millisecond, first = _last_id[0], _last_id[1] + 1
+        _last_id[:] = [millisecond, first + count - 1]
+    head = (millisecond << 80) | (7 << 76)
     ids = []
-    for start in range(0, 20 * count, 20):
-        bits = noise[start : start + 20]
-        variant = "89ab"[int(bits[3], 16) & 3]
-        ids.append(f"{head}{bits[:3]}-{variant}{bits[4:7]}-{bits[7:19]}")
+    for sequence in range(first, first + count):
+        value = f"{head | ((sequence >> 62) << 64) | (2 << 62) | (sequence & _LOW_62):032x}"
+        ids.append(f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}")
     return ids
+
+
+_ID_LOCK = threading.Lock()
+#: The millisecond and the 74-bit sequence of the last id made in this process.
+_last_id = [0, 0]
+_LOW_62 = (1 << 62) - 1
+
+
+def _forget_last_id() -> None:
+    """A forked child starts afresh: counting on from its parent's last id would make the
+    same ids as the parent."""
+    global _ID_LOCK
+    _ID_LOCK = threading.Lock()
+    _last_id[:] = [0, 0]
+
+
+os.register_at_fork(after_in_child=_forget_last_id)
