@@ -214,7 +214,11 @@ class KaizenWebhooks:
             return state.send_now(app, topic, document, targets)
         except Exception as exc:  # a defect: the host's request goes on all the same
             logger.exception("Sending the %s webhooks failed unexpectedly", topic)
-            return [DeliveryResult.failed(target, f"internal error: {exc!r}") for target in targets]
+            return [
+                DeliveryResult.failed(target, f"internal error: {exc!r}")
+                for target in targets
+                if target.url is not None  # a pull-only one is never waited for
+            ]
 
     @contextmanager
     def recording(self, app: Flask | None = None) -> Iterator[list[SentWebhook]]:
