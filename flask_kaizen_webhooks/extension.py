@@ -231,7 +231,7 @@ class KaizenWebhooks:
         Inside the block every webhook of ``app`` (default: the current app), fired by a signal
         or by :meth:`trigger`, is recorded as a
         :class:`~flask_kaizen_webhooks.recording.SentWebhook` (its topic, registration, owner,
-        URL and payload), one per active registration, and nothing
+        URL, None for a pull-only one, and payload), one per active registration, and nothing
         goes over the network or into the outbox. A synchronous topic's call gets a successful
         result per registration with no answer; an asynchronous one the ids its deliveries
         would have.

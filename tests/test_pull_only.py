@@ -220,6 +220,10 @@ def test_stored_deliveries_are_purged_after_the_retention(host: Any) -> None:
         [delivery_id] = host.webhooks.trigger("profile_updated", {"n": 1})
     state = get_state(host.app)
     runner = host.app.test_cli_runner()
+    stats = runner.invoke(args=["webhooks", "stats"]).output
+    assert re.search(r"^TOPIC\s+PENDING\s+SUCCEEDED\s+FAILED\s+STORED$", stats, re.MULTILINE)
+    assert re.search(r"^profile_updated\s+0\s+0\s+0\s+1$", stats, re.MULTILINE), stats
+    assert "stored" in runner.invoke(args=["webhooks", "deliveries", "--status", "stored"]).output
     running_clock = state.clock
     try:
         state.clock = FrozenClock(time.time() + 29 * 86400)
