@@ -119,7 +119,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 @click.option("--owner", help="Only this owner's registrations.")
 @click.option("--state", type=click.Choice([state.value for state in RegistrationState]))
 def list_registrations(topic: str | None, owner: str | None, state: str | None) -> None:
-    """List registrations of every owner (never their secrets)."""
+    """List registrations of every owner (never their secrets); a pull-only one's URL is
+    "pull-only (feed)"."""
     with get_state().database.independent_session() as session:
         rows = admin.find_registrations(session, topic=topic, owner=owner, state=state)
         retrying = admin.retrying_counts(session, topic=topic, owner=owner, state=state)
@@ -131,7 +132,7 @@ def list_registrations(topic: str | None, owner: str | None, state: str | None) 
                 r.owner,
                 r.topic,
                 r.state,
-                r.url,
+                r.url or "pull-only (feed)",
                 retrying.get(r.id, 0),
                 r.consecutive_failures,
                 isoformat(r.created_at),
@@ -203,11 +204,14 @@ def claim_of(delivery: Delivery, now: datetime) -> str:
 
 @webhooks_cli.command("stats")
 def stats() -> None:
-    """Deliveries per topic and status (tests apart), and the age of the oldest pending one."""
+    """Deliveries per topic and status (tests apart; stored: of pull-only registrations, if
+    any), and the age of the oldest pending one."""
     state = get_state()
     with state.database.independent_session() as session:
         found = admin.delivery_stats(session, now=state.clock.now())
     statuses = [DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]
+    if any(status == DeliveryStatus.STORED for _, status in found.counts):
+        statuses.append(DeliveryStatus.STORED)
     topics = sorted({topic for topic, _ in found.counts})
     print_table(
         ["TOPIC", *[s.upper() for s in statuses]],
@@ -247,8 +251,8 @@ def redeliver(
 ) -> None:
     """Send one delivery again, or (--failed) all failed ones of a registration or time range.
 
-    Deliveries whose registration was deleted or is disabled are left alone, and so is one
-    with an attempt under way; the command says how many and why.
+    Deliveries whose registration was deleted, is disabled or is pull-only are left alone, and
+    so is one with an attempt under way; the command says how many and why.
     """
     if bool(delivery_id) == failed:
         raise click.UsageError("Give either a DELIVERY_ID or --failed (with filters).")
@@ -283,6 +287,11 @@ def redeliver(
             requeued.registration_disabled,
             "its registration is disabled; enable it first",
             "their registration is disabled; enable it first",
+        ),
+        (
+            requeued.pull_only,
+            "its registration is pull-only, never pushed to",
+            "their registration is pull-only, never pushed to",
         ),
     ):
         if left:
@@ -331,7 +340,8 @@ def recover(registration_id: str, since: str, until: str | None, everything: boo
 @click.argument("topic")
 @click.option("--registration", "registration_id", help="Only this registration.")
 def send_test(topic: str, registration_id: str | None) -> None:
-    """Send TOPIC's sample payload to its registrations now and show the answers."""
+    """Send TOPIC's sample payload to its registrations now and show the answers (a pull-only
+    registration's is stored for its feed)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
     found = state.topics.get(topic)
@@ -348,7 +358,7 @@ def send_test(topic: str, registration_id: str | None) -> None:
         [
             (
                 r.registration_id,
-                "yes" if r.ok else "no",
+                "stored" if r.stored else "yes" if r.ok else "no",
                 r.status_code,
                 f"{r.elapsed * 1000:.0f}",
                 r.error,

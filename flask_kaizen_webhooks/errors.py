@@ -196,6 +196,19 @@ class RegistrationDisabled(ApiError):
         )
 
 
+class PullOnlyRegistration(ApiError):
+    """Nothing of a pull-only registration is sent, so nothing is sent again (409)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "pull_only",
+            "The registration is pull-only: its deliveries are kept in its feed and never sent, "
+            "so none is sent again. Read them with GET /registrations/<id>/feed, or give it a "
+            "URL (PUT it with a 'url') to have new events pushed.",
+        )
+
+
 class RevConflict(ApiError):
     """The ``rev`` sent with a change is missing or no longer current (409)."""
 
@@ -209,13 +222,16 @@ class RevConflict(ApiError):
 
 
 class DuplicateRegistration(ApiError):
-    """The owner already registered this URL for this topic (409)."""
+    """The owner already registered this URL for this topic, or already has a pull-only
+    registration of it (409)."""
 
-    def __init__(self, existing_id: str) -> None:
+    def __init__(self, existing_id: str, *, pull_only: bool = False) -> None:
         super().__init__(
             409,
             "duplicate_registration",
-            "This URL is already registered for this topic.",
+            "You already have a pull-only registration for this topic."
+            if pull_only
+            else "This URL is already registered for this topic.",
             existing_id=existing_id,
         )
         self.existing_id = existing_id

@@ -214,7 +214,11 @@ class KaizenWebhooks:
             return state.send_now(app, topic, document, targets)
         except Exception as exc:  # a defect: the host's request goes on all the same
             logger.exception("Sending the %s webhooks failed unexpectedly", topic)
-            return [DeliveryResult.failed(target, f"internal error: {exc!r}") for target in targets]
+            return [
+                DeliveryResult.failed(target, f"internal error: {exc!r}")
+                for target in targets
+                if target.url is not None  # a pull-only one is never waited for
+            ]
 
     @contextmanager
     def recording(self, app: Flask | None = None) -> Iterator[list[SentWebhook]]:
@@ -227,7 +231,7 @@ class KaizenWebhooks:
         Inside the block every webhook of ``app`` (default: the current app), fired by a signal
         or by :meth:`trigger`, is recorded as a
         :class:`~flask_kaizen_webhooks.recording.SentWebhook` (its topic, registration, owner,
-        URL and payload), one per active registration, and nothing
+        URL, None for a pull-only one, and payload), one per active registration, and nothing
         goes over the network or into the outbox. A synchronous topic's call gets a successful
         result per registration with no answer; an asynchronous one the ids its deliveries
         would have.

@@ -25,7 +25,8 @@ class SentWebhook:
     topic: str
     registration_id: str
     owner: str
-    url: str
+    #: None for a pull-only registration: its webhook would be stored for its feed, not sent.
+    url: str | None
     #: The JSON document the receiver would get (decoded), ``webhook_request_id`` included.
     payload: dict[str, Any]
 
@@ -70,8 +71,9 @@ class Recordings:
         document_json: str,
     ) -> list[DeliveryResult] | list[str]:
         """Record the event (its JSON, checked) in each recording of ``into``, as sent to
-        every active registration of ``topic``, read as sending would read them; what
-        :meth:`~flask_kaizen_webhooks.KaizenWebhooks.trigger` returns for it."""
+        every active registration of ``topic`` (stored for a pull-only one's feed), read as
+        sending would read them; what :meth:`~flask_kaizen_webhooks.KaizenWebhooks.trigger`
+        returns for it (a synchronous topic's results leave pull-only registrations out)."""
         targets = _targets(database, topic)
         ids = outbox.time_ordered_ids(len(targets))
         payloads = with_request_ids(document_json, ids)
@@ -89,6 +91,7 @@ class Recordings:
         return [
             DeliveryResult(delivery_id, target.registration_id, True, None, 0.0, None, None, False)
             for target, delivery_id in zip(targets, ids, strict=True)
+            if target.url is not None
         ]
 
 

@@ -212,6 +212,16 @@ def test_every_endpoint_answers_as_documented(host: Any, receiver: Any, make_hos
     call("post", f"/deliveries/{delivery_id}/redeliver", REDELIVER)  # 409
     gate.set()
     call("post", "/deliveries/nope/redeliver", "/deliveries/{delivery_id}/redeliver")  # 404
+    pull_only = {"topic": "booking_updated", "url": None, "secret": "signature_secret_0123"}
+    pulled = call("post", R, R, json=pull_only).get_json()["id"]
+    call("get", f"{R}/{pulled}", RID)  # its url null
+    call("post", "/test", "/test", json={"topic": "booking_updated"})  # stored, not sent
+    with host.app.app_context():
+        [stored_id] = host.webhooks.trigger("booking_updated", {"n": 1})
+    call("get", f"{R}/{pulled}/deliveries", D)  # stored
+    call("get", f"/deliveries/{stored_id}", DID)
+    call("post", f"/deliveries/{stored_id}/redeliver", REDELIVER)  # 409 pull_only
+    call("post", f"{R}/{pulled}/recover", RECOVER, json=hour_ago)  # 409 pull_only
     state = get_state(host.app)
     running_clock, state.clock = state.clock, FrozenClock(state.clock.time())  # one minute
     limited = None

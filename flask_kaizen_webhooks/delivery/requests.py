@@ -46,12 +46,31 @@ def signed_request(
     headers: dict[str, str],
     delivery_id: str,
 ) -> Request | SendResult:
+    """The request that pushes ``payload`` to ``target``, signed (see :func:`signed_body`); a
+    failed result when it cannot be signed, or ``target`` is pull-only."""
+    if target.url is None:
+        return SendResult(None, 0.0, b"", None, None, "the registration is pull-only")
+    body = signed_body(
+        context, target=target, payload=payload, headers=headers, delivery_id=delivery_id
+    )
+    return body if isinstance(body, SendResult) else Request(target.url, body, headers)
+
+
+def signed_body(
+    context: DeliveryContext,
+    *,
+    target: Target,
+    payload: bytes,
+    headers: dict[str, str],
+    delivery_id: str,
+) -> bytes | SendResult:
     """Open the secret and sign ``payload`` with a fresh ``iat``; a failed result when it
     cannot be signed.
 
     During a secret rotation's overlap the body stays signed with the previous secret, so
-    receivers that know only that one keep working, and ``Webhook-Signature-Next`` carries the
-    signature with the new secret (a detached JWS) for receivers that have switched.
+    receivers that know only that one keep working, and ``Webhook-Signature-Next`` (added to
+    ``headers``) carries the signature with the new secret (a detached JWS) for receivers that
+    have switched.
     """
     now = context.clock.time()
     try:
@@ -75,7 +94,7 @@ def signed_request(
     except Exception as exc:  # a defect, not the receiver's doing: record it as a failure
         logger.exception("Delivery %s: unexpected error while signing", delivery_id)
         return SendResult(None, 0.0, b"", None, None, f"internal error: {type(exc).__name__}")
-    return Request(target.url, body.encode("ascii"), headers)
+    return body.encode("ascii")
 
 
 def request_of(context: DeliveryContext, claimed: Claimed) -> Request | SendResult:

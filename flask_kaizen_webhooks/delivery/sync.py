@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from flask import Flask
 
 from ..signing import encode_payload, with_request_ids
 from ..storage import delivery_log
+from ..storage.delivery_log import Stored
 from ..storage.rows import Finished, Target
 from ..storage.tables import TEST_MODE
 from .attempt import announce
@@ -50,11 +51,18 @@ class DeliveryResult:
     response_json: Any
     error: str | None
     timed_out: bool
+    #: A test of a pull-only registration: stored for its feed, not sent.
+    stored: bool = False
 
     @classmethod
     def failed(cls, target: Target, error: str) -> DeliveryResult:
         """The result of a delivery to ``target`` that could not be made at all."""
         return cls(str(uuid.uuid4()), target.registration_id, False, None, 0.0, None, error, False)
+
+    @classmethod
+    def kept(cls, delivery_id: str, target: Target) -> DeliveryResult:
+        """The result of a test of a pull-only ``target``, stored for its feed."""
+        return cls(delivery_id, target.registration_id, True, None, 0.0, None, None, False, True)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data."""
@@ -67,6 +75,7 @@ class DeliveryResult:
             "response": self.response_json,
             "error": self.error,
             "timed_out": self.timed_out,
+            "stored": self.stored,
         }
 
 
@@ -85,7 +94,9 @@ def fan_out(
     """POST ``document`` to every target at once with ``client``; return when all answered or
     at the deadline, stragglers marked timed out. Never raises for a receiver's failure.
 
-    The delivery log is written by ``log``'s thread, or at once for a test (``mode``
+    A pull-only target's delivery is stored for its feed, never sent: a test's comes back as a
+    ``stored`` result; a synchronous topic's does not (its caller hears of the hooks it waits
+    for only). The delivery log is written by ``log``'s thread, or at once for a test (``mode``
     ``"test"``), whose caller may look its deliveries up straight away."""
     started_at = context.clock.now()
     started = time.monotonic()
@@ -94,6 +105,8 @@ def fan_out(
     sent: list[SendResult | None] = [None] * len(targets)
     requests: list[tuple[int, Request]] = []
     for index in owners_in_turn(targets):
+        if targets[index].url is None:
+            continue  # pull-only: stored below, with no result to wait for
         request = signed_request(
             context,
             target=targets[index],
@@ -112,31 +125,43 @@ def fan_out(
     )
     for (index, _request), answer in zip(requests, answers, strict=True):
         sent[index] = answer
-    outcomes = [result for result in sent if result is not None]
-    results = [
-        DeliveryResult(
-            delivery_id=delivery_id,
-            registration_id=target.registration_id,
-            ok=result.ok,
-            status_code=result.status_code,
-            elapsed=result.elapsed,
-            response_json=response_json(result),
-            error=describe_failure(result),
-            timed_out=result.timed_out,
+    results: list[DeliveryResult] = []
+    finished: list[Finished] = []
+    stored: list[Stored] = []
+    for target, delivery_id, payload, result in zip(targets, ids, payloads, sent, strict=True):
+        if result is None:
+            stored.append(
+                Stored(delivery_id, target.registration_id, target.owner, payload.decode())
+            )
+            if mode == TEST_MODE:
+                results.append(DeliveryResult.kept(delivery_id, target))
+            continue
+        results.append(
+            DeliveryResult(
+                delivery_id=delivery_id,
+                registration_id=target.registration_id,
+                ok=result.ok,
+                status_code=result.status_code,
+                elapsed=result.elapsed,
+                response_json=response_json(result),
+                error=describe_failure(result),
+                timed_out=result.timed_out,
+            )
         )
-        for target, delivery_id, result in zip(targets, ids, outcomes, strict=True)
-    ]
-    _record(
-        app,
-        context,
-        log,
-        topic,
-        mode,
-        started_at,
-        list(zip(targets, ids, payloads, strict=True)),
-        outcomes,
-    )
-    _announce(app, topic, results)
+        finished.append(
+            Finished(
+                delivery_id=delivery_id,
+                target=target,
+                payload=payload.decode(),
+                succeeded=result.ok,
+                status_code=result.status_code,
+                error=describe_failure(result),
+                response_excerpt=excerpt(result.body),
+                elapsed=result.elapsed,
+            )
+        )
+    _record(app, context, log, FanOutLog(topic, mode, started_at, finished, stored))
+    _announce(app, topic, [result for result in results if not result.stored])
     return results
 
 
@@ -163,6 +188,8 @@ class FanOutLog:
     mode: str
     started_at: datetime
     finished: list[Finished]
+    #: Deliveries of pull-only registrations, stored for their feeds.
+    stored: list[Stored] = field(default_factory=list)
 
 
 def write_logs(app: Flask, context: DeliveryContext, logs: Sequence[FanOutLog]) -> None:
@@ -178,37 +205,25 @@ def write_logs(app: Flask, context: DeliveryContext, logs: Sequence[FanOutLog]) 
                 started_at=log.started_at,
                 now=now,
             )
+            delivery_log.log_stored(
+                session,
+                log.stored,
+                topic=log.topic,
+                mode=log.mode,
+                started_at=log.started_at,
+                now=now,
+            )
 
 
 def _record(
-    app: Flask,
-    context: DeliveryContext,
-    sync_log: Recorder[FanOutLog],
-    topic: str,
-    mode: str,
-    started_at: datetime,
-    jobs: list[tuple[Target, str, bytes]],
-    sent: list[SendResult],
+    app: Flask, context: DeliveryContext, sync_log: Recorder[FanOutLog], log: FanOutLog
 ) -> None:
     """Write the delivery log of a fan-out: a test's at once, a synchronous topic's on the
     log's thread, moments after the caller has its results (never on the host's request
     path)."""
-    finished = [
-        Finished(
-            delivery_id=delivery_id,
-            target=target,
-            payload=payload.decode(),
-            succeeded=result.ok,
-            status_code=result.status_code,
-            error=describe_failure(result),
-            response_excerpt=excerpt(result.body),
-            elapsed=result.elapsed,
-        )
-        for (target, delivery_id, payload), result in zip(jobs, sent, strict=True)
-    ]
-    log = FanOutLog(topic, mode, started_at, finished)
+    topic = log.topic
     try:
-        if mode == TEST_MODE:
+        if log.mode == TEST_MODE:
             write_logs(app, context, [log])
         elif sync_log.queued >= MAX_QUEUED_LOGS:  # the database has been away long
             logger.error(

@@ -48,6 +48,7 @@ IN_PORTAL_WORDS = {
     "registration_disabled": "The endpoint is disabled: enable it first, then redeliver.",
     "registration_deleted": "The endpoint of this delivery was deleted: it cannot be redelivered.",
     "delivery_in_flight": "An attempt of this delivery is under way: try again once it ends.",
+    "pull_only": "The endpoint is pull-only: its deliveries are kept in its feed, never sent.",
 }
 
 
@@ -168,6 +169,8 @@ def _endpoint_page(
         first_page=before is not None,
         error=_in_portal_words(error),
         tested=tested,
+        feed=url_for("kaizen_webhooks.feed", registration_id=registration_id),
+        retention_days=state.settings.retention_days,
         done=NOTICES.get(request.args.get("done", "")),
     )
 

@@ -93,10 +93,13 @@ def find_deliveries(
 
 
 def purge_completed(session: Session, *, before: datetime) -> tuple[int, int]:
-    """Delete finished deliveries completed before ``before`` with their attempts; pending ones
-    are never touched. Returns (deliveries, attempts) deleted."""
+    """Delete finished deliveries (pull-only registrations' stored ones too) completed before
+    ``before`` with their attempts; pending ones are never touched. Returns (deliveries,
+    attempts) deleted."""
     done = select(Delivery.id).where(
-        Delivery.status.in_([DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]),
+        Delivery.status.in_(
+            [DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED, DeliveryStatus.STORED]
+        ),
         Delivery.completed_at < before,
     )
     attempts = session.execute(

@@ -4,14 +4,19 @@ ending what cannot be sent, and queuing deliveries again."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, not_, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..errors import DeliveryInFlight, RegistrationDeleted, RegistrationDisabled
+from ..errors import (
+    DeliveryInFlight,
+    PullOnlyRegistration,
+    RegistrationDeleted,
+    RegistrationDisabled,
+)
 from .holders import Holder, this_process
 from .reads import get_delivery
 from .rows import (
@@ -19,9 +24,10 @@ from .rows import (
     REGISTRATIONS,
     TARGET_COLUMNS,
     Claimed,
-    Target,
+    PushTarget,
     ended_unsent,
     not_claimed,
+    pushed,
     target_from_row,
 )
 from .tables import (
@@ -105,6 +111,23 @@ _TARGETS_OF = select(*TARGET_COLUMNS, Registration.state).where(
 )
 
 
+# Claimed deliveries of registrations made pull-only after they were: kept for the feed.
+_STORE = (
+    update(DELIVERIES)
+    .where(
+        DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)),
+        DELIVERIES.c.claim_token == bindparam("b_token"),
+    )
+    .values(
+        status=DeliveryStatus.STORED,
+        claim_token=None,
+        next_attempt_at=None,
+        completed_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
 def claim_due(
     session: Session,
     *,
@@ -148,18 +171,27 @@ def _take(
     connection: Connection, ids: list[str], *, now: datetime, token: str, lease_until: datetime
 ) -> list[Claimed]:
     """Claim the (locked, due) deliveries ``ids`` with ``token`` until ``lease_until``; them,
-    loaded with their registrations."""
+    loaded with their registrations. Those of registrations made pull-only since they were
+    made are stored instead, never sent."""
     if not ids:
         return []
     rows = connection.execute(
         _TAKE, {"b_ids": ids, "b_now": now, "b_token": token, "b_lease_until": lease_until}
     ).all()
-    targets: dict[str, Target | None] = {}
+    targets: dict[str, PushTarget | None] = {}
+    pull_only: set[str] = set()
     registration_ids = sorted({row.registration_id for row in rows})
     row: Any
     for row in connection.execute(_TARGETS_OF, {"b_ids": registration_ids}):
         *target, state = row  # TARGET_COLUMNS, then the registration's state
-        targets[row[0]] = target_from_row(*target) if state == RegistrationState.ACTIVE else None
+        found = target_from_row(*target)
+        targets[row[0]] = pushed(found) if state == RegistrationState.ACTIVE else None
+        if found.url is None:
+            pull_only.add(found.registration_id)
+    if pull_only:
+        stored = [row.id for row in rows if row.registration_id in pull_only]
+        connection.execute(_STORE, {"b_ids": stored, "b_token": token, "b_now": now})
+        rows = [row for row in rows if row.registration_id not in pull_only]
     return [
         Claimed(
             delivery_id,
@@ -252,6 +284,10 @@ def release_dead_claims(session: Session, *, now: datetime) -> int:
     return int(released.rowcount)  # type: ignore[attr-defined]
 
 
+#: What :func:`queue_again` finds in place of the state of a pull-only registration.
+PULL_ONLY = "pull-only"
+
+
 @dataclass(frozen=True, slots=True)
 class Requeued:
     """What :func:`queue_again` did with each delivery it was given."""
@@ -262,6 +298,8 @@ class Requeued:
     #: Left alone: their registration was deleted, or is disabled.
     registration_deleted: list[str]
     registration_disabled: list[str]
+    #: Left alone: their registration is pull-only, never pushed to.
+    pull_only: list[str] = field(default_factory=list)
 
 
 def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime) -> Requeued:
@@ -269,7 +307,7 @@ def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime)
 
     A delivery with an attempt under way (claimed, its lease running) is left alone: queuing it
     would let a second worker send it in parallel. So is one whose registration was deleted or
-    is disabled: it would only fail again unsent.
+    is disabled: it would only fail again unsent; and one whose registration is pull-only.
     """
     if not delivery_ids:
         return Requeued([], [], [], [])
@@ -278,18 +316,19 @@ def queue_again(session: Session, delivery_ids: Sequence[str], *, now: datetime)
     states: dict[str, str | None] = {}
     if left:
         rows = session.execute(
-            select(Delivery.id, Registration.state)
+            select(Delivery.id, Registration.state, Registration.url.is_(None))
             .outerjoin(Registration, Registration.id == Delivery.registration_id)
             .where(Delivery.id.in_(left))
         )
-        states = {delivery_id: state for delivery_id, state in rows}
+        # A pull-only registration's deliveries are left alone for that, whatever its state (a
+        # deleted one has no state, and a null URL in the outer join).
+        states = {i: PULL_ONLY if pull and state else state for i, state, pull in rows}
     return Requeued(
         queued,
         in_flight=[i for i in left if states.get(i) == RegistrationState.ACTIVE],
         registration_deleted=[i for i in left if states.get(i) is None],
-        registration_disabled=[
-            i for i in left if states.get(i) not in (None, RegistrationState.ACTIVE)
-        ],
+        registration_disabled=[i for i in left if states.get(i) == RegistrationState.DISABLED],
+        pull_only=[i for i in left if states.get(i) == PULL_ONLY],
     )
 
 
@@ -305,7 +344,7 @@ def recover(
     """Queue again now, with a fresh retry schedule and the same ids, the registration's
     finished deliveries created in ``[since, until)`` whose status is one of ``statuses``
     (finished ones: no attempt of them can be under way), tests left out, while the
-    registration is active. One statement, however many match; the ids queued."""
+    registration is active and pushed to. One statement, however many match; the ids queued."""
     return _queue_again_where(
         session,
         now,
@@ -320,8 +359,10 @@ def recover(
 
 def _queue_again_where(session: Session, now: datetime, *where: Any) -> list[str]:
     """Queue again now, with a fresh retry schedule and the same ids, the deliveries that
-    match ``where`` and whose registration is active; the ids queued."""
-    active = select(Registration.id).where(Registration.state == RegistrationState.ACTIVE)
+    match ``where`` and whose registration is active and pushed to; the ids queued."""
+    active = select(Registration.id).where(
+        Registration.state == RegistrationState.ACTIVE, Registration.url.is_not(None)
+    )
     result = session.execute(
         update(Delivery)
         .where(*where, Delivery.registration_id.in_(active))
@@ -342,11 +383,14 @@ def _queue_again_where(session: Session, now: datetime, *where: Any) -> list[str
 def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> None:
     """Queue the owner's delivery again, now, with a fresh retry schedule and the same id;
     :class:`RegistrationDeleted` or :class:`RegistrationDisabled` when its registration is not
-    active, :class:`DeliveryInFlight` while an attempt of it is under way."""
+    active, :class:`PullOnlyRegistration` when it is pull-only, :class:`DeliveryInFlight` while
+    an attempt of it is under way."""
     get_delivery(session, owner=owner, delivery_id=delivery_id)
     requeued = queue_again(session, [delivery_id], now=now)
     if requeued.registration_deleted:
         raise RegistrationDeleted()
+    if requeued.pull_only:
+        raise PullOnlyRegistration()
     if requeued.registration_disabled:
         raise RegistrationDisabled()
     if requeued.in_flight:

@@ -33,10 +33,16 @@ _OUTBOX_INSERT = Prepared(
         "attempts",
         "retry_index",
         "next_attempt_at",
+        "completed_at",
         "created_at",
         "updated_at",
     ),
 )
+
+#: An event's recipient: registration id, owner, and whether it is pull-only.
+Recipient = tuple[str, str, bool]
+#: A recipient with the id of its delivery first.
+Addressed = tuple[str, str, str, bool]
 
 
 _EVENT_INSERT = Prepared(
@@ -49,7 +55,7 @@ EXPAND_BATCH = 200
 
 
 _ACTIVE_RECIPIENTS = Prepared(
-    select(Registration.id, Registration.owner)
+    select(Registration.id, Registration.owner, Registration.url.is_(None))
     .where(
         Registration.topic == bindparam("topic"),
         Registration.state == RegistrationState.ACTIVE,
@@ -68,12 +74,15 @@ _ACTIVE_TARGETS = Prepared(
 )
 
 
-def active_recipients(connection: Connection, *, topic: str) -> list[tuple[str, str]]:
-    """The id and owner of every active registration of ``topic``, oldest first: what an
-    event's outbox rows need, read on the host's request path."""
+def active_recipients(connection: Connection, *, topic: str) -> list[Recipient]:
+    """The id and owner of every active registration of ``topic``, and whether it is
+    pull-only, oldest first: what an event's outbox rows need, read on the host's request
+    path."""
     return [
-        (registration_id, owner)
-        for registration_id, owner in _ACTIVE_RECIPIENTS.rows(connection, {"topic": topic})
+        (registration_id, owner, bool(pull_only))
+        for registration_id, owner, pull_only in _ACTIVE_RECIPIENTS.rows(
+            connection, {"topic": topic}
+        )
     ]
 
 
@@ -104,14 +113,14 @@ def active_targets(
 def add_deliveries(
     connection: Connection,
     *,
-    recipients: Sequence[tuple[str, str]],
+    recipients: Sequence[Recipient],
     topic: str,
     document_json: str,
     now: datetime,
 ) -> list[str]:
-    """Write outbox rows of one event (its JSON), one per recipient (registration id and
-    owner), each with its own ``webhook_request_id``, due now; their ids. One executemany on
-    ``connection`` (the session's, so they commit or roll back with its transaction)."""
+    """Write outbox rows of one event (its JSON), one per recipient, each with its own
+    ``webhook_request_id``, due now (a pull-only recipient's stored); their ids. Executemany
+    on ``connection`` (the session's, so they commit or roll back with its transaction)."""
     if not recipients:
         return []
     ids = time_ordered_ids(len(recipients))
@@ -128,19 +137,22 @@ def add_deliveries(
 def add_event(
     connection: Connection,
     *,
-    recipients: Sequence[tuple[str, str]],
+    recipients: Sequence[Recipient],
     topic: str,
     document_json: str,
     now: datetime,
 ) -> list[str]:
-    """Write one outbox row for an asynchronous event and all its recipients (registration id
-    and owner), to be fanned out into deliveries by :func:`expand_events` once committed; the
-    ids the deliveries will have. Nothing is written when there are no recipients."""
+    """Write one outbox row for an asynchronous event and all its recipients, to be fanned out
+    into deliveries by :func:`expand_events` once committed; the ids the deliveries will have.
+    Nothing is written when there are no recipients."""
     if not recipients:
         return []
     event_id, *ids = time_ordered_ids(len(recipients) + 1)
-    listed = [
-        [delivery_id, *recipient] for delivery_id, recipient in zip(ids, recipients, strict=True)
+    listed: list[list[str | int]] = [
+        [delivery_id, registration_id, owner, 1]
+        if pull_only
+        else [delivery_id, registration_id, owner]
+        for delivery_id, (registration_id, owner, pull_only) in zip(ids, recipients, strict=True)
     ]
     _EVENT_INSERT.insert_many(
         connection,
@@ -168,7 +180,10 @@ def expand_events(session: Session, *, now: datetime, limit: int = EXPAND_BATCH)
     ).all()
     written: list[str] = []
     for event in events:
-        recipients = [tuple(recipient) for recipient in json.loads(event.recipients)]
+        recipients: list[Addressed] = [
+            (delivery_id, registration_id, owner, bool(pull_only and pull_only[0]))
+            for delivery_id, registration_id, owner, *pull_only in json.loads(event.recipients)
+        ]
         _insert_deliveries(
             connection,
             recipients,
@@ -177,7 +192,7 @@ def expand_events(session: Session, *, now: datetime, limit: int = EXPAND_BATCH)
             now=now,
             due=event.created_at,
         )
-        written += [delivery_id for delivery_id, _, _ in recipients]
+        written += [delivery_id for delivery_id, *_ in recipients]
     if events:
         connection.execute(delete(EVENTS).where(EVENTS.c.id.in_([event.id for event in events])))
     return written
@@ -185,16 +200,16 @@ def expand_events(session: Session, *, now: datetime, limit: int = EXPAND_BATCH)
 
 def _insert_deliveries(
     connection: Connection,
-    recipients: Sequence[tuple[str, str, str]],
+    recipients: Sequence[Addressed],
     *,
     topic: str,
     document_json: str,
     now: datetime,
     due: datetime | None = None,
 ) -> None:
-    """One executemany of pending deliveries made ``now``, due at ``due`` (default: now):
-    ``recipients`` are (delivery id, registration id, owner); each payload is the event's JSON
-    with its ``webhook_request_id``."""
+    """One executemany of pending deliveries made ``now``, due at ``due`` (default: now), and
+    one of the pull-only recipients' deliveries, stored (finished when made, never due), if
+    any; each payload is the event's JSON with its ``webhook_request_id``."""
     shared = {
         "topic": topic,
         "mode": Mode.ASYNC,
@@ -202,19 +217,27 @@ def _insert_deliveries(
         "attempts": 0,
         "retry_index": 0,
         "next_attempt_at": now if due is None else due,
+        "completed_at": None,
         "created_at": now,
         "updated_at": now,
     }
-    ids = [delivery_id for delivery_id, _, _ in recipients]
-    rows = [
-        (delivery_id, registration_id, owner, payload)
-        for (delivery_id, registration_id, owner), payload in zip(
-            recipients, with_request_ids(document_json, ids), strict=True
-        )
-    ]
-    _OUTBOX_INSERT.insert_many(
-        connection, shared, ("id", "registration_id", "owner", "payload"), rows
-    )
+    ids = [delivery_id for delivery_id, *_ in recipients]
+    rows: dict[bool, list[tuple[str, str, str, str]]] = {False: [], True: []}
+    for (delivery_id, registration_id, owner, pull_only), payload in zip(
+        recipients, with_request_ids(document_json, ids), strict=True
+    ):
+        rows[pull_only].append((delivery_id, registration_id, owner, payload))
+    keys = ("id", "registration_id", "owner", "payload")
+    if rows[False]:
+        _OUTBOX_INSERT.insert_many(connection, shared, keys, rows[False])
+    if rows[True]:
+        stored = {
+            **shared,
+            "status": DeliveryStatus.STORED,
+            "next_attempt_at": None,
+            "completed_at": now,
+        }
+        _OUTBOX_INSERT.insert_many(connection, stored, keys, rows[True])
 
 
 def time_ordered_ids(count: int) -> list[str]:

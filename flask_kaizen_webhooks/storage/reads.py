@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFound
 from .rows import PagePosition
-from .tables import TEST_MODE, Attempt, Delivery, Registration
+from .tables import TEST_MODE, Attempt, Delivery, DeliveryStatus, Registration
 
 
 def list_registrations(
@@ -64,12 +64,13 @@ def feed(
     limit: int,
 ) -> Sequence[Delivery]:
     """Up to ``limit`` deliveries of one registration in the order they were made, after
-    ``after``, made before ``until``; tests left out."""
+    ``after``, made before ``until``; tests left out, but for those stored for a pull-only
+    registration (which nothing else shows its receiver)."""
     query = select(Delivery).where(
         Delivery.owner == owner,
         Delivery.registration_id == registration_id,
         Delivery.created_at < until,
-        Delivery.mode != TEST_MODE,
+        or_(Delivery.mode != TEST_MODE, Delivery.status == DeliveryStatus.STORED),
     )
     if after is not None:
         query = query.where(_past(Delivery, after, later=True))

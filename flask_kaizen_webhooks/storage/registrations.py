@@ -33,7 +33,7 @@ FAILURES_CLEARED: dict[str, Any] = {"consecutive_failures": 0, "failing_since": 
 
 
 def next_revision(
-    current: Registration | None, *, topic: str, url: str, state: str
+    current: Registration | None, *, topic: str, url: str | None, state: str
 ) -> dict[str, Any]:
     """The ``rev`` and ``rev_number`` of a registration's next revision (its first when
     ``current`` is None) with this topic, URL and state.
@@ -59,13 +59,14 @@ def create_registration(
     *,
     owner: str,
     topic: str,
-    url: str,
+    url: str | None,
     sealed_secret: str,
     limit: int | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> Registration:
-    """Add a registration with its delivery ``options`` (``ordering``, ``max_per_second``);
-    raise :class:`DuplicateRegistration` if the owner has it already."""
+    """Add a registration (pull-only when ``url`` is None) with its delivery ``options``
+    (``ordering``, ``max_per_second``); raise :class:`DuplicateRegistration` if the owner has
+    it already."""
     _refuse_duplicate(session, owner=owner, topic=topic, url=url, except_id=None)
     if limit is not None:
         count = session.scalar(
@@ -110,7 +111,7 @@ def update_registration(
     registration_id: str,
     rev: str | None,
     topic: str,
-    url: str,
+    url: str | None,
     sealed_secret: str | None,
     state: str | None = None,
     overlap: timedelta = timedelta(0),
@@ -119,7 +120,8 @@ def update_registration(
     """Replace topic, url and (when given) secret, state and delivery ``options``, if ``rev``
     is still current.
 
-    Enabling a registration clears its record of failures.
+    Enabling a registration clears its record of failures. Made pull-only (``url`` None), its
+    deliveries waiting to be sent are stored for its feed instead.
     """
     current = get_registration(session, owner=owner, registration_id=registration_id)
     if rev != current.rev:
@@ -148,6 +150,8 @@ def update_registration(
         )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise RevConflict(_current_rev(session, current.id), rev)
+    if url is None and current.url is not None:
+        _store_unclaimed_deliveries(session, current.id)
     session.refresh(current)
     return current
 
@@ -200,6 +204,29 @@ def _end_unclaimed_deliveries(session: Session, registration_id: str, *, error: 
     )
 
 
+def _store_unclaimed_deliveries(session: Session, registration_id: str) -> None:
+    """Keep the pending deliveries of a registration made pull-only that no worker holds for
+    its feed, unsent; a claimed one is attempted by its worker, and stored when claimed next
+    if it must be retried."""
+    now = utcnow()
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.registration_id == registration_id,
+            Delivery.status == DeliveryStatus.PENDING,
+            not_claimed(now),
+        )
+        .values(
+            status=DeliveryStatus.STORED,
+            claim_token=None,
+            next_attempt_at=None,
+            completed_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _current_rev(session: Session, registration_id: str) -> str:
     rev = session.scalar(select(Registration.rev).where(Registration.id == registration_id))
     if rev is None:
@@ -208,7 +235,7 @@ def _current_rev(session: Session, registration_id: str) -> str:
 
 
 def _refuse_duplicate(
-    session: Session, *, owner: str, topic: str, url: str, except_id: str | None
+    session: Session, *, owner: str, topic: str, url: str | None, except_id: str | None
 ) -> None:
     query = select(Registration.id).where(
         Registration.owner == owner,
@@ -219,12 +246,12 @@ def _refuse_duplicate(
         query = query.where(Registration.id != except_id)
     existing = session.scalar(query)
     if existing is not None:
-        raise DuplicateRegistration(existing)
+        raise DuplicateRegistration(existing, pull_only=url is None)
 
 
 @contextmanager
 def _duplicate_guard(
-    session: Session, *, owner: str, topic: str, url: str, except_id: str | None
+    session: Session, *, owner: str, topic: str, url: str | None, except_id: str | None
 ) -> Iterator[None]:
     """Turn a uniqueness violation from a concurrent writer into :class:`DuplicateRegistration`."""
     try:

@@ -4,7 +4,7 @@ the query fragments more than one of them needs."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +54,8 @@ class Target:
 
     registration_id: str
     owner: str
-    url: str
+    #: None: a pull-only registration, whose deliveries are stored for its feed, never sent.
+    url: str | None
     #: The secret as stored (sealed); opened only to sign.
     sealed_secret: str
     secret_version: int = 1
@@ -65,6 +66,20 @@ class Target:
     ordered: bool = False
     #: Its own ``max_per_second``, if it has one.
     max_per_second: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PushTarget(Target):
+    """A target that is pushed to: what a claimed delivery is sent to."""
+
+    url: str
+
+
+def pushed(target: Target) -> PushTarget | None:
+    """``target`` as one that is pushed to; None for a pull-only registration."""
+    if target.url is None:
+        return None
+    return PushTarget(**{field.name: getattr(target, field.name) for field in fields(target)})
 
 
 TARGET_COLUMNS = (
@@ -83,7 +98,7 @@ TARGET_COLUMNS = (
 def target_from_row(
     registration_id: str,
     owner: str,
-    url: str,
+    url: str | None,
     sealed_secret: str,
     secret_version: int,
     previous_sealed_secret: str | None,
@@ -132,7 +147,7 @@ class Claimed:
     attempts: int
     retry_index: int
     registration_id: str
-    target: Target | None
+    target: PushTarget | None
     #: When the claim's lease runs out, unless renewed.
     lease_until: datetime
 

@@ -66,7 +66,8 @@ class Registration(Base):
     owner: Mapped[str] = mapped_column(String(255))
     topic: Mapped[str] = mapped_column(String(64))
     #: None: a pull-only registration, never pushed to and read through its feed.
-    url: Mapped[str] = mapped_column(Text, nullable=True)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: :func:`url_digest` of ``url`` (of ``""`` for a pull-only one: one per owner and topic).
     url_digest: Mapped[str] = mapped_column(String(64))
     #: The integrator's secret, sealed (see :mod:`flask_kaizen_webhooks.sealing`).
     secret: Mapped[str] = mapped_column(Text)
@@ -132,6 +133,8 @@ class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    #: Made for a pull-only registration: kept for its feed, never sent (finished when made).
+    STORED = "stored"
 
 
 #: :attr:`Delivery.mode` of a test webhook; other deliveries have their topic's
@@ -211,7 +214,8 @@ class Event(Base):
     #: The event's JSON document, without ``webhook_request_id``.
     document: Mapped[str] = mapped_column(Text)
     #: JSON: ``[[delivery id, registration id, owner], ...]``, the registrations active when the
-    #: event was fired; the delivery ids are the ones ``trigger`` returned.
+    #: event was fired; the delivery ids are the ones ``trigger`` returned. A pull-only
+    #: registration's entry has a fourth item, ``1``: its delivery is stored, not sent.
     recipients: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -293,6 +297,7 @@ class PortalSession(Base):
     ended: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-def url_digest(url: str) -> str:
-    """A fixed-size key for ``url``, so the uniqueness constraint fits every database."""
-    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+def url_digest(url: str | None) -> str:
+    """A fixed-size key for ``url``, so the uniqueness constraint fits every database; that of
+    ``""`` (never a valid URL) for a pull-only registration's None."""
+    return hashlib.sha256((url or "").encode("utf-8")).hexdigest()

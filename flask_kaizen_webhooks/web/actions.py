@@ -13,7 +13,13 @@ from typing import Any
 from flask import Flask
 
 from ..delivery.sync import DeliveryResult
-from ..errors import ApiError, NotFound, RegistrationDisabled, ValidationError
+from ..errors import (
+    ApiError,
+    NotFound,
+    PullOnlyRegistration,
+    RegistrationDisabled,
+    ValidationError,
+)
 from ..state import WebhooksState
 from ..storage import claims, outbox, registrations
 from ..storage.tables import Registration, RegistrationState
@@ -30,12 +36,12 @@ def register(
     owner: str,
     *,
     topic: str,
-    url: str,
+    url: str | None,
     secret: str,
     options: Mapping[str, Any] | None = None,
 ) -> Registration:
-    """Add ``owner``'s registration of ``url`` for ``topic`` with its delivery ``options``
-    (all checked already)."""
+    """Add ``owner``'s registration of ``url`` (None: pull-only) for ``topic`` with its
+    delivery ``options`` (all checked already)."""
     session = state.database.session
     registration = registrations.create_registration(
         session,
@@ -133,7 +139,8 @@ def send_test(
     state: WebhooksState, app: Flask, owner: str, topic: str, registration_id: str | None = None
 ) -> list[DeliveryResult]:
     """Send ``topic``'s sample payload to ``owner``'s active registrations of it (the one named,
-    if given) now, and answer what each receiver answered. ``topic`` is known already."""
+    if given) now, and answer what each receiver answered; a pull-only registration's test is
+    stored for its feed. ``topic`` is known already."""
     found = state.topics.get(topic)
     assert found is not None
     targets = outbox.active_targets(
@@ -193,7 +200,7 @@ def recover(
 ) -> int:
     """Queue again, with their ids, the registration's deliveries of ``statuses`` created in
     ``[since, until)`` (an integrator's: ``owner``'s; an operator's: anyone's), and wake the
-    engine; how many were queued. The registration must be active."""
+    engine; how many were queued. The registration must be active, and not pull-only."""
     session = state.database.session
     if owner is not None:
         registration = registrations.get_registration(
@@ -211,6 +218,9 @@ def recover(
         if found is None:
             raise NotFound()
         registration = found
+    if registration.url is None:
+        session.rollback()
+        raise PullOnlyRegistration()
     if registration.state != RegistrationState.ACTIVE:
         session.rollback()
         raise RegistrationDisabled()

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Response, current_app, jsonify, request, url_for
 
 from ..clock import isoformat
-from ..delivery.requests import Request, signed_request
+from ..delivery.requests import signed_body
 from ..errors import ApiError, WebhooksError
 from ..portal.links import make_link
 from ..state import WebhooksState
@@ -187,7 +187,8 @@ def list_deliveries(registration_id: str) -> Response:
 
 def read_feed(registration_id: str) -> Response:
     """The registration's deliveries in the order they were made, each as the signed body it
-    is pushed with, from the ``after`` cursor on."""
+    is pushed with (a pull-only registration's, as it would be), from the ``after`` cursor
+    on."""
     state = current_state()
     owner = current_owner()
     session = state.database.session
@@ -222,21 +223,21 @@ def read_feed(registration_id: str) -> Response:
 def _feed_item(state: WebhooksState, target: Target, row: Delivery) -> dict[str, Any]:
     """One delivery of a feed: what identifies it, and its body as it is pushed (signed now)."""
     headers: dict[str, str] = {}
-    signed = signed_request(
+    signed = signed_body(
         state.context,
         target=target,
         payload=row.payload.encode(),
         headers=headers,
         delivery_id=row.id,
     )
-    if not isinstance(signed, Request):
+    if not isinstance(signed, bytes):
         raise WebhooksError(f"Delivery {row.id} could not be signed: {signed.error}")
     return {
         "id": row.id,
         "topic": row.topic,
         "status": row.status,
         "created_at": isoformat(row.created_at),
-        "body": signed.body.decode("ascii"),
+        "body": signed.decode("ascii"),
         "signature_next": headers.get("Webhook-Signature-Next"),
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..storage.tables import DeliveryStatus
 from .validation import (
     MAX_PER_SECOND,
     MAX_SECRET_LENGTH,
@@ -62,7 +63,8 @@ NULLABLE_INTEGER = {"type": ["integer", "null"]}
 ID = {"type": "string", "minLength": 1}
 REV = {"type": "string", "pattern": r"^[0-9]+-[0-9a-f]+$"}
 TOPIC = {"type": "string", "enum": TOPIC_NAMES}
-URL = {"type": "string", "format": "uri", "maxLength": MAX_URL_LENGTH}
+#: A registration's URL; null for a pull-only registration, read through its feed.
+URL = {"type": ["string", "null"], "format": "uri", "maxLength": MAX_URL_LENGTH}
 SECRET = {"type": "string", "minLength": MIN_SECRET_LENGTH, "maxLength": MAX_SECRET_LENGTH}
 STATE = {"type": "string", "enum": ["active", "disabled"]}
 SECRET_VERSION = {"type": "integer", "minimum": 1}
@@ -76,13 +78,15 @@ OPTIONS: dict[str, Schema] = {
     },
 }
 
+DELIVERY_STATUSES = [status.value for status in DeliveryStatus]
+
 DELIVERY = object_schema(
     {
         "id": ID,
         "registration_id": ID,
         "topic": {"type": "string"},
         "mode": {"type": "string", "enum": ["sync", "async", "test"]},
-        "status": {"type": "string", "enum": ["pending", "succeeded", "failed"]},
+        "status": {"type": "string", "enum": DELIVERY_STATUSES},
         "attempts": {"type": "integer", "minimum": 0},
         "last_status_code": NULLABLE_INTEGER,
         "last_error": NULLABLE_TEXT,
@@ -117,7 +121,7 @@ SCHEMAS: dict[str, Schema] = {
             "id": ID,
             "rev": REV,
             "topic": {"type": "string"},
-            "url": {"type": "string"},
+            "url": {"type": ["string", "null"]},
             "state": STATE,
             "disabled_reason": NULLABLE_TEXT,
             **OPTIONS,
@@ -172,6 +176,7 @@ SCHEMAS: dict[str, Schema] = {
             "response": {},
             "error": NULLABLE_TEXT,
             "timed_out": {"type": "boolean"},
+            "stored": {"type": "boolean"},
         }
     ),
     "Topic": object_schema(
@@ -190,7 +195,7 @@ SCHEMAS: dict[str, Schema] = {
                     {
                         "id": ID,
                         "topic": {"type": "string"},
-                        "status": {"type": "string"},
+                        "status": {"type": "string", "enum": DELIVERY_STATUSES},
                         "created_at": TIME,
                         "body": {"type": "string"},
                         "signature_next": NULLABLE_TEXT,
@@ -236,7 +241,7 @@ ERROR_DESCRIPTIONS = {
     405: "The endpoint does not take this method.",
     409: (
         "A stale or missing rev, a duplicate registration, a delivery being sent, or one whose "
-        "registration is disabled or deleted."
+        "registration is disabled, deleted or pull-only (nothing of it is sent)."
     ),
     413: "The body is larger than the configured limit.",
     415: "The body is not sent as application/json.",

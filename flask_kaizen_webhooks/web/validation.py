@@ -55,7 +55,8 @@ class RegistrationInput:
     """A validated registration document."""
 
     topic: str
-    url: str
+    #: None: pull-only, read through its feed and never pushed to.
+    url: str | None
     secret: str | None
     rev: str | None
     state: str | None = None
@@ -79,10 +80,18 @@ def parse_registration(
     policy: AddressPolicy,
     for_update: bool,
 ) -> RegistrationInput:
-    """Validate a create (``for_update=False``) or update document."""
+    """Validate a create (``for_update=False``) or update document. Both must give ``url``:
+    a URL, or null for a pull-only registration."""
     _refuse_unknown_fields(document, UPDATE_FIELDS if for_update else CREATE_FIELDS)
     topic = check_topic(_required_string(document, "topic"), topics)
-    url = check_url(_required_string(document, "url"), allow_http=allow_http, policy=policy)
+    if "url" not in document:
+        raise ValidationError(
+            "missing_field",
+            "The field 'url' is required: a URL, or null for a pull-only registration.",
+            field="url",
+        )
+    raw_url = _optional_string(document, "url")
+    url = None if raw_url is None else check_url(raw_url, allow_http=allow_http, policy=policy)
     if for_update and document.get("secret") is None:
         secret = None
     else:
