@@ -39,7 +39,7 @@ def answer(status: int | None = 200, elapsed: float = 0.01, timed_out: bool = Fa
     ("result", "verdict"),
     [
         (answer(200), Verdict.GROW),
-        (answer(204, elapsed=2.0), Verdict.HOLD),  # slow
+        (answer(204, elapsed=2.0), Verdict.GROW),  # if quick for its receiver (see below)
         (answer(404), Verdict.HOLD),
         (answer(410), Verdict.HOLD),
         (answer(429), Verdict.CUT),
@@ -71,6 +71,23 @@ def test_the_limit_grows_by_one_a_round_and_halves_once_a_round() -> None:
     fixed = Concurrency(8, adaptive=False)
     fixed.observe("r", Verdict.CUT, 0.0)
     assert fixed.limit("r") == 8
+
+
+def test_a_steady_slow_receiver_grows_and_one_slowing_down_does_not() -> None:
+    limits = Concurrency(8, adaptive=True)
+    for _ in range(40):  # two seconds each, steadily: quick for this receiver
+        limits.observe("steady", Verdict.GROW, 2.0)
+    assert limits.limit("steady") == 8
+    limits.observe("slowing", Verdict.GROW, 0.02)
+    limits.observe("slowing", Verdict.GROW, 0.02)
+    assert limits.limit("slowing") == 2
+    for elapsed in (0.2, 0.3, 0.4, 0.5):  # ten times its usual time and more
+        limits.observe("slowing", Verdict.GROW, elapsed)
+    assert limits.limit("slowing") == 2
+    # A receiver slower for good: its usual time follows, and it grows again.
+    for _ in range(60):
+        limits.observe("slowing", Verdict.GROW, 0.5)
+    assert limits.limit("slowing") > 2
 
 
 def statuses(host: Host, topic: str) -> list[str]:
