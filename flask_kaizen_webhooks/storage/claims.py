@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, not_, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, literal_column, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import (
@@ -48,12 +48,11 @@ def _behind_another() -> Any:
     ahead = (
         select(earlier.id)
         .where(
+            # Along the index of pending deliveries: the condition repeats its predicate.
+            earlier.status == literal_column(f"'{DeliveryStatus.PENDING}'"),
             earlier.registration_id == columns.registration_id,
-            earlier.status == DeliveryStatus.PENDING,
-            or_(
-                earlier.created_at < columns.created_at,
-                and_(earlier.created_at == columns.created_at, earlier.id < columns.id),
-            ),
+            earlier.created_at <= columns.created_at,
+            or_(earlier.created_at < columns.created_at, earlier.id < columns.id),
         )
         .exists()
     )

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -142,6 +143,10 @@ class DeliveryStatus(enum.StrEnum):
 TEST_MODE: Final = "test"
 
 
+#: The condition of the index of pending deliveries.
+PENDING_ONLY = "status = 'pending'"
+
+
 class Delivery(Base):
     """One webhook for one registration: the outbox row, and its log once done.
 
@@ -154,6 +159,16 @@ class Delivery(Base):
     __table_args__ = (
         Index("ix_kaizen_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_kaizen_webhook_deliveries_registration", "registration_id", "created_at", "id"),
+        # The pending deliveries of each registration in the order made: what FIFO
+        # registrations' claims look along (see storage/claims.py).
+        Index(
+            "ix_kaizen_webhook_deliveries_pending",
+            "registration_id",
+            "created_at",
+            "id",
+            postgresql_where=text(PENDING_ONLY),
+            sqlite_where=text(PENDING_ONLY),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

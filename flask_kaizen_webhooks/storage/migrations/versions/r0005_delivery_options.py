@@ -1,6 +1,7 @@
 """Add each registration's delivery options: ``ordering`` (``"none"`` or ``"fifo"``),
 ``max_per_second`` and the time its next attempt may start under that rate (``paced_until``);
-and let ``url`` be null, for registrations that are only read through their feed.
+let ``url`` be null, for registrations that are only read through their feed; and index the
+pending deliveries of each registration in the order they were made.
 
 A host's ``db.create_all()`` may have made the table with these columns before this revision
 runs: then the columns it has are left as they are.
@@ -17,6 +18,9 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 TABLE = "kaizen_webhook_registrations"
+DELIVERIES = "kaizen_webhook_deliveries"
+PENDING = "ix_kaizen_webhook_deliveries_pending"
+PENDING_ONLY = "status = 'pending'"
 
 
 def _columns() -> list[sa.Column[object]]:
@@ -28,16 +32,26 @@ def _columns() -> list[sa.Column[object]]:
 
 
 def upgrade() -> None:
-    found = {column["name"]: column for column in sa.inspect(op.get_bind()).get_columns(TABLE)}
+    inspector = sa.inspect(op.get_bind())
+    found = {column["name"]: column for column in inspector.get_columns(TABLE)}
     with op.batch_alter_table(TABLE) as batch:
         for column in _columns():
             if column.name not in found:
                 batch.add_column(column)
         if not found["url"]["nullable"]:
             batch.alter_column("url", existing_type=sa.Text(), nullable=True)
+    if PENDING not in {index["name"] for index in inspector.get_indexes(DELIVERIES)}:
+        op.create_index(
+            PENDING,
+            DELIVERIES,
+            ["registration_id", "created_at", "id"],
+            postgresql_where=sa.text(PENDING_ONLY),
+            sqlite_where=sa.text(PENDING_ONLY),
+        )
 
 
 def downgrade() -> None:
+    op.drop_index(PENDING, table_name=DELIVERIES)
     with op.batch_alter_table(TABLE) as batch:
         for column in reversed(_columns()):
             batch.drop_column(column.name)
