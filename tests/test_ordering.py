@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,8 +71,12 @@ def statuses(host: Host) -> list[str]:
 
 def check_in_order(server: Receiver, path: str) -> None:
     """Every request to ``path`` came one at a time, in order, the flaky one three times."""
+    check_in_order_from(server, path, flaky=FLAKY, count=COUNT)
+
+
+def check_in_order_from(server: Receiver, path: str, *, flaky: int, count: int) -> None:
     numbers = [number_of(r.body) for r in server.received if r.path == path]
-    assert numbers == [*range(FLAKY), FLAKY, FLAKY, *range(FLAKY, COUNT)], numbers
+    assert numbers == [*range(flaky), flaky, flaky, *range(flaky, count)], numbers
     assert server.peak_by_path[path] == 1
 
 
@@ -146,3 +151,33 @@ def test_the_portal_shows_a_registrations_ordering_and_rate(make_host: Any) -> N
     page = browser.get(f"{PREFIX}/portal/endpoints/{plain}").get_data(as_text=True)
     assert "any order, several at once" in page
     assert re.search(r"<dt>Rate limit</dt><dd>none</dd>", page)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_fifo_backlog_waits_out_of_the_way_and_the_next_goes_as_one_ends(
+    make_host: Any, backend: str, receiver: Any
+) -> None:
+    """Behind a retrying delivery, the others are due no earlier than its retry (no claim reads
+    them meanwhile); each one that ends makes the next due at once, not when a lease runs out."""
+    config = {**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [1.5, 1.5]}
+    host = make_host(backend, **config)
+    server = receiver(failing_twice(0))
+    register(host, server.url("/fifo"), ordering="fifo")
+    with host.app.app_context():
+        ids = [host.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(10)]
+
+    def due_times() -> dict[str, Any]:
+        with host.app.app_context(), get_state().database.independent_session() as session:
+            rows = session.execute(select(Delivery.id, Delivery.next_attempt_at, Delivery.attempts))
+            return {row.id: row for row in rows}
+
+    wait_until(lambda: due_times()[ids[0]].attempts == 1)
+    time.sleep(0.2)
+    rows = due_times()
+    head_due = rows[ids[0]].next_attempt_at
+    assert all(rows[i].next_attempt_at >= head_due for i in ids[1:])  # out of the way
+    started = time.monotonic()
+    wait_until(lambda: statuses(host).count("succeeded") == 10, timeout=20)
+    # Two retries 1.5 s apart, then nine more one after the other: far from the lease (64 s).
+    assert time.monotonic() - started < 10
+    check_in_order_from(server, "/fifo", flaky=0, count=10)

@@ -66,6 +66,7 @@ def conclude(
         response_excerpt=excerpt(result.body),
         kind=step.kind,
         retry_at=step.retry_at,
+        ordered=claimed.target is not None and claimed.target.ordered,
     )
 
 

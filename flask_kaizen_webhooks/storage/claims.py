@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, literal_column, not_, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import (
@@ -17,6 +17,7 @@ from ..errors import (
     RegistrationDeleted,
     RegistrationDisabled,
 )
+from . import fifo
 from .holders import Holder, this_process
 from .reads import get_delivery
 from .rows import (
@@ -44,19 +45,19 @@ def _behind_another() -> Any:
     """Deliveries of FIFO registrations with an earlier one of theirs still pending (due,
     claimed or waiting for a retry): they wait for it to succeed or fail for good."""
     columns, earlier = DELIVERIES.c, DELIVERIES.alias("earlier").c
-    fifo = select(REGISTRATIONS.c.id).where(REGISTRATIONS.c.ordering == Ordering.FIFO)
+    ordered = select(REGISTRATIONS.c.id).where(REGISTRATIONS.c.ordering == Ordering.FIFO)
     ahead = (
         select(earlier.id)
         .where(
             # Along the index of pending deliveries: the condition repeats its predicate.
-            earlier.status == literal_column(f"'{DeliveryStatus.PENDING}'"),
+            earlier.status == fifo.PENDING,
             earlier.registration_id == columns.registration_id,
             earlier.created_at <= columns.created_at,
             or_(earlier.created_at < columns.created_at, earlier.id < columns.id),
         )
         .exists()
     )
-    return and_(columns.registration_id.in_(fifo), ahead)
+    return and_(columns.registration_id.in_(ordered), ahead)
 
 
 def _due_statement(*, skipping: bool) -> Any:
@@ -191,6 +192,14 @@ def _take(
         stored = [row.id for row in rows if row.registration_id in pull_only]
         connection.execute(_STORE, {"b_ids": stored, "b_token": token, "b_now": now})
         rows = [row for row in rows if row.registration_id not in pull_only]
+    fifo.hold_back(
+        connection,
+        [
+            (row.registration_id, row.id, lease_until)
+            for row in rows
+            if (target := targets.get(row.registration_id)) is not None and target.ordered
+        ],
+    )
     return [
         Claimed(
             delivery_id,

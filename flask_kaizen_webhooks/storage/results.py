@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from ..clock import as_utc
+from . import fifo
 from .registrations import FAILURES_CLEARED, change_state, disable_if_active
 from .rows import DELIVERIES, INSERT_ATTEMPTS, REGISTRATIONS, AttemptRecord, Outcome
 from .tables import DeliveryStatus, Registration, RegistrationState
@@ -86,6 +87,19 @@ def record_attempts(
     if not kept:
         return Recorded([], {})
     connection.execute(_RECORD_UPDATE, [_delivery_values(record) for record in kept])
+    ordered = [record for record in kept if record.ordered]
+    fifo.hold_back(
+        connection,
+        [
+            (record.registration_id, record.delivery_id, record.retry_at)
+            for record in ordered
+            if record.retry_at is not None
+        ],
+    )
+    fifo.next_one_due(
+        connection,
+        [(record.registration_id, record.finished_at) for record in ordered if record.final],
+    )
     connection.execute(
         INSERT_ATTEMPTS,
         [

@@ -171,6 +171,8 @@ class AttemptRecord:
     kind: Outcome
     #: When the next attempt is due, for a retry.
     retry_at: datetime | None = None
+    #: Its registration is FIFO (``ordering`` ``"fifo"``).
+    ordered: bool = False
 
     @property
     def final(self) -> bool:
