@@ -119,3 +119,21 @@ def test_start_times_are_reserved_evenly_and_never_twice(make_host: Any, backend
     gaps = {round((b - a).total_seconds(), 6) for a, b in pairwise(times)}
     assert gaps == {0.11}
     assert times[-1] <= horizon and beyond == []  # nothing past the horizon, nothing twice
+
+
+def test_a_stop_gives_back_what_waits_for_its_time_and_a_restart_sends_it(
+    make_host: Any, receiver: Any
+) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    server = receiver()
+    register(host, server.url("/slow"), max_per_second=2)
+    fire(host, 6)
+    wait_until(lambda: len(server.received) >= 1)
+    host.webhooks.shutdown(host.app)
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        rows = session.execute(select(Delivery.status, Delivery.claim_token)).all()
+    assert sum(status == "pending" for status, _ in rows) >= 3
+    assert all(token is None for _, token in rows)  # given back, not left to a lease
+    host.webhooks.start(host.app)
+    wait_until(lambda: [s for s, _ in deliveries(host)].count("succeeded") == 6, timeout=15)
+    assert most_in_one_second(server, "/slow") <= 2

@@ -58,10 +58,14 @@ class Pacer(Generic[T]):
         with self._lock:
             self._waiting.setdefault(registration_id, deque()).append((item, host))
             self._rates[registration_id] = per_second
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping.clear()
+            if self._thread is None:
+                # A stopping event per thread: one that was told to stop never runs on.
+                self._stopping = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, name="kaizen-webhooks-pacer", daemon=True
+                    target=self._run,
+                    args=(self._stopping,),
+                    name="kaizen-webhooks-pacer",
+                    daemon=True,
                 )
                 self._thread.start()
         self._wake.set()
@@ -70,14 +74,15 @@ class Pacer(Generic[T]):
         """Stop, and hand back every waiting item with its host (to free their slots)."""
         with self._lock:
             self._stopping.set()
+            self._thread = None
             items = [entry for queue in self._waiting.values() for entry in queue]
             self._waiting.clear()
             self._times.clear()
         self._wake.set()
         return items
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
+    def _run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
             try:
                 wait = self._turn()
             except Exception:  # a defect: the items wait for the next turn
