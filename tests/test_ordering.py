@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -157,8 +158,8 @@ def test_the_portal_shows_a_registrations_ordering_and_rate(make_host: Any) -> N
 def test_a_fifo_backlog_waits_out_of_the_way_and_the_next_goes_as_one_ends(
     make_host: Any, backend: str, receiver: Any
 ) -> None:
-    """Behind a retrying delivery, the others are due no earlier than its retry (no claim reads
-    them meanwhile); each one that ends makes the next due at once, not when a lease runs out."""
+    """Behind a retrying delivery, the others are set aside (no claim reads them meanwhile);
+    each one that ends makes the next due at once."""
     config = {**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [1.5, 1.5]}
     host = make_host(backend, **config)
     server = receiver(failing_twice(0))
@@ -175,9 +176,58 @@ def test_a_fifo_backlog_waits_out_of_the_way_and_the_next_goes_as_one_ends(
     time.sleep(0.2)
     rows = due_times()
     head_due = rows[ids[0]].next_attempt_at
-    assert all(rows[i].next_attempt_at >= head_due for i in ids[1:])  # out of the way
+    assert head_due is not None
+    assert all(rows[i].next_attempt_at is None for i in ids[1:])  # set aside: due at no time
     started = time.monotonic()
     wait_until(lambda: statuses(host).count("succeeded") == 10, timeout=20)
     # Two retries 1.5 s apart, then nine more one after the other: far from the lease (64 s).
     assert time.monotonic() - started < 10
     check_in_order_from(server, "/fifo", flaky=0, count=10)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_delivery_sent_again_waits_for_the_one_being_sent_and_keeps_its_place(
+    make_host: Any, backend: str, receiver: Any
+) -> None:
+    gate = threading.Event()
+
+    def respond(request: Any, _count: int) -> Reply:
+        return Reply(wait=gate) if number_of(request.body) == 1 else Reply()
+
+    host = make_host(backend, **DELIVERY_CONFIG)
+    server = receiver(respond)
+    rid = register(host, server.url("/fifo"), ordering="fifo")
+    with host.app.app_context():
+        ids = [host.webhooks.trigger("profile_updated", {"n": n})[0] for n in range(3)]
+    wait_until(lambda: len(server.received) == 2)  # 0 done, 1 hanging
+    client = host.app.test_client()
+    again = client.post(f"{PREFIX}/deliveries/{ids[0]}/redeliver", headers=ADMIN)
+    assert again.status_code == 202, again.get_json()
+    time.sleep(0.5)
+    assert len(server.received) == 2  # not beside the one being sent
+    gate.set()
+    wait_until(lambda: statuses(host).count("succeeded") == 3)
+    numbers = [number_of(r.body) for r in server.received]
+    assert numbers == [0, 1, 0, 2]  # the oldest first, one at a time
+    assert server.peak_by_path["/fifo"] == 1
+    assert rid
+
+
+def test_a_registration_made_unordered_lets_go_of_what_waited(
+    make_host: Any, receiver: Any
+) -> None:
+    config = {**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [60.0]}
+    host = make_host("sqlite", **config)
+    server = receiver(lambda request, n: Reply(status=503 if number_of(request.body) == 0 else 200))
+    rid = register(host, server.url("/fifo"), ordering="fifo")
+    with host.app.app_context():
+        for n in range(5):
+            host.webhooks.trigger("profile_updated", {"n": n})
+    wait_until(lambda: len(server.received) == 1)
+    time.sleep(0.3)  # the others are set aside behind the one waiting a minute for its retry
+    assert len(server.received) == 1
+    changed = host.app.test_cli_runner().invoke(
+        args=["webhooks", "options", rid, "--ordering", "none"]
+    )
+    assert changed.exit_code == 0, changed.output
+    wait_until(lambda: statuses(host).count("succeeded") == 4, timeout=10)

@@ -57,6 +57,8 @@ class Pacer(Generic[T]):
         """Start ``item`` at the next start time reserved for its registration."""
         with self._lock:
             self._waiting.setdefault(registration_id, deque()).append((item, host))
+            if per_second < self._rates.get(registration_id, per_second):
+                self._times.pop(registration_id, None)  # reserved at the faster rate
             self._rates[registration_id] = per_second
             if self._thread is None:
                 # A stopping event per thread: one that was told to stop never runs on.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, not_, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import (
@@ -22,7 +22,6 @@ from .holders import Holder, this_process
 from .reads import get_delivery
 from .rows import (
     DELIVERIES,
-    REGISTRATIONS,
     TARGET_COLUMNS,
     Claimed,
     PushTarget,
@@ -35,17 +34,15 @@ from .tables import (
     TEST_MODE,
     Delivery,
     DeliveryStatus,
-    Ordering,
     Registration,
     RegistrationState,
 )
 
 
-def _behind_another() -> Any:
-    """Deliveries of FIFO registrations with an earlier one of theirs still pending (due,
-    claimed or waiting for a retry): they wait for it to succeed or fail for good."""
+def _waits_its_turn() -> Any:
+    """True for a delivery of a FIFO registration with an earlier one of theirs still pending
+    (due, claimed or waiting for a retry): it waits for that one to succeed or fail for good."""
     columns, earlier = DELIVERIES.c, DELIVERIES.alias("earlier").c
-    ordered = select(REGISTRATIONS.c.id).where(REGISTRATIONS.c.ordering == Ordering.FIFO)
     ahead = (
         select(earlier.id)
         .where(
@@ -57,18 +54,17 @@ def _behind_another() -> Any:
         )
         .exists()
     )
-    return and_(columns.registration_id.in_(ordered), ahead)
+    return and_(columns.registration_id.in_(fifo.ORDERED), ahead)
 
 
 def _due_statement(*, skipping: bool) -> Any:
-    """The ids of up to ``b_limit`` due deliveries, oldest due first, locked (skipping rows
-    other claimers hold), leaving those of registrations ``b_skip`` alone when ``skipping``,
-    and those of FIFO registrations behind an earlier pending one."""
+    """Up to ``b_limit`` due deliveries, oldest due first, locked (skipping rows other
+    claimers hold), leaving those of registrations ``b_skip`` alone when ``skipping``: their
+    ids, and whether each waits its turn (see :func:`_waits_its_turn`)."""
     columns = DELIVERIES.c
-    due = select(columns.id).where(
+    due = select(columns.id, _waits_its_turn().label("waits")).where(
         columns.status == DeliveryStatus.PENDING,
         columns.next_attempt_at <= bindparam("b_now"),
-        not_(_behind_another()),
     )
     if skipping:
         due = due.where(columns.registration_id.not_in(bindparam("b_skip", expanding=True)))
@@ -78,6 +74,9 @@ def _due_statement(*, skipping: bool) -> Any:
         .with_for_update(skip_locked=True)
     )
 
+
+#: Rounds of one claim that go on past deliveries set aside (see :mod:`.fifo`).
+SET_ASIDE_ROUNDS = 16
 
 # Built once: claiming runs for every few deliveries. Two statements rather than one
 # ``UPDATE ... WHERE id IN (SELECT ...)``, which PostgreSQL may plan as a scan of every
@@ -145,11 +144,21 @@ def claim_due(
     writer at a time, which makes the same statement exclusive there.
     """
     connection = session.connection()
-    params: dict[str, Any] = {"b_now": now, "b_limit": limit}
+    params: dict[str, Any] = {"b_now": now}
     if skip_registrations:
         params["b_skip"] = sorted(skip_registrations)
-    ids = list(connection.execute(_DUE[bool(skip_registrations)], params).scalars())
-    return _take(connection, ids, now=now, token=token, lease_until=lease_until)
+    fifo.sweep_now_and_then(connection, now=now)
+    claimed: list[Claimed] = []
+    for _ in range(SET_ASIDE_ROUNDS):
+        params["b_limit"] = limit - len(claimed)
+        rows = connection.execute(_DUE[bool(skip_registrations)], params).all()
+        waiting = [row.id for row in rows if row.waits]
+        fifo.set_aside(connection, waiting)
+        ready = [row.id for row in rows if not row.waits]
+        claimed += _take(connection, ready, now=now, token=token, lease_until=lease_until)
+        if not waiting or len(claimed) >= limit:
+            break
+    return claimed
 
 
 def overdue(session: Session, *, due_before: datetime, limit: int) -> list[str]:
@@ -192,14 +201,6 @@ def _take(
         stored = [row.id for row in rows if row.registration_id in pull_only]
         connection.execute(_STORE, {"b_ids": stored, "b_token": token, "b_now": now})
         rows = [row for row in rows if row.registration_id not in pull_only]
-    fifo.hold_back(
-        connection,
-        [
-            (row.registration_id, row.id, lease_until)
-            for row in rows
-            if (target := targets.get(row.registration_id)) is not None and target.ordered
-        ],
-    )
     return [
         Claimed(
             delivery_id,
@@ -367,25 +368,29 @@ def recover(
 
 def _queue_again_where(session: Session, now: datetime, *where: Any) -> list[str]:
     """Queue again now, with a fresh retry schedule and the same ids, the deliveries that
-    match ``where`` and whose registration is active and pushed to; the ids queued."""
+    match ``where`` and whose registration is active and pushed to (a FIFO registration's in
+    their turn); the ids queued."""
     active = select(Registration.id).where(
         Registration.state == RegistrationState.ACTIVE, Registration.url.is_not(None)
     )
-    result = session.execute(
+    rows = session.execute(
         update(Delivery)
         .where(*where, Delivery.registration_id.in_(active))
         .values(
             status=DeliveryStatus.PENDING,
             retry_index=0,
-            next_attempt_at=now,
+            # A FIFO registration's wait their turn (see :mod:`.fifo`).
+            next_attempt_at=case((Delivery.registration_id.in_(fifo.ORDERED), None), else_=now),
             claim_token=None,
             completed_at=None,
             updated_at=now,
         )
-        .returning(Delivery.id)
+        .returning(Delivery.id, Delivery.registration_id, Delivery.next_attempt_at)
         .execution_options(synchronize_session=False)
-    )
-    return list(result.scalars())
+    ).all()
+    for registration_id in sorted({row[1] for row in rows if row[2] is None}):
+        fifo.sweep(session.connection(), now=now, registration_id=registration_id)
+    return [row[0] for row in rows]
 
 
 def redeliver(session: Session, *, owner: str, delivery_id: str, now: datetime) -> None:

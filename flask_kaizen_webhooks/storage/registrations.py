@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from ..clock import utcnow
 from ..errors import DuplicateRegistration, NotFound, RegistrationLimitReached, RevConflict
+from . import fifo
 from .rows import ended_unsent, not_claimed
 from .tables import (
     Delivery,
@@ -152,8 +153,17 @@ def update_registration(
         raise RevConflict(_current_rev(session, current.id), rev)
     if url is None and current.url is not None:
         _store_unclaimed_deliveries(session, current.id)
+    _ordering_changed(session, current.id, current.ordering, values.get("ordering"))
     session.refresh(current)
     return current
+
+
+def _ordering_changed(
+    session: Session, registration_id: str, before: str, after: str | None
+) -> None:
+    """A registration that is FIFO no more lets go of the deliveries waiting their turn."""
+    if before == Ordering.FIFO and after not in (None, Ordering.FIFO):
+        fifo.let_go(session.connection(), registration_id=registration_id, now=utcnow())
 
 
 def _rotation(current: Registration, sealed_secret: str, overlap: timedelta) -> dict[str, Any]:
@@ -287,7 +297,9 @@ def set_options(
         revision = next_revision(
             registration, topic=registration.topic, url=registration.url, state=registration.state
         )
+        before = registration.ordering
         _apply(registration, {**options, **revision, "updated_at": now})
+        _ordering_changed(session, registration_id, before, options.get("ordering"))
     return registration
 
 

@@ -88,14 +88,6 @@ def record_attempts(
         return Recorded([], {})
     connection.execute(_RECORD_UPDATE, [_delivery_values(record) for record in kept])
     ordered = [record for record in kept if record.ordered]
-    fifo.hold_back(
-        connection,
-        [
-            (record.registration_id, record.delivery_id, record.retry_at)
-            for record in ordered
-            if record.retry_at is not None
-        ],
-    )
     fifo.next_one_due(
         connection,
         [(record.registration_id, record.finished_at) for record in ordered if record.final],
