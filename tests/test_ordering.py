@@ -231,3 +231,95 @@ def test_a_registration_made_unordered_lets_go_of_what_waited(
     )
     assert changed.exit_code == 0, changed.output
     wait_until(lambda: statuses(host).count("succeeded") == 4, timeout=10)
+
+
+# The queue's side, statement by statement: what a race would interleave, done in turn.
+
+
+def add_pending(host: Host, registration_id: str, count: int) -> list[str]:
+    """``count`` pending deliveries of the registration, due now, made in order."""
+    from datetime import timedelta
+
+    with host.app.app_context():
+        state = get_state()
+        now = state.clock.now()
+        ids = [f"0000000{n}-0000-7000-8000-000000000000" for n in range(count)]
+        with state.database.writing() as session:
+            for n, delivery_id in enumerate(ids):
+                session.add(
+                    Delivery(
+                        id=delivery_id,
+                        registration_id=registration_id,
+                        owner="org-1",
+                        topic="profile_updated",
+                        mode="async",
+                        payload="{}",
+                        status="pending",
+                        attempts=0,
+                        retry_index=0,
+                        next_attempt_at=now - timedelta(seconds=1),
+                        created_at=now + timedelta(milliseconds=n),
+                        updated_at=now,
+                    )
+                )
+    return ids
+
+
+def rows_of(host: Host) -> dict[str, tuple[str, Any, str | None]]:
+    with host.app.app_context(), get_state().database.independent_session() as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.status, Delivery.next_attempt_at, Delivery.claim_token)
+        )
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_claims_set_aside_only_what_still_waits_and_sweeps_bring_it_back(
+    make_host: Any, backend: str
+) -> None:
+    from sqlalchemy import update
+
+    from flask_kaizen_webhooks.storage import claims, fifo
+    from flask_kaizen_webhooks.storage.tables import Registration
+
+    host = make_host(backend, **{**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_EXECUTOR": "none"})
+    rid = register(host, "http://127.0.0.1:9/fifo", ordering="fifo")
+    first, second, third = add_pending(host, rid, 3)
+    with host.app.app_context():
+        state = get_state()
+        now = state.clock.now()
+        with state.database.writing() as session:
+            lease = now.replace(year=now.year + 1)
+            taken = claims.claim_due(session, now=now, lease_until=lease, token="t", limit=10)
+        assert [item.delivery_id for item in taken] == [first]
+        rows = rows_of(host)
+        assert [rows[i][1] for i in (second, third)] == [None, None]  # set aside
+        # A claim read `second` as waiting; before it sets it aside, `first` ended (another
+        # process) and another claimer took `third`: neither is set aside then.
+        with state.database.writing() as session:
+            session.execute(update(Delivery).where(Delivery.id == first).values(status="succeeded"))
+            session.execute(
+                update(Delivery).where(Delivery.id.in_([second, third])).values(next_attempt_at=now)
+            )
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == third)
+                .values(claim_token="other", next_attempt_at=now.replace(year=now.year + 1))
+            )
+        with state.database.writing() as session:
+            session.connection().execute(
+                claims._SET_ASIDE, {"b_ids": [second, third], "b_now": now}
+            )
+        rows = rows_of(host)
+        assert rows[second][1] is not None  # its turn had come
+        assert rows[third][2] == "other"  # another's claim is left alone
+        # Made unordered behind a claim's back: the sweep lets go of what it set aside.
+        with state.database.writing() as session:
+            session.execute(
+                update(Delivery).where(Delivery.id == second).values(next_attempt_at=None)
+            )
+            session.execute(
+                update(Registration).where(Registration.id == rid).values(ordering="none")
+            )
+            fifo.sweep(session.connection(), now=now)
+        assert rows_of(host)[second][1] is not None

@@ -75,6 +75,8 @@ def _due_statement(*, skipping: bool) -> Any:
     )
 
 
+_SET_ASIDE = fifo.set_aside_statement(_waits_its_turn())
+
 #: Rounds of one claim that go on past deliveries set aside (see :mod:`.fifo`).
 SET_ASIDE_ROUNDS = 16
 
@@ -153,7 +155,8 @@ def claim_due(
         params["b_limit"] = limit - len(claimed)
         rows = connection.execute(_DUE[bool(skip_registrations)], params).all()
         waiting = [row.id for row in rows if row.waits]
-        fifo.set_aside(connection, waiting)
+        if waiting:
+            connection.execute(_SET_ASIDE, {"b_ids": waiting, "b_now": now})
         ready = [row.id for row in rows if not row.waits]
         claimed += _take(connection, ready, now=now, token=token, lease_until=lease_until)
         if not waiting or len(claimed) >= limit:

@@ -10,14 +10,15 @@ claim query (see :mod:`.claims`): this only moves due times.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, literal_column, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, literal_column, select, update
 
 from .rows import DELIVERIES, REGISTRATIONS
-from .tables import DeliveryStatus, Ordering
+from .tables import DeliveryStatus, Ordering, RegistrationState
 
 #: ``'pending'`` written out, so that the statements match the index of pending deliveries.
 PENDING: Any = literal_column(f"'{DeliveryStatus.PENDING}'")
@@ -25,11 +26,22 @@ PENDING: Any = literal_column(f"'{DeliveryStatus.PENDING}'")
 #: The FIFO registrations.
 ORDERED = select(REGISTRATIONS.c.id).where(REGISTRATIONS.c.ordering == Ordering.FIFO)
 
-_SET_ASIDE = (
-    update(DELIVERIES)
-    .where(DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)))
-    .values(next_attempt_at=None)
-)
+
+def set_aside_statement(waits: Any) -> Any:
+    """Set aside the deliveries ``b_ids`` that are still due and still wait their turn by
+    ``waits`` (checked again here, on what is committed now: another process may have ended
+    the one they waited for, or made the registration unordered, since they were read); a
+    lapsed claim's token goes with it."""
+    return (
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True)),
+            DELIVERIES.c.status == PENDING,
+            DELIVERIES.c.next_attempt_at <= bindparam("b_now"),
+            waits,
+        )
+        .values(next_attempt_at=None, claim_token=None)
+    )
 
 
 def _first_waiting(registration: Any) -> Any:
@@ -44,13 +56,20 @@ def _first_waiting(registration: Any) -> Any:
     )
 
 
+# Not "WHERE next_attempt_at IS NULL": a claim setting the row aside at this moment holds
+# its lock, and this statement waits for it (PostgreSQL), then sees the row set aside.
 _NEXT = (
     update(DELIVERIES)
     .where(
         DELIVERIES.c.id == _first_waiting(bindparam("b_registration")),
-        DELIVERIES.c.next_attempt_at.is_(None),
+        DELIVERIES.c.claim_token.is_(None),
     )
-    .values(next_attempt_at=bindparam("b_now"))
+    .values(
+        next_attempt_at=case(
+            (DELIVERIES.c.next_attempt_at.is_(None), bindparam("b_now")),
+            else_=DELIVERIES.c.next_attempt_at,
+        )
+    )
 )
 
 
@@ -59,6 +78,7 @@ def _stuck(registration_filter: Any) -> Any:
     moving = DELIVERIES.alias("moving")
     heads = select(_first_waiting(registrations.c.id)).where(
         registrations.c.ordering == Ordering.FIFO,
+        registrations.c.state == RegistrationState.ACTIVE,
         registration_filter(registrations),
         ~select(moving.c.id)
         .where(
@@ -78,6 +98,18 @@ def _stuck(registration_filter: Any) -> Any:
 _STUCK = _stuck(lambda registrations: registrations.c.id.is_not(None))
 _STUCK_ONE = _stuck(lambda registrations: registrations.c.id == bindparam("b_registration"))
 
+# Set aside, of a registration that is FIFO no more (made unordered while a claim set them
+# aside).
+_LEFT_BEHIND = (
+    update(DELIVERIES)
+    .where(
+        DELIVERIES.c.status == PENDING,
+        DELIVERIES.c.next_attempt_at.is_(None),
+        DELIVERIES.c.registration_id.not_in(ORDERED),
+    )
+    .values(next_attempt_at=bindparam("b_now"))
+)
+
 _LET_GO = (
     update(DELIVERIES)
     .where(
@@ -87,12 +119,6 @@ _LET_GO = (
     )
     .values(next_attempt_at=bindparam("b_now"))
 )
-
-
-def set_aside(connection: Connection, delivery_ids: Sequence[str]) -> None:
-    """Deliveries (locked by the caller) that wait their turn: due at no time for now."""
-    if delivery_ids:
-        connection.execute(_SET_ASIDE, {"b_ids": list(delivery_ids)})
 
 
 def next_one_due(connection: Connection, ended: Sequence[tuple[str, datetime]]) -> None:
@@ -109,19 +135,22 @@ def sweep(connection: Connection, *, now: datetime, registration_id: str | None 
     whose pending deliveries are all set aside."""
     if registration_id is None:
         connection.execute(_STUCK, {"b_now": now})
+        connection.execute(_LEFT_BEHIND, {"b_now": now})
     else:
         connection.execute(_STUCK_ONE, {"b_now": now, "b_registration": registration_id})
 
 
-#: Seconds between the sweeps one process makes along its claims.
+#: Seconds between the sweeps one process makes of one database, along its claims.
 SWEEP_EVERY = 2.0
-_next_sweep = [0.0]
+#: When this process sweeps each database next (``time.monotonic()``), by its engine.
+_next_sweep: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
 
 
 def sweep_now_and_then(connection: Connection, *, now: datetime) -> None:
-    """:func:`sweep`, at most every :data:`SWEEP_EVERY` seconds in this process."""
-    if time.monotonic() >= _next_sweep[0]:
-        _next_sweep[0] = time.monotonic() + SWEEP_EVERY
+    """:func:`sweep`, at most every :data:`SWEEP_EVERY` seconds per database in this
+    process."""
+    if time.monotonic() >= _next_sweep.get(connection.engine, 0.0):
+        _next_sweep[connection.engine] = time.monotonic() + SWEEP_EVERY
         sweep(connection, now=now)
 
 
