@@ -138,13 +138,15 @@ class Pacer(Generic[T]):
         now = context.clock.now()
         monotonic = time.monotonic()
         reserved: dict[str, list[float]] = {}
+        with self._lock:  # the rates reserved at: times of a rate changed meanwhile are dropped
+            rates = {key: self._rates[key] for key in wanted}
         try:
             with self._app.app_context(), context.database.writing() as session:
                 for registration_id, count in wanted.items():
                     moments = pacing.reserve(
                         session,
                         registration_id=registration_id,
-                        per_second=self._rates[registration_id],
+                        per_second=rates[registration_id],
                         count=count,
                         now=now,
                         horizon=now + timedelta(seconds=HORIZON),
@@ -157,5 +159,8 @@ class Pacer(Generic[T]):
             return
         with self._lock:
             for registration_id, times in reserved.items():
-                if registration_id in self._waiting:
+                if (
+                    registration_id in self._waiting
+                    and self._rates.get(registration_id) == rates[registration_id]
+                ):
                     self._times.setdefault(registration_id, deque()).extend(times)
