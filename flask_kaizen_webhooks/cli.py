@@ -226,6 +226,8 @@ def stats() -> None:
             f"being sent (claimed): {counted(found.claimed, 'delivery', 'deliveries')}, "
             f"the last claim held until {isoformat(found.claimed_until)}"
         )
+    if found.waiting_turn:
+        click.echo(f"waiting their turn (FIFO registrations): {found.waiting_turn}")
     if found.oldest_pending is None:
         click.echo("oldest pending: none")
     else:

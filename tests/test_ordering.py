@@ -294,6 +294,8 @@ def test_claims_set_aside_only_what_still_waits_and_sweeps_bring_it_back(
         assert [item.delivery_id for item in taken] == [first]
         rows = rows_of(host)
         assert [rows[i][1] for i in (second, third)] == [None, None]  # set aside
+        shown = host.app.test_cli_runner().invoke(args=["webhooks", "stats"]).output
+        assert "waiting their turn (FIFO registrations): 2" in shown
         # A claim read `second` as waiting; before it sets it aside, `first` ended (another
         # process) and another claimer took `third`: neither is set aside then.
         with state.database.writing() as session:

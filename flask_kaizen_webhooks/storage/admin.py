@@ -127,6 +127,8 @@ class Stats:
     #: Pending deliveries a worker holds a claim on (being sent), and when the last claim ends.
     claimed: int = 0
     claimed_until: datetime | None = None
+    #: Pending deliveries of FIFO registrations set aside to wait their turn.
+    waiting_turn: int = 0
 
 
 def delivery_stats(session: Session, *, now: datetime) -> Stats:
@@ -158,6 +160,11 @@ def delivery_stats(session: Session, *, now: datetime) -> Stats:
             Delivery.next_attempt_at > now,
         )
     ).one()
+    waiting_turn = session.scalar(
+        select(func.count()).where(
+            Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at.is_(None)
+        )
+    )
     oldest = [as_utc(moment) for moment in (oldest_delivery, oldest_event) if moment is not None]
     return Stats(
         counts=counts,
@@ -167,6 +174,7 @@ def delivery_stats(session: Session, *, now: datetime) -> Stats:
         tests_failed=tests.get(DeliveryStatus.FAILED, 0),
         claimed=int(claimed),
         claimed_until=None if claimed_until is None else as_utc(claimed_until),
+        waiting_turn=int(waiting_turn or 0),
     )
 
 
