@@ -296,6 +296,10 @@ def test_claims_set_aside_only_what_still_waits_and_sweeps_bring_it_back(
         assert [rows[i][1] for i in (second, third)] == [None, None]  # set aside
         shown = host.app.test_cli_runner().invoke(args=["webhooks", "stats"]).output
         assert "waiting their turn (FIFO registrations): 2" in shown
+        from tests.test_portal_forms import open_portal
+
+        page = open_portal(host).get(f"{PREFIX}/portal/deliveries/{second}")
+        assert "after the earlier deliveries (in order)" in page.get_data(as_text=True)
         # A claim read `second` as waiting; before it sets it aside, `first` ended (another
         # process) and another claimer took `third`: neither is set aside then.
         with state.database.writing() as session:
