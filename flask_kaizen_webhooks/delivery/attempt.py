@@ -12,11 +12,12 @@ from blinker import NamedSignal
 from flask import Flask
 
 from .. import signals
+from ..clock import isoformat
 from ..storage import claims, results
 from ..storage.rows import AttemptRecord, Claimed, Outcome
 from .client import Client, SendResult
 from .context import DeliveryContext
-from .outcomes import describe_failure, excerpt, next_step
+from .outcomes import describe_failure, excerpt, next_step, outcome_of
 from .requests import Request, request_of
 
 logger = logging.getLogger("flask_kaizen_webhooks")
@@ -67,6 +68,7 @@ def conclude(
         kind=step.kind,
         retry_at=step.retry_at,
         ordered=claimed.target is not None and claimed.target.ordered,
+        outcome=outcome_of(result),
     )
 
 
@@ -87,15 +89,9 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
             logger.warning(
                 "Delivery %s: claim lost before its result was recorded", record.delivery_id
             )
-        elif record.kind is Outcome.RETRY:
-            logger.info(
-                "Delivery %s attempt %d failed (%s); retry at %s",
-                record.delivery_id,
-                record.number,
-                record.error,
-                record.retry_at,
-            )
-        else:
+            continue
+        log_attempt(record)
+        if record.kind is not Outcome.RETRY:
             if record.kind is not Outcome.SUCCEEDED:
                 logger.warning(
                     "Delivery %s failed for good after %d attempts: %s",
@@ -116,6 +112,27 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
     for registration_id, reason in recorded.disabled.items():
         logger.warning("Registration %s disabled: %s", registration_id, reason)
         _signal(signals.registration_disabled, app, registration_id=registration_id, reason=reason)
+
+
+def log_attempt(record: AttemptRecord) -> None:
+    """One line at INFO for a finished attempt: its delivery, registration, topic, outcome,
+    status and duration, and what follows; never a secret or the payload."""
+    follows = {
+        Outcome.SUCCEEDED: "delivered",
+        Outcome.FAILED: "failed for good",
+        Outcome.GONE: "the registration is gone (410)",
+    }.get(record.kind) or f"retry at {isoformat(record.retry_at)}"
+    logger.info(
+        "Webhook attempt %d of delivery %s (registration %s, topic %s): %s, status %s, %.0f ms; %s",
+        record.number,
+        record.delivery_id,
+        record.registration_id,
+        record.topic,
+        record.outcome,
+        record.status_code if record.status_code is not None else "none",
+        record.elapsed * 1000,
+        follows,
+    )
 
 
 def abandon(app: Flask, context: DeliveryContext, claimed: Claimed) -> None:

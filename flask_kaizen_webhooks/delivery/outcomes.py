@@ -39,6 +39,29 @@ def describe_failure(result: SendResult) -> str | None:
     return f"HTTP {result.status_code}"
 
 
+def outcome_of(result: SendResult) -> str:
+    """What an attempt came to, in one word of a small set (for logs and metrics): success,
+    4xx, 5xx, redirect, timeout, refused (by the address guard), too_large (the answer) or
+    connection_error (anything else without an answer)."""
+    if result.ok:
+        return "success"
+    if result.timed_out:
+        return "timeout"
+    error = result.error or ""
+    if error.startswith("forbidden destination"):
+        return "refused"
+    if error.startswith("answer too large"):
+        return "too_large"
+    code = result.status_code
+    if result.error is not None or code is None:
+        return "connection_error"
+    if code >= 500:
+        return "5xx"
+    if code >= 400:
+        return "4xx"
+    return "redirect"
+
+
 def excerpt(body: bytes) -> str | None:
     """The start of a response body, as text, for the delivery log."""
     if not body:

@@ -173,6 +173,8 @@ class AttemptRecord:
     retry_at: datetime | None = None
     #: Its registration is FIFO (``ordering`` ``"fifo"``).
     ordered: bool = False
+    #: What the attempt came to, in a word (see :func:`..delivery.outcomes.outcome_of`).
+    outcome: str = ""
 
     @property
     def final(self) -> bool:

@@ -1,0 +1,100 @@
+"""One line at INFO per finished attempt: its delivery, registration, topic, outcome, status,
+duration and what follows, for answers of every kind from real receivers on loopback; never a
+secret or the payload."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from flask_kaizen_webhooks import get_state
+from flask_kaizen_webhooks.delivery.outcomes import outcome_of
+from flask_kaizen_webhooks.delivery.transfer import SendResult
+from flask_kaizen_webhooks.storage import registrations
+from flask_kaizen_webhooks.storage.tables import Delivery
+from tests.conftest import DELIVERY_CONFIG
+from tests.receivers import Received, Reply, wait_until
+from tests.test_ordering import register
+
+SECRET = "signature_secret_0123"
+MARK = "payload-marker-7d1c"
+
+
+def result(status: int | None, error: str | None = None, timed_out: bool = False) -> SendResult:
+    return SendResult(status, 0.01, b"", None, None, error, timed_out)
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        (result(200), "success"),
+        (result(404), "4xx"),
+        (result(503), "5xx"),
+        (result(302), "redirect"),
+        (result(None, "timed out after 1 s", timed_out=True), "timeout"),
+        (result(None, "forbidden destination: 10.0.0.1 is private"), "refused"),
+        (result(200, "answer too large: over 65,536 bytes"), "too_large"),
+        (result(None, "connection refused"), "connection_error"),
+    ],
+)
+def test_each_answer_comes_to_one_outcome(answer: SendResult, outcome: str) -> None:
+    assert outcome_of(answer) == outcome
+
+
+def test_a_line_per_attempt_with_what_it_came_to_and_never_a_secret_or_payload(
+    make_host: Any, receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    hang = threading.Event()
+
+    def respond(request: Received, _count: int) -> Reply:
+        if request.path == "/hang":
+            return Reply(wait=hang)
+        return Reply(status=500 if request.path == "/fail" else 200)
+
+    config = {**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 0.5}
+    host = make_host("sqlite", **config)
+    server = receiver(respond)
+    ids = {path: register(host, server.url(path)) for path in ("/ok", "/fail", "/hang")}
+    with host.app.app_context():
+        state = get_state()
+        refused = registrations.create_registration(
+            state.database.session,
+            owner="org-1",
+            topic="profile_updated",
+            url="http://127.0.0.2:9/refused",  # loopback, not an allowed network
+            sealed_secret=state.secrets.seal(SECRET),
+        ).id
+        state.database.session.commit()
+    caplog.set_level(logging.INFO, logger="flask_kaizen_webhooks")
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"mark": MARK})
+
+    def attempts() -> int:
+        with host.app.app_context(), get_state().database.independent_session() as session:
+            return sum(session.scalars(select(Delivery.attempts)))
+
+    wait_until(lambda: attempts() >= 8, timeout=20)  # each of the four retried twice or done
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Webhook attempt")]
+    pattern = (
+        r"Webhook attempt (\d) of delivery (\S+) \(registration (\S+), topic profile_updated\): "
+        r"(\w+), status (\w+), (\d+) ms; (.+)"
+    )
+    seen = {}
+    for line in lines:
+        match = re.fullmatch(pattern, line)
+        assert match, line
+        seen.setdefault(match.group(3), set()).add((match.group(4), match.group(5)))
+    assert seen[ids["/ok"]] == {("success", "200")}
+    assert seen[ids["/fail"]] == {("5xx", "500")}
+    assert seen[ids["/hang"]] == {("timeout", "none")}
+    assert seen[refused] == {("refused", "none")}
+    assert any(line.endswith("; delivered") for line in lines)
+    assert any("; retry at " in line for line in lines)
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    assert SECRET not in everything and MARK not in everything
+    hang.set()
