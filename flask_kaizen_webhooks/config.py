@@ -352,6 +352,9 @@ class Settings:
     adaptive_concurrency: bool = setting(
         True, _bool, "Adapt each registration's attempts at once to how its receiver answers."
     )
+    health_max_delay: float = setting(
+        300, _positive_number, "Seconds due work may wait before /health answers 503."
+    )
     max_queue: int = setting(10_000, _positive_int, "Delivery ids a process keeps in memory.")
     max_payload_bytes: int = setting(256 * 1024, _positive_int, "The largest payload, as JSON.")
     max_registrations_per_owner: int = setting(

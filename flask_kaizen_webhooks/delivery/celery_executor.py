@@ -160,6 +160,10 @@ class CeleryExecutor:
             publisher.join(timeout)
         self.engine.stop(timeout)
 
+    def state(self) -> str:
+        """A worker process's engine; ``elsewhere`` in a web process (the workers send)."""
+        return self.engine.state() if self.engine.running else "elsewhere"
+
     def after_fork(self) -> None:
         """In a forked child: a publishing thread and an engine of its own, on first use."""
         self._lock = threading.Lock()

@@ -117,6 +117,12 @@ class ThreadExecutor:
         """True while the threads of this process run."""
         return self._pid == os.getpid() and not self._stopping.is_set()
 
+    def state(self) -> str:
+        """``running``; ``stopped``; or ``died``: started, its poller thread ended unstopped."""
+        if not self.running:
+            return "stopped"
+        return "running" if self._poller is not None and self._poller.is_alive() else "died"
+
     def autostart(self) -> None:
         """Start on first use (a request, a submission), unless stopped on purpose."""
         if not self._closed and not self.running:
@@ -191,8 +197,6 @@ class ThreadExecutor:
         atexit.unregister(self.stop)
         logger.info("Webhook dispatcher stopped")
 
-    # Attempts --------------------------------------------------------------------------------
-
     def _begin(
         self,
         items: list[Claimed],
@@ -244,8 +248,7 @@ class ThreadExecutor:
             waiting += self._conclude(item, host, started, request)
 
     def _paced(self, item: Claimed, host: str, start_by: float) -> None:
-        """The start time of a rate-limited registration's attempt came (on the pacer's
-        thread)."""
+        """A rate-limited registration's attempt's start time came (the pacer's thread)."""
         self._begin([item], host, start_by=start_by)
 
     def _per_second(self, item: Claimed) -> int | None:
@@ -297,18 +300,16 @@ class ThreadExecutor:
         return released
 
     def _spare_lease(self, item: Claimed, now: datetime) -> float:
-        """Seconds ``item``'s lease runs beyond the longest attempt, from ``now``: the attempt
-        must start within them, or another process could take the delivery over while it is
-        being sent."""
+        """Seconds ``item``'s lease outlasts the longest attempt from ``now``: its attempt must
+        start within them, or another process could take it over while it is being sent."""
         settings = self._context.settings
         return (item.lease_until - now).total_seconds() - (
             settings.async_timeout + settings.connect_timeout
         )
 
     def _renew(self, item: Claimed, host: str) -> None:
-        """Renew the lease of work that waited long in memory, so that no other process takes it
-        over while its attempt runs, then start it; or drop it if another process already
-        has."""
+        """Renew the lease of work that waited long in memory, then start it (no other process
+        takes it over while it runs); or drop it if another process already has."""
         context = self._context
         lease_until = context.clock.now() + timedelta(seconds=context.settings.lease_seconds)
         try:
@@ -336,8 +337,6 @@ class ThreadExecutor:
             record(self._app, self._context, records)
         if any(item.final and item.registration_id in self._ordered for item in records):
             self.wake()  # the next delivery of a FIFO registration may go now
-
-    # The poller ------------------------------------------------------------------------------
 
     def _poll(self, sender: Client, stopping: threading.Event, wake: threading.Event) -> None:
         settings = self._context.settings

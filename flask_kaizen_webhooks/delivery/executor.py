@@ -28,6 +28,10 @@ class Executor(Protocol):
     def after_fork(self) -> None:
         """In a forked child: forget the parent's threads (nothing runs until started)."""
 
+    def state(self) -> str:
+        """The engine in this process: ``running``, ``stopped``, ``died`` (its thread ended
+        without a stop), or ``elsewhere`` (other processes send)."""
+
 
 class NoExecutor:
     """No delivery in this process: another one (``flask webhooks worker``) sends the outbox."""
@@ -46,6 +50,9 @@ class NoExecutor:
 
     def after_fork(self) -> None:
         return None
+
+    def state(self) -> str:
+        return "elsewhere"
 
 
 def hand_over_after_commit(session: Session, executor: Executor, ids: list[str]) -> None:

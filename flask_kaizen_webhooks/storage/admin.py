@@ -178,6 +178,18 @@ def delivery_stats(session: Session, *, now: datetime) -> Stats:
     )
 
 
+def oldest_due(session: Session, *, now: datetime) -> datetime | None:
+    """When the oldest work due now and not taken became due: a pending delivery (its due time)
+    or an event not fanned out yet (when it was fired); None when nothing waits."""
+    delivery = session.scalar(
+        select(func.min(Delivery.next_attempt_at)).where(
+            Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now
+        )
+    )
+    event = session.scalar(select(func.min(Event.created_at)))
+    return min((as_utc(m) for m in (delivery, event) if m is not None), default=None)
+
+
 def count_call(session: Session, *, key: str, minute: int) -> int:
     """Count one call of ``key`` in ``minute`` (minutes since the epoch); the calls counted in
     that minute so far, this one included, in one atomic step however many processes count

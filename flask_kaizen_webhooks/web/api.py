@@ -18,6 +18,7 @@ from ..storage.rows import Target, target_from_row
 from ..storage.tables import Delivery, DeliveryStatus
 from . import actions
 from .blueprint import Handler, blueprint, current_owner, current_state, route_operations
+from .health import health
 from .inputs import (
     decode_cursor,
     encode_cursor,
@@ -303,6 +304,7 @@ HANDLERS: dict[str, Handler] = {
     "sendTest": send_test,
     "createPortalLink": create_portal_link,
     "openapi": openapi_document,
+    "health": health,
 }
 
 route_operations(OPERATIONS, HANDLERS)

@@ -21,6 +21,8 @@ blueprint = Blueprint("kaizen_webhooks", __name__)
 
 Handler = Callable[..., Response | tuple[Response, int] | tuple[Response, int, dict[str, str]]]
 ROUTED_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+#: Endpoints answered without credentials: the API's description, and its health.
+PUBLIC = frozenset({"kaizen_webhooks.openapi", "kaizen_webhooks.health"})
 #: The length of the ids the extension makes (UUIDs).
 ID_LENGTH = 36
 
@@ -111,8 +113,8 @@ def _authenticate() -> None:
     """Identify the caller and check their permission before any endpoint runs."""
     state = get_state()
     g.kaizen_webhooks_state = state
-    if request.endpoint == "kaizen_webhooks.openapi":
-        return  # the API's description is public
+    if request.endpoint in PUBLIC:
+        return
     callbacks = state.callbacks
     if callbacks.user_loader is None or callbacks.permission_checker is None:
         missing = [

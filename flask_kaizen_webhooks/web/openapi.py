@@ -67,6 +67,8 @@ class Operation:
     body: str | None = None
     #: Whether it is answered without credentials.
     public: bool = False
+    #: Other answers with bodies of their own (not errors).
+    also: tuple[Success, ...] = ()
 
 
 OPERATIONS = (
@@ -205,6 +207,15 @@ OPERATIONS = (
         errors=(400, 404, 413, 415, 422),
     ),
     Operation(
+        path="/health",
+        method="get",
+        operation_id="health",
+        summary="Whether delivery keeps up and this process's engine runs",
+        public=True,
+        success=Success(200, "Healthy", ref("Health")),
+        also=(Success(503, "Behind, or this process's engine is not running", ref("Health")),),
+    ),
+    Operation(
         path="/openapi.json",
         method="get",
         operation_id="openapi",
@@ -288,7 +299,8 @@ def _operation(operation: Operation) -> Schema:
 def _responses(operation: Operation) -> Schema:
     success = operation.success
     responses: Schema = {
-        str(success.status): {"description": success.description, **json_content(success.schema)}
+        str(answer.status): {"description": answer.description, **json_content(answer.schema)}
+        for answer in (success, *operation.also)
     }
     errors = operation.errors if operation.public else (401, 403, *operation.errors)
     for code in errors:

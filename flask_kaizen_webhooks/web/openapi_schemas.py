@@ -217,6 +217,21 @@ SCHEMAS: dict[str, Schema] = {
         {"expires_in": {"type": "number", "minimum": 1, "maximum": 7 * 86400}}, required=[]
     ),
     "PortalLink": object_schema({"url": {"type": "string"}, "expires_at": TIME}),
+    "Health": object_schema(
+        {
+            "status": {"type": "string", "enum": ["ok", "unhealthy"]},
+            "problems": {
+                "type": "array",
+                "items": {
+                    "type": "string",
+                    "enum": ["behind", "engine_stopped", "engine_died", "database_unreachable"],
+                },
+            },
+            "oldest_due_seconds": {"type": "number", "minimum": 0},
+            "max_delay_seconds": {"type": "number"},
+            "engine": {"type": "string", "enum": ["running", "stopped", "died", "elsewhere"]},
+        }
+    ),
     "TestRequest": object_schema({"topic": TOPIC, "registration_id": ID}, required=["topic"]),
     "DeliveryDetail": {
         "allOf": [
