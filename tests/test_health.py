@@ -77,3 +77,21 @@ def test_without_an_engine_here_only_the_delay_counts(make_host: Any) -> None:
     answer = host.app.test_client().get(HEALTH)
     assert answer.status_code == 200
     assert answer.get_json()["engine"] == "elsewhere"
+
+
+def test_deliveries_waiting_for_a_rate_limit_are_not_behind(make_host: Any, receiver: Any) -> None:
+    config = {**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_HEALTH_MAX_DELAY": 1.0}
+    host = make_host("sqlite", **config)
+    server = receiver(lambda request, n: Reply())
+    register(host, server.url("/paced"), max_per_second=1)
+    host.webhooks.start(host.app)
+    with host.app.app_context():
+        for n in range(20):
+            host.webhooks.trigger("profile_updated", {"n": n})
+    client = host.app.test_client()
+    answers = []
+    for _ in range(4):
+        time.sleep(0.8)
+        answers.append(client.get(HEALTH).status_code)
+    assert len(server.received) < 20  # still paced
+    assert answers == [200, 200, 200, 200]

@@ -396,3 +396,28 @@ def test_the_portal_shows_a_pull_only_endpoint_and_its_stored_deliveries(
     server.wait_for(1)
     time.sleep(0.2)
     assert len(server.received) == 1  # the event's push only: the test went nowhere
+
+
+def test_an_attempt_under_way_when_made_pull_only_never_disables_it(
+    host: Any, receiver: Any
+) -> None:
+    """The receiver answers 410 to the attempt that was under way when the registration was
+    made pull-only: the registration stays active, and its feed keeps filling."""
+    import threading
+
+    gate = threading.Event()
+    server = receiver(lambda request, n: Reply(status=410, wait=gate))
+    registration = register(host, server.url("/gone"))
+    rid = registration["id"]
+    with host.app.app_context():
+        host.webhooks.trigger("profile_updated", {"n": 1})
+    wait_until(lambda: len(server.received) == 1)  # the attempt is under way
+    assert put(host, rid, topic="profile_updated", url=None).status_code == 200
+    gate.set()
+    wait_until(lambda: attempts_of(host, next(iter(deliveries(host)))) == 1)
+    time.sleep(0.2)
+    shown = host.app.test_client().get(f"{PREFIX}/registrations/{rid}", headers=ADMIN).get_json()
+    assert (shown["state"], shown["disabled_reason"]) == ("active", None)
+    with host.app.app_context():
+        [later] = host.webhooks.trigger("profile_updated", {"n": 2})
+    assert deliveries(host)[later].status == "stored"

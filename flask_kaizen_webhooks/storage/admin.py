@@ -178,14 +178,21 @@ def delivery_stats(session: Session, *, now: datetime) -> Stats:
     )
 
 
-def oldest_due(session: Session, *, now: datetime) -> datetime | None:
+def oldest_due(
+    session: Session, *, now: datetime, every_registration_paced: bool = False
+) -> datetime | None:
     """When the oldest work due now and not taken became due: a pending delivery (its due time)
-    or an event not fanned out yet (when it was fired); None when nothing waits."""
-    delivery = session.scalar(
-        select(func.min(Delivery.next_attempt_at)).where(
-            Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now
-        )
+    or an event not fanned out yet (when it was fired); None when nothing waits. Deliveries
+    that wait for a rate limit of their registration's own (or, ``every_registration_paced``,
+    the operator's default) wait by design, and are left out."""
+    query = select(func.min(Delivery.next_attempt_at)).where(
+        Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now
     )
+    if every_registration_paced:
+        delivery = None
+    else:
+        paced = select(Registration.id).where(Registration.max_per_second.is_not(None))
+        delivery = session.scalar(query.where(Delivery.registration_id.not_in(paced)))
     event = session.scalar(select(func.min(Event.created_at)))
     return min((as_utc(m) for m in (delivery, event) if m is not None), default=None)
 

@@ -323,9 +323,15 @@ def change_state(registration: Registration, state: str, *, reason: str, now: da
 def disable_if_active(
     session: Session, registration_id: str, *, reason: str, now: datetime
 ) -> bool:
-    """Disable the registration if it is active; True if this call disabled it."""
+    """Disable the registration if it is active and pushed to (a receiver's answer never
+    disables a pull-only one, made so while an attempt was under way); True if this call
+    disabled it."""
     registration = session.get(Registration, registration_id, with_for_update=True)
-    if registration is None or registration.state != RegistrationState.ACTIVE:
+    if (
+        registration is None
+        or registration.state != RegistrationState.ACTIVE
+        or registration.url is None
+    ):
         return False
     change_state(registration, RegistrationState.DISABLED, reason=reason, now=now)
     return True

@@ -193,6 +193,8 @@ def note_delivery_outcome(
     registration = session.get(Registration, registration_id, with_for_update=True)
     if registration is None or registration.state != RegistrationState.ACTIVE:
         return None
+    if registration.url is None:  # made pull-only while the attempt was under way
+        return None
     registration.consecutive_failures += 1
     if registration.failing_since is None:
         registration.failing_since = now

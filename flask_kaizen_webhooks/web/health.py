@@ -23,7 +23,11 @@ def health() -> tuple[Response, int]:
     waited = 0.0
     try:
         with state.database.independent_session() as session:
-            oldest = admin.oldest_due(session, now=now)
+            oldest = admin.oldest_due(
+                session,
+                now=now,
+                every_registration_paced=state.settings.default_max_per_second is not None,
+            )
     except Exception as exc:
         logger.warning("Health check: the database could not be read (%s)", type(exc).__name__)
         problems.append("database_unreachable")
