@@ -421,3 +421,13 @@ def test_an_attempt_under_way_when_made_pull_only_never_disables_it(
     with host.app.app_context():
         [later] = host.webhooks.trigger("profile_updated", {"n": 2})
     assert deliveries(host)[later].status == "stored"
+
+
+def test_a_synchronous_event_is_in_a_pull_only_feed_when_the_call_returns(host: Any) -> None:
+    """Its only copy: written before the host goes on, never left to the log's thread (which
+    may lag, or drop logs while the database is away)."""
+    pulled = pull_only(host, topic="user_logged_in")
+    with host.app.app_context():
+        assert host.webhooks.trigger("user_logged_in", {"user_id": "u-1"}) == []
+    stored = [d for d in deliveries(host).values() if d.registration_id == pulled]
+    assert len(stored) == 1 and stored[0].status == "stored"

@@ -9,6 +9,7 @@ many hooks do not queue ahead of everyone else's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -223,6 +224,13 @@ def _record(
     path)."""
     topic = log.topic
     try:
+        if log.stored and log.mode != TEST_MODE:
+            # A pull-only registration's only copy of the event: written before the caller
+            # goes on, never queued (nor dropped) with the log of the hooks sent.
+            write_logs(app, context, [dataclasses.replace(log, finished=[])])
+            log = dataclasses.replace(log, stored=[])
+            if not log.finished:
+                return
         if log.mode == TEST_MODE:
             write_logs(app, context, [log])
         elif sync_log.queued >= MAX_QUEUED_LOGS:  # the database has been away long

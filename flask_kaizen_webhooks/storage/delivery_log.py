@@ -107,7 +107,7 @@ def log_stored(
                 "attempts": 0,
                 "retry_index": 0,
                 "next_attempt_at": None,
-                "created_at": started_at,
+                "created_at": now,  # when it comes to exist: a feed read before has not passed it
                 "updated_at": now,
                 "completed_at": now,
             }
