@@ -104,8 +104,6 @@ class ThreadExecutor:
         self._poller: threading.Thread | None = None
         #: Deliveries whose lease must be renewed before their attempt (by the poller).
         self._renewals: queue.SimpleQueue[tuple[Claimed, str]] = queue.SimpleQueue()
-        #: FIFO registrations seen: the end of each of their deliveries wakes the poller.
-        self._ordered: set[str] = set()
         #: Deliveries whose slot came free while stopping: to be given back.
         self._unsent: list[Claimed] = []
         self._stopping = threading.Event()
@@ -335,7 +333,7 @@ class ThreadExecutor:
     def _record(self, records: Sequence[AttemptRecord]) -> None:
         with self._app.app_context():
             record(self._app, self._context, records)
-        if any(item.final and item.registration_id in self._ordered for item in records):
+        if any(item.final and item.ordered for item in records):
             self.wake()  # the next delivery of a FIFO registration may go now
 
     def _poll(self, sender: Client, stopping: threading.Event, wake: threading.Event) -> None:
@@ -389,8 +387,6 @@ class ThreadExecutor:
             if item.target is None:
                 self._abandon(item)
                 continue
-            if item.target.ordered:
-                self._ordered.add(item.registration_id)
             host = destination_of(item.target.url, self._client.addresses)
             taken = self._in_flight.acquire(item.registration_id, host, item)
             if taken:

@@ -202,16 +202,7 @@ def _end_unclaimed_deliveries(session: Session, registration_id: str, *, error: 
     """Fail the registration's pending deliveries that no worker holds; a claimed one is left
     to its worker, which ends it when it finds the registration gone."""
     now = utcnow()
-    session.execute(
-        update(Delivery)
-        .where(
-            Delivery.registration_id == registration_id,
-            Delivery.status == DeliveryStatus.PENDING,
-            not_claimed(now),
-        )
-        .values(**ended_unsent(error, now))
-        .execution_options(synchronize_session=False)
-    )
+    _change_unclaimed(session, registration_id, now, ended_unsent(error, now))
 
 
 def _store_unclaimed_deliveries(session: Session, registration_id: str) -> None:
@@ -219,6 +210,16 @@ def _store_unclaimed_deliveries(session: Session, registration_id: str) -> None:
     its feed, unsent; a claimed one is attempted by its worker, and stored when claimed next
     if it must be retried."""
     now = utcnow()
+    stored = {"status": DeliveryStatus.STORED, "claim_token": None, "next_attempt_at": None}
+    _change_unclaimed(
+        session, registration_id, now, {**stored, "completed_at": now, "updated_at": now}
+    )
+
+
+def _change_unclaimed(
+    session: Session, registration_id: str, now: datetime, values: dict[str, Any]
+) -> None:
+    """Set ``values`` on the registration's pending deliveries that no worker holds."""
     session.execute(
         update(Delivery)
         .where(
@@ -226,13 +227,7 @@ def _store_unclaimed_deliveries(session: Session, registration_id: str) -> None:
             Delivery.status == DeliveryStatus.PENDING,
             not_claimed(now),
         )
-        .values(
-            status=DeliveryStatus.STORED,
-            claim_token=None,
-            next_attempt_at=None,
-            completed_at=now,
-            updated_at=now,
-        )
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
 
