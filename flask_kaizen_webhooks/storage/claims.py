@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..clock import as_utc
 from ..errors import (
     DeliveryInFlight,
     PullOnlyRegistration,
@@ -103,6 +104,7 @@ _TAKE = (
         DELIVERIES.c.attempts,
         DELIVERIES.c.retry_index,
         DELIVERIES.c.registration_id,
+        DELIVERIES.c.created_at,
     )
 )
 
@@ -215,8 +217,9 @@ def _take(
             registration_id,
             targets.get(registration_id),
             lease_until,
+            as_utc(created_at),
         )
-        for delivery_id, topic, payload, attempts, retry_index, registration_id in rows
+        for delivery_id, topic, payload, attempts, retry_index, registration_id, created_at in rows
     ]
 
 

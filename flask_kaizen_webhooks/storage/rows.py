@@ -150,6 +150,8 @@ class Claimed:
     target: PushTarget | None
     #: When the claim's lease runs out, unless renewed.
     lease_until: datetime
+    #: When the delivery was stored (its event committed, as near as the database tells).
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
