@@ -105,6 +105,7 @@ _TAKE = (
         DELIVERIES.c.retry_index,
         DELIVERIES.c.registration_id,
         DELIVERIES.c.created_at,
+        DELIVERIES.c.trace_parent,
     )
 )
 
@@ -218,8 +219,18 @@ def _take(
             targets.get(registration_id),
             lease_until,
             as_utc(created_at),
+            trace_parent,
         )
-        for delivery_id, topic, payload, attempts, retry_index, registration_id, created_at in rows
+        for (
+            delivery_id,
+            topic,
+            payload,
+            attempts,
+            retry_index,
+            registration_id,
+            created_at,
+            trace_parent,
+        ) in rows
     ]
 
 

@@ -36,6 +36,7 @@ _OUTBOX_INSERT = Prepared(
         "completed_at",
         "created_at",
         "updated_at",
+        "trace_parent",
     ),
 )
 
@@ -46,7 +47,8 @@ Addressed = tuple[str, str, str, bool]
 
 
 _EVENT_INSERT = Prepared(
-    insert(EVENTS), column_keys=("id", "topic", "document", "recipients", "created_at")
+    insert(EVENTS),
+    column_keys=("id", "topic", "document", "recipients", "created_at", "trace_parent"),
 )
 
 
@@ -117,10 +119,12 @@ def add_deliveries(
     topic: str,
     document_json: str,
     now: datetime,
+    trace_parent: str | None = None,
 ) -> list[str]:
-    """Write outbox rows of one event (its JSON), one per recipient, each with its own
-    ``webhook_request_id``, due now (a pull-only recipient's stored); their ids. Executemany
-    on ``connection`` (the session's, so they commit or roll back with its transaction)."""
+    """Write outbox rows of one event (its JSON, and the ``traceparent`` it was fired under),
+    one per recipient, each with its own ``webhook_request_id``, due now (a pull-only
+    recipient's stored); their ids. Executemany on ``connection`` (the session's, so they
+    commit or roll back with its transaction)."""
     if not recipients:
         return []
     ids = time_ordered_ids(len(recipients))
@@ -130,6 +134,7 @@ def add_deliveries(
         topic=topic,
         document_json=document_json,
         now=now,
+        trace_parent=trace_parent,
     )
     return ids
 
@@ -141,8 +146,10 @@ def add_event(
     topic: str,
     document_json: str,
     now: datetime,
+    trace_parent: str | None = None,
 ) -> list[str]:
-    """Write one outbox row for an asynchronous event and all its recipients, to be fanned out
+    """Write one outbox row for an asynchronous event (with the ``traceparent`` it was fired
+    under) and all its recipients, to be fanned out
     into deliveries by :func:`expand_events` once committed; the ids the deliveries will have.
     Nothing is written when there are no recipients."""
     if not recipients:
@@ -156,7 +163,12 @@ def add_event(
     ]
     _EVENT_INSERT.insert_many(
         connection,
-        {"topic": topic, "document": document_json, "created_at": now},
+        {
+            "topic": topic,
+            "document": document_json,
+            "created_at": now,
+            "trace_parent": trace_parent,
+        },
         ("id", "recipients"),
         [(event_id, json.dumps(listed, separators=(",", ":")))],
     )
@@ -172,7 +184,12 @@ def expand_events(session: Session, *, now: datetime, limit: int = EXPAND_BATCH)
     connection = session.connection()
     events = connection.execute(
         select(
-            EVENTS.c.id, EVENTS.c.topic, EVENTS.c.document, EVENTS.c.recipients, EVENTS.c.created_at
+            EVENTS.c.id,
+            EVENTS.c.topic,
+            EVENTS.c.document,
+            EVENTS.c.recipients,
+            EVENTS.c.created_at,
+            EVENTS.c.trace_parent,
         )
         .order_by(EVENTS.c.id)
         .limit(limit)
@@ -191,6 +208,7 @@ def expand_events(session: Session, *, now: datetime, limit: int = EXPAND_BATCH)
             document_json=event.document,
             now=now,
             due=event.created_at,
+            trace_parent=event.trace_parent,
         )
         written += [delivery_id for delivery_id, *_ in recipients]
     if events:
@@ -206,10 +224,12 @@ def _insert_deliveries(
     document_json: str,
     now: datetime,
     due: datetime | None = None,
+    trace_parent: str | None = None,
 ) -> None:
     """One executemany of pending deliveries made ``now``, due at ``due`` (default: now), and
     one of the pull-only recipients' deliveries, stored (finished when made, never due), if
-    any; each payload is the event's JSON with its ``webhook_request_id``."""
+    any; each payload is the event's JSON with its ``webhook_request_id``, each with the
+    event's ``trace_parent``."""
     shared = {
         "topic": topic,
         "mode": Mode.ASYNC,
@@ -220,6 +240,7 @@ def _insert_deliveries(
         "completed_at": None,
         "created_at": now,
         "updated_at": now,
+        "trace_parent": trace_parent,
     }
     ids = [delivery_id for delivery_id, *_ in recipients]
     rows: dict[bool, list[tuple[str, str, str, str]]] = {False: [], True: []}

@@ -152,6 +152,8 @@ class Claimed:
     lease_until: datetime
     #: When the delivery was stored (its event committed, as near as the database tells).
     created_at: datetime
+    #: The W3C ``traceparent`` its event was fired under, if any (its attempts' spans' parent).
+    trace_parent: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,6 +190,9 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The W3C ``traceparent`` of the span current where its event was fired, if any: its
+    #: attempts' spans join that trace (see :mod:`flask_kaizen_webhooks.tracing`).
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
 
     def __repr__(self) -> str:
         return f"<Delivery {self.id} {self.topic} {self.status} attempts={self.attempts}>"
@@ -233,6 +236,9 @@ class Event(Base):
     #: registration's entry has a fourth item, ``1``: its delivery is stored, not sent.
     recipients: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The W3C ``traceparent`` of the span current where it was fired, if any; its deliveries
+    #: get it.
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
 
 
 class Attempt(Base):

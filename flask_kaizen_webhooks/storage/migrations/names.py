@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 VERSION_TABLE = "kaizen_webhooks_alembic_version"
 
 #: Every revision, oldest first (a test checks them against the revision files).
-REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 
 #: The newest revision: a database stamped with it needs nothing, and that is found without
 #: loading Alembic.
