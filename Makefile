@@ -9,7 +9,7 @@ DEMO_INSTANCE := $(CURDIR)/instance
 # The extras (see setup.cfg) of each install; "package" is the package alone.
 EXTRAS_package :=
 EXTRAS_test := test,postgres,celery,docs
-EXTRAS_lint := lint,postgres,celery
+EXTRAS_lint := lint,postgres,celery,otel
 EXTRAS_docs := docs
 EXTRAS_bench := postgres,celery
 # Packages an install needs besides the package's extras: the benchmark's baseline posts with

@@ -371,6 +371,9 @@ class Settings:
     )
     ca_bundle: str | None = setting(None, _ca_bundle, "Trusted CAs' PEM file; None: the system's.")
     proxy: str | None = setting(None, _proxy, "Egress proxy for every webhook; None: none.")
+    propagate_trace: bool = setting(
+        False, _bool, "Send each attempt's W3C traceparent header (OpenTelemetry) to receivers."
+    )
     portal: bool = setting(True, _bool, "Serve the integrator portal at <prefix>/portal.")
     portal_link_seconds: float = setting(
         3600, _link_seconds, "Seconds a portal link lasts unless its maker says otherwise."

@@ -38,7 +38,7 @@ def installed_extras(plan: str) -> list[str]:
     [
         ("demo", "."),
         ("test", ".[test,postgres,celery,docs]"),
-        ("lint", ".[lint,postgres,celery]"),
+        ("lint", ".[lint,postgres,celery,otel]"),
         ("docs", ".[docs]"),
         ("fuzz", ".[test,postgres,celery,docs]"),
         ("bench", ".[postgres,celery]"),

@@ -23,12 +23,14 @@ from flask import Flask
 from ..storage import claims, outbox
 from ..storage.holders import new_token
 from ..storage.rows import AttemptRecord, Claimed
+from ..tracing import AttemptSpan
 from .attempt import abandon, conclude, record
 from .client import Client, Job, SendResult
 from .context import DeliveryContext
 from .destinations import destination_of
 from .inflight import InFlight
 from .outage import Outage, unreachable
+from .outcomes import outcome_of
 from .pacer import Pacer
 from .recorder import Recorder
 from .requests import Request, request_of
@@ -38,8 +40,8 @@ from .shares import SETTLING_POLL, Shares
 logger = logging.getLogger("flask_kaizen_webhooks")
 
 #: What comes back with an attempt's result: the delivery, its destination (whose slot it
-#: holds, see :func:`..destinations.destination_of`) and when the attempt started.
-Context = tuple[Claimed, str, datetime]
+#: holds, see :func:`..destinations.destination_of`), when the attempt started and its span.
+Context = tuple[Claimed, str, datetime, AttemptSpan]
 
 #: Seconds of lease an attempt needs beyond its own time limits, or the lease is renewed first.
 LEASE_MARGIN = 5.0
@@ -178,7 +180,8 @@ class ThreadExecutor:
         left: list[Claimed] = []
         for job in sender.stop(max(0.0, deadline - time.monotonic())):
             if job.done == self._finished:  # the engine's (the client may carry others')
-                item, host, _started = job.context
+                item, host, _started, span = job.context
+                span.end()  # unanswered, if it started
                 left += self._release_all([item], host)
         while True:
             try:
@@ -235,9 +238,10 @@ class ThreadExecutor:
                     request.body,
                     request.headers,
                     context.settings.async_timeout,
-                    (item, host, started),
+                    (item, host, started, request.span),
                     self._finished,
                     late=self._late,
+                    starting=request.span.start,
                     # later, it goes to _late
                     start_by=min(time.monotonic() + spare, paced_by),
                 )
@@ -257,7 +261,8 @@ class ThreadExecutor:
     def _finished(self, context: Context, result: SendResult) -> None:
         """An attempt came to ``result`` (on the sender's thread): record it, start what its
         slot goes to, and wake the poller when the work in memory runs low."""
-        item, host, started = context
+        item, host, started, span = context
+        span.end(outcome_of(result), result.status_code, result.elapsed)
         self._in_flight.answered(item.registration_id, result)
         self._begin(self._conclude(item, host, started, result), host)
         sender = self._sender
@@ -271,7 +276,7 @@ class ThreadExecutor:
     def _late(self, context: Context) -> None:
         """An attempt waited too long to start (on the sender's thread): its lease is renewed
         by the poller, then it goes to the sender again."""
-        item, host, _started = context
+        item, host, _started, _span = context  # not started: a new one goes with the renewal
         self._renewals.put((item, host))
         self._wake.set()
 

@@ -232,6 +232,7 @@ class Loop:
                 self._finish(job, failure(now, f"internal error: {type(exc).__name__}"))
 
     def _begin(self, job: Job[Any], ends: float) -> None:
+        job.starting()
         try:
             where = route(job.url)
         except ValueError as exc:

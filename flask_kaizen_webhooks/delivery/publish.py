@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import WebhooksError
 from ..signing import encode_payload
 from ..storage import outbox
+from ..tracing import current_trace_parent
 from .context import DeliveryContext
 from .executor import Executor, hand_over_after_commit
 
@@ -45,9 +46,10 @@ def enqueue(
     Inside a transaction of the host's session the event is written as one row, which commits
     or rolls back with the host's change, and the executor fans it out into deliveries after
     the commit; otherwise (and always with the embedded database) the deliveries are written
-    and committed here.
+    and committed here. Either way they keep the ``traceparent`` of the current span, if any.
     """
     database = context.database
+    trace_parent = current_trace_parent()
     session = database.session
     if database.commits_itself(session):
         try:
@@ -58,6 +60,7 @@ def enqueue(
                 topic=topic,
                 document_json=document_json,
                 now=context.clock.now(),
+                trace_parent=trace_parent,
             )
             session.commit()
         except BaseException:
@@ -72,7 +75,12 @@ def enqueue(
     recipients = outbox.active_recipients(connection, topic=topic)
     now = context.clock.now()
     ids = outbox.add_event(
-        connection, recipients=recipients, topic=topic, document_json=document_json, now=now
+        connection,
+        recipients=recipients,
+        topic=topic,
+        document_json=document_json,
+        now=now,
+        trace_parent=trace_parent,
     )
     if ids:
         hand_over_after_commit(session, executor, ids)

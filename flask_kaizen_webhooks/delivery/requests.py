@@ -1,5 +1,6 @@
 """The signed request of a webhook: its headers, and its body, a compact JWS of the payload
-signed with the registration's secret (and the next secret during a rotation's overlap)."""
+signed with the registration's secret (and the next secret during a rotation's overlap); and
+its attempt's span (see :mod:`..tracing`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from ..errors import SecretUnreadable
 from ..signing import detached, sign
 from ..storage.rows import Claimed, Target
+from ..tracing import NO_SPAN, AttemptSpan, Current, attempt_span
 from ..version import __version__
 from .client import SendResult
 from .context import DeliveryContext
@@ -25,6 +27,9 @@ class Request:
     url: str
     body: bytes
     headers: dict[str, str]
+    #: Started as the request really goes (it may add its trace context to ``headers``), ended
+    #: with its result.
+    span: AttemptSpan = NO_SPAN
 
 
 def request_headers(topic: str, delivery_id: str, attempt_number: int) -> dict[str, str]:
@@ -43,17 +48,33 @@ def signed_request(
     *,
     target: Target,
     payload: bytes,
-    headers: dict[str, str],
+    topic: str,
     delivery_id: str,
+    number: int,
+    trace_parent: str | Current | None,
 ) -> Request | SendResult:
-    """The request that pushes ``payload`` to ``target``, signed (see :func:`signed_body`); a
-    failed result when it cannot be signed, or ``target`` is pull-only."""
+    """The request of attempt ``number`` that pushes ``payload`` to ``target``, signed (see
+    :func:`signed_body`), with its span, whose parent is ``trace_parent`` (see
+    :func:`..tracing.attempt_span`); a failed result when it cannot be signed, or ``target`` is
+    pull-only."""
     if target.url is None:
         return SendResult(None, 0.0, b"", None, None, "the registration is pull-only")
+    headers = request_headers(topic, delivery_id, number)
     body = signed_body(
         context, target=target, payload=payload, headers=headers, delivery_id=delivery_id
     )
-    return body if isinstance(body, SendResult) else Request(target.url, body, headers)
+    if isinstance(body, SendResult):
+        return body
+    span = attempt_span(
+        topic=topic,
+        registration_id=target.registration_id,
+        delivery_id=delivery_id,
+        number=number,
+        url=target.url,
+        parent=trace_parent,
+        headers=headers if context.settings.propagate_trace else None,
+    )
+    return Request(target.url, body, headers, span)
 
 
 def signed_body(
@@ -105,6 +126,8 @@ def request_of(context: DeliveryContext, claimed: Claimed) -> Request | SendResu
         context,
         target=target,
         payload=claimed.payload.encode(),
-        headers=request_headers(claimed.topic, claimed.delivery_id, claimed.attempts + 1),
+        topic=claimed.topic,
         delivery_id=claimed.delivery_id,
+        number=claimed.attempts + 1,
+        trace_parent=claimed.trace_parent,
     )

@@ -26,12 +26,13 @@ from ..storage import delivery_log
 from ..storage.delivery_log import Stored
 from ..storage.rows import Finished, Target
 from ..storage.tables import TEST_MODE
+from ..tracing import CURRENT
 from .attempt import announce
 from .client import Client, SendResult
 from .context import DeliveryContext
-from .outcomes import describe_failure, excerpt, response_json
+from .outcomes import describe_failure, excerpt, outcome_of, response_json
 from .recorder import Recorder
-from .requests import Request, request_headers, signed_request
+from .requests import Request, signed_request
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -112,20 +113,25 @@ def fan_out(
             context,
             target=targets[index],
             payload=payloads[index],
-            headers=request_headers(topic, ids[index], 1),
+            topic=topic,
             delivery_id=ids[index],
+            number=1,
+            trace_parent=CURRENT,
         )
         if isinstance(request, Request):
             requests.append((index, request))
         else:
             sent[index] = request  # it could not be signed: its own result
     remaining = max(0.0, timeout - (time.monotonic() - started))
+    for _index, request in requests:
+        request.span.start()  # children of the caller's span
     answers = client.post_all(
         [(request.url, request.body, request.headers) for _index, request in requests],
         timeout=remaining,
     )
-    for (index, _request), answer in zip(requests, answers, strict=True):
+    for (index, request), answer in zip(requests, answers, strict=True):
         sent[index] = answer
+        request.span.end(outcome_of(answer), answer.status_code, answer.elapsed)
     results: list[DeliveryResult] = []
     finished: list[Finished] = []
     stored: list[Stored] = []

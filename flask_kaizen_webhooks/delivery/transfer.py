@@ -127,6 +127,8 @@ class Job(Generic[T]):
     end_by: float = float("inf")
     #: When it started (``time.monotonic()``), set by the client.
     started: float = 0.0
+    #: Called on the client's thread as it starts, before its request is made.
+    starting: Callable[[], None] = lambda: None
 
 
 @dataclass(eq=False, slots=True)
