@@ -8,10 +8,10 @@ DEMO_INSTANCE := $(CURDIR)/instance
 
 # The extras (see setup.cfg) of each install; "package" is the package alone.
 EXTRAS_package :=
-EXTRAS_test := test,postgres,celery,docs
-EXTRAS_lint := lint,postgres,celery
+EXTRAS_test := test,postgres,celery,metrics,docs
+EXTRAS_lint := lint,postgres,celery,metrics
 EXTRAS_docs := docs
-EXTRAS_bench := postgres,celery
+EXTRAS_bench := postgres,celery,metrics
 # Packages an install needs besides the package's extras: the benchmark's baseline posts with
 # requests, as a host writing webhooks by hand would; the screenshots drive the system's
 # Chromium with Playwright (which downloads no browser when installed with pip).

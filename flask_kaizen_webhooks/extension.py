@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app
 from flask_sqlalchemy import SQLAlchemy
 
 from .cli import webhooks_cli
@@ -36,6 +36,7 @@ from .storage import outbox
 from .storage.database import Database
 from .topics import Mode, Topic, TopicRegistry
 from .web.api import blueprint
+from .web.metrics import metrics_view
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -276,6 +277,18 @@ class KaizenWebhooks:
         for target in [app] if app is not None else list(self._apps):
             # Held as long as the app lives: blinker drops it when the app is collected.
             topic_signal(topic).connect(receiver, sender=target, weak=False)
+
+    @property
+    def metrics_view(self) -> Callable[[], Response]:
+        """The view of the Prometheus metrics, for the host to mount where it likes::
+
+            app.add_url_rule("/metrics", view_func=webhooks.metrics_view)
+
+        It shows what this process counted (every process's, in prometheus-client's
+        multiprocess mode) and gauges read from the database at each scrape. Without
+        prometheus-client (the ``[metrics]`` extra) it answers 501, saying what to install.
+        """
+        return metrics_view
 
     # State -------------------------------------------------------------------------------------
 

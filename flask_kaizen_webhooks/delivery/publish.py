@@ -4,6 +4,8 @@ request path, and their ids handed to the executor once committed."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +49,8 @@ def enqueue(
     the commit; otherwise (and always with the embedded database) the deliveries are written
     and committed here.
     """
+    started = time.perf_counter()
+    metrics = context.metrics
     database = context.database
     session = database.session
     if database.commits_itself(session):
@@ -66,6 +70,8 @@ def enqueue(
             with contextlib.suppress(Exception):
                 session.rollback()
             raise
+        metrics.enqueued(topic, len(ids))
+        metrics.enqueue_took(topic, time.perf_counter() - started)
         executor.submit(ids)
         return ids
     connection = session.connection()
@@ -75,5 +81,8 @@ def enqueue(
         connection, recipients=recipients, topic=topic, document_json=document_json, now=now
     )
     if ids:
-        hand_over_after_commit(session, executor, ids)
+        hand_over_after_commit(
+            session, executor, ids, functools.partial(metrics.enqueued, topic, len(ids))
+        )
+    metrics.enqueue_took(topic, time.perf_counter() - started)
     return ids

@@ -29,7 +29,7 @@ from ..storage.tables import TEST_MODE
 from .attempt import announce
 from .client import Client, SendResult
 from .context import DeliveryContext
-from .outcomes import describe_failure, excerpt, response_json
+from .outcomes import describe_failure, excerpt, outcome_of, response_json
 from .recorder import Recorder
 from .requests import Request, request_headers, signed_request
 
@@ -137,6 +137,8 @@ def fan_out(
             if mode == TEST_MODE:
                 results.append(DeliveryResult.kept(delivery_id, target))
             continue
+        if mode != TEST_MODE:
+            context.metrics.attempted(topic, outcome_of(result), result.elapsed)
         results.append(
             DeliveryResult(
                 delivery_id=delivery_id,
