@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 #: Where the demo keeps its SQLite database; `make reset` deletes it.
 DEMO_INSTANCE := $(CURDIR)/instance
 
-# The extras (see setup.cfg) of each install; "package" is the package alone.
-EXTRAS_package :=
+# The extras (see setup.cfg) of each install; one without any installs the package alone. The
+# demo shows its Prometheus metrics at /metrics.
+EXTRAS_demo := metrics
 EXTRAS_test := test,postgres,celery,metrics,docs
 EXTRAS_lint := lint,postgres,celery,metrics
 EXTRAS_docs := docs
@@ -29,7 +30,7 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml
 	$(if $(PACKAGES_$*),$(BIN)/python -m pip install --quiet $(PACKAGES_$*))
 	touch $@
 
-demo: $(VENV)/.installed-package
+demo: $(VENV)/.installed-demo
 	$(BIN)/python -m example_app --instance-path $(DEMO_INSTANCE)
 
 reset:
