@@ -36,7 +36,7 @@ from .storage import outbox
 from .storage.database import Database
 from .topics import Mode, Topic, TopicRegistry
 from .web.api import blueprint
-from .web.metrics import metrics_view
+from .web.metrics import MetricsServer, metrics_view, serve
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -289,6 +289,19 @@ class KaizenWebhooks:
         prometheus-client (the ``[metrics]`` extra) it answers 501, saying what to install.
         """
         return metrics_view
+
+    def serve_metrics(
+        self, port: int, *, host: str = "127.0.0.1", app: Flask | None = None
+    ) -> MetricsServer:
+        """Serve the metrics of ``app`` (default: the current app) at
+        ``http://host:port/metrics`` from a thread of this process, for processes that serve no
+        web requests (what ``flask webhooks worker --metrics-port`` runs; a Celery worker's main
+        process can call it when it is ready). ``port`` 0 picks a free one: the server's
+        ``server_port`` tells which; ``shutdown()`` stops it. Raises
+        :class:`MetricsUnavailable` without prometheus-client, :class:`OSError` if the port is
+        taken."""
+        target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        return serve(target, port, host)
 
     # State -------------------------------------------------------------------------------------
 

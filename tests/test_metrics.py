@@ -5,6 +5,7 @@ the database; neither a secret nor a payload in them."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -73,8 +74,9 @@ def add_refused(host: Host) -> str:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres-hostdb"])
 def test_each_outcome_is_counted_and_the_database_gauges_tell_the_truth(
-    make_host: Any, receiver: Any, backend: str
+    make_host: Any, receiver: Any, backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="flask_kaizen_webhooks")
     hang = threading.Event()
 
     def respond(request: Received, _count: int) -> Reply:
@@ -149,8 +151,13 @@ def test_each_outcome_is_counted_and_the_database_gauges_tell_the_truth(
         if name == "kaizen_webhooks_registration_consecutive_failures"
     }
     assert failing == {ids["/fail"]: 1, ids["/hang"]: 1, ids["refused"]: 1}
+    # Neither the secret nor the payload in the metrics (checked at each scrape), in the
+    # health check, or in anything logged, from the attempts' lines to the warnings.
     health = host.app.test_client().get("/v2/webhooks/health").get_data(as_text=True)
     assert SECRET not in health and MARK not in health
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Webhook attempt 1 of delivery" in logged
+    assert SECRET not in logged and MARK not in logged
     hang.set()
 
 
@@ -295,3 +302,19 @@ def test_the_dashboard_and_the_alert_rules_use_only_metrics_that_exist(make_host
     # Every metric is on the dashboard.
     shown = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
     assert {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in names} <= shown
+
+
+def test_a_process_that_serves_no_requests_serves_its_metrics_over_http(make_host: Any) -> None:
+    import requests
+
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    register(host, "http://127.0.0.1:9/never")
+    server = host.webhooks.serve_metrics(0, app=host.app)
+    try:
+        answer = requests.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10)
+    finally:
+        server.shutdown()
+    assert answer.status_code == 200
+    samples = parse(answer.text)
+    assert value(samples, "kaizen_webhooks_database_up") == 1
+    assert value(samples, "kaizen_webhooks_registrations", state="active") == 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, cast
 
 from flask import Flask, Response, current_app
 
@@ -128,7 +128,18 @@ def metrics_view() -> Response:
     return Response(body, headers={"Content-Type": content_type})
 
 
-def serve(app: Flask, port: int, host: str = "127.0.0.1") -> Any:
+class MetricsServer(Protocol):
+    """A running metrics server."""
+
+    @property
+    def server_port(self) -> int:
+        """The port it listens on."""
+
+    def shutdown(self) -> None:
+        """Stop serving."""
+
+
+def serve(app: Flask, port: int, host: str = "127.0.0.1") -> MetricsServer:
     """Serve ``app``'s scrape at ``http://host:port/metrics`` from a thread of this process
     (a worker's); the server comes back (``shutdown()`` stops it)."""
     if not prometheus_available():
@@ -138,4 +149,4 @@ def serve(app: Flask, port: int, host: str = "127.0.0.1") -> Any:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Scrape(app))
     server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server
+    return cast(MetricsServer, server)
