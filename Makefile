@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 #: Where the demo keeps its SQLite database; `make reset` deletes it.
 DEMO_INSTANCE := $(CURDIR)/instance
 
-# The extras (see setup.cfg) of each install; "package" is the package alone.
-EXTRAS_package :=
-EXTRAS_test := test,postgres,celery,docs
-EXTRAS_lint := lint,postgres,celery,otel
+# The extras (see setup.cfg) of each install; one without any installs the package alone. The
+# demo shows its Prometheus metrics at /metrics.
+EXTRAS_demo := metrics
+EXTRAS_test := test,postgres,celery,metrics,docs
+EXTRAS_lint := lint,postgres,celery,metrics,otel
 EXTRAS_docs := docs
-EXTRAS_bench := postgres,celery
+EXTRAS_bench := postgres,celery,metrics
 # Packages an install needs besides the package's extras: the benchmark's baseline posts with
 # requests, as a host writing webhooks by hand would; the screenshots drive the system's
 # Chromium with Playwright (which downloads no browser when installed with pip).
@@ -29,7 +30,7 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml
 	$(if $(PACKAGES_$*),$(BIN)/python -m pip install --quiet $(PACKAGES_$*))
 	touch $@
 
-demo: $(VENV)/.installed-package
+demo: $(VENV)/.installed-demo
 	$(BIN)/python -m example_app --instance-path $(DEMO_INSTANCE)
 
 reset:

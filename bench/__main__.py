@@ -184,10 +184,13 @@ def succeeded(app: Flask) -> int:
         return int(session.scalar(query) or 0)
 
 
-def async_throughput(url: str, database_uri: str, events: int, registrations: int) -> float:
+def async_throughput(
+    url: str, database_uri: str, events: int, registrations: int, *, metrics: bool = True
+) -> float:
     """Events fired by the host, each delivery signed, sent and recorded; first event to last
-    recorded success (``delivery_succeeded`` is sent once a success is committed)."""
-    app, webhooks = host_app(database_uri)
+    recorded success (``delivery_succeeded`` is sent once a success is committed). Prometheus
+    metrics are counted unless ``metrics`` is False."""
+    app, webhooks = host_app(database_uri, KAIZEN_WEBHOOKS_METRICS=metrics)
     add_registrations(app, url, registrations, "profile_updated")
     total = events * registrations
     done = threading.Event()
@@ -366,9 +369,8 @@ def celery_throughput(
         get_state(app).shutdown()
 
 
-def enqueue_latency(url: str, samples: int) -> tuple[float, float]:
-    """Microseconds the host's request spends in the signal (10 registrations, host ``db``,
-    inside its transaction, commit excluded)."""
+def enqueue_host(url: str, metrics: bool) -> tuple[Flask, SQLAlchemy]:
+    """A host with its own ``db`` and 10 registrations, whose web process only enqueues."""
     directory = tempfile.mkdtemp()
     app = Flask("bench-enqueue", instance_path=directory)
     app.config.update(
@@ -377,21 +379,35 @@ def enqueue_latency(url: str, samples: int) -> tuple[float, float]:
         KAIZEN_WEBHOOKS_ALLOW_HTTP=True,
         KAIZEN_WEBHOOKS_EXECUTOR="none",
         KAIZEN_WEBHOOKS_ALLOWED_NETWORKS=["127.0.0.1/32"],
+        KAIZEN_WEBHOOKS_METRICS=metrics,
     )
     db = SQLAlchemy()
     db.init_app(app)
     KaizenWebhooks(app, db=db)
     add_registrations(app, url, 10, "profile_updated")
-    timings = []
-    with app.app_context():
-        for n in range(samples):
+    return app, db
+
+
+def enqueue_latency(url: str, samples: int) -> dict[bool, tuple[float, float]]:
+    """Microseconds the host's request spends in the signal (10 registrations, host ``db``,
+    inside its transaction, commit excluded): p50 and p99 with Prometheus metrics counted
+    (True) and without (False), their samples taken in turns."""
+    hosts = {metrics: enqueue_host(url, metrics) for metrics in (True, False)}
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    for n in range(2 * samples):
+        metrics = n % 2 == 0
+        app, db = hosts[metrics]
+        with app.app_context():
             db.session.execute(select(1))  # the host's transaction is open
             started = time.perf_counter()
             signals.profile_updated.send(app, payload={**PAYLOAD, "n": n})
-            timings.append((time.perf_counter() - started) * 1e6)
+            timings[metrics].append((time.perf_counter() - started) * 1e6)
             db.session.commit()
-    timings.sort()
-    return statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
+    figures = {}
+    for metrics, taken in timings.items():
+        taken.sort()
+        figures[metrics] = statistics.median(taken), taken[int(len(taken) * 0.99) - 1]
+    return figures
 
 
 def sync_walls(urls: list[str], samples: int) -> list[float]:
@@ -481,6 +497,7 @@ def main() -> None:
         "curl": [],
         "naive": [],
         "async": [],
+        "async_metrics_off": [],
         "postgres": [],
     }
     with fast_receiver() as url:
@@ -489,12 +506,16 @@ def main() -> None:
         with_postgres = postgres_available()
         celery_rounds: dict[int, list[CeleryRun]] = {1: [], 2: []}
         celery_answering_rounds: dict[int, list[CeleryRun]] = {1: [], 2: []}
-        for _ in range(ROUNDS):
+        for number in range(ROUNDS):
             rounds["ceiling"].append(raw_ceiling(url, n))
             rounds["curl"].append(curl_ceiling(url, 4 * n))
             rounds["naive"].append(naive(url, n // 2))
-            sqlite_uri = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
-            rounds["async"].append(async_throughput(url, sqlite_uri, events, 10))
+            # With and without metrics, in turns first: neither gains from going second.
+            for metrics in (True, False) if number % 2 == 0 else (False, True):
+                uri = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+                rounds["async" if metrics else "async_metrics_off"].append(
+                    async_throughput(url, uri, events, 10, metrics=metrics)
+                )
             if with_postgres:
                 rounds["postgres"].append(async_throughput(url, POSTGRES, events, 10))
                 for workers in (1, 2):  # beside the in-process engine of the same round
@@ -508,6 +529,15 @@ def main() -> None:
         figures["curl_ceiling_per_s"] = statistics.median(rounds["curl"])
         figures["naive_per_s"] = statistics.median(rounds["naive"])
         figures["async_per_s"] = statistics.median(rounds["async"])
+        figures["async_per_s_metrics_off"] = statistics.median(rounds["async_metrics_off"])
+        # The rounds' own ratios: on and off ran moments apart.
+        figures["metrics_cost_async_pct"] = 100 * (
+            1
+            - statistics.median(
+                on / off
+                for on, off in zip(rounds["async"], rounds["async_metrics_off"], strict=True)
+            )
+        )
         figures["async_postgres_per_s"] = (
             statistics.median(rounds["postgres"]) if with_postgres else None
         )
@@ -516,8 +546,10 @@ def main() -> None:
             figures[f"{name}_postgres_per_s"] = median_of(runs, "per_s")
             figures[f"{name}_cpu_us_per_delivery"] = median_of(runs, "worker_cpu_us")
             figures[f"{name}_machine_busy_pct"] = median_of(runs, "machine_busy_pct")
-        p50, p99 = enqueue_latency(url, 200 if args.quick else 1000)
-        figures["enqueue_us_p50"], figures["enqueue_us_p99"] = p50, p99
+        enqueue = enqueue_latency(url, 200 if args.quick else 1000)
+        figures["enqueue_us_p50"], figures["enqueue_us_p99"] = enqueue[True]
+        figures["enqueue_us_p50_metrics_off"] = enqueue[False][0]
+        figures["metrics_cost_enqueue_pct"] = 100 * (enqueue[True][0] / enqueue[False][0] - 1)
         figures["sync_fanout_ratio"] = sync_fanout(url)
         figures["sync_overhead_ms_p50"] = sync_overhead(url, 100 if args.quick else 500)
         backlog_uri = POSTGRES if with_postgres else f"sqlite:///{tempfile.mkdtemp()}/backlog.db"
@@ -563,6 +595,8 @@ def main() -> None:
         "ratio_to_ceiling": (">=", 0.6),
         "ratio_to_naive": (">=", 2),
         "enqueue_us_p50": ("<=", 500),
+        "metrics_cost_async_pct": ("<=", 5),
+        "metrics_cost_enqueue_pct": ("<=", 5),
         "sync_fanout_ratio": ("<=", 1.15),
         "sync_overhead_ms_p50": ("<=", 2),
         "pending_100k_rss_mb": ("<=", 50),

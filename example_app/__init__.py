@@ -54,6 +54,8 @@ def create_app(config: dict[str, Any] | None = None, instance_path: str | None =
         )
     db.init_app(app)
     webhooks.init_app(app)
+    # Prometheus metrics (with the [metrics] extra; without it, a 501 saying what to install).
+    app.add_url_rule("/metrics", view_func=webhooks.metrics_view)
     app.register_blueprint(host)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -18,13 +18,14 @@ from .cli_registrations import disable, enable, options
 from .clock import as_utc, isoformat
 from .config import MAX_LINK_SECONDS
 from .delivery.engine import ThreadExecutor
-from .errors import ApiError, NotFound, WebhooksError, unknown_topic_message
+from .errors import ApiError, MetricsUnavailable, NotFound, WebhooksError, unknown_topic_message
 from .portal.links import make_link
 from .state import get_state
 from .storage import admin, claims, outbox, registrations
 from .storage.holders import Holder, this_process
 from .storage.tables import Delivery, DeliveryStatus, RegistrationState
 from .web import actions
+from .web.metrics import serve as serve_metrics
 from .web.validation import parse_recover
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -50,7 +51,16 @@ def init_db(drop: bool) -> None:
 
 
 @webhooks_cli.command("worker")
-def worker() -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; needs the "
+    "[metrics] extra).",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics bind to."
+)
+def worker(metrics_port: int | None, metrics_host: str) -> None:
     """Send asynchronous webhooks from this process until interrupted.
 
     For deployments whose web processes only write the outbox
@@ -59,6 +69,13 @@ def worker() -> None:
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
+    metrics_server = None
+    if metrics_port is not None:
+        try:
+            metrics_server = serve_metrics(app, metrics_port, metrics_host)
+        except (MetricsUnavailable, OSError) as exc:
+            raise click.ClickException(f"Cannot serve metrics: {exc}") from None
+        click.echo(f"Metrics at http://{metrics_host}:{metrics_server.server_port}/metrics")
     executor = (
         state.executor
         if isinstance(state.executor, ThreadExecutor)
@@ -78,6 +95,8 @@ def worker() -> None:
     click.echo("Stopping: finishing the attempts in flight...")
     executor.stop()
     state.client.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     click.echo("Stopped; pending deliveries stay in the outbox.")
 
 

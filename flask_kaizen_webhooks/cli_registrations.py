@@ -9,6 +9,7 @@ import click
 from flask.cli import with_appcontext
 
 from .errors import NotFound, ValidationError
+from .metrics import DisabledReason
 from .state import get_state
 from .storage import registrations
 from .storage.tables import Registration, RegistrationState
@@ -19,7 +20,7 @@ def _set_state(registration_id: str, new_state: str) -> None:
     state = get_state()
     with state.database.writing() as session:
         try:
-            registration = registrations.set_registration_state(
+            registration, changed = registrations.set_registration_state(
                 session,
                 registration_id,
                 state=new_state,
@@ -29,6 +30,8 @@ def _set_state(registration_id: str, new_state: str) -> None:
         except NotFound:
             raise click.ClickException(f"No registration with id {registration_id}.") from None
         rev = registration.rev
+    if changed and new_state == RegistrationState.DISABLED:
+        state.context.metrics.disabled(DisabledReason.OPERATOR)
     click.echo(f"Registration {registration_id} is {new_state} (rev {rev}).")
 
 

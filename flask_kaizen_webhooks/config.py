@@ -352,6 +352,12 @@ class Settings:
     adaptive_concurrency: bool = setting(
         True, _bool, "Adapt each registration's attempts at once to how its receiver answers."
     )
+    metrics: bool | None = setting(
+        None,
+        _optional_bool,
+        "Prometheus metrics: None on when prometheus-client is installed, True required, "
+        "False off.",
+    )
     health_max_delay: float = setting(
         300, _positive_number, "Seconds due work may wait before /health answers 503."
     )

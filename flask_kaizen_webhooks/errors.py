@@ -30,6 +30,16 @@ class ConfigurationError(WebhooksError, ValueError):
         self.key = key
 
 
+class MetricsUnavailable(WebhooksError, RuntimeError):
+    """Prometheus metrics were asked for, and prometheus-client is not installed."""
+
+    INSTALL = "pip install 'flask-kaizen-webhooks[metrics]'"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs prometheus-client: {self.INSTALL}")
+        self.what = what
+
+
 def unknown_topic_message(topic: str, valid: Sequence[str]) -> str:
     """What every caller is told of a topic name that no one registered."""
     return f"Unknown topic {topic!r}; valid topics are: {', '.join(valid)}."

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app
 from flask_sqlalchemy import SQLAlchemy
 
 from .cli import webhooks_cli
@@ -36,6 +36,7 @@ from .storage import outbox
 from .storage.database import Database
 from .topics import Mode, Topic, TopicRegistry
 from .web.api import blueprint
+from .web.metrics import MetricsServer, metrics_view, serve
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
@@ -276,6 +277,31 @@ class KaizenWebhooks:
         for target in [app] if app is not None else list(self._apps):
             # Held as long as the app lives: blinker drops it when the app is collected.
             topic_signal(topic).connect(receiver, sender=target, weak=False)
+
+    @property
+    def metrics_view(self) -> Callable[[], Response]:
+        """The view of the Prometheus metrics, for the host to mount where it likes::
+
+            app.add_url_rule("/metrics", view_func=webhooks.metrics_view)
+
+        It shows what this process counted (every process's, in prometheus-client's
+        multiprocess mode) and gauges read from the database at each scrape. Without
+        prometheus-client (the ``[metrics]`` extra) it answers 501, saying what to install.
+        """
+        return metrics_view
+
+    def serve_metrics(
+        self, port: int, *, host: str = "127.0.0.1", app: Flask | None = None
+    ) -> MetricsServer:
+        """Serve the metrics of ``app`` (default: the current app) at
+        ``http://host:port/metrics`` from a thread of this process, for processes that serve no
+        web requests (what ``flask webhooks worker --metrics-port`` runs; a Celery worker's main
+        process can call it when it is ready). ``port`` 0 picks a free one: the server's
+        ``server_port`` tells which; ``shutdown()`` stops it. Raises
+        :class:`MetricsUnavailable` without prometheus-client, :class:`OSError` if the port is
+        taken."""
+        target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        return serve(target, port, host)
 
     # State -------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from .delivery.executor import Executor, NoExecutor
 from .delivery.recorder import Recorder
 from .delivery.sync import DeliveryResult, FanOutLog, fan_out, write_logs
 from .errors import WebhooksError
+from .metrics import NO_METRICS, metrics_for
 from .recording import Recordings
 from .sealing import SecretBox
 from .serving import StartAt, on_fork
@@ -83,7 +84,9 @@ class WebhooksState:
         self.topics = topics
         self.callbacks = callbacks
         secrets = SecretBox.from_config(settings.secret_keys, app.secret_key)
-        self.context = DeliveryContext(settings, database, secrets, Clock(), random.Random())
+        self.context = DeliveryContext(
+            settings, database, secrets, Clock(), random.Random(), metrics_for(settings.metrics)
+        )
         #: The background engine's HTTP client (in a Celery worker process too).
         self.client = self._client("engine", settings.workers)
         #: Synchronous topics (the host's logins) send on a client of their own (its thread and
@@ -136,6 +139,7 @@ class WebhooksState:
             ca_bundle=settings.ca_bundle,
             proxy=settings.proxy,
             name=f"kaizen-webhooks-{name}",
+            on_load=None if self.context.metrics is NO_METRICS else self.context.metrics.in_flight,
         )
 
     def _executor(self, app: Flask) -> Executor:

@@ -38,6 +38,7 @@ def create_app() -> Flask:
     app.config.update(json.loads(os.environ.get("KWT_CONFIG", "{}")))
     db.init_app(app)
     webhooks.init_app(app)
+    app.add_url_rule("/metrics", view_func=webhooks.metrics_view)
     note_deliveries(app)
     with app.app_context():
         db.create_all()

@@ -36,12 +36,12 @@ def installed_extras(plan: str) -> list[str]:
 @pytest.mark.parametrize(
     ("target", "spec"),
     [
-        ("demo", "."),
-        ("test", ".[test,postgres,celery,docs]"),
-        ("lint", ".[lint,postgres,celery,otel]"),
+        ("demo", ".[metrics]"),
+        ("test", ".[test,postgres,celery,metrics,docs]"),
+        ("lint", ".[lint,postgres,celery,metrics,otel]"),
         ("docs", ".[docs]"),
-        ("fuzz", ".[test,postgres,celery,docs]"),
-        ("bench", ".[postgres,celery]"),
+        ("fuzz", ".[test,postgres,celery,metrics,docs]"),
+        ("bench", ".[postgres,celery,metrics]"),
         ("screenshots", "."),
     ],
 )
@@ -56,9 +56,9 @@ def test_each_target_installs_what_it_needs_on_first_use(
 def test_an_install_is_made_once(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     venv.mkdir()
-    (venv / ".installed-package").touch()  # newer than setup.cfg and pyproject.toml
+    (venv / ".installed-demo").touch()  # newer than setup.cfg and pyproject.toml
     assert installed_extras(planned("demo", venv)) == []
-    assert installed_extras(planned("test", venv)) == [".[test,postgres,celery,docs]"]
+    assert installed_extras(planned("test", venv)) == [".[test,postgres,celery,metrics,docs]"]
 
 
 def test_reset_deletes_the_demo_database_and_clean_resets_too(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from flask import Flask
 
 from .. import signals
 from ..clock import isoformat
+from ..metrics import DisabledReason
 from ..storage import claims, results
 from ..storage.rows import AttemptRecord, Claimed, Outcome
 from .client import Client, SendResult
@@ -69,6 +70,7 @@ def conclude(
         retry_at=step.retry_at,
         ordered=claimed.target is not None and claimed.target.ordered,
         outcome=outcome_of(result),
+        stored_at=claimed.created_at,
     )
 
 
@@ -84,6 +86,7 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
             disable_after=timedelta(seconds=settings.disable_after_seconds),
         )
     kept = {record.delivery_id for record in recorded.kept}
+    metrics = context.metrics
     for record in records:
         if record.delivery_id not in kept:
             logger.warning(
@@ -91,6 +94,9 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
             )
             continue
         log_attempt(record)
+        metrics.attempted(record.topic, record.outcome, record.elapsed)
+        if record.kind is Outcome.SUCCEEDED and record.stored_at is not None:
+            metrics.delivered(record.topic, (record.finished_at - record.stored_at).total_seconds())
         if record.kind is not Outcome.RETRY:
             if record.kind is not Outcome.SUCCEEDED:
                 logger.warning(
@@ -111,6 +117,8 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
             )
     for registration_id, reason in recorded.disabled.items():
         logger.warning("Registration %s disabled: %s", registration_id, reason)
+        gone = reason == results.GONE_REASON
+        metrics.disabled(DisabledReason.GONE if gone else DisabledReason.FAILING)
         _signal(signals.registration_disabled, app, registration_id=registration_id, reason=reason)
 
 

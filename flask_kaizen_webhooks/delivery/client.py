@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..guard import AddressPolicy, Resolver, resolve
@@ -51,6 +51,7 @@ class Client:
         ca_bundle: str | None = None,
         proxy: str | None = None,
         name: str = "kaizen-webhooks-client",
+        on_load: Callable[[int], None] | None = None,
     ) -> None:
         self.options = ClientOptions(
             max_response_bytes=max_response_bytes,
@@ -60,6 +61,7 @@ class Client:
             ca_bundle=ca_bundle,
             proxy=proxy,
             name=name,
+            on_load=on_load,
         )
         self.resolver = resolver
         self._loop: Loop | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy import event
@@ -55,22 +56,34 @@ class NoExecutor:
         return "elsewhere"
 
 
-def hand_over_after_commit(session: Session, executor: Executor, ids: list[str]) -> None:
-    """Give ``ids`` to ``executor`` when ``session`` commits; forget them if it rolls back.
+#: What a session hands over when it commits: to which executor, the ids, and what to call.
+Pending = tuple["Executor", list[str], Callable[[], None] | None]
+
+
+def hand_over_after_commit(
+    session: Session,
+    executor: Executor,
+    ids: list[str],
+    committed: Callable[[], None] | None = None,
+) -> None:
+    """Give ``ids`` to ``executor`` when ``session`` commits (and call ``committed``); forget
+    them if it rolls back.
 
     No SQL runs in these hooks (SQLAlchemy forbids it after commit): they only pass ids on.
     """
-    pending: list[tuple[Executor, list[str]]] | None = session.info.get(PENDING_KEY)
+    pending: list[Pending] | None = session.info.get(PENDING_KEY)
     if pending is None:
         pending = session.info[PENDING_KEY] = []
         if not event.contains(session, "after_commit", _after_commit):
             event.listen(session, "after_commit", _after_commit)
             event.listen(session, "after_rollback", _after_rollback)
-    pending.append((executor, ids))
+    pending.append((executor, ids, committed))
 
 
 def _after_commit(session: Session) -> None:
-    for executor, ids in session.info.pop(PENDING_KEY, None) or ():
+    for executor, ids, committed in session.info.pop(PENDING_KEY, None) or ():
+        if committed is not None:
+            committed()
         executor.submit(ids)
 
 

@@ -94,6 +94,8 @@ class Loop:
             if not self.taking:
                 return False
             self._jobs.update(jobs)
+        if self.options.on_load is not None:
+            self.options.on_load(len(jobs))
         if threading.current_thread() is self._thread:  # from a ``done``: no need to wake
             self._waiting.extend(jobs)
             return True
@@ -111,6 +113,8 @@ class Loop:
             self._thread.join(timeout + GRACE)
         with self._lock:  # what is handed back is finished here no more
             left, self._jobs = list(self._jobs), set()
+        if left and self.options.on_load is not None:
+            self.options.on_load(-len(left))
         return left
 
     # The loop -------------------------------------------------------------------------------
@@ -378,7 +382,9 @@ class Loop:
             if job not in self._jobs:
                 return False
             self._jobs.discard(job)
-            return True
+        if self.options.on_load is not None:
+            self.options.on_load(-1)
+        return True
 
     def _finish(self, job: Job[Any], result: SendResult) -> None:
         self._active -= 1

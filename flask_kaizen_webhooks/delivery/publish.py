@@ -4,6 +4,8 @@ request path, and their ids handed to the executor once committed."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +50,8 @@ def enqueue(
     the commit; otherwise (and always with the embedded database) the deliveries are written
     and committed here. Either way they keep the ``traceparent`` of the current span, if any.
     """
+    started = time.perf_counter()
+    metrics = context.metrics
     database = context.database
     trace_parent = current_trace_parent()
     session = database.session
@@ -69,6 +73,8 @@ def enqueue(
             with contextlib.suppress(Exception):
                 session.rollback()
             raise
+        metrics.enqueued(topic, len(ids))
+        metrics.enqueue_took(topic, time.perf_counter() - started)
         executor.submit(ids)
         return ids
     connection = session.connection()
@@ -83,5 +89,8 @@ def enqueue(
         trace_parent=trace_parent,
     )
     if ids:
-        hand_over_after_commit(session, executor, ids)
+        hand_over_after_commit(
+            session, executor, ids, functools.partial(metrics.enqueued, topic, len(ids))
+        )
+    metrics.enqueue_took(topic, time.perf_counter() - started)
     return ids

@@ -143,6 +143,8 @@ def fan_out(
             if mode == TEST_MODE:
                 results.append(DeliveryResult.kept(delivery_id, target))
             continue
+        if mode != TEST_MODE:
+            context.metrics.attempted(topic, outcome_of(result), result.elapsed)
         results.append(
             DeliveryResult(
                 delivery_id=delivery_id,

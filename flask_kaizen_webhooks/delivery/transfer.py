@@ -39,6 +39,8 @@ class ClientOptions:
     ca_bundle: str | None
     proxy: str | None
     name: str
+    #: Told how many attempts are taken on (positive) or finished (negative), for metrics.
+    on_load: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

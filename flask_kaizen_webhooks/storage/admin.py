@@ -22,6 +22,7 @@ from .tables import (
     DeliveryStatus,
     Event,
     Registration,
+    RegistrationState,
 )
 
 
@@ -217,3 +218,51 @@ def count_call(session: Session, *, key: str, minute: int) -> int:
         .returning(CallCount.count)
     )
     return int(session.execute(counted).scalar_one())
+
+
+#: The most failing registrations the metrics name, the longest runs of failures first.
+MOST_FAILING = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """What the metrics read from the database at scrape time."""
+
+    #: Deliveries by status, tests apart (every status present, 0 if none).
+    deliveries: dict[str, int]
+    #: Registrations by state (every state present).
+    registrations: dict[str, int]
+    #: See :func:`oldest_due`.
+    oldest_due: datetime | None
+    #: Active registrations with deliveries failed for good since their last success, and how
+    #: many in a row (at most :data:`MOST_FAILING`, the longest runs first).
+    failing: list[tuple[str, int]]
+
+
+def gauges(session: Session, *, now: datetime, every_registration_paced: bool) -> Gauges:
+    """Read :class:`Gauges` in four short queries."""
+    deliveries = dict.fromkeys(DeliveryStatus, 0) | dict(
+        session.execute(
+            select(Delivery.status, func.count())
+            .where(Delivery.mode != TEST_MODE)
+            .group_by(Delivery.status)
+        ).all()
+    )
+    registrations = dict.fromkeys(RegistrationState, 0) | dict(
+        session.execute(select(Registration.state, func.count()).group_by(Registration.state)).all()
+    )
+    failing = session.execute(
+        select(Registration.id, Registration.consecutive_failures)
+        .where(
+            Registration.state == RegistrationState.ACTIVE,
+            Registration.consecutive_failures > 0,
+        )
+        .order_by(Registration.consecutive_failures.desc(), Registration.id)
+        .limit(MOST_FAILING)
+    ).all()
+    return Gauges(
+        deliveries={str(status): count for status, count in deliveries.items()},
+        registrations={str(state): count for state, count in registrations.items()},
+        oldest_due=oldest_due(session, now=now, every_registration_paced=every_registration_paced),
+        failing=[(registration_id, count) for registration_id, count in failing],
+    )

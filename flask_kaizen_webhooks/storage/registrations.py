@@ -269,15 +269,16 @@ def _duplicate_guard(
 
 def set_registration_state(
     session: Session, registration_id: str, *, state: str, now: datetime, reason: str
-) -> Registration:
-    """Enable or disable any registration (an operator's decision); :class:`NotFound` if none."""
+) -> tuple[Registration, bool]:
+    """Enable or disable any registration (an operator's decision), and whether that changed
+    its state; :class:`NotFound` if none."""
     registration = session.get(Registration, registration_id, with_for_update=True)
     if registration is None:
         raise NotFound()
     if registration.state == state:
-        return registration
+        return registration, False
     change_state(registration, state, reason=reason, now=now)
-    return registration
+    return registration, True
 
 
 def set_options(

@@ -17,6 +17,9 @@ from .registrations import FAILURES_CLEARED, change_state, disable_if_active
 from .rows import DELIVERIES, INSERT_ATTEMPTS, REGISTRATIONS, AttemptRecord, Outcome
 from .tables import DeliveryStatus, Registration, RegistrationState
 
+#: Why a registration whose receiver answered 410 is disabled.
+GONE_REASON = "the receiver answered 410 Gone"
+
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
@@ -157,11 +160,10 @@ def _registration_health(
         if record.registration_id not in unhealthy or record.registration_id in disabled:
             continue
         if record.kind is Outcome.GONE:
-            reason = "the receiver answered 410 Gone"
             if disable_if_active(
-                session, record.registration_id, reason=reason, now=record.finished_at
+                session, record.registration_id, reason=GONE_REASON, now=record.finished_at
             ):
-                disabled[record.registration_id] = reason
+                disabled[record.registration_id] = GONE_REASON
             continue
         reason_or_none = note_delivery_outcome(
             session,

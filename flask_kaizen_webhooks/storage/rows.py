@@ -179,6 +179,8 @@ class AttemptRecord:
     ordered: bool = False
     #: What the attempt came to, in a word (see :func:`..delivery.outcomes.outcome_of`).
     outcome: str = ""
+    #: When the delivery was stored (its latency runs from there).
+    stored_at: datetime | None = None
 
     @property
     def final(self) -> bool:

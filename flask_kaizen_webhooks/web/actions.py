@@ -20,6 +20,7 @@ from ..errors import (
     RegistrationDisabled,
     ValidationError,
 )
+from ..metrics import DisabledReason
 from ..state import WebhooksState
 from ..storage import claims, outbox, registrations
 from ..storage.tables import Registration, RegistrationState
@@ -108,6 +109,7 @@ def _change(
     """Change a registration's secret or state (``to``) at ``rev``, its topic and URL kept."""
     session = state.database.session
     current = registrations.get_registration(session, owner=owner, registration_id=registration_id)
+    was = current.state
     registration = registrations.update_registration(
         session,
         owner=owner,
@@ -120,7 +122,14 @@ def _change(
         overlap=overlap,
     )
     session.commit()
+    note_disabled(state, was, registration)
     return registration
+
+
+def note_disabled(state: WebhooksState, was: str, registration: Registration) -> None:
+    """Count ``registration`` as disabled by its owner if it just was (it was ``was``)."""
+    if was == RegistrationState.ACTIVE and registration.state == RegistrationState.DISABLED:
+        state.context.metrics.disabled(DisabledReason.OWNER)
 
 
 def delete(

@@ -1,0 +1,152 @@
+"""The Prometheus exposition: what this process (or, in prometheus-client's multiprocess mode,
+every process writing to ``PROMETHEUS_MULTIPROC_DIR``) counted, and the gauges read from the
+database at each scrape, served by :func:`metrics_view` or by a worker's own HTTP server."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, Protocol, cast
+
+from flask import Flask, Response, current_app
+
+from ..errors import MetricsUnavailable
+from ..metrics import prometheus_available
+from ..state import get_state
+from ..storage import admin
+
+logger = logging.getLogger("flask_kaizen_webhooks")
+
+#: Where prometheus-client's multiprocess mode keeps every process's values.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class DatabaseGauges:
+    """The gauges of an app's database, read at each scrape; the same from every process."""
+
+    def __init__(self, app: Flask) -> None:
+        self._app = app
+
+    def describe(self) -> list[Any]:
+        return []  # read only at scrape time, never when registered
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        state = get_state(self._app)
+        now = state.clock.now()
+        up = GaugeMetricFamily(
+            "kaizen_webhooks_database_up", "1 when this scrape could read the database, else 0."
+        )
+        try:
+            with self._app.app_context(), state.database.independent_session() as session:
+                read = admin.gauges(
+                    session,
+                    now=now,
+                    every_registration_paced=state.settings.default_max_per_second is not None,
+                )
+        except Exception as exc:
+            logger.warning("Metrics: the database could not be read (%s)", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        deliveries = GaugeMetricFamily(
+            "kaizen_webhooks_deliveries",
+            "Deliveries in the log by status (tests apart).",
+            labels=["status"],
+        )
+        for status, count in read.deliveries.items():
+            deliveries.add_metric([status], count)
+        yield deliveries
+        waited = 0.0 if read.oldest_due is None else (now - read.oldest_due).total_seconds()
+        yield GaugeMetricFamily(
+            "kaizen_webhooks_oldest_due_seconds",
+            "How long the oldest due delivery (or event not fanned out) has waited; 0 if none.",
+            value=max(0.0, waited),
+        )
+        registrations = GaugeMetricFamily(
+            "kaizen_webhooks_registrations", "Registrations by state.", labels=["state"]
+        )
+        for registration_state, count in read.registrations.items():
+            registrations.add_metric([registration_state], count)
+        yield registrations
+        failing = GaugeMetricFamily(
+            "kaizen_webhooks_registration_consecutive_failures",
+            "Deliveries in a row failed for good, for each active registration failing now.",
+            labels=["registration"],
+        )
+        for registration_id, count in read.failing:
+            failing.add_metric([registration_id], count)
+        yield failing
+
+
+class Scrape:
+    """Everything one scrape of an app shows: the process's instruments (or every process's,
+    in multiprocess mode) and the database's gauges."""
+
+    def __init__(self, app: Flask) -> None:
+        from prometheus_client import REGISTRY
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        counted: Any = REGISTRY
+        if os.environ.get(MULTIPROCESS_DIR):
+            counted = MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        self._sources = [counted, DatabaseGauges(app)]
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        for source in self._sources:
+            yield from source.collect()
+
+
+def exposition(app: Flask, accept: str | None = None) -> tuple[bytes, str]:
+    """The text of a scrape of ``app``, in the format ``accept`` asks for, and its type."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Scrape(app))
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+def metrics_view() -> Response:
+    """``GET /metrics`` for the current app, mounted by the host (see
+    :attr:`~flask_kaizen_webhooks.KaizenWebhooks.metrics_view`)."""
+    from flask import request
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not prometheus_available():
+        message = str(MetricsUnavailable("GET /metrics"))
+        return Response(message + "\n", status=501, mimetype="text/plain")
+    body, content_type = exposition(app, request.headers.get("Accept"))
+    return Response(body, headers={"Content-Type": content_type})
+
+
+class MetricsServer(Protocol):
+    """A running metrics server."""
+
+    @property
+    def server_port(self) -> int:
+        """The port it listens on."""
+
+    def shutdown(self) -> None:
+        """Stop serving."""
+
+
+def serve(app: Flask, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Serve ``app``'s scrape at ``http://host:port/metrics`` from a thread of this process
+    (a worker's); the server comes back (``shutdown()`` stops it)."""
+    if not prometheus_available():
+        raise MetricsUnavailable("--metrics-port")
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Scrape(app))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return cast(MetricsServer, server)

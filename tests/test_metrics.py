@@ -1,0 +1,320 @@
+"""Prometheus metrics, scraped as Prometheus would from the view a host mounts, after real
+deliveries to receivers on 127.0.0.1: what each process counts (counted here as the change
+between two scrapes, since the instruments are the process's) and what each scrape reads from
+the database; neither a secret nor a payload in them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from flask_kaizen_webhooks import ConfigurationError
+from flask_kaizen_webhooks.state import get_state
+from flask_kaizen_webhooks.storage import registrations
+from tests.conftest import ADMIN, DELIVERY_CONFIG, Host
+from tests.receivers import Received, Reply, wait_until
+from tests.test_ordering import register
+
+SECRET = "signature_secret_0123"
+MARK = "payload-marker-5b1d"
+TOPIC = "profile_updated"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a scrape by its name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def mount(host: Host) -> Callable[[], Samples]:
+    """Mount the metrics at /metrics as the docs say; a function scraping them."""
+    host.app.add_url_rule("/metrics", view_func=host.webhooks.metrics_view)
+    client = host.app.test_client()
+
+    def scrape() -> Samples:
+        answer = client.get("/metrics")
+        assert answer.status_code == 200
+        assert answer.content_type.startswith("text/plain")
+        text = answer.get_data(as_text=True)
+        assert SECRET not in text and MARK not in text
+        return parse(text)
+
+    return scrape
+
+
+def add_refused(host: Host) -> str:
+    """A registration whose URL the address guard refuses (loopback, not an allowed network)."""
+    with host.app.app_context():
+        state = get_state()
+        made = registrations.create_registration(
+            state.database.session,
+            owner="org-1",
+            topic=TOPIC,
+            url="http://127.0.0.2:9/refused",
+            sealed_secret=state.secrets.seal(SECRET),
+        ).id
+        state.database.session.commit()
+    return made
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres-hostdb"])
+def test_each_outcome_is_counted_and_the_database_gauges_tell_the_truth(
+    make_host: Any, receiver: Any, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flask_kaizen_webhooks")
+    hang = threading.Event()
+
+    def respond(request: Received, _count: int) -> Reply:
+        if request.path == "/hang":
+            return Reply(wait=hang)
+        return Reply(status={"/fail": 500, "/gone": 410}.get(request.path, 200))
+
+    config = {
+        **DELIVERY_CONFIG,
+        "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 1.0,
+        "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [],  # one attempt each: the counts are exact
+    }
+    host = make_host(backend, **config)
+    scrape = mount(host)
+    server = receiver(respond)
+    ids = {path: register(host, server.url(path)) for path in ("/ok", "/fail", "/hang", "/gone")}
+    ids["refused"] = add_refused(host)
+    before = scrape()
+    with host.app.app_context():
+        if host.db is not None:  # in a transaction of the host's: written as one event row
+            host.db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger(TOPIC, {"mark": MARK})
+        if host.db is not None:
+            assert value(scrape(), "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC) == (
+                value(before, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC)
+            ), "counted before the host's transaction commits"
+            host.db.session.commit()
+    host.webhooks.start(host.app)
+    wait_until(lambda: any(request.path == "/hang" for request in server.received))
+    during = scrape()
+    assert value(during, "kaizen_webhooks_attempts_in_flight") >= 1  # the hanging attempt
+    assert value(during, "kaizen_webhooks_deliveries", status="pending") >= 1
+
+    def finished() -> bool:  # ended, and the last attempt counted just after its record
+        now = scrape()
+        name = "kaizen_webhooks_attempt_duration_seconds_count"
+        return (
+            value(now, "kaizen_webhooks_deliveries", status="pending") == 0
+            and value(now, name, topic=TOPIC) - value(before, name, topic=TOPIC) >= 5
+        )
+
+    wait_until(finished, timeout=20)
+    after = scrape()
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC) == 5
+    for outcome in ("success", "5xx", "timeout", "refused", "4xx"):
+        assert grew("kaizen_webhooks_attempts_total", topic=TOPIC, outcome=outcome) == 1, outcome
+    assert grew("kaizen_webhooks_attempt_duration_seconds_count", topic=TOPIC) == 5
+    # The hanging attempt's second on the wire is in the histogram's sum.
+    assert grew("kaizen_webhooks_attempt_duration_seconds_sum", topic=TOPIC) >= 1.0
+    assert grew("kaizen_webhooks_delivery_latency_seconds_count", topic=TOPIC) == 1  # successes
+    assert 0 < grew("kaizen_webhooks_delivery_latency_seconds_sum", topic=TOPIC) < 10
+    assert grew("kaizen_webhooks_enqueue_seconds_count", topic=TOPIC) == 1
+    assert grew("kaizen_webhooks_registrations_disabled_total", reason="gone") == 1
+    assert grew("kaizen_webhooks_registrations_disabled_total", reason="failing") == 0
+    assert value(after, "kaizen_webhooks_attempts_in_flight") == value(
+        before, "kaizen_webhooks_attempts_in_flight"
+    )
+    # Read from the database: this app's own truth, not a change.
+    assert value(after, "kaizen_webhooks_deliveries", status="succeeded") == 1
+    assert value(after, "kaizen_webhooks_deliveries", status="failed") == 4
+    assert value(after, "kaizen_webhooks_registrations", state="active") == 4
+    assert value(after, "kaizen_webhooks_registrations", state="disabled") == 1
+    assert value(after, "kaizen_webhooks_oldest_due_seconds") == 0
+    assert value(after, "kaizen_webhooks_database_up") == 1
+    failing = {
+        dict(labels)["registration"]: count
+        for (name, labels), count in after.items()
+        if name == "kaizen_webhooks_registration_consecutive_failures"
+    }
+    assert failing == {ids["/fail"]: 1, ids["/hang"]: 1, ids["refused"]: 1}
+    # Neither the secret nor the payload in the metrics (checked at each scrape), in the
+    # health check, or in anything logged, from the attempts' lines to the warnings.
+    health = host.app.test_client().get("/v2/webhooks/health").get_data(as_text=True)
+    assert SECRET not in health and MARK not in health
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Webhook attempt 1 of delivery" in logged
+    assert SECRET not in logged and MARK not in logged
+    hang.set()
+
+
+def test_the_oldest_due_wait_grows_while_nothing_sends(make_host: Any) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    scrape = mount(host)
+    register(host, "http://127.0.0.1:9/never")
+    with host.app.app_context():
+        host.webhooks.trigger(TOPIC, {"n": 1})
+    first = value(scrape(), "kaizen_webhooks_oldest_due_seconds")
+    wait_until(lambda: value(scrape(), "kaizen_webhooks_oldest_due_seconds") > first + 0.2)
+    assert value(scrape(), "kaizen_webhooks_deliveries", status="pending") == 1
+
+
+def test_disabling_is_counted_by_who_did_it(make_host: Any, receiver: Any) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    scrape = mount(host)
+    by_owner = register(host, "http://127.0.0.1:9/a")
+    by_operator = register(host, "http://127.0.0.1:9/b")
+    before = scrape()
+    client = host.app.test_client()
+    path = f"/v2/webhooks/registrations/{by_owner}"
+    current = client.get(path, headers=ADMIN)
+    body = {"topic": TOPIC, "url": "http://127.0.0.1:9/a", "state": "disabled"}
+    headers = {**ADMIN, "If-Match": current.headers["ETag"]}
+    changed = client.put(path, json=body, headers=headers)
+    assert changed.status_code == 200, changed.get_json()
+    # Disabled again: no change, nothing counted.
+    again = client.put(path, json=body, headers={**ADMIN, "If-Match": changed.headers["ETag"]})
+    assert again.status_code == 200, again.get_json()
+    runner = host.app.test_cli_runner()
+    assert runner.invoke(args=["webhooks", "disable", by_operator]).exit_code == 0
+    assert runner.invoke(args=["webhooks", "disable", by_operator]).exit_code == 0
+    after = scrape()
+    for reason, count in {"owner": 1, "operator": 1, "gone": 0, "failing": 0}.items():
+        name = "kaizen_webhooks_registrations_disabled_total"
+        assert value(after, name, reason=reason) - value(before, name, reason=reason) == count
+    assert value(after, "kaizen_webhooks_registrations", state="disabled") == 2
+
+
+def test_synchronous_attempts_are_counted_and_tests_are_not(make_host: Any, receiver: Any) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    scrape = mount(host)
+    server = receiver(lambda request, n: Reply())
+    register_sync = host.app.test_client().post(
+        "/v2/webhooks/registrations",
+        json={"topic": "user_logged_in", "url": server.url("/login"), "secret": SECRET},
+        headers=ADMIN,
+    )
+    assert register_sync.status_code == 201
+    before = scrape()
+    with host.app.app_context():
+        [result] = host.webhooks.trigger("user_logged_in", {"user": {"id": "u1"}})
+    assert result.ok
+    tested = host.app.test_client().post(
+        "/v2/webhooks/test", json={"topic": "user_logged_in"}, headers=ADMIN
+    )
+    assert tested.status_code == 200, tested.get_json()
+    assert len(server.received) == 2
+    after = scrape()
+    name = "kaizen_webhooks_attempts_total"
+    labels = {"topic": "user_logged_in", "outcome": "success"}
+    assert value(after, name, **labels) - value(before, name, **labels) == 1
+    enqueued = "kaizen_webhooks_deliveries_enqueued_total"
+    assert value(after, enqueued, topic="user_logged_in") == 0  # synchronous: not enqueued
+
+
+def test_metrics_off_count_nothing(make_host: Any, receiver: Any) -> None:
+    counting = make_host("sqlite", **DELIVERY_CONFIG)
+    scrape = mount(counting)
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_METRICS=False)
+    server = receiver(lambda request, n: Reply())
+    register(host, server.url("/off"))
+    before = scrape()
+    with host.app.app_context():
+        host.webhooks.trigger(TOPIC, {"n": 1})
+    host.webhooks.start(host.app)
+    wait_until(lambda: len(server.received) == 1)
+    host.webhooks.shutdown(host.app)
+    after = scrape()
+    counted = {
+        key: count
+        for key, count in after.items()
+        if key[0].startswith("kaizen_webhooks_")
+        and key[0].endswith(("_total", "_count"))
+        and count != before.get(key, 0.0)
+    }
+    assert counted == {}
+
+
+def test_asking_for_metrics_without_prometheus_client_is_a_clear_error(
+    make_host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flask_kaizen_webhooks.metrics.prometheus_available", lambda: False)
+    monkeypatch.setattr("flask_kaizen_webhooks.web.metrics.prometheus_available", lambda: False)
+    with pytest.raises(ConfigurationError, match=r"\[metrics\]"):
+        make_host("sqlite", KAIZEN_WEBHOOKS_METRICS=True)
+    host = make_host("sqlite")  # the default: on only when it is installed
+    assert get_state(host.app).context.metrics.__class__.__name__ == "NoMetrics"
+    host.app.add_url_rule("/metrics", view_func=host.webhooks.metrics_view)
+    answer = host.app.test_client().get("/metrics")
+    assert answer.status_code == 501
+    assert "pip install 'flask-kaizen-webhooks[metrics]'" in answer.get_data(as_text=True)
+    ended = host.app.test_cli_runner().invoke(args=["webhooks", "worker", "--metrics-port", "0"])
+    assert ended.exit_code == 1
+    assert "flask-kaizen-webhooks[metrics]" in ended.output
+
+
+def exported_names(host: Host) -> set[str]:
+    """Every series name the metrics can show: the instruments' and the database's."""
+    from flask_kaizen_webhooks.metrics import PrometheusMetrics
+    from flask_kaizen_webhooks.web.metrics import DatabaseGauges
+
+    families = [
+        family
+        for instrument in PrometheusMetrics.instruments().values()
+        for family in instrument.describe()
+    ]
+    families += list(DatabaseGauges(host.app).collect())
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    return {family.name + suffix for family in families for suffix in suffixes[family.type]}
+
+
+def test_the_dashboard_and_the_alert_rules_use_only_metrics_that_exist(make_host: Any) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    rules = yaml.safe_load((docs / "alert-rules.yml").read_text())
+    queries = [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
+    alerts = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert queries and alerts
+    names = exported_names(make_host("sqlite"))
+    used = {name for expr in queries + alerts for name in re.findall(r"kaizen_webhooks_\w+", expr)}
+    assert used - names == set()
+    # Every metric is on the dashboard.
+    shown = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
+    assert {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in names} <= shown
+
+
+def test_a_process_that_serves_no_requests_serves_its_metrics_over_http(make_host: Any) -> None:
+    import requests
+
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    register(host, "http://127.0.0.1:9/never")
+    server = host.webhooks.serve_metrics(0, app=host.app)
+    try:
+        answer = requests.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10)
+    finally:
+        server.shutdown()
+    assert answer.status_code == 200
+    samples = parse(answer.text)
+    assert value(samples, "kaizen_webhooks_database_up") == 1
+    assert value(samples, "kaizen_webhooks_registrations", state="active") == 1

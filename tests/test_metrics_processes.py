@@ -1,0 +1,219 @@
+"""Metrics scraped from real processes after real deliveries to receivers on 127.0.0.1: the demo
+app, and on PostgreSQL gunicorn's two web workers writing the outbox with two ``flask webhooks
+worker --metrics-port`` processes sending it, each process's scrape showing every process's
+counts in prometheus-client's multiprocess mode, and its own without it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+
+from tests.migrating import empty
+from tests.processes import HostProcess, host_environment, python
+from tests.receivers import Reply, wait_until
+from tests.test_metrics import Samples, parse, value
+from tests.test_restart import gunicorn_command
+
+ADMIN = {"Authorization": "Bearer admin-token"}
+SECRET = "signature_secret_0123"
+TOPIC = "profile_updated"
+EVENTS = 20
+
+
+def scrape(url: str) -> Samples:
+    answer = requests.get(url, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert SECRET not in answer.text
+    return parse(answer.text)
+
+
+def forget_the_hosts_tables(url: str) -> None:
+    """Leave the session's database as the other tests expect it: no table of the host's."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS restart_host_changes"))
+    engine.dispose()
+    empty(url)
+
+
+def attempts(samples: Samples, outcome: str) -> float:
+    return value(samples, "kaizen_webhooks_attempts_total", topic=TOPIC, outcome=outcome)
+
+
+def register(base: str, url: str) -> str:
+    answer = requests.post(
+        f"{base}/v2/webhooks/registrations",
+        json={"topic": TOPIC, "url": url, "secret": SECRET},
+        headers=ADMIN,
+        timeout=10,
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def test_the_demo_shows_its_metrics_after_a_delivery(tmp_path: Path, receiver: Any) -> None:
+    server = receiver(lambda request, n: Reply())
+    command = [python(), "-m", "example_app", "--port", "0", "--instance-path", str(tmp_path)]
+    demo = HostProcess(
+        command, host_environment(), listening=r"Running on http://127\.0\.0\.1:(\d+)"
+    )
+    try:
+        register(demo.base, server.url("/demo"))
+        login = requests.post(
+            f"{demo.base}/sso/login", headers={"X-SSO-Email": "ann@example.com"}, timeout=10
+        )
+        profile = login.json()["user"]["id"]
+        changed = requests.put(
+            f"{demo.base}/v2/profiles/{profile}",
+            json={"lastName": "Lee"},
+            headers=ADMIN,
+            timeout=10,
+        )
+        assert changed.status_code == 200, changed.text
+        wait_until(lambda: len(server.received) == 1)
+        url = f"{demo.base}/metrics"
+        wait_until(
+            lambda: value(scrape(url), "kaizen_webhooks_deliveries", status="succeeded") == 1
+        )
+        wait_until(
+            lambda: (
+                value(scrape(url), "kaizen_webhooks_attempts_total", topic=TOPIC, outcome="success")
+                == 1
+            )
+        )
+        samples = scrape(url)
+    finally:
+        demo.stop()
+    assert value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC) == 1
+    assert value(samples, "kaizen_webhooks_delivery_latency_seconds_count", topic=TOPIC) == 1
+    assert value(samples, "kaizen_webhooks_enqueue_seconds_count", topic=TOPIC) == 1
+    assert value(samples, "kaizen_webhooks_registrations", state="active") == 1
+    assert value(samples, "kaizen_webhooks_deliveries", status="pending") == 0
+    assert value(samples, "kaizen_webhooks_database_up") == 1
+    assert value(samples, "kaizen_webhooks_attempts_in_flight") == 0
+
+
+def test_the_demo_and_its_default_install_work_without_prometheus_client(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from example_app import create_app\n"
+        f"app = create_app(instance_path={str(tmp_path)!r})\n"
+        "answer = app.test_client().get('/metrics')\n"
+        "print(answer.status_code, answer.get_data(as_text=True).strip())\n"
+        "topics = app.test_client().get('/v2/webhooks/topics', "
+        "headers={'Authorization': 'Bearer admin-token'})\n"
+        "print(topics.status_code)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script],
+        env=host_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[-2] == (
+        "501 GET /metrics needs prometheus-client: pip install 'flask-kaizen-webhooks[metrics]'"
+    )
+    assert lines[-1] == "200"
+
+
+@pytest.mark.parametrize("multiprocess", [True, False], ids=["multiprocess", "per-process"])
+def test_web_and_worker_processes_on_postgres_report_the_deliveries(
+    tmp_path: Path, postgres_url: str, receiver: Any, multiprocess: bool
+) -> None:
+    empty(postgres_url)
+    server = receiver(lambda request, n: Reply(status=500 if request.path == "/fail" else 200))
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    extra = {"PROMETHEUS_MULTIPROC_DIR": str(shared)} if multiprocess else {}
+    web_env = host_environment(
+        KWT_DATABASE_URI=postgres_url,
+        KWT_CONFIG=json.dumps({"KAIZEN_WEBHOOKS_EXECUTOR": "none"}),
+        **extra,
+    )
+    web = HostProcess(
+        gunicorn_command(), web_env, listening=r"Listening at: http://127\.0\.0\.1:(\d+)"
+    )
+    workers: list[HostProcess] = []
+    try:
+        worker_env = host_environment(
+            KWT_DATABASE_URI=postgres_url,
+            KWT_CONFIG=json.dumps(
+                {"SECRET_KEY": "restart-host-secret-key", "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": []}
+            ),
+            **extra,
+        )
+        command = [python(), "-m", "flask", "--app", "tests.worker_host:create_app", "webhooks"]
+        command += ["worker", "--metrics-port", "0"]
+        for _ in range(2):
+            workers.append(
+                HostProcess(
+                    command, worker_env, listening=r"Metrics at http://127\.0\.0\.1:(\d+)/metrics"
+                )
+            )
+        register(web.base, server.url("/ok"))
+        register(web.base, server.url("/fail"))
+        for _ in range(2):
+            fired = requests.post(f"{web.base}/fire", params={"n": EVENTS // 2}, timeout=60)
+            assert fired.json() == {"fired": EVENTS // 2}
+        scrapes = [f"{worker.base}/metrics" for worker in workers]
+
+        def done() -> bool:
+            samples = scrape(scrapes[0])
+            return (
+                value(samples, "kaizen_webhooks_deliveries", status="succeeded") == EVENTS
+                and value(samples, "kaizen_webhooks_deliveries", status="failed") == EVENTS
+            )
+
+        try:
+            wait_until(done, timeout=30)
+        except AssertionError:
+            for process in [web, *workers]:
+                print(process.read_output()[-3000:])
+            print({k: v for k, v in scrape(scrapes[0]).items() if "kaizen" in k[0]})
+            raise
+
+        # An attempt is counted just after its record is written: wait for the last ones.
+        def counted() -> bool:
+            total = sum(
+                attempts(scrape(url), "success") + attempts(scrape(url), "5xx") for url in scrapes
+            )
+            return total == (2 * EVENTS * (2 if multiprocess else 1))
+
+        wait_until(counted)
+        by_worker = [scrape(url) for url in scrapes]
+        web_scrape = scrape(f"{web.base}/metrics")
+    finally:
+        for process in [*workers, web]:
+            process.stop()
+        forget_the_hosts_tables(postgres_url)
+    for samples in [*by_worker, web_scrape]:  # the database's gauges: the same everywhere
+        assert value(samples, "kaizen_webhooks_deliveries", status="succeeded") == EVENTS
+        assert value(samples, "kaizen_webhooks_registrations", state="active") == 2
+        assert value(samples, "kaizen_webhooks_oldest_due_seconds") == 0
+        assert value(samples, "kaizen_webhooks_database_up") == 1
+    if multiprocess:  # every process's counts, whichever process is scraped
+        for samples in [*by_worker, web_scrape]:
+            assert attempts(samples, "success") == EVENTS
+            assert attempts(samples, "5xx") == EVENTS
+            enqueued = value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC)
+            assert enqueued == 2 * EVENTS
+            latency = "kaizen_webhooks_delivery_latency_seconds_count"
+            assert value(samples, latency, topic=TOPIC) == EVENTS
+            assert value(samples, "kaizen_webhooks_attempts_in_flight") == 0
+    else:  # each worker its own: together, every attempt once
+        assert sum(attempts(samples, "success") for samples in by_worker) == EVENTS
+        assert sum(attempts(samples, "5xx") for samples in by_worker) == EVENTS
+        for samples in by_worker:  # the workers store nothing
+            assert value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC) == 0
