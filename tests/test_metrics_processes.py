@@ -6,6 +6,7 @@ counts in prometheus-client's multiprocess mode, and its own without it."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,11 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
+from tests import test_celery
+from tests.conftest import Host
+from tests.conftest import register as conftest_register
 from tests.migrating import empty
-from tests.processes import HostProcess, host_environment, python
+from tests.processes import HostProcess, celery_worker_command, host_environment, python
 from tests.receivers import Reply, wait_until
 from tests.test_metrics import Samples, parse, value
 from tests.test_restart import gunicorn_command
@@ -25,6 +29,9 @@ ADMIN = {"Authorization": "Bearer admin-token"}
 SECRET = "signature_secret_0123"
 TOPIC = "profile_updated"
 EVENTS = 20
+# The Celery tests' fixtures: a queue of this test's own, and the web side on the Celery executor.
+celery_env = test_celery.celery_env
+web = test_celery.web
 
 
 def scrape(url: str) -> Samples:
@@ -137,13 +144,13 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
     shared = tmp_path / "prometheus"
     shared.mkdir()
     extra = {"PROMETHEUS_MULTIPROC_DIR": str(shared)} if multiprocess else {}
-    web_env = host_environment(
+    site_env = host_environment(
         KWT_DATABASE_URI=postgres_url,
         KWT_CONFIG=json.dumps({"KAIZEN_WEBHOOKS_EXECUTOR": "none"}),
         **extra,
     )
-    web = HostProcess(
-        gunicorn_command(), web_env, listening=r"Listening at: http://127\.0\.0\.1:(\d+)"
+    site = HostProcess(
+        gunicorn_command(), site_env, listening=r"Listening at: http://127\.0\.0\.1:(\d+)"
     )
     workers: list[HostProcess] = []
     try:
@@ -162,10 +169,10 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
                     command, worker_env, listening=r"Metrics at http://127\.0\.0\.1:(\d+)/metrics"
                 )
             )
-        register(web.base, server.url("/ok"))
-        register(web.base, server.url("/fail"))
+        register(site.base, server.url("/ok"))
+        register(site.base, server.url("/fail"))
         for _ in range(2):
-            fired = requests.post(f"{web.base}/fire", params={"n": EVENTS // 2}, timeout=60)
+            fired = requests.post(f"{site.base}/fire", params={"n": EVENTS // 2}, timeout=60)
             assert fired.json() == {"fired": EVENTS // 2}
         scrapes = [f"{worker.base}/metrics" for worker in workers]
 
@@ -179,7 +186,7 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
         try:
             wait_until(done, timeout=30)
         except AssertionError:
-            for process in [web, *workers]:
+            for process in [site, *workers]:
                 print(process.read_output()[-3000:])
             print({k: v for k, v in scrape(scrapes[0]).items() if "kaizen" in k[0]})
             raise
@@ -193,18 +200,18 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
 
         wait_until(counted)
         by_worker = [scrape(url) for url in scrapes]
-        web_scrape = scrape(f"{web.base}/metrics")
+        site_scrape = scrape(f"{site.base}/metrics")
     finally:
-        for process in [*workers, web]:
+        for process in [*workers, site]:
             process.stop()
         forget_the_hosts_tables(postgres_url)
-    for samples in [*by_worker, web_scrape]:  # the database's gauges: the same everywhere
+    for samples in [*by_worker, site_scrape]:  # the database's gauges: the same everywhere
         assert value(samples, "kaizen_webhooks_deliveries", status="succeeded") == EVENTS
         assert value(samples, "kaizen_webhooks_registrations", state="active") == 2
         assert value(samples, "kaizen_webhooks_oldest_due_seconds") == 0
         assert value(samples, "kaizen_webhooks_database_up") == 1
     if multiprocess:  # every process's counts, whichever process is scraped
-        for samples in [*by_worker, web_scrape]:
+        for samples in [*by_worker, site_scrape]:
             assert attempts(samples, "success") == EVENTS
             assert attempts(samples, "5xx") == EVENTS
             enqueued = value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC)
@@ -217,3 +224,48 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
         assert sum(attempts(samples, "5xx") for samples in by_worker) == EVENTS
         for samples in by_worker:  # the workers store nothing
             assert value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC) == 0
+
+
+def test_celery_prefork_children_count_into_the_multiprocess_directory(
+    web: Host, receiver: Any, celery_env: dict[str, str], tmp_path: Path
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    server = receiver(lambda request, n: Reply(status=500 if request.path == "/fail" else 200))
+    conftest_register(web, server.url("/ok"))
+    conftest_register(web, server.url("/fail"))
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    command = celery_worker_command("prefork", pool="prefork")
+    env = {
+        **os.environ,
+        **celery_env,
+        "KWT_CONFIG": json.dumps({"KAIZEN_WEBHOOKS_RETRY_SCHEDULE": []}),
+        "PROMETHEUS_MULTIPROC_DIR": str(shared),
+    }
+    worker = subprocess.Popen(command, cwd=test_celery.ROOT, env=env)
+    try:
+        with web.app.app_context():
+            for n in range(EVENTS // 2):
+                web.webhooks.trigger(TOPIC, {"n": n})
+
+        def counted() -> Samples:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(shared))  # type: ignore[no-untyped-call]
+            return parse(generate_latest(registry).decode())
+
+        wait_until(
+            lambda: attempts(counted(), "success") + attempts(counted(), "5xx") == EVENTS,
+            timeout=60,
+        )
+        samples = counted()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert attempts(samples, "success") == EVENTS // 2
+    assert attempts(samples, "5xx") == EVENTS // 2
+    assert value(samples, "kaizen_webhooks_delivery_latency_seconds_count", topic=TOPIC) == (
+        EVENTS // 2
+    )
+    assert value(samples, "kaizen_webhooks_attempts_in_flight") == 0
