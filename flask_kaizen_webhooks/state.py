@@ -139,7 +139,9 @@ class WebhooksState:
             ca_bundle=settings.ca_bundle,
             proxy=settings.proxy,
             name=f"kaizen-webhooks-{name}",
-            on_load=None if self.context.metrics is NO_METRICS else self.context.metrics.in_flight,
+            count_attempts=None
+            if self.context.metrics is NO_METRICS
+            else self.context.metrics.in_flight,
         )
 
     def _executor(self, app: Flask) -> Executor:

@@ -6,8 +6,13 @@ the database; neither a secret nor a payload in them."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -318,3 +323,107 @@ def test_a_process_that_serves_no_requests_serves_its_metrics_over_http(make_hos
     samples = parse(answer.text)
     assert value(samples, "kaizen_webhooks_database_up") == 1
     assert value(samples, "kaizen_webhooks_registrations", state="active") == 1
+
+
+def latency(app: Any) -> tuple[float, float]:
+    """The count and sum of the delivery latency histogram, read without a request (which
+    would start the engine)."""
+    from flask_kaizen_webhooks.web.metrics import exposition
+
+    samples = parse(exposition(app)[0].decode())
+    name = "kaizen_webhooks_delivery_latency_seconds"
+    return value(samples, f"{name}_count", topic=TOPIC), value(samples, f"{name}_sum", topic=TOPIC)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres-hostdb"])
+def test_latency_runs_from_when_the_event_was_fired_not_from_its_fan_out(
+    make_host: Any, receiver: Any, backend: str
+) -> None:
+    host = make_host(backend, **DELIVERY_CONFIG)
+    server = receiver(lambda request, n: Reply())
+    register(host, server.url("/late"))
+    before = latency(host.app)
+    host.webhooks.shutdown(host.app)  # stopped on purpose: nothing sends until started
+    with host.app.app_context():
+        if host.db is not None:  # one event row, fanned out once the engine runs
+            host.db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger(TOPIC, {"n": 1})
+        if host.db is not None:
+            host.db.session.commit()
+    time.sleep(1.0)  # nothing sends meanwhile
+    host.webhooks.start(host.app)
+    wait_until(lambda: latency(host.app)[0] == before[0] + 1)
+    assert latency(host.app)[1] - before[1] >= 1.0
+
+
+def test_a_redelivery_s_latency_runs_from_the_redelivery(make_host: Any, receiver: Any) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    server = receiver(lambda request, n: Reply())
+    register(host, server.url("/again"))
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger(TOPIC, {"n": 1})
+    host.webhooks.start(host.app)
+    wait_until(lambda: len(server.received) == 1)
+    wait_until(lambda: latency(host.app)[0] >= 1)
+    time.sleep(1.0)  # the delivery is a second old when it is sent again
+    before = latency(host.app)
+    again = host.app.test_client().post(
+        f"/v2/webhooks/deliveries/{delivery_id}/redeliver", headers=ADMIN
+    )
+    assert again.status_code == 202, again.get_json()
+    wait_until(lambda: latency(host.app)[0] == before[0] + 1)
+    assert latency(host.app)[1] - before[1] < 0.9
+
+
+def test_attempts_waiting_for_a_free_slot_are_not_in_flight(make_host: Any, receiver: Any) -> None:
+    hang = threading.Event()
+    config = {**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_WORKERS": 2, "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 5}
+    host = make_host("sqlite", **config)
+    scrape = mount(host)
+    server = receiver(lambda request, n: Reply(wait=hang))
+    for n in range(4):  # four registrations' attempts handed to a client that makes two at once
+        register(host, server.url(f"/hang{n}"))
+    before = value(scrape(), "kaizen_webhooks_attempts_in_flight")
+    with host.app.app_context():
+        host.webhooks.trigger(TOPIC, {"n": 1})
+    host.webhooks.start(host.app)
+    wait_until(lambda: len(server.received) == 2)
+    time.sleep(0.3)  # the other two stay waiting for a slot
+    assert len(server.received) == 2
+    assert value(scrape(), "kaizen_webhooks_attempts_in_flight") - before == 2
+    hang.set()
+
+
+def test_a_killed_process_s_attempts_in_flight_are_forgotten(tmp_path: Path) -> None:
+    """In multiprocess mode a process killed mid-attempt leaves its count behind; the next
+    scrape drops it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from flask_kaizen_webhooks.web.metrics import forget_ended_processes
+
+    script = (
+        "import sys, time\n"
+        "from flask_kaizen_webhooks.metrics import PrometheusMetrics\n"
+        "PrometheusMetrics().in_flight(1)\n"
+        "print('counted', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "counted"
+    process.kill()
+    process.wait(10)
+
+    def in_flight() -> float:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+        return value(
+            parse(generate_latest(registry).decode()), "kaizen_webhooks_attempts_in_flight"
+        )
+
+    assert in_flight() == 1  # what prometheus-client alone would keep showing
+    forget_ended_processes(str(tmp_path))
+    assert in_flight() == 0

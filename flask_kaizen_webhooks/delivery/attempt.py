@@ -70,7 +70,7 @@ def conclude(
         retry_at=step.retry_at,
         ordered=claimed.target is not None and claimed.target.ordered,
         outcome=outcome_of(result),
-        stored_at=claimed.created_at,
+        queued_at=claimed.queued_at,
     )
 
 
@@ -95,8 +95,8 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
             continue
         log_attempt(record)
         metrics.attempted(record.topic, record.outcome, record.elapsed)
-        if record.kind is Outcome.SUCCEEDED and record.stored_at is not None:
-            metrics.delivered(record.topic, (record.finished_at - record.stored_at).total_seconds())
+        if record.kind is Outcome.SUCCEEDED and record.queued_at is not None:
+            metrics.delivered(record.topic, (record.finished_at - record.queued_at).total_seconds())
         if record.kind is not Outcome.RETRY:
             if record.kind is not Outcome.SUCCEEDED:
                 logger.warning(

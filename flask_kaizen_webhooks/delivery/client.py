@@ -51,7 +51,7 @@ class Client:
         ca_bundle: str | None = None,
         proxy: str | None = None,
         name: str = "kaizen-webhooks-client",
-        on_load: Callable[[int], None] | None = None,
+        count_attempts: Callable[[int], None] | None = None,
     ) -> None:
         self.options = ClientOptions(
             max_response_bytes=max_response_bytes,
@@ -61,7 +61,7 @@ class Client:
             ca_bundle=ca_bundle,
             proxy=proxy,
             name=name,
-            on_load=on_load,
+            count_attempts=count_attempts,
         )
         self.resolver = resolver
         self._loop: Loop | None = None

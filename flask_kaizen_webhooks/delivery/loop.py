@@ -94,8 +94,6 @@ class Loop:
             if not self.taking:
                 return False
             self._jobs.update(jobs)
-        if self.options.on_load is not None:
-            self.options.on_load(len(jobs))
         if threading.current_thread() is self._thread:  # from a ``done``: no need to wake
             self._waiting.extend(jobs)
             return True
@@ -113,8 +111,7 @@ class Loop:
             self._thread.join(timeout + GRACE)
         with self._lock:  # what is handed back is finished here no more
             left, self._jobs = list(self._jobs), set()
-        if left and self.options.on_load is not None:
-            self.options.on_load(-len(left))
+        self._count_ended(sum(1 for job in left if job.started))
         return left
 
     # The loop -------------------------------------------------------------------------------
@@ -229,6 +226,8 @@ class Loop:
                 continue
             self._active += 1
             job.started = now  # the deadline counts from here
+            if self.options.count_attempts is not None:
+                self.options.count_attempts(1)
             try:
                 self._begin(job, min(now + job.timeout, job.end_by))
             except Exception as exc:  # a defect: this attempt fails, the others carry on
@@ -382,9 +381,14 @@ class Loop:
             if job not in self._jobs:
                 return False
             self._jobs.discard(job)
-        if self.options.on_load is not None:
-            self.options.on_load(-1)
+        if job.started:
+            self._count_ended(1)
         return True
+
+    def _count_ended(self, count: int) -> None:
+        """Tell the client's watcher (its metrics) that ``count`` started attempts ended."""
+        if count and self.options.count_attempts is not None:
+            self.options.count_attempts(-count)
 
     def _finish(self, job: Job[Any], result: SendResult) -> None:
         self._active -= 1

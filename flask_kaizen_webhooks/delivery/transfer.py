@@ -39,8 +39,8 @@ class ClientOptions:
     ca_bundle: str | None
     proxy: str | None
     name: str
-    #: Told how many attempts are taken on (positive) or finished (negative), for metrics.
-    on_load: Callable[[int], None] | None = None
+    #: Told how many attempts start (positive) or end (negative), for metrics.
+    count_attempts: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

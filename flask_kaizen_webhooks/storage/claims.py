@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..clock import as_utc
@@ -104,7 +104,7 @@ _TAKE = (
         DELIVERIES.c.attempts,
         DELIVERIES.c.retry_index,
         DELIVERIES.c.registration_id,
-        DELIVERIES.c.created_at,
+        func.coalesce(DELIVERIES.c.queued_at, DELIVERIES.c.created_at),
         DELIVERIES.c.trace_parent,
     )
 )
@@ -218,7 +218,7 @@ def _take(
             registration_id,
             targets.get(registration_id),
             lease_until,
-            as_utc(created_at),
+            as_utc(queued_at),
             trace_parent,
         )
         for (
@@ -228,7 +228,7 @@ def _take(
             attempts,
             retry_index,
             registration_id,
-            created_at,
+            queued_at,
             trace_parent,
         ) in rows
     ]
@@ -401,6 +401,7 @@ def _queue_again_where(session: Session, now: datetime, *where: Any) -> list[str
             claim_token=None,
             completed_at=None,
             updated_at=now,
+            queued_at=now,
         )
         .returning(Delivery.id, Delivery.registration_id, Delivery.next_attempt_at)
         .execution_options(synchronize_session=False)

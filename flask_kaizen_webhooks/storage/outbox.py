@@ -37,6 +37,7 @@ _OUTBOX_INSERT = Prepared(
         "created_at",
         "updated_at",
         "trace_parent",
+        "queued_at",
     ),
 )
 
@@ -226,7 +227,8 @@ def _insert_deliveries(
     due: datetime | None = None,
     trace_parent: str | None = None,
 ) -> None:
-    """One executemany of pending deliveries made ``now``, due at ``due`` (default: now), and
+    """One executemany of pending deliveries made ``now``, queued and due at ``due`` (default:
+    now: an event fanned out later was queued when it was fired), and
     one of the pull-only recipients' deliveries, stored (finished when made, never due), if
     any; each payload is the event's JSON with its ``webhook_request_id``, each with the
     event's ``trace_parent``."""
@@ -241,6 +243,7 @@ def _insert_deliveries(
         "created_at": now,
         "updated_at": now,
         "trace_parent": trace_parent,
+        "queued_at": now if due is None else due,
     }
     ids = [delivery_id for delivery_id, *_ in recipients]
     rows: dict[bool, list[tuple[str, str, str, str]]] = {False: [], True: []}

@@ -150,8 +150,9 @@ class Claimed:
     target: PushTarget | None
     #: When the claim's lease runs out, unless renewed.
     lease_until: datetime
-    #: When the delivery was stored (its event committed, as near as the database tells).
-    created_at: datetime
+    #: When the delivery was queued: its event fired (or, made before that was kept, stored),
+    #: or a redelivery or recovery asked for it.
+    queued_at: datetime
     #: The W3C ``traceparent`` its event was fired under, if any (its attempts' spans' parent).
     trace_parent: str | None
 
@@ -179,8 +180,8 @@ class AttemptRecord:
     ordered: bool = False
     #: What the attempt came to, in a word (see :func:`..delivery.outcomes.outcome_of`).
     outcome: str = ""
-    #: When the delivery was stored (its latency runs from there).
-    stored_at: datetime | None = None
+    #: When the delivery was queued (its latency runs from there).
+    queued_at: datetime | None = None
 
     @property
     def final(self) -> bool:

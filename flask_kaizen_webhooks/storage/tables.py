@@ -193,6 +193,9 @@ class Delivery(Base):
     #: The W3C ``traceparent`` of the span current where its event was fired, if any: its
     #: attempts' spans join that trace (see :mod:`flask_kaizen_webhooks.tracing`).
     trace_parent: Mapped[str | None] = mapped_column(String(55))
+    #: When it was last queued: its event fired, or a redelivery or recovery asked for it (its
+    #: latency runs from there); None for a synchronous one, or one made before this column.
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     def __repr__(self) -> str:
         return f"<Delivery {self.id} {self.topic} {self.status} attempts={self.attempts}>"

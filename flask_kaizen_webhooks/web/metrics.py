@@ -4,6 +4,7 @@ database at each scrape, served by :func:`metrics_view` or by a worker's own HTT
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Iterator
@@ -91,8 +92,9 @@ class Scrape:
         from prometheus_client import REGISTRY
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        self._directory = os.environ.get(MULTIPROCESS_DIR)
         counted: Any = REGISTRY
-        if os.environ.get(MULTIPROCESS_DIR):
+        if self._directory:
             counted = MultiProcessCollector(None)  # type: ignore[no-untyped-call]
         self._sources = [counted, DatabaseGauges(app)]
 
@@ -100,8 +102,32 @@ class Scrape:
         return []
 
     def collect(self) -> Iterator[Any]:
+        if self._directory:
+            forget_ended_processes(self._directory)
         for source in self._sources:
             yield from source.collect()
+
+
+def forget_ended_processes(directory: str) -> None:
+    """Drop the live gauges (attempts in flight) of the processes of this machine that ended
+    without saying so (killed): prometheus-client's multiprocess mode keeps them otherwise."""
+    from prometheus_client import multiprocess
+
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = path.rsplit("_", 1)[-1].removesuffix(".db")
+        if pid.isdigit() and not alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), directory)  # type: ignore[no-untyped-call]
+
+
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def exposition(app: Flask, accept: str | None = None) -> tuple[bytes, str]:
