@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -186,6 +187,7 @@ class KaizenWebhooks:
         at once) and returns the ids of the deliveries, one per registration; they are sent
         after the commit.
         """
+        started = time.perf_counter()
         target_app = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
         state = get_state(target_app)
         found = self.topics.get(topic)
@@ -196,7 +198,9 @@ class KaizenWebhooks:
         if recordings:
             return state.recordings.capture(recordings, state.database, found, encoded)
         if found.mode is Mode.ASYNC:
-            return enqueue(state.context, state.executor, topic, encoded)
+            ids = enqueue(state.context, state.executor, topic, encoded)
+            state.context.metrics.enqueue_took(topic, time.perf_counter() - started)
+            return ids
         results = self._send_now(target_app, state, topic, document)
         if raise_on_error and not all(result.ok for result in results):
             raise DeliveryFailed(topic, results)

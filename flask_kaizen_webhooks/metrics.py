@@ -10,10 +10,15 @@ scrape time instead, by :mod:`.web.metrics`, so that every process reports the s
 from __future__ import annotations
 
 import enum
+import functools
+import logging
 import threading
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast
 
 from .errors import ConfigurationError, MetricsUnavailable
+
+logger = logging.getLogger("flask_kaizen_webhooks")
 
 #: What to install for metrics, told whenever they are asked for without it.
 INSTALL = MetricsUnavailable.INSTALL
@@ -89,6 +94,29 @@ class NoMetrics:
         return None
 
 
+Method = TypeVar("Method", bound=Callable[..., None])
+
+
+def quietly(method: Method) -> Method:
+    """``method``, whose failure (a full disk under multiprocess mode, say) is logged, once
+    per process, instead of raising into the host's request or the engine's bookkeeping."""
+
+    @functools.wraps(method)
+    def counting(*args: Any, **kwargs: Any) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception:
+            if method.__name__ not in _FAILED:
+                _FAILED.add(method.__name__)
+                logger.exception("Metrics: counting %s failed; it is left out", method.__name__)
+
+    return cast(Method, counting)
+
+
+#: The methods whose failure was logged already.
+_FAILED: set[str] = set()
+
+
 class PrometheusMetrics:
     """The process's instruments (made once, on first use), with each label's child kept at
     hand: a webhook's bookkeeping costs a dictionary lookup and an increment."""
@@ -117,22 +145,28 @@ class PrometheusMetrics:
             child = self._children[key] = self._made[name].labels(*labels)
         return child
 
+    @quietly
     def enqueued(self, topic: str, count: int) -> None:
         self._child("enqueued", topic).inc(count)
 
+    @quietly
     def enqueue_took(self, topic: str, seconds: float) -> None:
         self._child("enqueue", topic).observe(seconds)
 
+    @quietly
     def attempted(self, topic: str, outcome: str, seconds: float) -> None:
         self._child("attempts", topic, outcome).inc()
         self._child("duration", topic).observe(seconds)
 
+    @quietly
     def delivered(self, topic: str, seconds: float) -> None:
         self._child("latency", topic).observe(max(0.0, seconds))
 
+    @quietly
     def disabled(self, reason: DisabledReason) -> None:
         self._child("disabled", reason.value).inc()
 
+    @quietly
     def in_flight(self, change: int) -> None:
         self._made["in_flight"].inc(change)
 

@@ -40,6 +40,11 @@ def result(status: int | None, error: str | None = None, timed_out: bool = False
         (result(None, "forbidden destination: 10.0.0.1 is private"), "refused"),
         (result(200, "answer too large: over 65,536 bytes"), "too_large"),
         (result(None, "connection refused"), "connection_error"),
+        # A name that does not resolve is the receiver's trouble, not the guard's refusal.
+        (
+            result(None, "forbidden destination: cannot resolve 'hooks.invalid': [Errno -2]"),
+            "connection_error",
+        ),
     ],
 )
 def test_each_answer_comes_to_one_outcome(answer: SendResult, outcome: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from flask_kaizen_webhooks import ConfigurationError
+from flask_kaizen_webhooks import ConfigurationError, signals
 from flask_kaizen_webhooks.state import get_state
 from flask_kaizen_webhooks.storage import registrations
 from tests.conftest import ADMIN, DELIVERY_CONFIG, Host
@@ -427,3 +427,62 @@ def test_a_killed_process_s_attempts_in_flight_are_forgotten(tmp_path: Path) -> 
     assert in_flight() == 1  # what prometheus-client alone would keep showing
     forget_ended_processes(str(tmp_path))
     assert in_flight() == 0
+
+
+def test_a_metric_that_fails_never_stops_a_webhook(
+    make_host: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG)
+    server = receiver(lambda request, n: Reply())
+    register(host, server.url("/full-disk"))
+    metrics = get_state(host.app).context.metrics
+
+    class Full:
+        def labels(self, *_labels: str) -> Any:
+            raise OSError("No space left on device")
+
+        def inc(self, *_change: int) -> None:
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(metrics, "_children", {})
+    monkeypatch.setattr(metrics, "_made", dict.fromkeys(metrics._made, Full()))
+    ended: list[dict[str, Any]] = []
+
+    def succeeded(app: Any, **fields: Any) -> None:
+        ended.append(fields)
+
+    signals.delivery_succeeded.connect(succeeded, host.app)
+    with host.app.app_context():
+        [delivery_id] = host.webhooks.trigger(TOPIC, {"n": 1})
+    host.webhooks.start(host.app)
+    wait_until(lambda: [fields["delivery_id"] for fields in ended] == [delivery_id])
+    assert len(server.received) == 1
+    assert "Metrics: counting" in caplog.text
+
+
+def test_the_enqueue_time_covers_the_whole_call(
+    make_host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_kaizen_webhooks import extension
+
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, "http://127.0.0.1:9/never")
+    checked = extension.checked_payload
+
+    def slow_check(*args: Any) -> Any:  # the payload's check, encoding a large document
+        time.sleep(0.2)
+        return checked(*args)
+
+    monkeypatch.setattr(extension, "checked_payload", slow_check)
+    before = parse(exposition_text(host))
+    with host.app.app_context():
+        host.webhooks.trigger(TOPIC, {"n": 1})
+    after = parse(exposition_text(host))
+    name = "kaizen_webhooks_enqueue_seconds_sum"
+    assert value(after, name, topic=TOPIC) - value(before, name, topic=TOPIC) >= 0.2
+
+
+def exposition_text(host: Host) -> str:
+    from flask_kaizen_webhooks.web.metrics import exposition
+
+    return exposition(host.app)[0].decode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,7 +49,6 @@ def enqueue(
     the commit; otherwise (and always with the embedded database) the deliveries are written
     and committed here. Either way they keep the ``traceparent`` of the current span, if any.
     """
-    started = time.perf_counter()
     metrics = context.metrics
     database = context.database
     trace_parent = current_trace_parent()
@@ -74,7 +72,6 @@ def enqueue(
                 session.rollback()
             raise
         metrics.enqueued(topic, len(ids))
-        metrics.enqueue_took(topic, time.perf_counter() - started)
         executor.submit(ids)
         return ids
     connection = session.connection()
@@ -92,5 +89,4 @@ def enqueue(
         hand_over_after_commit(
             session, executor, ids, functools.partial(metrics.enqueued, topic, len(ids))
         )
-    metrics.enqueue_took(topic, time.perf_counter() - started)
     return ids
