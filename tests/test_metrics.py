@@ -486,3 +486,35 @@ def exposition_text(host: Host) -> str:
     from flask_kaizen_webhooks.web.metrics import exposition
 
     return exposition(host.app)[0].decode()
+
+
+def test_scrapes_at_once_share_one_read_of_the_database(
+    make_host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_kaizen_webhooks.storage import admin
+
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, "http://127.0.0.1:9/never")
+    reads = []
+    gauges = admin.gauges
+
+    def slow_read(*args: Any, **kwargs: Any) -> Any:  # a large log on a busy database
+        reads.append(1)
+        time.sleep(0.5)
+        return gauges(*args, **kwargs)
+
+    monkeypatch.setattr(admin, "gauges", slow_read)
+    texts: list[str] = []
+    scrapes = [
+        threading.Thread(target=lambda: texts.append(exposition_text(host))) for _ in range(4)
+    ]
+    for scrape in scrapes:
+        scrape.start()
+    for scrape in scrapes:
+        scrape.join(10)
+    assert len(texts) == 4 and len(reads) == 1
+    assert all(
+        value(parse(text), "kaizen_webhooks_registrations", state="active") == 1 for text in texts
+    )
+    exposition_text(host)  # the next scrape reads afresh
+    assert len(reads) == 2

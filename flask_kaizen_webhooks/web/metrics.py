@@ -7,8 +7,10 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Iterator
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from flask import Flask, Response, current_app
 
@@ -23,11 +25,51 @@ logger = logging.getLogger("flask_kaizen_webhooks")
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
+class Read:
+    """One read of an app's database gauges, which the scrapes that come meanwhile wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        #: What was read; None if the database could not be read.
+        self.gauges: admin.Gauges | None = None
+
+
 class DatabaseGauges:
-    """The gauges of an app's database, read at each scrape; the same from every process."""
+    """The gauges of an app's database, read at each scrape; the same from every process.
+    Scrapes at once (several Prometheus servers, say) share one read rather than pile up."""
+
+    _lock = threading.Lock()
+    #: The read under way of each app.
+    _reading: ClassVar[weakref.WeakKeyDictionary[Flask, Read]] = weakref.WeakKeyDictionary()
 
     def __init__(self, app: Flask) -> None:
         self._app = app
+
+    def _gauges(self) -> admin.Gauges | None:
+        """The database's gauges (None if it cannot be read), read now or by the scrape
+        already reading them."""
+        with self._lock:
+            under_way = self._reading.get(self._app)
+            if under_way is None:
+                read = self._reading[self._app] = Read()
+        if under_way is not None:
+            under_way.done.wait()
+            return under_way.gauges
+        state = get_state(self._app)
+        try:
+            with self._app.app_context(), state.database.independent_session() as session:
+                read.gauges = admin.gauges(
+                    session,
+                    now=state.clock.now(),
+                    every_registration_paced=state.settings.default_max_per_second is not None,
+                )
+        except Exception as exc:
+            logger.warning("Metrics: the database could not be read (%s)", type(exc).__name__)
+        finally:
+            with self._lock:
+                del self._reading[self._app]
+            read.done.set()
+        return read.gauges
 
     def describe(self) -> list[Any]:
         return []  # read only at scrape time, never when registered
@@ -35,23 +77,15 @@ class DatabaseGauges:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        state = get_state(self._app)
-        now = state.clock.now()
         up = GaugeMetricFamily(
             "kaizen_webhooks_database_up", "1 when this scrape could read the database, else 0."
         )
-        try:
-            with self._app.app_context(), state.database.independent_session() as session:
-                read = admin.gauges(
-                    session,
-                    now=now,
-                    every_registration_paced=state.settings.default_max_per_second is not None,
-                )
-        except Exception as exc:
-            logger.warning("Metrics: the database could not be read (%s)", type(exc).__name__)
+        read = self._gauges()
+        if read is None:
             up.add_metric([], 0)
             yield up
             return
+        now = get_state(self._app).clock.now()
         up.add_metric([], 1)
         yield up
         deliveries = GaugeMetricFamily(
