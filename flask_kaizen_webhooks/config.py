@@ -358,6 +358,9 @@ class Settings:
         "Prometheus metrics: None on when prometheus-client is installed, True required, "
         "False off.",
     )
+    metrics_per_registration: bool = setting(
+        True, _bool, "Count attempts by registration too: a series per registration."
+    )
     health_max_delay: float = setting(
         300, _positive_number, "Seconds due work may wait before /health answers 503."
     )

@@ -59,8 +59,8 @@ class Metrics(Protocol):
     def enqueue_took(self, topic: str, seconds: float) -> None:
         """The host's call storing an event of ``topic`` took ``seconds``."""
 
-    def attempted(self, topic: str, outcome: str, seconds: float) -> None:
-        """An attempt of ``topic`` came to ``outcome`` after ``seconds``."""
+    def attempted(self, topic: str, outcome: str, seconds: float, registration_id: str) -> None:
+        """An attempt of ``topic`` to a registration came to ``outcome`` after ``seconds``."""
 
     def delivered(self, topic: str, seconds: float) -> None:
         """A delivery of ``topic`` succeeded ``seconds`` after it was stored."""
@@ -81,7 +81,7 @@ class NoMetrics:
     def enqueue_took(self, topic: str, seconds: float) -> None:
         return None
 
-    def attempted(self, topic: str, outcome: str, seconds: float) -> None:
+    def attempted(self, topic: str, outcome: str, seconds: float, registration_id: str) -> None:
         return None
 
     def delivered(self, topic: str, seconds: float) -> None:
@@ -124,7 +124,8 @@ class PrometheusMetrics:
     _lock = threading.Lock()
     _instruments: dict[str, Any] | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_registration: bool = True) -> None:
+        self._per_registration = per_registration
         self._made = self.instruments()
         self._children: dict[tuple[str, ...], Any] = {}
         for reason in DisabledReason:  # shown at 0 from the start, so a first one is a rise
@@ -154,9 +155,12 @@ class PrometheusMetrics:
         self._child("enqueue", topic).observe(seconds)
 
     @quietly
-    def attempted(self, topic: str, outcome: str, seconds: float) -> None:
+    def attempted(self, topic: str, outcome: str, seconds: float, registration_id: str) -> None:
         self._child("attempts", topic, outcome).inc()
         self._child("duration", topic).observe(seconds)
+        if self._per_registration:
+            result = "success" if outcome == "success" else "failure"
+            self._child("by_registration", registration_id, result).inc()
 
     @quietly
     def delivered(self, topic: str, seconds: float) -> None:
@@ -185,6 +189,11 @@ def _make_instruments() -> dict[str, Any]:
             "Finished webhook attempts (synchronous and asynchronous topics), by topic and "
             "outcome.",
             ["topic", "outcome"],
+        ),
+        "by_registration": Counter(
+            "kaizen_webhooks_registration_attempts",
+            "Finished webhook attempts by registration and result (success or failure).",
+            ["registration", "result"],
         ),
         "disabled": Counter(
             "kaizen_webhooks_registrations_disabled",
@@ -220,9 +229,10 @@ def _make_instruments() -> dict[str, Any]:
 NO_METRICS = NoMetrics()
 
 
-def metrics_for(wanted: bool | None) -> Metrics:
+def metrics_for(wanted: bool | None, *, per_registration: bool = True) -> Metrics:
     """The metrics an app with ``KAIZEN_WEBHOOKS_METRICS = wanted`` records: on when asked
-    (then prometheus-client must be installed) or, while None, when it is installed."""
+    (then prometheus-client must be installed) or, while None, when it is installed; attempts
+    are counted by registration too if ``per_registration``."""
     if wanted is False:
         return NO_METRICS
     if not prometheus_available():
@@ -231,4 +241,4 @@ def metrics_for(wanted: bool | None) -> Metrics:
                 "KAIZEN_WEBHOOKS_METRICS", f"metrics need prometheus-client: {INSTALL}"
             )
         return NO_METRICS
-    return PrometheusMetrics()
+    return PrometheusMetrics(per_registration=per_registration)

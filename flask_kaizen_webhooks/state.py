@@ -85,7 +85,12 @@ class WebhooksState:
         self.callbacks = callbacks
         secrets = SecretBox.from_config(settings.secret_keys, app.secret_key)
         self.context = DeliveryContext(
-            settings, database, secrets, Clock(), random.Random(), metrics_for(settings.metrics)
+            settings,
+            database,
+            secrets,
+            Clock(),
+            random.Random(),
+            metrics_for(settings.metrics, per_registration=settings.metrics_per_registration),
         )
         #: The background engine's HTTP client (in a Celery worker process too).
         self.client = self._client("engine", settings.workers)

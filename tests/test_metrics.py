@@ -138,6 +138,11 @@ def test_each_outcome_is_counted_and_the_database_gauges_tell_the_truth(
     assert grew("kaizen_webhooks_delivery_latency_seconds_count", topic=TOPIC) == 1  # successes
     assert 0 < grew("kaizen_webhooks_delivery_latency_seconds_sum", topic=TOPIC) < 10
     assert grew("kaizen_webhooks_enqueue_seconds_count", topic=TOPIC) == 1
+    by_registration = "kaizen_webhooks_registration_attempts_total"
+    assert grew(by_registration, registration=ids["/ok"], result="success") == 1
+    for path in ("/fail", "/hang", "refused", "/gone"):
+        assert grew(by_registration, registration=ids[path], result="failure") == 1, path
+        assert grew(by_registration, registration=ids[path], result="success") == 0, path
     assert grew("kaizen_webhooks_registrations_disabled_total", reason="gone") == 1
     assert grew("kaizen_webhooks_registrations_disabled_total", reason="failing") == 0
     assert value(after, "kaizen_webhooks_attempts_in_flight") == value(
@@ -518,3 +523,21 @@ def test_scrapes_at_once_share_one_read_of_the_database(
     )
     exposition_text(host)  # the next scrape reads afresh
     assert len(reads) == 2
+
+
+def test_attempts_by_registration_can_be_left_out(make_host: Any, receiver: Any) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_METRICS_PER_REGISTRATION=False)
+    scrape = mount(host)
+    server = receiver(lambda request, n: Reply())
+    registration = register(host, server.url("/quiet"))
+    with host.app.app_context():
+        host.webhooks.trigger(TOPIC, {"n": 1})
+    host.webhooks.start(host.app)
+    name = "kaizen_webhooks_attempts_total"
+    wait_until(lambda: value(scrape(), name, topic=TOPIC, outcome="success") >= 1)
+    assert not [
+        labels
+        for (sample, labels) in scrape()
+        if sample == "kaizen_webhooks_registration_attempts_total"
+        and ("registration", registration) in labels
+    ]

@@ -94,7 +94,7 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
             )
             continue
         log_attempt(record)
-        metrics.attempted(record.topic, record.outcome, record.elapsed)
+        metrics.attempted(record.topic, record.outcome, record.elapsed, record.registration_id)
         if record.kind is Outcome.SUCCEEDED and record.queued_at is not None:
             metrics.delivered(record.topic, (record.finished_at - record.queued_at).total_seconds())
         if record.kind is not Outcome.RETRY:

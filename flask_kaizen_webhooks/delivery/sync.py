@@ -144,7 +144,9 @@ def fan_out(
                 results.append(DeliveryResult.kept(delivery_id, target))
             continue
         if mode != TEST_MODE:
-            context.metrics.attempted(topic, outcome_of(result), result.elapsed)
+            context.metrics.attempted(
+                topic, outcome_of(result), result.elapsed, target.registration_id
+            )
         results.append(
             DeliveryResult(
                 delivery_id=delivery_id,
