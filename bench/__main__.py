@@ -185,11 +185,18 @@ def succeeded(app: Flask) -> int:
 
 
 def async_throughput(
-    url: str, database_uri: str, events: int, registrations: int, *, metrics: bool = True
+    url: str,
+    database_uri: str,
+    events: int,
+    registrations: int,
+    *,
+    metrics: bool = True,
+    cpu: list[float] | None = None,
 ) -> float:
     """Events fired by the host, each delivery signed, sent and recorded; first event to last
     recorded success (``delivery_succeeded`` is sent once a success is committed). Prometheus
-    metrics are counted unless ``metrics`` is False."""
+    metrics are counted unless ``metrics`` is False. The CPU this process spent per delivery
+    meanwhile (microseconds) goes to ``cpu``."""
     app, webhooks = host_app(database_uri, KAIZEN_WEBHOOKS_METRICS=metrics)
     add_registrations(app, url, registrations, "profile_updated")
     total = events * registrations
@@ -203,13 +210,15 @@ def async_throughput(
 
     signals.delivery_succeeded.connect(count, sender=app)
     webhooks.start(app)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with app.app_context():
         for n in range(events):
             signals.profile_updated.send(app, payload={**PAYLOAD, "n": n})
     if not done.wait(600):
         raise RuntimeError(f"only {len(recorded)} of {total} deliveries succeeded in 10 minutes")
     elapsed = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append((time.process_time() - cpu_started) / total * 1e6)
     webhooks.shutdown(app)
     signals.delivery_succeeded.disconnect(count, sender=app)
     assert succeeded(app) == total  # every success is in the database
@@ -394,8 +403,9 @@ def enqueue_latency(url: str, samples: int) -> dict[bool, tuple[float, float]]:
     (True) and without (False), their samples taken in turns."""
     hosts = {metrics: enqueue_host(url, metrics) for metrics in (True, False)}
     timings: dict[bool, list[float]] = {True: [], False: []}
+    order = [True, False, False, True]  # each goes first as often as the other
     for n in range(2 * samples):
-        metrics = n % 2 == 0
+        metrics = order[n % 4]
         app, db = hosts[metrics]
         with app.app_context():
             db.session.execute(select(1))  # the host's transaction is open
@@ -498,6 +508,8 @@ def main() -> None:
         "naive": [],
         "async": [],
         "async_metrics_off": [],
+        "cpu": [],
+        "cpu_metrics_off": [],
         "postgres": [],
     }
     with fast_receiver() as url:
@@ -513,8 +525,9 @@ def main() -> None:
             # With and without metrics, in turns first: neither gains from going second.
             for metrics in (True, False) if number % 2 == 0 else (False, True):
                 uri = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+                cpu = rounds["cpu" if metrics else "cpu_metrics_off"]
                 rounds["async" if metrics else "async_metrics_off"].append(
-                    async_throughput(url, uri, events, 10, metrics=metrics)
+                    async_throughput(url, uri, events, 10, metrics=metrics, cpu=cpu)
                 )
             if with_postgres:
                 rounds["postgres"].append(async_throughput(url, POSTGRES, events, 10))
@@ -530,13 +543,17 @@ def main() -> None:
         figures["naive_per_s"] = statistics.median(rounds["naive"])
         figures["async_per_s"] = statistics.median(rounds["async"])
         figures["async_per_s_metrics_off"] = statistics.median(rounds["async_metrics_off"])
-        # The rounds' own ratios: on and off ran moments apart.
+        figures["async_cpu_us_per_delivery"] = statistics.median(rounds["cpu"])
+        figures["async_cpu_us_per_delivery_metrics_off"] = statistics.median(
+            rounds["cpu_metrics_off"]
+        )
+        # The rounds' own ratios (on and off ran moments apart) of the CPU a delivery takes:
+        # steadier than the throughputs, which this machine's noise moves by 10% and more.
         figures["metrics_cost_async_pct"] = 100 * (
-            1
-            - statistics.median(
-                on / off
-                for on, off in zip(rounds["async"], rounds["async_metrics_off"], strict=True)
+            statistics.median(
+                on / off for on, off in zip(rounds["cpu"], rounds["cpu_metrics_off"], strict=True)
             )
+            - 1
         )
         figures["async_postgres_per_s"] = (
             statistics.median(rounds["postgres"]) if with_postgres else None
