@@ -359,7 +359,7 @@ class Settings:
         "False off.",
     )
     metrics_per_registration: bool = setting(
-        True, _bool, "Count attempts by registration too: a series per registration."
+        False, _bool, "Count attempts by registration too: a series per registration."
     )
     health_max_delay: float = setting(
         300, _positive_number, "Seconds due work may wait before /health answers 503."

@@ -63,7 +63,7 @@ class Metrics(Protocol):
         """An attempt of ``topic`` to a registration came to ``outcome`` after ``seconds``."""
 
     def delivered(self, topic: str, seconds: float) -> None:
-        """A delivery of ``topic`` succeeded ``seconds`` after it was stored."""
+        """A delivery of ``topic`` succeeded ``seconds`` after it was queued."""
 
     def disabled(self, reason: DisabledReason) -> None:
         """A registration was disabled for ``reason``."""
@@ -124,7 +124,7 @@ class PrometheusMetrics:
     _lock = threading.Lock()
     _instruments: dict[str, Any] | None = None
 
-    def __init__(self, *, per_registration: bool = True) -> None:
+    def __init__(self, *, per_registration: bool = False) -> None:
         self._per_registration = per_registration
         self._made = self.instruments()
         self._children: dict[tuple[str, ...], Any] = {}
@@ -208,7 +208,7 @@ def _make_instruments() -> dict[str, Any]:
         ),
         "latency": Histogram(
             "kaizen_webhooks_delivery_latency_seconds",
-            "Time from an asynchronous delivery being stored to its successful attempt.",
+            "Time from an asynchronous delivery being queued to its successful attempt.",
             ["topic"],
             buckets=LATENCY_BUCKETS,
         ),
@@ -229,7 +229,7 @@ def _make_instruments() -> dict[str, Any]:
 NO_METRICS = NoMetrics()
 
 
-def metrics_for(wanted: bool | None, *, per_registration: bool = True) -> Metrics:
+def metrics_for(wanted: bool | None, *, per_registration: bool = False) -> Metrics:
     """The metrics an app with ``KAIZEN_WEBHOOKS_METRICS = wanted`` records: on when asked
     (then prometheus-client must be installed) or, while None, when it is installed; attempts
     are counted by registration too if ``per_registration``."""

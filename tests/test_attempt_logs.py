@@ -42,7 +42,7 @@ def result(status: int | None, error: str | None = None, timed_out: bool = False
         (result(None, "connection refused"), "connection_error"),
         # A name that does not resolve is the receiver's trouble, not the guard's refusal.
         (
-            result(None, "forbidden destination: cannot resolve 'hooks.invalid': [Errno -2]"),
+            result(None, "cannot resolve 'hooks.invalid': [Errno -2] Name or service not known"),
             "connection_error",
         ),
     ],

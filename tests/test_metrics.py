@@ -93,6 +93,7 @@ def test_each_outcome_is_counted_and_the_database_gauges_tell_the_truth(
         **DELIVERY_CONFIG,
         "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 1.0,
         "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [],  # one attempt each: the counts are exact
+        "KAIZEN_WEBHOOKS_METRICS_PER_REGISTRATION": True,
     }
     host = make_host(backend, **config)
     scrape = mount(host)
@@ -525,8 +526,10 @@ def test_scrapes_at_once_share_one_read_of_the_database(
     assert len(reads) == 2
 
 
-def test_attempts_by_registration_can_be_left_out(make_host: Any, receiver: Any) -> None:
-    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_METRICS_PER_REGISTRATION=False)
+def test_attempts_are_not_counted_by_registration_unless_asked(
+    make_host: Any, receiver: Any
+) -> None:
+    host = make_host("sqlite", **DELIVERY_CONFIG)
     scrape = mount(host)
     server = receiver(lambda request, n: Reply())
     registration = register(host, server.url("/quiet"))
@@ -541,3 +544,61 @@ def test_attempts_by_registration_can_be_left_out(make_host: Any, receiver: Any)
         if sample == "kaizen_webhooks_registration_attempts_total"
         and ("registration", registration) in labels
     ]
+
+
+def test_a_name_that_does_not_resolve_is_a_connection_error(make_host: Any) -> None:
+    host = make_host("sqlite", **{**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": []})
+    with host.app.app_context():
+        state = get_state()
+        registrations.create_registration(
+            state.database.session,
+            owner="org-1",
+            topic=TOPIC,
+            url="http://hooks.invalid/x",  # ".invalid" never resolves (RFC 2606)
+            sealed_secret=state.secrets.seal(SECRET),
+        )
+        state.database.session.commit()
+    before = parse(exposition_text(host))
+    with host.app.app_context():
+        host.webhooks.trigger(TOPIC, {"n": 1})
+    host.webhooks.start(host.app)
+
+    def attempts(outcome: str, samples: Samples) -> float:
+        name = "kaizen_webhooks_attempts_total"
+        return value(samples, name, topic=TOPIC, outcome=outcome)
+
+    wait_until(
+        lambda: (
+            attempts("connection_error", parse(exposition_text(host)))
+            == (attempts("connection_error", before) + 1)
+        )
+    )
+    assert attempts("refused", parse(exposition_text(host))) == attempts("refused", before)
+
+
+def test_scrapes_at_once_drop_a_killed_process_s_gauge_without_failing(tmp_path: Path) -> None:
+    from flask_kaizen_webhooks.web.metrics import forget_ended_processes
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    path = tmp_path / f"gauge_livesum_{ended.stdout.strip()}.db"
+    errors: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            forget_ended_processes(str(tmp_path))
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _ in range(50):
+        path.write_bytes(b"")
+        scrapes = [threading.Thread(target=scrape) for _ in range(4)]
+        for thread in scrapes:
+            thread.start()
+        for thread in scrapes:
+            thread.join(5)
+        assert errors == [] and not path.exists()

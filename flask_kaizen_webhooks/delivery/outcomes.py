@@ -39,10 +39,6 @@ def describe_failure(result: SendResult) -> str | None:
     return f"HTTP {result.status_code}"
 
 
-#: How the error of an attempt whose host name did not resolve begins.
-UNRESOLVED = "forbidden destination: cannot resolve"
-
-
 def outcome_of(result: SendResult) -> str:
     """What an attempt came to, in one word of a small set (for logs and metrics): success,
     4xx, 5xx, redirect, timeout, refused (by the address guard), too_large (the answer) or
@@ -52,8 +48,6 @@ def outcome_of(result: SendResult) -> str:
     if result.timed_out:
         return "timeout"
     error = result.error or ""
-    if error.startswith(UNRESOLVED):
-        return "connection_error"
     if error.startswith("forbidden destination"):
         return "refused"
     if error.startswith("answer too large"):

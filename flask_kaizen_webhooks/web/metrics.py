@@ -25,6 +25,10 @@ logger = logging.getLogger("flask_kaizen_webhooks")
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
+#: Seconds a scrape waits for the read another scrape is making of the database's gauges.
+SHARED_READ_WAIT = 15.0
+
+
 class Read:
     """One read of an app's database gauges, which the scrapes that come meanwhile wait for."""
 
@@ -52,8 +56,8 @@ class DatabaseGauges:
             under_way = self._reading.get(self._app)
             if under_way is None:
                 read = self._reading[self._app] = Read()
-        if under_way is not None:
-            under_way.done.wait()
+        if under_way is not None:  # a read that hangs leaves this scrape without its gauges
+            under_way.done.wait(SHARED_READ_WAIT)
             return under_way.gauges
         state = get_state(self._app)
         try:
@@ -144,13 +148,18 @@ class Scrape:
 
 def forget_ended_processes(directory: str) -> None:
     """Drop the live gauges (attempts in flight) of the processes of this machine that ended
-    without saying so (killed): prometheus-client's multiprocess mode keeps them otherwise."""
-    from prometheus_client import multiprocess
-
+    without saying so (killed): prometheus-client's multiprocess mode keeps them otherwise.
+    Another scrape may drop them at the same time; a file that cannot go is left for later."""
     for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
         pid = path.rsplit("_", 1)[-1].removesuffix(".db")
-        if pid.isdigit() and not alive(int(pid)):
-            multiprocess.mark_process_dead(int(pid), directory)  # type: ignore[no-untyped-call]
+        if not pid.isdigit() or alive(int(pid)):
+            continue
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass  # dropped by a scrape at the same time
+        except OSError as exc:
+            logger.warning("Metrics: could not drop %s (%s)", path, exc)
 
 
 def alive(pid: int) -> bool:
