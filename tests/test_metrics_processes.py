@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from tests.test_restart import gunicorn_command
 ADMIN = {"Authorization": "Bearer admin-token"}
 SECRET = "signature_secret_0123"
 TOPIC = "profile_updated"
-EVENTS = 20
+EVENTS = 10
+#: What the four receivers' attempts come to: answered, 500, hanging past the time limit, and
+#: refused by the workers' address guard.
+OUTCOMES = ("success", "5xx", "timeout", "refused")
 # The Celery tests' fixtures: a queue of this test's own, and the web side on the Celery executor.
 celery_env = test_celery.celery_env
 web = test_celery.web
@@ -140,26 +144,38 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
     tmp_path: Path, postgres_url: str, receiver: Any, multiprocess: bool
 ) -> None:
     empty(postgres_url)
-    server = receiver(lambda request, n: Reply(status=500 if request.path == "/fail" else 200))
+    hang = threading.Event()
+
+    def respond(request: Any, _count: int) -> Reply:
+        if request.path == "/hang":
+            return Reply(wait=hang)
+        return Reply(status=500 if request.path == "/fail" else 200)
+
+    server = receiver(respond)
     shared = tmp_path / "prometheus"
     shared.mkdir()
     extra = {"PROMETHEUS_MULTIPROC_DIR": str(shared)} if multiprocess else {}
+    # The web side takes a registration on 127.0.0.2; the workers' guard, allowing 127.0.0.1
+    # only (tests.worker_host), refuses it when they send.
+    site_config = {
+        "KAIZEN_WEBHOOKS_EXECUTOR": "none",
+        "KAIZEN_WEBHOOKS_ALLOWED_NETWORKS": ["127.0.0.0/8"],
+    }
     site_env = host_environment(
-        KWT_DATABASE_URI=postgres_url,
-        KWT_CONFIG=json.dumps({"KAIZEN_WEBHOOKS_EXECUTOR": "none"}),
-        **extra,
+        KWT_DATABASE_URI=postgres_url, KWT_CONFIG=json.dumps(site_config), **extra
     )
     site = HostProcess(
         gunicorn_command(), site_env, listening=r"Listening at: http://127\.0\.0\.1:(\d+)"
     )
     workers: list[HostProcess] = []
     try:
+        worker_config = {
+            "SECRET_KEY": "restart-host-secret-key",
+            "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": [],  # one attempt each: the counts are exact
+            "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 0.5,
+        }
         worker_env = host_environment(
-            KWT_DATABASE_URI=postgres_url,
-            KWT_CONFIG=json.dumps(
-                {"SECRET_KEY": "restart-host-secret-key", "KAIZEN_WEBHOOKS_RETRY_SCHEDULE": []}
-            ),
-            **extra,
+            KWT_DATABASE_URI=postgres_url, KWT_CONFIG=json.dumps(worker_config), **extra
         )
         command = [python(), "-m", "flask", "--app", "tests.worker_host:create_app", "webhooks"]
         command += ["worker", "--metrics-port", "0"]
@@ -169,8 +185,9 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
                     command, worker_env, listening=r"Metrics at http://127\.0\.0\.1:(\d+)/metrics"
                 )
             )
-        register(site.base, server.url("/ok"))
-        register(site.base, server.url("/fail"))
+        for path in ("/ok", "/fail", "/hang"):
+            register(site.base, server.url(path))
+        register(site.base, "http://127.0.0.2:9/refused")
         for _ in range(2):
             fired = requests.post(f"{site.base}/fire", params={"n": EVENTS // 2}, timeout=60)
             assert fired.json() == {"fired": EVENTS // 2}
@@ -180,48 +197,52 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
             samples = scrape(scrapes[0])
             return (
                 value(samples, "kaizen_webhooks_deliveries", status="succeeded") == EVENTS
-                and value(samples, "kaizen_webhooks_deliveries", status="failed") == EVENTS
+                and value(samples, "kaizen_webhooks_deliveries", status="failed") == 3 * EVENTS
             )
 
-        try:
-            wait_until(done, timeout=30)
-        except AssertionError:
-            for process in [site, *workers]:
-                print(process.read_output()[-3000:])
-            print({k: v for k, v in scrape(scrapes[0]).items() if "kaizen" in k[0]})
-            raise
+        wait_until(done, timeout=60)
 
         # An attempt is counted just after its record is written: wait for the last ones.
         def counted() -> bool:
-            total = sum(
-                attempts(scrape(url), "success") + attempts(scrape(url), "5xx") for url in scrapes
-            )
-            return total == (2 * EVENTS * (2 if multiprocess else 1))
+            total = sum(attempts(scrape(url), outcome) for url in scrapes for outcome in OUTCOMES)
+            return total == (4 * EVENTS * (2 if multiprocess else 1))
 
         wait_until(counted)
         by_worker = [scrape(url) for url in scrapes]
         site_scrape = scrape(f"{site.base}/metrics")
     finally:
+        hang.set()
         for process in [*workers, site]:
             process.stop()
         forget_the_hosts_tables(postgres_url)
     for samples in [*by_worker, site_scrape]:  # the database's gauges: the same everywhere
         assert value(samples, "kaizen_webhooks_deliveries", status="succeeded") == EVENTS
-        assert value(samples, "kaizen_webhooks_registrations", state="active") == 2
+        assert value(samples, "kaizen_webhooks_deliveries", status="failed") == 3 * EVENTS
+        assert value(samples, "kaizen_webhooks_deliveries", status="pending") == 0
+        assert value(samples, "kaizen_webhooks_registrations", state="active") == 4
         assert value(samples, "kaizen_webhooks_oldest_due_seconds") == 0
         assert value(samples, "kaizen_webhooks_database_up") == 1
+        failing = [
+            count
+            for (name, _labels), count in samples.items()
+            if name == "kaizen_webhooks_registration_consecutive_failures"
+        ]
+        assert sorted(failing) == [EVENTS, EVENTS, EVENTS]
     if multiprocess:  # every process's counts, whichever process is scraped
         for samples in [*by_worker, site_scrape]:
-            assert attempts(samples, "success") == EVENTS
-            assert attempts(samples, "5xx") == EVENTS
+            for outcome in OUTCOMES:
+                assert attempts(samples, outcome) == EVENTS, outcome
             enqueued = value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC)
-            assert enqueued == 2 * EVENTS
+            assert enqueued == 4 * EVENTS
             latency = "kaizen_webhooks_delivery_latency_seconds_count"
-            assert value(samples, latency, topic=TOPIC) == EVENTS
+            assert value(samples, latency, topic=TOPIC) == EVENTS  # the successes
+            duration = "kaizen_webhooks_attempt_duration_seconds_count"
+            assert value(samples, duration, topic=TOPIC) == 4 * EVENTS
+            assert value(samples, "kaizen_webhooks_enqueue_seconds_count", topic=TOPIC) == EVENTS
             assert value(samples, "kaizen_webhooks_attempts_in_flight") == 0
     else:  # each worker its own: together, every attempt once
-        assert sum(attempts(samples, "success") for samples in by_worker) == EVENTS
-        assert sum(attempts(samples, "5xx") for samples in by_worker) == EVENTS
+        for outcome in OUTCOMES:
+            assert sum(attempts(samples, outcome) for samples in by_worker) == EVENTS, outcome
         for samples in by_worker:  # the workers store nothing
             assert value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC) == 0
 
