@@ -398,6 +398,11 @@ class Settings:
         return AddressPolicy(allowed_networks=self.allowed_networks, allowed_ports=ports)
 
     @property
+    def every_registration_paced(self) -> bool:
+        """Whether every registration has a rate limit (the operator's default, at least)."""
+        return self.default_max_per_second is not None
+
+    @property
     def lease_seconds(self) -> float:
         """How long a claimed delivery stays claimed: longer than any attempt can take."""
         if self.claim_lease is not None:

@@ -119,33 +119,33 @@ def attempt_span(
         return NO_SPAN
     if isinstance(trace.get_tracer_provider(), _SILENT) and (headers is None or parent is None):
         return NO_SPAN
-    return _Traced(topic, registration_id, delivery_id, number, url, parent, headers)
+    address, port = server_of(url)
+    attributes: dict[str, str | int] = {
+        "webhook.topic": topic,
+        "webhook.registration_id": registration_id,
+        "webhook.delivery_id": delivery_id,
+        "webhook.attempt": number,
+        "http.request.method": "POST",
+        "server.address": address,
+        "server.port": port,
+    }
+    return _Traced(f"webhook {topic}", attributes, parent, headers)
 
 
 class _Traced(AttemptSpan):
     """A span through the OpenTelemetry API."""
 
-    __slots__ = ("_attributes", "_headers", "_name", "_parent", "_span", "_started", "_url")
+    __slots__ = ("_attributes", "_headers", "_name", "_parent", "_span", "_started")
 
     def __init__(
         self,
-        topic: str,
-        registration_id: str,
-        delivery_id: str,
-        number: int,
-        url: str,
+        name: str,
+        attributes: dict[str, str | int],
         parent: str | Current | None,
         headers: dict[str, str] | None,
     ) -> None:
-        self._name = f"webhook {topic}"
-        self._attributes: dict[str, str | int] = {
-            "webhook.topic": topic,
-            "webhook.registration_id": registration_id,
-            "webhook.delivery_id": delivery_id,
-            "webhook.attempt": number,
-            "http.request.method": "POST",
-        }
-        self._url = url
+        self._name = name
+        self._attributes = attributes
         self._parent = parent
         self._headers = headers
         self._span: Span | None = None
@@ -163,14 +163,12 @@ class _Traced(AttemptSpan):
                 context = Context()  # a new trace (not whatever this thread holds)
             else:
                 context = _PROPAGATOR.extract({"traceparent": parent})
-            address, port = server_of(self._url)
-            attributes = {**self._attributes, "server.address": address, "server.port": port}
             self._started = time.time_ns()
             self._span = _TRACER.start_span(
                 self._name,
                 context=context,
                 kind=SpanKind.CLIENT,
-                attributes=attributes,
+                attributes=self._attributes,
                 start_time=self._started,
             )
             if self._headers is not None:
@@ -204,4 +202,8 @@ class _Traced(AttemptSpan):
 def server_of(url: str) -> tuple[str, int]:
     """The host and port ``url`` goes to, nothing else of it."""
     parts = urlsplit(url)
-    return (parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0))
+    try:
+        port = parts.port
+    except ValueError:  # not a port: the attempt fails on its own, its span says no port
+        port = None
+    return (parts.hostname or "", port or DEFAULT_PORTS.get(parts.scheme.lower(), 0))

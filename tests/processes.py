@@ -110,6 +110,21 @@ def python() -> str:
     return sys.executable
 
 
+def run_python(code: str, timeout: float = 60) -> str:
+    """Run ``code`` in a host process of its own (the package importable, as from a checkout);
+    what it printed, once it ended well."""
+    run = subprocess.run(
+        [python(), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=host_environment(),
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
 def celery_worker_command(
     name: str,
     *,

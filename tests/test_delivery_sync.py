@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from flask_kaizen_webhooks.delivery.sync import DeliveryResult
 from flask_kaizen_webhooks.storage.tables import Attempt, Delivery
 from flask_kaizen_webhooks.version import __version__
 from tests.conftest import DELIVERY_CONFIG, register
-from tests.processes import ROOT, host_environment
+from tests.processes import run_python
 from tests.receivers import Reply, wait_until
 
 SECRET = "signature_secret_0123"
@@ -238,16 +236,7 @@ with app.app_context():
     [result] = webhooks.trigger("user_logged_in", {{"user_id": "u-1"}})
     print(result.delivery_id, result.ok)
 """
-    run = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=host_environment(),
-    )
-    assert run.returncode == 0, run.stderr
-    delivery_id, ok = run.stdout.split()
+    delivery_id, ok = run_python(code).split()
     assert ok == "True"
     with sqlite3.connect(database) as connection:
         rows = connection.execute(

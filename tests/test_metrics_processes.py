@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,13 @@ from tests import test_celery
 from tests.conftest import Host
 from tests.conftest import register as conftest_register
 from tests.migrating import empty
-from tests.processes import HostProcess, celery_worker_command, host_environment, python
+from tests.processes import (
+    HostProcess,
+    celery_worker_command,
+    host_environment,
+    python,
+    run_python,
+)
 from tests.receivers import Reply, wait_until
 from tests.test_metrics import Samples, parse, value
 from tests.test_restart import gunicorn_command
@@ -124,15 +129,7 @@ def test_the_demo_and_its_default_install_work_without_prometheus_client(
         "headers={'Authorization': 'Bearer admin-token'})\n"
         "print(topics.status_code)\n"
     )
-    ran = subprocess.run(
-        [sys.executable, "-c", script],
-        env=host_environment(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert ran.returncode == 0, ran.stderr
-    lines = ran.stdout.splitlines()
+    lines = run_python(script).splitlines()
     assert lines[-2] == (
         "501 GET /metrics needs prometheus-client: pip install 'flask-kaizen-webhooks[metrics]'"
     )

@@ -108,7 +108,7 @@ def test_racing_update_loses_at_the_write_not_only_at_the_check(host: Host) -> N
 
     def update(rev: str, url: str) -> Registration:
         session = get_state().database.session
-        result = registrations.update_registration(
+        result, _changed = registrations.update_registration(
             session,
             owner="org-1",
             registration_id=created_id,

@@ -6,8 +6,6 @@ everything works, with no header, without OpenTelemetry."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from sqlalchemy import select, text
 from flask_kaizen_webhooks import get_state, tracing
 from flask_kaizen_webhooks.storage.tables import Attempt, Delivery
 from tests.conftest import DELIVERY_CONFIG, register
-from tests.processes import ROOT, host_environment
+from tests.processes import run_python
 from tests.receivers import Received, Reply, wait_until
 
 SECRET = "signature_secret_0123"
@@ -386,16 +384,7 @@ def test_without_opentelemetry_or_its_sdk_webhooks_go_out_with_no_trace_header(
 ) -> None:
     server = receiver()
     code = WITHOUT.format(blocked=blocked, database=tmp_path / "untraced.db", url=server.url(""))
-    run = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=host_environment(),
-    )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout.splitlines()[-1])
+    seen = json.loads(run_python(code).splitlines()[-1])
     assert seen == {
         "available": not blocked,
         "opentelemetry": not blocked,

@@ -35,9 +35,6 @@ from .transfer import (
 
 logger = logging.getLogger("flask_kaizen_webhooks")
 
-#: How the error of an attempt whose host name did not resolve begins.
-UNRESOLVED = "cannot resolve"
-
 #: Idle connections libcurl keeps, at most.
 MAX_CONNECTIONS = 256
 #: Seconds a blocking call waits beyond its attempts' deadline (which libcurl keeps) for their
@@ -276,12 +273,9 @@ class Loop:
             address = self.pins.pin(where.host, where.port, future.result())
             self._add(transfer, address)
         except ForbiddenDestination as exc:
-            if exc.reason.startswith(UNRESOLVED):  # the receiver's name, not the guard's refusal
-                self._end(transfer, exc.reason)
-            else:
-                self._refuse(transfer, exc.reason)
-        except OSError as exc:
-            self._end(transfer, f"{UNRESOLVED} {where.host!r}: {exc}")
+            self._refuse(transfer, exc.reason)
+        except OSError as exc:  # the receiver's name resolves to nothing: not the guard's doing
+            self._end(transfer, f"cannot resolve {where.host!r}: {exc}")
         except Exception as exc:
             logger.exception("Webhook to %s: unexpected error", where.host)
             self._end(transfer, f"internal error: {type(exc).__name__}")

@@ -117,9 +117,9 @@ def update_registration(
     state: str | None = None,
     overlap: timedelta = timedelta(0),
     options: Mapping[str, Any] | None = None,
-) -> Registration:
+) -> tuple[Registration, bool]:
     """Replace topic, url and (when given) secret, state and delivery ``options``, if ``rev``
-    is still current.
+    is still current; the registration, and whether that changed its state.
 
     Enabling a registration clears its record of failures. Made pull-only (``url`` None), its
     deliveries waiting to be sent are stored for its feed instead.
@@ -128,7 +128,8 @@ def update_registration(
     if rev != current.rev:
         raise RevConflict(current.rev, rev)
     _refuse_duplicate(session, owner=owner, topic=topic, url=url, except_id=current.id)
-    new_state = state or current.state
+    was = current.state
+    new_state = state or was
     values: dict[str, Any] = {
         "topic": topic,
         "url": url,
@@ -139,7 +140,7 @@ def update_registration(
     }
     if sealed_secret is not None:
         values.update(_rotation(current, sealed_secret, overlap))
-    if new_state != current.state:
+    if new_state != was:
         values.update(_state_change(new_state, reason="disabled by its owner"))
     # The rev condition makes the check and the write one atomic step under concurrent updates.
     with _duplicate_guard(session, owner=owner, topic=topic, url=url, except_id=current.id):
@@ -155,7 +156,7 @@ def update_registration(
         _store_unclaimed_deliveries(session, current.id)
     _ordering_changed(session, current.id, current.ordering, values.get("ordering"))
     session.refresh(current)
-    return current
+    return current, new_state != was
 
 
 def _ordering_changed(

@@ -109,8 +109,7 @@ def _change(
     """Change a registration's secret or state (``to``) at ``rev``, its topic and URL kept."""
     session = state.database.session
     current = registrations.get_registration(session, owner=owner, registration_id=registration_id)
-    was = current.state
-    registration = registrations.update_registration(
+    registration, changed = registrations.update_registration(
         session,
         owner=owner,
         registration_id=registration_id,
@@ -122,13 +121,13 @@ def _change(
         overlap=overlap,
     )
     session.commit()
-    note_disabled(state, was, registration)
+    note_disabled(state, changed, registration)
     return registration
 
 
-def note_disabled(state: WebhooksState, was: str, registration: Registration) -> None:
-    """Count ``registration`` as disabled by its owner if it just was (it was ``was``)."""
-    if was == RegistrationState.ACTIVE and registration.state == RegistrationState.DISABLED:
+def note_disabled(state: WebhooksState, changed: bool, registration: Registration) -> None:
+    """Count ``registration`` as disabled by its owner if its state just ``changed`` to it."""
+    if changed and registration.state == RegistrationState.DISABLED:
         state.context.metrics.disabled(DisabledReason.OWNER)
 
 

@@ -100,12 +100,9 @@ def update_registration(registration_id: str) -> Response:
     state = current_state()
     data = _registration_input(for_update=True)
     session = state.database.session
-    owner = current_owner()
-    was = registrations.get_registration(session, owner=owner, registration_id=registration_id)
-    was_state = was.state  # the same object is refreshed by the update
-    registration = registrations.update_registration(
+    registration, changed = registrations.update_registration(
         session,
-        owner=owner,
+        owner=current_owner(),
         registration_id=registration_id,
         rev=sent_rev(data.rev),
         topic=data.topic,
@@ -116,7 +113,7 @@ def update_registration(registration_id: str) -> Response:
         options=data.options,
     )
     session.commit()
-    actions.note_disabled(state, was_state, registration)
+    actions.note_disabled(state, changed, registration)
     return with_etag(jsonify(id=registration.id, rev=registration.rev), registration.rev)
 
 

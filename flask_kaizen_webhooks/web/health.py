@@ -26,7 +26,7 @@ def health() -> tuple[Response, int]:
             oldest = admin.oldest_due(
                 session,
                 now=now,
-                every_registration_paced=state.settings.default_max_per_second is not None,
+                every_registration_paced=state.settings.every_registration_paced,
             )
     except Exception as exc:
         logger.warning("Health check: the database could not be read (%s)", type(exc).__name__)

@@ -65,7 +65,7 @@ class DatabaseGauges:
                 read.gauges = admin.gauges(
                     session,
                     now=state.clock.now(),
-                    every_registration_paced=state.settings.default_max_per_second is not None,
+                    every_registration_paced=state.settings.every_registration_paced,
                 )
         except Exception as exc:
             logger.warning("Metrics: the database could not be read (%s)", type(exc).__name__)
