@@ -38,11 +38,14 @@ def test_health_follows_the_engine_and_the_oldest_due_work(
         "engine": "running",
     }
     host.webhooks.shutdown(host.app)
+    fired = time.monotonic()
     with host.app.app_context():
         host.webhooks.trigger("profile_updated", {"n": 1})
     stopped = client.get(HEALTH)
     assert stopped.status_code == 503
-    assert stopped.get_json()["problems"] == ["engine_stopped"]
+    if time.monotonic() - fired < 1.0:  # not yet behind, unless this machine is slow
+        assert stopped.get_json()["problems"] == ["engine_stopped"]
+    assert "engine_stopped" in stopped.get_json()["problems"]
     assert stopped.get_json()["engine"] == "stopped"
     time.sleep(1.2)
     behind = client.get(HEALTH).get_json()

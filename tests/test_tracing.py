@@ -153,7 +153,11 @@ def test_each_async_attempt_is_a_span_in_the_trace_that_fired_its_event(
         assert span.status.status_code is StatusCode.ERROR
     # Each span lasts as long as its attempt did.
     failed_id = attributes(failed[0])["webhook.delivery_id"]
-    wait_until(lambda: len(elapsed_of(host, failed_id)) == 3)
+    succeeded_id = attributes(succeeded)["webhook.delivery_id"]
+    # A span ends just before its attempt's record is written: wait for the records.
+    wait_until(
+        lambda: len(elapsed_of(host, failed_id)) == 3 and len(elapsed_of(host, succeeded_id)) == 1
+    )
     for span in [succeeded, *failed]:
         recorded = elapsed_of(host, attributes(span)["webhook.delivery_id"])
         lasted = ((span.end_time or 0) - (span.start_time or 0)) / 1e9

@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Protocol, cast
 
 from flask import Flask, Response, current_app
@@ -128,22 +128,49 @@ class Scrape:
 
     def __init__(self, app: Flask) -> None:
         from prometheus_client import REGISTRY
-        from prometheus_client.multiprocess import MultiProcessCollector
 
-        self._directory = os.environ.get(MULTIPROCESS_DIR)
-        counted: Any = REGISTRY
-        if self._directory:
-            counted = MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        directory = os.environ.get(MULTIPROCESS_DIR)
+        counted: Any = ProcessFiles(directory) if directory else REGISTRY
         self._sources = [counted, DatabaseGauges(app)]
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[Any]:
-        if self._directory:
-            forget_ended_processes(self._directory)
         for source in self._sources:
             yield from source.collect()
+
+
+class ProcessFiles:
+    """What every process of this machine counted into prometheus-client's multiprocess
+    directory, less the live gauges of processes that were killed."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        forget_ended_processes(self._directory)
+        merge = cast(Callable[..., Iterable[Any]], MultiProcessCollector.merge)
+        return merge(written_files(self._directory), accumulate=True)
+
+
+#: The bytes a value file starts with (its length used, then padding), once it is set up.
+FILE_HEADER = 8
+
+
+def written_files(directory: str) -> list[str]:
+    """The directory's value files, less those a starting process has made but not yet sized:
+    prometheus-client cannot read them, and they hold nothing yet."""
+    files = []
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        try:
+            if os.path.getsize(path) >= FILE_HEADER:
+                files.append(path)
+        except FileNotFoundError:
+            pass  # a killed process's live gauge, dropped meanwhile
+    return files
 
 
 def forget_ended_processes(directory: str) -> None:
