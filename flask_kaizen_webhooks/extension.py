@@ -303,7 +303,7 @@ class KaizenWebhooks:
         process can call it when it is ready). ``port`` 0 picks a free one: the server's
         ``server_port`` tells which; ``shutdown()`` stops it. Raises
         :class:`MetricsUnavailable` without prometheus-client, :class:`OSError` if the port is
-        taken."""
+        taken or ``PROMETHEUS_MULTIPROC_DIR`` is not a directory."""
         target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
         return serve(target, port, host)
 

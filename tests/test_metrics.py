@@ -647,10 +647,58 @@ def test_a_scrape_passes_over_the_file_a_starting_process_has_not_set_up(
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
     (tmp_path / "histogram_424242.db").write_bytes(b"")  # created, not yet sized
-    (tmp_path / "counter_424243.db").write_bytes(b"\0\0\0")
+    (tmp_path / "counter_424243.db").write_bytes(bytes(65536))  # sized, no header yet
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     samples = parse(exposition_text(host))
     name = "kaizen_webhooks_attempts_total"
     assert value(samples, name, topic=TOPIC, outcome="success") == 1
     assert value(samples, "kaizen_webhooks_attempt_duration_seconds_count", topic=TOPIC) == 1
+
+
+def test_a_scrape_reads_again_when_a_file_goes_after_it_was_listed(
+    make_host: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory emptied at a deployment while a scrape reads it: the scrape reads
+    what is there then."""
+    from flask_kaizen_webhooks.web import metrics as web_metrics
+
+    script = (
+        "from flask_kaizen_webhooks.metrics import PrometheusMetrics\n"
+        f"PrometheusMetrics().attempted({TOPIC!r}, '5xx', 0.2, 'r-1')\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    listed = web_metrics.written_files
+    listings = []
+
+    def stale(directory: str) -> list[str]:  # the first listing names a file gone since
+        listings.append(1)
+        gone = [os.path.join(directory, "counter_424244.db")] if len(listings) == 1 else []
+        return listed(directory) + gone
+
+    monkeypatch.setattr(web_metrics, "written_files", stale)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    samples = parse(exposition_text(host))
+    assert len(listings) == 2
+    assert value(samples, "kaizen_webhooks_attempts_total", topic=TOPIC, outcome="5xx") == 1
+
+
+def test_a_multiprocess_directory_that_is_missing_is_a_clear_error(
+    make_host: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_kaizen_webhooks.web.metrics import exposition
+
+    missing = tmp_path / "prometheus"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(missing))
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    with pytest.raises(NotADirectoryError, match=r"PROMETHEUS_MULTIPROC_DIR=.* is not a directory"):
+        exposition(host.app)
+    with pytest.raises(NotADirectoryError):
+        host.webhooks.serve_metrics(0, app=host.app)
+    ended = host.app.test_cli_runner().invoke(args=["webhooks", "worker", "--metrics-port", "0"])
+    assert ended.exit_code == 1
+    assert f"Cannot serve metrics: PROMETHEUS_MULTIPROC_DIR='{missing}' is not a directory" in (
+        ended.output
+    )

@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Protocol, cast
 
 from flask import Flask, Response, current_app
@@ -146,14 +146,26 @@ class ProcessFiles:
     directory, less the live gauges of processes that were killed."""
 
     def __init__(self, directory: str) -> None:
+        if not os.path.isdir(directory):
+            raise NotADirectoryError(
+                f"{MULTIPROCESS_DIR}={directory!r} is not a directory: create it, writable by "
+                "every process, before they start"
+            )
         self._directory = directory
 
     def collect(self) -> Iterable[Any]:
+        forget_ended_processes(self._directory)
+        try:
+            return self._merged()
+        except FileNotFoundError:  # removed since it was listed (emptied at a deployment)
+            return self._merged()
+
+    def _merged(self) -> Iterable[Any]:
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        forget_ended_processes(self._directory)
-        merge = cast(Callable[..., Iterable[Any]], MultiProcessCollector.merge)
-        return merge(written_files(self._directory), accumulate=True)
+        files = written_files(self._directory)
+        merged: Iterable[Any] = MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
+        return merged
 
 
 #: The bytes a value file starts with (its length used, then padding), once it is set up.
@@ -169,7 +181,7 @@ def written_files(directory: str) -> list[str]:
             if os.path.getsize(path) >= FILE_HEADER:
                 files.append(path)
         except FileNotFoundError:
-            pass  # a killed process's live gauge, dropped meanwhile
+            pass  # removed meanwhile (a killed process's live gauge, say)
     return files
 
 
