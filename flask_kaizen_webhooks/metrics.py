@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
@@ -22,6 +23,9 @@ logger = logging.getLogger("flask_kaizen_webhooks")
 
 #: What to install for metrics, told whenever they are asked for without it.
 INSTALL = MetricsUnavailable.INSTALL
+
+#: Where prometheus-client's multiprocess mode keeps every process's values.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
@@ -241,4 +245,23 @@ def metrics_for(wanted: bool | None, *, per_registration: bool = False) -> Metri
                 "KAIZEN_WEBHOOKS_METRICS", f"metrics need prometheus-client: {INSTALL}"
             )
         return NO_METRICS
-    return PrometheusMetrics(per_registration=per_registration)
+    try:
+        multiprocess_directory()
+        return PrometheusMetrics(per_registration=per_registration)
+    except OSError as exc:  # the multiprocess directory missing, or not writable
+        raise ConfigurationError(
+            "KAIZEN_WEBHOOKS_METRICS",
+            f"metrics cannot be counted: {exc} (or set KAIZEN_WEBHOOKS_METRICS = False)",
+        ) from None
+
+
+def multiprocess_directory() -> str | None:
+    """The directory of prometheus-client's multiprocess mode, if one is set; a
+    :class:`NotADirectoryError` saying what to do when it is not a directory."""
+    directory = os.environ.get(MULTIPROCESS_DIR) or None
+    if directory is not None and not os.path.isdir(directory):
+        raise NotADirectoryError(
+            f"{MULTIPROCESS_DIR}={directory!r} is not a directory: create it, writable by every "
+            "process, before they start"
+        )
+    return directory

@@ -691,8 +691,8 @@ def test_a_multiprocess_directory_that_is_missing_is_a_clear_error(
     from flask_kaizen_webhooks.web.metrics import exposition
 
     missing = tmp_path / "prometheus"
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(missing))
     host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(missing))  # removed since the start
     with pytest.raises(NotADirectoryError, match=r"PROMETHEUS_MULTIPROC_DIR=.* is not a directory"):
         exposition(host.app)
     with pytest.raises(NotADirectoryError):
@@ -702,3 +702,41 @@ def test_a_multiprocess_directory_that_is_missing_is_a_clear_error(
     assert f"Cannot serve metrics: PROMETHEUS_MULTIPROC_DIR='{missing}' is not a directory" in (
         ended.output
     )
+
+
+def test_an_app_whose_multiprocess_directory_is_missing_does_not_start(tmp_path: Path) -> None:
+    """prometheus-client would fail on a file of it, deep in init_app; the error says what
+    to do instead, and metrics turned off start the app."""
+    script = (
+        "import sys\n"
+        "from flask import Flask\n"
+        "from flask_kaizen_webhooks import ConfigurationError, KaizenWebhooks\n"
+        f"app = Flask('host', instance_path={str(tmp_path)!r})\n"
+        "app.config.update(SECRET_KEY='s', KAIZEN_WEBHOOKS_EXECUTOR='none')\n"
+        "app.config['KAIZEN_WEBHOOKS_METRICS'] = {'off': False, 'on': None}[sys.argv[1]]\n"
+        "try:\n"
+        "    KaizenWebhooks(app)\n"
+        "except ConfigurationError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    print('started')\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
+
+    def start(metrics: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", script, metrics],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert start("on") == (
+        "KAIZEN_WEBHOOKS_METRICS: metrics cannot be counted: "
+        f"PROMETHEUS_MULTIPROC_DIR='{tmp_path / 'missing'}' is not a directory: create it, "
+        "writable by every process, before they start (or set KAIZEN_WEBHOOKS_METRICS = False)"
+    )
+    assert start("off") == "started"

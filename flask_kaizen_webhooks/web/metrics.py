@@ -15,15 +15,11 @@ from typing import Any, ClassVar, Protocol, cast
 from flask import Flask, Response, current_app
 
 from ..errors import MetricsUnavailable
-from ..metrics import prometheus_available
+from ..metrics import multiprocess_directory, prometheus_available
 from ..state import get_state
 from ..storage import admin
 
 logger = logging.getLogger("flask_kaizen_webhooks")
-
-#: Where prometheus-client's multiprocess mode keeps every process's values.
-MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-
 
 #: Seconds a scrape waits for the read another scrape is making of the database's gauges.
 SHARED_READ_WAIT = 15.0
@@ -129,7 +125,7 @@ class Scrape:
     def __init__(self, app: Flask) -> None:
         from prometheus_client import REGISTRY
 
-        directory = os.environ.get(MULTIPROCESS_DIR)
+        directory = multiprocess_directory()
         counted: Any = ProcessFiles(directory) if directory else REGISTRY
         self._sources = [counted, DatabaseGauges(app)]
 
@@ -146,11 +142,6 @@ class ProcessFiles:
     directory, less the live gauges of processes that were killed."""
 
     def __init__(self, directory: str) -> None:
-        if not os.path.isdir(directory):
-            raise NotADirectoryError(
-                f"{MULTIPROCESS_DIR}={directory!r} is not a directory: create it, writable by "
-                "every process, before they start"
-            )
         self._directory = directory
 
     def collect(self) -> Iterable[Any]:
