@@ -15,7 +15,7 @@ from flask_kaizen_webhooks import get_state
 from flask_kaizen_webhooks.delivery.outcomes import outcome_of
 from flask_kaizen_webhooks.delivery.transfer import SendResult
 from flask_kaizen_webhooks.storage import registrations
-from tests.conftest import DELIVERY_CONFIG
+from tests.conftest import ADMIN, DELIVERY_CONFIG
 from tests.receivers import Received, Reply, wait_until
 from tests.test_ordering import register
 
@@ -109,3 +109,50 @@ def test_a_line_per_attempt_with_what_it_came_to_and_never_a_secret_or_payload(
     everything = "\n".join(r.getMessage() for r in caplog.records)
     assert SECRET not in everything and MARK not in everything
     hang.set()
+
+
+def test_synchronous_attempts_and_tests_have_their_line_too(
+    make_host: Any, receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    hang = threading.Event()
+
+    def respond(request: Received, _count: int) -> Reply:
+        if request.path == "/hang":
+            return Reply(wait=hang)
+        return Reply(status=500 if request.path == "/fail" else 200)
+
+    host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_SYNC_TIMEOUT=1.0)
+    server = receiver(respond)
+    ids = {
+        path: register(host, server.url(path), topic="user_logged_in")
+        for path in ("/ok", "/fail", "/hang")
+    }
+    caplog.set_level(logging.INFO, logger="flask_kaizen_webhooks")
+    with host.app.app_context():
+        answers = host.webhooks.trigger("user_logged_in", {"mark": MARK})
+    tested = host.app.test_client().post(
+        "/v2/webhooks/test", json={"topic": "user_logged_in"}, headers=ADMIN
+    )
+    assert tested.status_code == 200, tested.get_json()
+    hang.set()
+    pattern = (
+        r"Webhook attempt 1 of delivery (\S+) \(registration (\S+), topic user_logged_in\): "
+        r"(\w+), status (\w+), \d+ ms; (.+)"
+    )
+    lines = [
+        match.groups()
+        for record in caplog.records
+        if (match := re.fullmatch(pattern, record.getMessage()))
+    ]
+    delivery_ids = {answer.delivery_id for answer in answers}
+    synchronous = {(r, o, s, f) for d, r, o, s, f in lines if d in delivery_ids}
+    assert synchronous == {
+        (ids["/ok"], "success", "200", "delivered (synchronous)"),
+        (ids["/fail"], "5xx", "500", "failed, not retried (synchronous)"),
+        (ids["/hang"], "timeout", "none", "failed, not retried (synchronous)"),
+    }
+    tests = {(r, o, f) for d, r, o, _s, f in lines if d not in delivery_ids}
+    assert (ids["/ok"], "success", "delivered (a test)") in tests
+    assert len(lines) == 6
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    assert SECRET not in everything and MARK not in everything

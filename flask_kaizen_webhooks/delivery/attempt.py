@@ -123,22 +123,45 @@ def record(app: Flask, context: DeliveryContext, records: Sequence[AttemptRecord
 
 
 def log_attempt(record: AttemptRecord) -> None:
-    """One line at INFO for a finished attempt: its delivery, registration, topic, outcome,
-    status and duration, and what follows; never a secret or the payload."""
+    """One line at INFO for a finished asynchronous attempt (see :func:`log_line`)."""
     follows = {
         Outcome.SUCCEEDED: "delivered",
         Outcome.FAILED: "failed for good",
         Outcome.GONE: "the registration is gone (410)",
     }.get(record.kind) or f"retry at {isoformat(record.retry_at)}"
-    logger.info(
-        "Webhook attempt %d of delivery %s (registration %s, topic %s): %s, status %s, %.0f ms; %s",
+    log_line(
         record.number,
         record.delivery_id,
         record.registration_id,
         record.topic,
         record.outcome,
-        record.status_code if record.status_code is not None else "none",
-        record.elapsed * 1000,
+        record.status_code,
+        record.elapsed,
+        follows,
+    )
+
+
+def log_line(
+    number: int,
+    delivery_id: str,
+    registration_id: str,
+    topic: str,
+    outcome: str,
+    status_code: int | None,
+    elapsed: float,
+    follows: str,
+) -> None:
+    """One line at INFO for a finished attempt: its delivery, registration, topic, outcome,
+    status and duration, and what ``follows``; never a secret or the payload."""
+    logger.info(
+        "Webhook attempt %d of delivery %s (registration %s, topic %s): %s, status %s, %.0f ms; %s",
+        number,
+        delivery_id,
+        registration_id,
+        topic,
+        outcome,
+        status_code if status_code is not None else "none",
+        elapsed * 1000,
         follows,
     )
 

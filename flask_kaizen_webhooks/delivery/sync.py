@@ -27,7 +27,7 @@ from ..storage.delivery_log import Stored
 from ..storage.rows import Finished, Target
 from ..storage.tables import TEST_MODE
 from ..tracing import CURRENT
-from .attempt import announce
+from .attempt import announce, log_line
 from .client import Client, SendResult
 from .context import DeliveryContext
 from .outcomes import describe_failure, excerpt, outcome_of, response_json
@@ -143,10 +143,20 @@ def fan_out(
             if mode == TEST_MODE:
                 results.append(DeliveryResult.kept(delivery_id, target))
             continue
+        outcome = outcome_of(result)
         if mode != TEST_MODE:
-            context.metrics.attempted(
-                topic, outcome_of(result), result.elapsed, target.registration_id
-            )
+            context.metrics.attempted(topic, outcome, result.elapsed, target.registration_id)
+        follows = "delivered" if result.ok else "failed, not retried"
+        log_line(
+            1,
+            delivery_id,
+            target.registration_id,
+            topic,
+            outcome,
+            result.status_code,
+            result.elapsed,
+            f"{follows} ({'a test' if mode == TEST_MODE else 'synchronous'})",
+        )
         results.append(
             DeliveryResult(
                 delivery_id=delivery_id,
