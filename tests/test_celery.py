@@ -297,7 +297,7 @@ def committed_events(host: Host, count: int) -> list[str]:
                     topic="profile_updated",
                     document_json=json.dumps({"n": n}),
                     now=state.clock.now(),
-                )
+                ).delivery_ids
     return ids
 
 

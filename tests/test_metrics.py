@@ -354,7 +354,7 @@ def latency(app: Any) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres-hostdb"])
-def test_latency_runs_from_when_the_event_was_fired_not_from_its_fan_out(
+def test_latency_runs_from_the_commit_of_the_event_not_from_its_fan_out(
     make_host: Any, receiver: Any, backend: str
 ) -> None:
     host = make_host(backend, **DELIVERY_CONFIG)
@@ -372,6 +372,24 @@ def test_latency_runs_from_when_the_event_was_fired_not_from_its_fan_out(
     host.webhooks.start(host.app)
     wait_until(lambda: latency(host.app)[0] == before[0] + 1)
     assert latency(host.app)[1] - before[1] >= 1.0
+
+
+@pytest.mark.parametrize("backend", ["sqlite-hostdb", "postgres-hostdb"])
+def test_latency_does_not_count_the_host_s_transaction_after_the_event_was_fired(
+    make_host: Any, receiver: Any, backend: str
+) -> None:
+    host = make_host(backend, **DELIVERY_CONFIG)
+    server = receiver(lambda request, n: Reply())
+    register(host, server.url("/held"))
+    before = latency(host.app)
+    with host.app.app_context():
+        host.db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger(TOPIC, {"n": 1})
+        time.sleep(1.0)  # the host's request goes on with its transaction open
+        committed = time.monotonic()
+        host.db.session.commit()
+    wait_until(lambda: latency(host.app)[0] == before[0] + 1)
+    assert latency(host.app)[1] - before[1] <= time.monotonic() - committed + 0.05
 
 
 def test_a_redelivery_s_latency_runs_from_the_redelivery(make_host: Any, receiver: Any) -> None:

@@ -18,7 +18,7 @@ from flask_kaizen_webhooks import get_state
 from flask_kaizen_webhooks.clock import as_utc
 from flask_kaizen_webhooks.storage import outbox
 from flask_kaizen_webhooks.storage.tables import Delivery, Event
-from tests.conftest import DELIVERY_CONFIG, register
+from tests.conftest import DELIVERY_CONFIG, FrozenClock, register
 from tests.receivers import wait_until
 
 PROFILE = {"id": "p-1", "email": "john@doe.com"}
@@ -206,3 +206,47 @@ def test_a_write_that_fails_outside_a_host_transaction_leaves_no_transaction_ope
                 for statement in ACCEPT_DELIVERIES[engine.dialect.name]:
                     connection.execute(text(statement))
         assert len(host.webhooks.trigger("profile_updated", PROFILE)) == 1
+
+
+@pytest.mark.parametrize("server", ["sqlite", "postgres"])
+def test_an_event_is_due_from_the_commit_of_a_long_transaction_and_a_rollback_forgets_it(
+    make_host: Any, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, "http://127.0.0.1:9/never")
+    clock = get_state(host.app).clock = FrozenClock(time.time())
+    dated: list[list[str]] = []
+    date_events = outbox.date_events
+
+    def dating(connection: Any, event_ids: Any, *, now: datetime) -> None:
+        dated.append(list(event_ids))
+        date_events(connection, event_ids, now=now)
+
+    monkeypatch.setattr(outbox, "date_events", dating)
+    db = host.db
+
+    def fired_at() -> dict[str, datetime]:
+        with host.app.app_context(), get_state().database.independent_session() as session:
+            return {e.id: as_utc(e.created_at) for e in session.scalars(select(Event))}
+
+    with host.app.app_context():  # committed within 20 ms: left as fired, with no UPDATE
+        db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", PROFILE)
+        clock.advance(0.015)
+        db.session.commit()
+    assert dated == [] and len(fired_at()) == 1
+    with host.app.app_context():  # rolled back: nothing left to date at the next commit
+        db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", PROFILE)
+        db.session.rollback()
+        db.session.execute(text("SELECT 1"))
+        clock.advance(10)
+        db.session.commit()
+    assert dated == []
+    with host.app.app_context():  # the request goes on: dated when it commits
+        db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", PROFILE)
+        clock.advance(0.021)
+        db.session.commit()
+    [[late]] = dated
+    assert fired_at()[late] == clock.now()

@@ -6,8 +6,13 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from ..clock import Clock
 from ..errors import WebhooksError
 from ..signing import encode_payload
 from ..storage import outbox
@@ -77,7 +82,7 @@ def enqueue(
     connection = session.connection()
     recipients = outbox.active_recipients(connection, topic=topic)
     now = context.clock.now()
-    ids = outbox.add_event(
+    written = outbox.add_event(
         connection,
         recipients=recipients,
         topic=topic,
@@ -85,8 +90,50 @@ def enqueue(
         now=now,
         trace_parent=trace_parent,
     )
-    if ids:
+    ids = written.delivery_ids
+    if written.event_id is not None:
+        date_at_commit(session, written.event_id, now, context.clock)
         hand_over_after_commit(
             session, executor, ids, functools.partial(metrics.enqueued, topic, len(ids))
         )
     return ids
+
+
+#: The events a session's transaction wrote, when each was fired, and the clock to ask.
+EVENTS_KEY = "kaizen_webhooks_events"
+
+#: How long a host's transaction may go on after firing an event before the event is dated
+#: again as it commits: an UPDATE then costs a few hundredths of the time at most.
+DATE_AFTER = timedelta(milliseconds=20)
+
+
+def date_at_commit(session: Session, event_id: str, fired_at: datetime, clock: Clock) -> None:
+    """Date the event ``event_id``, written in ``session``'s transaction at ``fired_at``, when
+    the transaction commits, if it went on for over :data:`DATE_AFTER` (one UPDATE of all
+    such events, just before): its deliveries are due, and their latency counts, from the
+    commit, however long the host's request keeps its transaction open."""
+    dated: tuple[list[tuple[str, datetime]], Clock] | None = session.info.get(EVENTS_KEY)
+    if dated is None:
+        dated = session.info[EVENTS_KEY] = ([], clock)
+    dated[0].append((event_id, fired_at))
+
+
+def _date_events(session: Session) -> None:
+    dated: tuple[list[tuple[str, datetime]], Clock] | None = session.info.pop(EVENTS_KEY, None)
+    if dated is None:
+        return
+    events, clock = dated
+    now = clock.now()
+    late = [event_id for event_id, fired_at in events if now - fired_at > DATE_AFTER]
+    if late:
+        outbox.date_events(session.connection(), late, now=now)
+
+
+def _forget_events(session: Session) -> None:
+    session.info.pop(EVENTS_KEY, None)
+
+
+# Listened to on every session, once: a host's session is often new at each request, and
+# listening on each would cost more than this costs a session with no event (one lookup).
+event.listen(Session, "before_commit", _date_events)
+event.listen(Session, "after_rollback", _forget_events)

@@ -10,8 +10,9 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..signing import with_request_ids
@@ -140,6 +141,15 @@ def add_deliveries(
     return ids
 
 
+class NewEvent(NamedTuple):
+    """An event row written by :func:`add_event`."""
+
+    #: Its id; None when nothing was written (no recipients).
+    event_id: str | None
+    #: The ids its deliveries will have.
+    delivery_ids: list[str]
+
+
 def add_event(
     connection: Connection,
     *,
@@ -148,13 +158,13 @@ def add_event(
     document_json: str,
     now: datetime,
     trace_parent: str | None = None,
-) -> list[str]:
+) -> NewEvent:
     """Write one outbox row for an asynchronous event (with the ``traceparent`` it was fired
-    under) and all its recipients, to be fanned out
-    into deliveries by :func:`expand_events` once committed; the ids the deliveries will have.
-    Nothing is written when there are no recipients."""
+    under) and all its recipients, to be fanned out into deliveries by :func:`expand_events`
+    once committed, due from ``now`` (see :func:`date_events`). Nothing is written when there
+    are no recipients."""
     if not recipients:
-        return []
+        return NewEvent(None, [])
     event_id, *ids = time_ordered_ids(len(recipients) + 1)
     listed: list[list[str | int]] = [
         [delivery_id, registration_id, owner, 1]
@@ -173,7 +183,20 @@ def add_event(
         ("id", "recipients"),
         [(event_id, json.dumps(listed, separators=(",", ":")))],
     )
-    return ids
+    return NewEvent(event_id, ids)
+
+
+_DATE_EVENTS = (
+    update(EVENTS)
+    .where(EVENTS.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(created_at=bindparam("b_now"))
+)
+
+
+def date_events(connection: Connection, event_ids: Sequence[str], *, now: datetime) -> None:
+    """Date the events ``event_ids``, written in ``connection``'s transaction, ``now``, as it
+    commits: their deliveries are due, and queued, from the commit."""
+    connection.execute(_DATE_EVENTS, {"b_ids": list(event_ids), "b_now": now})
 
 
 def expand_events(session: Session, *, now: datetime, limit: int = EXPAND_BATCH) -> list[str]:
