@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from flask_kaizen_webhooks.delivery.client import Client, SendResult, route
+from flask_kaizen_webhooks.delivery.outcomes import outcome_of
 from tests.clients import LOOPBACK
 from tests.clients import client as new_client
 from tests.receivers import RawServer, wait_until
@@ -160,8 +161,6 @@ def test_a_connection_that_cannot_carry_another_request_is_not_reused(
         ),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nok", "Content-Length"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "Content-Length"),
-        (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 6000 + b"\r\n", "headers"),
-        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 400_000 + b"\r\n\r\n", "too large"),
     ],
 )
 def test_a_malformed_head_is_a_failed_attempt(scripted: Any, reply: bytes, error: str) -> None:
@@ -169,6 +168,21 @@ def test_a_malformed_head_is_a_failed_attempt(scripted: Any, reply: bytes, error
     assert not result.ok and not result.timed_out
     assert result.error is not None and result.error.startswith("malformed answer:"), result
     assert error in result.error
+    assert outcome_of(result) == "connection_error"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 6000 + b"\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 400_000 + b"\r\n\r\n",
+    ],
+)
+def test_a_head_beyond_libcurl_s_limits_is_an_answer_too_large(scripted: Any, reply: bytes) -> None:
+    result = post(client(), scripted(reply).url())
+    assert not result.ok and not result.timed_out
+    assert result.error is not None and result.error.startswith("answer too large:"), result
+    assert outcome_of(result) == "too_large"
 
 
 @pytest.mark.parametrize(

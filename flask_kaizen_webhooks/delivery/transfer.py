@@ -25,7 +25,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 #: libcurl's CURLE_TOO_LARGE: an answer's head beyond libcurl's limits.
 TOO_LARGE = 100
 #: What a libcurl error means, for those it may give without a message.
-DESCRIPTIONS = {TOO_LARGE: "the answer's head is too large"}
+DESCRIPTIONS = {TOO_LARGE: "its head is beyond libcurl's limits"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +234,7 @@ PREFIXES = {
     pycurl.E_SSL_CONNECT_ERROR: "TLS handshake failed",
     pycurl.E_FTP_WEIRD_SERVER_REPLY: "malformed answer",  # CURLE_WEIRD_SERVER_REPLY
     pycurl.E_UNSUPPORTED_PROTOCOL: "malformed answer",  # an answer that is not HTTP/1.x
-    TOO_LARGE: "malformed answer",
+    TOO_LARGE: "answer too large",
     pycurl.E_RECV_ERROR: "reading the response failed",
     pycurl.E_PARTIAL_FILE: "reading the response failed",
     pycurl.E_SEND_ERROR: "sending the request failed",
