@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from flask_kaizen_webhooks import ConfigurationError, signals
+from flask_kaizen_webhooks import ConfigurationError, MetricsUnavailable, signals
 from flask_kaizen_webhooks import metrics as metrics_module
 from flask_kaizen_webhooks.state import get_state
 from flask_kaizen_webhooks.storage import registrations
@@ -287,6 +287,8 @@ def test_asking_for_metrics_without_prometheus_client_is_a_clear_error(
     ended = host.app.test_cli_runner().invoke(args=["webhooks", "worker", "--metrics-port", "0"])
     assert ended.exit_code == 1
     assert "flask-kaizen-webhooks[metrics]" in ended.output
+    with pytest.raises(MetricsUnavailable, match=r"^A metrics server needs prometheus-client"):
+        host.webhooks.serve_metrics(0, app=host.app)
 
 
 def exported_names(host: Host) -> set[str]:

@@ -242,7 +242,7 @@ def serve(app: Flask, port: int, host: str = "127.0.0.1") -> MetricsServer:
     """Serve ``app``'s scrape at ``http://host:port/metrics`` from a thread of this process
     (a worker's); the server comes back (``shutdown()`` stops it)."""
     if not prometheus_available():
-        raise MetricsUnavailable("--metrics-port")
+        raise MetricsUnavailable("A metrics server")
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
