@@ -258,7 +258,7 @@ def metrics_for(wanted: bool | None, *, per_registration: bool = False) -> Metri
 def multiprocess_directory() -> str | None:
     """The directory of prometheus-client's multiprocess mode, if one is set; a
     :class:`NotADirectoryError` saying what to do when it is not a directory."""
-    directory = os.environ.get(MULTIPROCESS_DIR) or None
+    directory = os.environ.get(MULTIPROCESS_DIR)  # set, even empty: multiprocess mode
     if directory is not None and not os.path.isdir(directory):
         raise NotADirectoryError(
             f"{MULTIPROCESS_DIR}={directory!r} is not a directory: create it, writable by every "

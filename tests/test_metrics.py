@@ -724,7 +724,10 @@ def test_a_multiprocess_directory_that_is_missing_is_a_clear_error(
     )
 
 
-def test_an_app_whose_multiprocess_directory_is_missing_does_not_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["missing", ""])
+def test_an_app_whose_multiprocess_directory_is_missing_does_not_start(
+    tmp_path: Path, name: str
+) -> None:
     """prometheus-client would fail on a file of it, deep in init_app; the error says what
     to do instead, and metrics turned off start the app."""
     script = (
@@ -741,11 +744,13 @@ def test_an_app_whose_multiprocess_directory_is_missing_does_not_start(tmp_path:
         "else:\n"
         "    print('started')\n"
     )
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
+    directory = str(tmp_path / name) if name else ""  # set and empty: the working directory's
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
 
     def start(metrics: str) -> str:
         run = subprocess.run(
             [sys.executable, "-c", script, metrics],
+            cwd=tmp_path,  # where an empty directory setting would write
             env=env,
             capture_output=True,
             text=True,
@@ -756,7 +761,40 @@ def test_an_app_whose_multiprocess_directory_is_missing_does_not_start(tmp_path:
 
     assert start("on") == (
         "KAIZEN_WEBHOOKS_METRICS: metrics cannot be counted: "
-        f"PROMETHEUS_MULTIPROC_DIR='{tmp_path / 'missing'}' is not a directory: create it, "
+        f"PROMETHEUS_MULTIPROC_DIR='{directory}' is not a directory: create it, "
         "writable by every process, before they start (or set KAIZEN_WEBHOOKS_METRICS = False)"
     )
     assert start("off") == "started"
+
+
+def test_events_are_counted_when_the_host_s_transaction_commits_not_a_savepoint(
+    make_host: Any,
+) -> None:
+    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, "http://127.0.0.1:9/never")
+    name = "kaizen_webhooks_deliveries_enqueued_total"
+
+    def enqueued() -> float:
+        return value(parse(exposition_text(host)), name, topic=TOPIC)
+
+    before = enqueued()
+    db = host.db
+    with host.app.app_context():
+        db.session.execute(text("SELECT 1"))
+        with db.session.begin_nested():  # released: the transaction goes on
+            host.webhooks.trigger(TOPIC, {"n": 1})
+        assert enqueued() == before
+        db.session.rollback()  # and is undone
+        session = db.session()
+        session.execute(text("SELECT 1"))
+        host.webhooks.trigger(TOPIC, {"n": 2})
+        session.close()  # closed unfinished: undone too
+        session.execute(text("SELECT 1"))
+        session.commit()
+        assert enqueued() == before
+        db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger(TOPIC, {"n": 3})
+        savepoint = db.session.begin_nested()
+        savepoint.rollback()  # a savepoint undone: the transaction's event stays
+        db.session.commit()
+    assert enqueued() == before + 1

@@ -7,6 +7,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -250,3 +251,67 @@ def test_an_event_is_due_from_the_commit_of_a_long_transaction_and_a_rollback_fo
         db.session.commit()
     [[late]] = dated
     assert fired_at()[late] == clock.now()
+
+
+def dated_events(host: Any) -> tuple[FrozenClock, Callable[[], dict[str, datetime]]]:
+    """The host's clock, frozen, and a function reading when each waiting event is dated."""
+    clock = get_state(host.app).clock = FrozenClock(time.time())
+
+    def dates() -> dict[str, datetime]:
+        with host.app.app_context(), get_state().database.independent_session() as session:
+            return {e.id: as_utc(e.created_at) for e in session.scalars(select(Event))}
+
+    return clock, dates
+
+
+def test_savepoints_do_not_end_the_transaction_an_event_is_dated_by(make_host: Any) -> None:
+    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, "http://127.0.0.1:9/never")
+    clock, dates = dated_events(host)
+    db = host.db
+    with host.app.app_context():
+        db.session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", PROFILE)
+        clock.advance(0.005)
+        with db.session.begin_nested():  # released, early: the transaction goes on
+            db.session.execute(text("SELECT 1"))
+        savepoint = db.session.begin_nested()
+        host.webhooks.trigger("profile_updated", {**PROFILE, "id": "p-2"})  # undone below
+        savepoint.rollback()
+        clock.advance(2)
+        db.session.commit()
+    assert list(dates().values()) == [clock.now()]
+
+
+def test_a_session_closed_unfinished_leaves_no_event_to_date_later(make_host: Any) -> None:
+    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, "http://127.0.0.1:9/never")
+    clock, dates = dated_events(host)
+    db = host.db
+    with host.app.app_context():
+        session = db.session()
+        session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", PROFILE)  # written in, then closed
+        session.close()
+        session.execute(text("SELECT 1"))
+        host.webhooks.trigger("profile_updated", PROFILE)  # committed within 20 ms
+        session.commit()
+        fired = clock.now()
+        clock.advance(5)
+        session.execute(text("SELECT 1"))
+        session.commit()  # an unrelated commit later dates nothing
+    assert list(dates().values()) == [fired]
+
+
+def test_events_are_dated_in_batches(make_host: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, "http://127.0.0.1:9/never")
+    monkeypatch.setattr(outbox, "DATE_BATCH", 2)
+    clock, dates = dated_events(host)
+    with host.app.app_context():
+        host.db.session.execute(text("SELECT 1"))
+        for n in range(5):
+            host.webhooks.trigger("profile_updated", {**PROFILE, "id": f"p-{n}"})
+        clock.advance(1)
+        host.db.session.commit()
+    assert list(dates().values()) == [clock.now()] * 5

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 PENDING_KEY = "kaizen_webhooks_pending"
 
@@ -66,26 +66,31 @@ def hand_over_after_commit(
     ids: list[str],
     committed: Callable[[], None] | None = None,
 ) -> None:
-    """Give ``ids`` to ``executor`` when ``session`` commits (and call ``committed``); forget
-    them if it rolls back.
+    """Give ``ids`` to ``executor`` when ``session``'s transaction commits (and call
+    ``committed``); forget them if it ends otherwise (rolled back, or the session closed). A
+    savepoint's end is not the transaction's.
 
     No SQL runs in these hooks (SQLAlchemy forbids it after commit): they only pass ids on.
     """
-    pending: list[Pending] | None = session.info.get(PENDING_KEY)
-    if pending is None:
-        pending = session.info[PENDING_KEY] = []
-        if not event.contains(session, "after_commit", _after_commit):
-            event.listen(session, "after_commit", _after_commit)
-            event.listen(session, "after_rollback", _after_rollback)
-    pending.append((executor, ids, committed))
+    session.info.setdefault(PENDING_KEY, []).append((executor, ids, committed))
 
 
 def _after_commit(session: Session) -> None:
-    for executor, ids, committed in session.info.pop(PENDING_KEY, None) or ():
+    if session.in_nested_transaction():
+        return  # a savepoint released: the transaction goes on
+    pending: list[Pending] = session.info.pop(PENDING_KEY, None) or []
+    for executor, ids, committed in pending:
         if committed is not None:
             committed()
         executor.submit(ids)
 
 
-def _after_rollback(session: Session) -> None:
-    session.info.pop(PENDING_KEY, None)
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # committed (handed over already), rolled back or closed
+        session.info.pop(PENDING_KEY, None)
+
+
+# Listened to on every session, once: a host's session is often new at each request, and
+# listening on each would cost more than this costs a session with nothing to hand over.
+event.listen(Session, "after_commit", _after_commit)
+event.listen(Session, "after_transaction_end", _after_transaction_end)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from ..clock import Clock
 from ..errors import WebhooksError
@@ -119,6 +119,8 @@ def date_at_commit(session: Session, event_id: str, fired_at: datetime, clock: C
 
 
 def _date_events(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: the transaction goes on
     dated: tuple[list[tuple[str, datetime]], Clock] | None = session.info.pop(EVENTS_KEY, None)
     if dated is None:
         return
@@ -129,11 +131,11 @@ def _date_events(session: Session) -> None:
         outbox.date_events(session.connection(), late, now=now)
 
 
-def _forget_events(session: Session) -> None:
-    session.info.pop(EVENTS_KEY, None)
+def _forget_events(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # committed (dated already), rolled back or closed
+        session.info.pop(EVENTS_KEY, None)
 
 
-# Listened to on every session, once: a host's session is often new at each request, and
-# listening on each would cost more than this costs a session with no event (one lookup).
+# Listened to on every session, once (see executor.py).
 event.listen(Session, "before_commit", _date_events)
-event.listen(Session, "after_rollback", _forget_events)
+event.listen(Session, "after_transaction_end", _forget_events)

@@ -183,7 +183,7 @@ def oldest_due(
     session: Session, *, now: datetime, every_registration_paced: bool = False
 ) -> datetime | None:
     """When the oldest work due now and not taken became due: a pending delivery (its due time)
-    or an event not fanned out yet (when it was fired); None when nothing waits. Deliveries
+    or an event not fanned out yet (when it was committed); None when nothing waits. Deliveries
     that wait for a rate limit of their registration's own (or, ``every_registration_paced``,
     the operator's default) wait by design, and are left out."""
     query = select(func.min(Delivery.next_attempt_at)).where(

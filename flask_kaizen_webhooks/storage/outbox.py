@@ -193,15 +193,21 @@ _DATE_EVENTS = (
 )
 
 
+#: The most events one UPDATE dates (well under every driver's limit of parameters).
+DATE_BATCH = 1000
+
+
 def date_events(connection: Connection, event_ids: Sequence[str], *, now: datetime) -> None:
     """Date the events ``event_ids``, written in ``connection``'s transaction, ``now``, as it
     commits: their deliveries are due, and queued, from the commit."""
-    connection.execute(_DATE_EVENTS, {"b_ids": list(event_ids), "b_now": now})
+    for start in range(0, len(event_ids), DATE_BATCH):
+        batch = list(event_ids[start : start + DATE_BATCH])
+        connection.execute(_DATE_EVENTS, {"b_ids": batch, "b_now": now})
 
 
 def expand_events(session: Session, *, now: datetime, limit: int = EXPAND_BATCH) -> list[str]:
     """Turn the oldest committed events (up to ``limit``) into their deliveries, made ``now``
-    and due from the moment each event was fired, and delete them, in ``session``'s
+    and due from the moment each event was committed, and delete them, in ``session``'s
     transaction; the ids of the deliveries written. Events another transaction is fanning out
     are skipped. (Made now, not when fired: a delivery's creation time follows the order in
     which deliveries come to exist, which registrations' feeds are read in.)"""
@@ -251,7 +257,7 @@ def _insert_deliveries(
     trace_parent: str | None = None,
 ) -> None:
     """One executemany of pending deliveries made ``now``, queued and due at ``due`` (default:
-    now: an event fanned out later was queued when it was fired), and
+    now: an event fanned out later was queued when it was committed), and
     one of the pull-only recipients' deliveries, stored (finished when made, never due), if
     any; each payload is the event's JSON with its ``webhook_request_id``, each with the
     event's ``trace_parent``."""

@@ -238,6 +238,8 @@ class Event(Base):
     #: event was fired; the delivery ids are the ones ``trigger`` returned. A pull-only
     #: registration's entry has a fourth item, ``1``: its delivery is stored, not sent.
     recipients: Mapped[str] = mapped_column(Text)
+    #: When it was fired, or committed if the host's transaction went on for a while after
+    #: (see ``delivery.publish.date_at_commit``): its deliveries are due from then.
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: The W3C ``traceparent`` of the span current where it was fired, if any; its deliveries
     #: get it.
