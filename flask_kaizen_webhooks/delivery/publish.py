@@ -109,8 +109,8 @@ DATE_AFTER = timedelta(milliseconds=20)
 
 def date_at_commit(session: Session, event_id: str, fired_at: datetime, clock: Clock) -> None:
     """Date the event ``event_id``, written in ``session``'s transaction at ``fired_at``, when
-    the transaction commits, if it went on for over :data:`DATE_AFTER` (one UPDATE of all
-    such events, just before): its deliveries are due, and their latency counts, from the
+    the transaction commits, if it went on for over :data:`DATE_AFTER` (all such events
+    together, just before): its deliveries are due, and their latency counts, from the
     commit, however long the host's request keeps its transaction open."""
     dated: tuple[list[tuple[str, datetime]], Clock] | None = session.info.get(EVENTS_KEY)
     if dated is None:
