@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,15 +50,22 @@ def test_each_answer_comes_to_one_outcome(answer: SendResult, outcome: str) -> N
     assert outcome_of(answer) == outcome
 
 
-def test_a_line_per_attempt_with_what_it_came_to_and_never_a_secret_or_payload(
-    make_host: Any, receiver: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    hang = threading.Event()
+def answering(hang: threading.Event) -> Callable[[Received, int], Reply]:
+    """A receiver's answers by path: ``/hang`` until ``hang`` is set, ``/fail`` 500, else 200."""
 
     def respond(request: Received, _count: int) -> Reply:
         if request.path == "/hang":
             return Reply(wait=hang)
         return Reply(status=500 if request.path == "/fail" else 200)
+
+    return respond
+
+
+def test_a_line_per_attempt_with_what_it_came_to_and_never_a_secret_or_payload(
+    make_host: Any, receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    hang = threading.Event()
+    respond = answering(hang)
 
     # Long enough for every answer on a busy machine; the hanging one times out.
     config = {**DELIVERY_CONFIG, "KAIZEN_WEBHOOKS_ASYNC_TIMEOUT": 2.0}
@@ -115,11 +123,7 @@ def test_synchronous_attempts_and_tests_have_their_line_too(
     make_host: Any, receiver: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     hang = threading.Event()
-
-    def respond(request: Received, _count: int) -> Reply:
-        if request.path == "/hang":
-            return Reply(wait=hang)
-        return Reply(status=500 if request.path == "/fail" else 200)
+    respond = answering(hang)
 
     host = make_host("sqlite", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_SYNC_TIMEOUT=1.0)
     server = receiver(respond)

@@ -215,7 +215,7 @@ def test_an_event_is_due_from_the_commit_of_a_long_transaction_and_a_rollback_fo
 ) -> None:
     host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
     register(host, "http://127.0.0.1:9/never")
-    clock = get_state(host.app).clock = FrozenClock(time.time())
+    clock, fired_at = dated_events(host)
     dated: list[list[str]] = []
     date_events = outbox.date_events
 
@@ -225,11 +225,6 @@ def test_an_event_is_due_from_the_commit_of_a_long_transaction_and_a_rollback_fo
 
     monkeypatch.setattr(outbox, "date_events", dating)
     db = host.db
-
-    def fired_at() -> dict[str, datetime]:
-        with host.app.app_context(), get_state().database.independent_session() as session:
-            return {e.id: as_utc(e.created_at) for e in session.scalars(select(Event))}
-
     with host.app.app_context():  # committed within 20 ms: left as fired, with no UPDATE
         db.session.execute(text("SELECT 1"))
         host.webhooks.trigger("profile_updated", PROFILE)
