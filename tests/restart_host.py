@@ -11,6 +11,7 @@ import os
 
 from flask import Flask, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import func, select
 
 from flask_kaizen_webhooks import KaizenWebhooks, signals
 from tests.processes import note_deliveries
@@ -27,6 +28,19 @@ class Change(db.Model):  # type: ignore[name-defined,misc]
     n = db.Column(db.Integer)
 
 
+#: The host's advisory lock while it makes its tables (PostgreSQL).
+TABLES_LOCK = 0x686F73747461626C
+
+
+def create_tables() -> None:
+    """``db.create_all()``, one process at a time: a pre-forking server's workers (gunicorn
+    without ``--preload``) start together, and two ``CREATE TABLE`` of one table fail one."""
+    with db.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(select(func.pg_advisory_xact_lock(TABLES_LOCK)))
+        db.metadata.create_all(connection)
+
+
 def create_app() -> Flask:
     app = Flask("restart_host")
     app.config.update(
@@ -41,7 +55,7 @@ def create_app() -> Flask:
     app.add_url_rule("/metrics", view_func=webhooks.metrics_view)
     note_deliveries(app)
     with app.app_context():
-        db.create_all()
+        create_tables()
 
     @app.post("/fire")
     def fire() -> object:
