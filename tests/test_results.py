@@ -13,9 +13,6 @@ from flask_kaizen_webhooks.storage.rows import AttemptRecord, Claimed, Outcome
 from flask_kaizen_webhooks.storage.tables import Registration
 from tests.conftest import DELIVERY_CONFIG, register
 
-NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
-
-
 @pytest.fixture
 def host(make_host: Any, backend: str) -> Any:
     """No engine: the test claims and records by hand."""
@@ -28,11 +25,12 @@ def claimed_pair(host: Any) -> list[Claimed]:
     with host.app.app_context():
         host.webhooks.trigger("profile_updated", {"n": 1})
         host.webhooks.trigger("profile_updated", {"n": 2})
+        now = datetime.now(UTC)  # the deliveries are due from the real time
         with get_state().database.writing() as session:
             found = claims.claim_due(
                 session,
-                now=NOW + timedelta(days=1),
-                lease_until=NOW + timedelta(days=2),
+                now=now + timedelta(days=1),
+                lease_until=now + timedelta(days=2),
                 token="t-1",
                 limit=10,
             )
@@ -41,6 +39,7 @@ def claimed_pair(host: Any) -> list[Claimed]:
 
 
 def record(item: Claimed, kind: Outcome, status: int) -> AttemptRecord:
+    now = datetime.now(UTC)
     return AttemptRecord(
         delivery_id=item.delivery_id,
         token=item.token,
@@ -48,8 +47,8 @@ def record(item: Claimed, kind: Outcome, status: int) -> AttemptRecord:
         topic=item.topic,
         number=1,
         retry_index=0,
-        started_at=NOW,
-        finished_at=NOW,
+        started_at=now,
+        finished_at=now,
         elapsed=0.01,
         status_code=status,
         error=None if kind is Outcome.SUCCEEDED else f"HTTP {status}",
