@@ -25,6 +25,13 @@ def rows(host: Any) -> list[Delivery]:
         return list(session.scalars(select(Delivery)))
 
 
+def all_rows(host: Any, count: int) -> list[Delivery] | None:
+    """The deliveries once there are ``count``: synchronous ones are written on the log's
+    thread, moments after their answer."""
+    found = rows(host)
+    return found if len(found) == count else None
+
+
 def attempt_rows(host: Any) -> list[Attempt]:
     with host.app.app_context(), get_state().database.independent_session() as session:
         return list(session.scalars(select(Attempt)))
@@ -58,7 +65,7 @@ def test_a_receivers_answer_never_raises_into_the_host(
     [tested] = response.get_json()["deliveries"]
     assert (tested["ok"], tested["response"]) == (True, None)
     assert len(server.received) == 3
-    logged = rows(host)
+    logged = wait_until(lambda: all_rows(host, 3))
     assert sorted(row.mode for row in logged) == ["sync", "sync", "test"]
     assert all(row.status == "succeeded" for row in logged)
 
