@@ -564,15 +564,17 @@ def test_a_caller_waiting_through_a_stop_gets_the_answer_that_came_in_time(
 def test_load_counts_each_job_once(receiver: Any) -> None:
     server = receiver()
     results = Results()
-    busy = threading.Event()
+    busy, counted = threading.Event(), threading.Event()
 
     def slow_done(context: Any, result: SendResult) -> None:
         busy.set()
-        time.sleep(0.5)  # the client's thread is busy here while more jobs arrive
+        counted.wait(5)  # the client's thread is busy here while more jobs arrive
 
     sender = client(policy=LOOPBACK)
     sender.send(Job(server.url(), b"{}", {}, 5.0, "first", slow_done))
     assert busy.wait(5)
     sender.send(*(job(server.url(), n, results) for n in range(5)))
-    assert sender.load == 5
+    load = sender.load
+    counted.set()
+    assert load == 5
     results.wait_for(5)

@@ -13,6 +13,7 @@ from flask_kaizen_webhooks.storage.rows import AttemptRecord, Claimed, Outcome
 from flask_kaizen_webhooks.storage.tables import Registration
 from tests.conftest import DELIVERY_CONFIG, register
 
+
 @pytest.fixture
 def host(make_host: Any, backend: str) -> Any:
     """No engine: the test claims and records by hand."""
