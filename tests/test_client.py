@@ -68,12 +68,14 @@ def test_up_to_max_active_attempts_are_under_way_at_once_and_never_more(receiver
     lock = threading.Lock()
     under_way = [0, 0]  # now, most
     senders: set[str] = set()  # the client's threads seen while attempts were under way
+    earlier = set(threading.enumerate())  # an earlier test's threads may still be ending
 
     def slow(request: Received, n: int) -> Reply:
         with lock:
             under_way[0] += 1
             under_way[1] = max(under_way)
-            senders.update(t.name for t in threading.enumerate() if t.name.startswith("kaizen"))
+            started = set(threading.enumerate()) - earlier
+            senders.update(t.name for t in started if t.name.startswith("kaizen"))
         time.sleep(0.3)
         with lock:
             under_way[0] -= 1
@@ -101,7 +103,7 @@ def test_post_all_sends_every_request_at_once_under_one_deadline(receiver: Any) 
     took = time.monotonic() - started
     assert [r.ok for r in results] == [True] * 4 + [False] * 4
     assert all(r.timed_out for r in results[4:])
-    assert 0.8 <= took < 1.5  # the one deadline, not 4 x 5 s nor 8 x 0.8 s
+    assert 0.8 <= took < 3.0  # the one deadline, not 4 x 5 s nor 8 x 0.8 s
 
 
 def test_a_large_request_is_written_in_parts_as_the_receiver_reads(receiver: Any) -> None:
@@ -119,8 +121,8 @@ def test_each_attempt_has_its_whole_time_limit_from_its_start_not_from_its_queue
     server = receiver(lambda request, n: Reply(delay=1.0))
     results = Results()
     sender = client(policy=LOOPBACK, max_active=1)
-    # The third waits 2 s in line, more than its 1.8 s limit.
-    sender.send(*(job(server.url(), n, results, timeout=1.8) for n in range(3)))
+    # The third waits 2 s in line: with that wait, its 1 s answer would be past its 2.5 s limit.
+    sender.send(*(job(server.url(), n, results, timeout=2.5) for n in range(3)))
     outcome = results.wait_for(3)
     assert all(outcome[n].ok for n in range(3)), outcome
 
@@ -261,13 +263,13 @@ def test_a_dribbling_body_is_cut_at_the_time_limit() -> None:
     result, took = drip(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
     assert not result.ok and result.timed_out and result.status_code == 200
     assert result.error == "timed out reading the response"
-    assert took < 1.0 + 1.0  # cut at the limit, not after the drip (~50 s)
+    assert took < 1.0 + 3.0  # cut at the limit, not after the drip (~50 s)
 
 
 def test_a_receiver_dripping_its_headers_is_cut_at_the_time_limit() -> None:
     result, took = drip(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 1000)
     assert result.timed_out and not result.ok, result
-    assert took < 1.0 + 1.0
+    assert took < 1.0 + 3.0
 
 
 def test_a_tls_handshake_dripped_byte_by_byte_is_cut_at_the_time_limit() -> None:
@@ -275,7 +277,7 @@ def test_a_tls_handshake_dripped_byte_by_byte_is_cut_at_the_time_limit() -> None
     result, took = drip(b"\x16\x03\x03\x40\x00" + b"\x02\x00\x3f\xfc" + b"\x00" * 16380, "https")
     assert result.timed_out and not result.ok, result
     assert result.error == "timed out: the TLS handshake did not finish"
-    assert took < 1.0 + 1.0  # not the ~15 minutes the drip would take
+    assert took < 1.0 + 3.0  # not the ~15 minutes the drip would take
 
 
 def test_a_connection_that_is_never_accepted_is_cut_at_the_connect_timeout() -> None:
@@ -302,7 +304,7 @@ def test_a_connection_that_is_never_accepted_is_cut_at_the_connect_timeout() -> 
         listener.close()
     assert result.timed_out and not result.ok, result
     assert result.error is not None and result.error.startswith("timed out: connecting")
-    assert took < 0.5 + 1.0
+    assert took < 0.5 + 2.5  # not the 5 s limit of the whole attempt
 
 
 def test_a_slow_name_lookup_is_cut_at_the_time_limit(receiver: Any) -> None:
@@ -319,7 +321,7 @@ def test_a_slow_name_lookup_is_cut_at_the_time_limit(receiver: Any) -> None:
     took = time.monotonic() - started
     assert result.timed_out and not result.ok, result
     assert result.error == "timed out: resolving 'hooks.example.test' did not finish in time"
-    assert took < 0.5 + 1.0  # not the 5 s the lookup takes
+    assert took < 0.5 + 2.5  # not the 5 s the lookup takes
     assert not server.received
 
 
