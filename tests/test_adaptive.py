@@ -138,7 +138,7 @@ def test_a_fast_receiver_gets_more_at_once_while_a_hanging_and_a_failing_one_get
     # out (the receiver still holds the abandoned ones, so its own count would overstate).
     wait_until(lambda: sum(r.path == "/hanging" for r in server.received) >= 3, 10)
     hung = sorted(r.at for r in server.received if r.path == "/hanging")
-    assert all(b - a >= 0.9 * CONFIG["KAIZEN_WEBHOOKS_ASYNC_TIMEOUT"] for a, b in pairwise(hung))
+    assert all(b - a >= 0.75 * CONFIG["KAIZEN_WEBHOOKS_ASYNC_TIMEOUT"] for a, b in pairwise(hung))
     assert server.peak_by_path["/failing"] == 1
     hang.set()
 

@@ -179,9 +179,9 @@ def test_a_fifo_backlog_waits_out_of_the_way_and_the_next_goes_as_one_ends(
     assert head_due is not None
     assert all(rows[i].next_attempt_at is None for i in ids[1:])  # set aside: due at no time
     started = time.monotonic()
-    wait_until(lambda: statuses(host).count("succeeded") == 10, timeout=20)
+    wait_until(lambda: statuses(host).count("succeeded") == 10, timeout=40)
     # Two retries 1.5 s apart, then nine more one after the other: far from the lease (64 s).
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20
     check_in_order_from(server, "/fifo", flaky=0, count=10)
 
 

@@ -184,7 +184,7 @@ def test_a_synchronous_call_neither_waits_for_nor_reports_a_pull_only_registrati
         started = time.monotonic()
         results = host.webhooks.trigger("user_logged_in", {"user_id": "u-1"}, raise_on_error=True)
         assert results == []
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # not the 5 s of a synchronous attempt
     server = receiver()
     pushed = register(host, server.url("/login"), topic="user_logged_in")["id"]
     with host.app.app_context():
