@@ -33,12 +33,13 @@ TABLES_LOCK = 0x686F73747461626C
 
 
 def create_tables() -> None:
-    """``db.create_all()``, one process at a time: a pre-forking server's workers (gunicorn
-    without ``--preload``) start together, and two ``CREATE TABLE`` of one table fail one."""
+    """The host's own tables, one process at a time: a pre-forking server's workers (gunicorn
+    without ``--preload``) start together, and two ``CREATE TABLE`` of one table fail one. The
+    extension makes its own tables on first use, taking turns with every process."""
     with db.engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(select(func.pg_advisory_xact_lock(TABLES_LOCK)))
-        db.metadata.create_all(connection)
+        db.metadata.create_all(connection, tables=[Change.__table__])
 
 
 def create_app() -> Flask:
