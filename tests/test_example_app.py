@@ -252,7 +252,8 @@ def test_python_m_example_app_serves_the_api(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"the demo app did not start in 20 s: {output}"
             with contextlib.suppress(queue.Empty):
                 output += lines.get(timeout=0.2)
-        base = f"http://127.0.0.1:{running.group(1)}/v2/webhooks"
+        site = f"http://127.0.0.1:{running.group(1)}"
+        base = f"{site}/v2/webhooks"
         response = requests.get(f"{base}/topics", headers=ADMIN, timeout=10)
         assert response.status_code == 200
         assert len(response.json()["topics"]) == 5
@@ -261,3 +262,7 @@ def test_python_m_example_app_serves_the_api(tmp_path: Path) -> None:
         process.wait(timeout=10)
         reader.join(10)
     assert "DEMO MODE" in output
+    # Its banner's addresses are the port it listens on, not the 0 it was given.
+    assert f"Demo host app on {site}\n" in output
+    assert f"curl -H 'Authorization: Bearer admin-token' {base}/topics" in output
+    assert f"  {base}/portal/" in output

@@ -17,10 +17,11 @@ import requests
 from sqlalchemy import create_engine, text
 
 from tests import test_celery
-from tests.conftest import Host
+from tests.conftest import DELIVERY_CONFIG, Host
 from tests.conftest import register as conftest_register
 from tests.migrating import empty
 from tests.processes import (
+    ROOT,
     HostProcess,
     celery_worker_command,
     host_environment,
@@ -101,6 +102,9 @@ def test_the_demo_shows_its_metrics_after_a_delivery(tmp_path: Path, receiver: A
         latency = "kaizen_webhooks_delivery_latency_seconds_count"  # counted last
         wait_until(lambda: value(scrape(url), latency, topic=TOPIC) == 1)
         samples = scrape(url)
+        # The demo shows the attempt's line, as an operator's logs would.
+        line = r"Webhook attempt 1 of delivery \S+ \(registration \S+, topic profile_updated\)"
+        demo.wait_for_output(line + r": success, status 200, \d+ ms; delivered\n")
     finally:
         demo.stop()
     assert value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC) == 1
@@ -250,13 +254,44 @@ def test_web_and_worker_processes_on_postgres_report_the_deliveries(
             assert value(samples, "kaizen_webhooks_deliveries_enqueued_total", topic=TOPIC) == 0
 
 
-def test_celery_prefork_children_count_into_the_multiprocess_directory(
-    web: Host, receiver: Any, celery_env: dict[str, str], tmp_path: Path
-) -> None:
+def shared_scrape(directory: Path) -> Samples:
+    """What a scrape in multiprocess mode shows: every process's files in ``directory``."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from flask_kaizen_webhooks.web.metrics import ProcessFiles
 
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProcessFiles(str(directory)))
+    return parse(generate_latest(registry).decode())
+
+
+def test_an_operators_disable_outlives_its_command_in_the_multiprocess_directory(
+    make_host: Any, tmp_path: Path
+) -> None:
+    """``flask webhooks disable`` counts in its own short-lived process: sharing the web and
+    worker processes' directory, its count reaches their scrapes."""
+    host = make_host("sqlite", KAIZEN_WEBHOOKS_EXECUTOR="none", **DELIVERY_CONFIG)
+    registration = conftest_register(host, "http://127.0.0.1:9/hook")["id"]
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = host_environment(
+        KWT_DATABASE_URI=host.app.config["KAIZEN_WEBHOOKS_DATABASE_URI"],
+        PROMETHEUS_MULTIPROC_DIR=str(shared),
+    )
+    command = [python(), "-m", "flask", "--app", "tests.worker_host:create_app", "webhooks"]
+    disabled = subprocess.run(
+        [*command, "disable", registration], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert disabled.returncode == 0, disabled.stderr
+    samples = shared_scrape(shared)
+    disables = "kaizen_webhooks_registrations_disabled_total"
+    assert value(samples, disables, reason="operator") == 1
+    assert value(samples, disables, reason="owner") == 0
+
+
+def test_celery_prefork_children_count_into_the_multiprocess_directory(
+    web: Host, receiver: Any, celery_env: dict[str, str], tmp_path: Path
+) -> None:
     server = receiver(lambda request, n: Reply(status=500 if request.path == "/fail" else 200))
     conftest_register(web, server.url("/ok"))
     conftest_register(web, server.url("/fail"))
@@ -275,13 +310,8 @@ def test_celery_prefork_children_count_into_the_multiprocess_directory(
             for n in range(EVENTS // 2):
                 web.webhooks.trigger(TOPIC, {"n": n})
 
-        def counted() -> Samples:  # as a scrape reads every process's files
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(ProcessFiles(str(shared)))
-            return parse(generate_latest(registry).decode())
-
         def done() -> bool:  # each attempt's latency is counted after its outcome
-            samples = counted()
+            samples = shared_scrape(shared)
             latency = "kaizen_webhooks_delivery_latency_seconds_count"
             return (
                 attempts(samples, "success") + attempts(samples, "5xx") == EVENTS
@@ -289,7 +319,7 @@ def test_celery_prefork_children_count_into_the_multiprocess_directory(
             )
 
         wait_until(done, timeout=60)
-        samples = counted()
+        samples = shared_scrape(shared)
     finally:
         worker.terminate()
         worker.wait(30)
