@@ -280,7 +280,12 @@ def test_an_operators_disable_outlives_its_command_in_the_multiprocess_directory
     )
     command = [python(), "-m", "flask", "--app", "tests.worker_host:create_app", "webhooks"]
     disabled = subprocess.run(
-        [*command, "disable", registration], cwd=ROOT, env=env, capture_output=True, text=True
+        [*command, "disable", registration],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert disabled.returncode == 0, disabled.stderr
     samples = shared_scrape(shared)
