@@ -36,8 +36,12 @@ demo: $(VENV)/.installed-demo
 reset:
 	rm -f $(DEMO_INSTANCE)/example_app.sqlite3 $(DEMO_INSTANCE)/example_app.sqlite3-*
 
+# The suite in TEST_WORKERS processes (a test file to a process), then alone the tests that
+# restart the services the others share.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not exclusive" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m exclusive
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .

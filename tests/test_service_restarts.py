@@ -47,6 +47,9 @@ from tests.receivers import Receiver, Reply, wait_until
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
 
+# They cut off every other test's connections: `make test` runs them alone, after the rest.
+pytestmark = pytest.mark.exclusive
+
 REDIS_URL = os.environ.get("KAIZEN_WEBHOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LOCAL = {"127.0.0.1", "localhost", "::1"}
 #: Seconds between two commits of the stream (each commit: one event, two deliveries).
