@@ -17,12 +17,14 @@ HOST_VERSION = "host0042"
 
 
 def empty(url: str) -> None:
-    """Drop every table the migration tests make in ``url``'s database."""
+    """Drop every table in ``url``'s database: those the migration tests make, and any an
+    earlier test of this process left there (the tests share a PostgreSQL database per
+    process, in whatever order they run)."""
     engine = create_engine(url)
     migrations.drop_all(engine)
-    with engine.begin() as connection:
-        for table in ("alembic_version", "host_users"):
-            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    left = MetaData()
+    left.reflect(engine)
+    left.drop_all(engine)
     engine.dispose()
 
 
