@@ -213,9 +213,7 @@ def test_a_write_that_fails_outside_a_host_transaction_leaves_no_transaction_ope
 def test_an_event_is_due_from_the_commit_of_a_long_transaction_and_a_rollback_forgets_it(
     make_host: Any, server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
-    register(host, "http://127.0.0.1:9/never")
-    clock, fired_at = dated_events(host)
+    host, clock, fired_at = dated_events(make_host, server)
     dated: list[list[str]] = []
     date_events = outbox.date_events
 
@@ -248,21 +246,24 @@ def test_an_event_is_due_from_the_commit_of_a_long_transaction_and_a_rollback_fo
     assert fired_at()[late] == clock.now()
 
 
-def dated_events(host: Any) -> tuple[FrozenClock, Callable[[], dict[str, datetime]]]:
-    """The host's clock, frozen, and a function reading when each waiting event is dated."""
+def dated_events(
+    make_host: Any, server: str = "sqlite"
+) -> tuple[Any, FrozenClock, Callable[[], dict[str, datetime]]]:
+    """A host sharing its ``db`` on ``server``, sending nothing, with one registration; its
+    clock, frozen; and a function reading when each waiting event is dated."""
+    host = make_host(f"{server}-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
+    register(host, "http://127.0.0.1:9/never")
     clock = get_state(host.app).clock = FrozenClock(time.time())
 
     def dates() -> dict[str, datetime]:
         with host.app.app_context(), get_state().database.independent_session() as session:
             return {e.id: as_utc(e.created_at) for e in session.scalars(select(Event))}
 
-    return clock, dates
+    return host, clock, dates
 
 
 def test_savepoints_do_not_end_the_transaction_an_event_is_dated_by(make_host: Any) -> None:
-    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
-    register(host, "http://127.0.0.1:9/never")
-    clock, dates = dated_events(host)
+    host, clock, dates = dated_events(make_host)
     db = host.db
     with host.app.app_context():
         db.session.execute(text("SELECT 1"))
@@ -279,9 +280,7 @@ def test_savepoints_do_not_end_the_transaction_an_event_is_dated_by(make_host: A
 
 
 def test_a_session_closed_unfinished_leaves_no_event_to_date_later(make_host: Any) -> None:
-    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
-    register(host, "http://127.0.0.1:9/never")
-    clock, dates = dated_events(host)
+    host, clock, dates = dated_events(make_host)
     db = host.db
     with host.app.app_context():
         session = db.session()
@@ -299,10 +298,8 @@ def test_a_session_closed_unfinished_leaves_no_event_to_date_later(make_host: An
 
 
 def test_events_are_dated_in_batches(make_host: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    host = make_host("sqlite-hostdb", **DELIVERY_CONFIG, KAIZEN_WEBHOOKS_EXECUTOR="none")
-    register(host, "http://127.0.0.1:9/never")
     monkeypatch.setattr(outbox, "DATE_BATCH", 2)
-    clock, dates = dated_events(host)
+    host, clock, dates = dated_events(make_host)
     with host.app.app_context():
         host.db.session.execute(text("SELECT 1"))
         for n in range(5):
